@@ -1,0 +1,98 @@
+# moat: build, test, bench. `make` builds ./moat; `make test` runs everything a release needs.
+CC      ?= gcc
+PKGS    := libfyaml jansson libxxhash openssl
+CSTD    := -std=c17 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
+OPT     ?= -O2 -g
+PKGCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKGLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS  += $(CSTD) $(WARN) $(OPT) -Isrc $(PKGCFLAGS) -pthread -fno-strict-aliasing
+LDLIBS  += $(PKGLIBS) -pthread -lm
+
+# SAN=1 builds an ASan+UBSan variant into build-san/ and ./moat-san.
+ifeq ($(SAN),1)
+  B       := build-san
+  BIN     := moat-san
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else
+  B       := build
+  BIN     := moat
+endif
+
+SRCS     := $(shell find src -name '*.c' | sort)
+OBJS     := $(SRCS:%.c=$(B)/%.o)
+LIBOBJS  := $(filter-out $(B)/src/main.o,$(OBJS))
+UNIT_SRCS := $(shell find tests/unit -name 'test_*.c' 2>/dev/null | sort)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/unit/%)
+
+.PHONY: all clean test unit e2e san fuzz fuzz-run bench demo fmt check-fmt
+
+all: $(BIN)
+
+$(BIN): $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/libmoat.a: $(LIBOBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/tests/unit/%: tests/unit/%.c $(B)/libmoat.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libmoat.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+-include $(OBJS:.o=.d)
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+e2e: $(BIN)
+	MOAT_BIN=$(CURDIR)/$(BIN) /usr/bin/python3 -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+# The whole suite: unit + e2e on the normal build, then unit + e2e on the sanitizer build,
+# then each fuzz target for a bounded time.
+test:
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) e2e
+	$(MAKE) SAN=1 all
+	$(MAKE) SAN=1 unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) SAN=1 e2e PYTEST_ARGS="$(SAN_PYTEST_ARGS)"
+	$(MAKE) fuzz-run
+
+# libFuzzer targets (clang). FUZZ_SECONDS bounds each run.
+FUZZ_SECONDS ?= 30
+FUZZ_SRCS    := $(shell find tests/fuzz -name 'fuzz_*.c' 2>/dev/null | sort)
+FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=build-fuzz/%)
+FUZZ_LIBSRCS := $(filter-out src/main.c,$(SRCS))
+FUZZ_CFLAGS  := $(CSTD) -O1 -g -Isrc $(PKGCFLAGS) -pthread -fsanitize=fuzzer,address,undefined
+
+fuzz: $(FUZZ_BINS)
+
+build-fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRCS)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIBSRCS) $(PKGLIBS) -lm
+
+fuzz-run: fuzz
+	@set -e; for f in $(FUZZ_BINS); do \
+	  n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
+	  echo "== $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 3; \
+	done
+
+bench: all
+	bash bench/run.sh
+
+demo: all
+	bash scripts/demo
+
+fmt:
+	clang-format -i $(SRCS) $(shell find src tests -name '*.h') $(UNIT_SRCS) $(FUZZ_SRCS)
+
+clean:
+	rm -rf build build-san build-fuzz moat moat-san

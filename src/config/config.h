@@ -1,0 +1,139 @@
+/* config.h: moat's configuration as a typed, validated, immutable, refcounted snapshot.
+ *
+ * A snapshot is built from YAML (libfyaml) or from the quick-mode command line, validated as a
+ * whole, and never changed after. Reload builds a new one and swaps a pointer; each request
+ * holds the snapshot it started with. Runtime state (cache, health, counters) lives outside. */
+#ifndef MOAT_CONFIG_CONFIG_H
+#define MOAT_CONFIG_CONFIG_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include "core/common.h"
+#include "http/h1.h"
+
+/* A resolved socket address and the text it came from ("127.0.0.1:8080", "[::1]:80"). */
+struct moat_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[80];
+};
+
+/* An IPv4 or IPv6 CIDR block (IPv4 stored as v4-mapped IPv6). */
+struct moat_cidr {
+    uint8_t addr[16];
+    uint8_t prefix; /* 0..128 on the mapped form */
+};
+
+struct moat_cfg_origin {
+    struct moat_addr addr;      /* resolved at load time */
+    char *host;                 /* host part as written (for the Host header when
+                                   pool.host_header is "origin"); NUL-terminated */
+    unsigned weight;            /* default 1 */
+};
+
+struct moat_cfg_pool {
+    char *name;
+    struct moat_cfg_origin *origins;
+    size_t norigins;
+    unsigned keepalive;         /* idle upstream connections kept per origin per worker;
+                                   default 32 */
+    uint64_t connect_timeout_ms;   /* default 5000 */
+    uint64_t first_byte_timeout_ms;/* default 60000: request sent -> response head */
+    uint64_t idle_timeout_ms;      /* default 60000: no bytes either way during a body */
+    uint64_t keepalive_timeout_ms; /* default 30000: idle pooled connection lifetime */
+    bool host_from_origin;      /* host_header: origin -> Host is the origin's host;
+                                   default (client) keeps the client's Host */
+};
+
+struct moat_cfg_site {
+    char **hosts;               /* lowercase; "*" matches any; "*.example.com" a suffix */
+    size_t nhosts;
+    struct moat_cfg_pool *pool; /* points into the snapshot's pools[] */
+};
+
+enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERROR };
+
+struct moat_config {
+    atomic_int refs;
+    char *path;                 /* file it came from, or NULL for quick mode */
+    uint64_t generation;        /* set by the owner on install; 0 until then */
+
+    struct moat_addr *listen;
+    size_t nlisten;
+    unsigned workers;           /* 0 in YAML means "auto" is resolved: one per core */
+
+    struct {
+        bool enabled;
+        struct moat_addr listen;
+        char *token;            /* read from token_file at load time; NULL = no auth
+                                   (only allowed when listen is loopback) */
+    } admin;
+
+    struct moat_h1_limits h1;   /* limits.request_line (8 KiB), limits.header_bytes
+                                   (16 KiB), limits.header_count (100) */
+    uint64_t max_body_bytes;    /* limits.body_bytes; 0 = unlimited (default 0) */
+    unsigned max_connections;   /* limits.connections per worker (default 10000) */
+
+    uint64_t client_header_timeout_ms; /* timeouts.client_header: 10s */
+    uint64_t client_body_timeout_ms;   /* timeouts.client_body: 60s (between reads) */
+    uint64_t client_idle_timeout_ms;   /* timeouts.keepalive: 60s between requests */
+    uint64_t send_timeout_ms;          /* timeouts.send: 60s without progress writing */
+    uint64_t drain_timeout_ms;         /* timeouts.drain: 30s on SIGTERM */
+
+    struct moat_cidr *trusted;  /* trusted_proxies: X-Forwarded-For from these is kept */
+    size_t ntrusted;
+    char *via_name;             /* via: the pseudonym in Via (default "moat") */
+
+    char *access_log;           /* log.access: path, "stderr", "stdout" or NULL (off) */
+    char *error_log;            /* log.error: path or "stderr" (default) */
+    enum moat_log_level log_level; /* log.level: info */
+
+    struct moat_cfg_pool *pools;
+    size_t npools;
+    struct moat_cfg_site *sites;
+    size_t nsites;
+};
+
+/* Error text is "FILE:LINE:COL: what is wrong" (or "moat: what is wrong" for errors that
+ * have no position) and fits in this many bytes. */
+#define MOAT_CONFIG_ERRLEN 512
+
+/* Loads and validates <path>. Returns a snapshot with one reference, or NULL with <err>
+ * filled. Never leaves anything half-applied: nothing global is touched. */
+struct moat_config *moat_config_load(const char *path, char *err, size_t errlen);
+
+/* Same from an in-memory YAML document; <name> is used in error positions. */
+struct moat_config *moat_config_load_string(const char *yaml, size_t len, const char *name,
+                                            char *err, size_t errlen);
+
+/* Quick mode: one site "*" proxying to <origin_url> ("http://host:port"), listening on
+ * <listen> ("HOST:PORT"), defaults elsewhere. */
+struct moat_config *moat_config_quick(const char *origin_url, const char *listen, char *err,
+                                      size_t errlen);
+
+/* The embedded default configuration text (used by `moat` with no -c and by `make demo`). */
+extern const char moat_config_default_yaml[];
+
+void moat_config_ref(struct moat_config *c);
+/* Drops a reference and clears *<c>; frees the snapshot on the last one. */
+void moat_config_release(struct moat_config **c);
+
+/* Finds the site for <host> (without port, any case): exact names first, then the longest
+ * "*.suffix" match, then "*"; NULL if none. */
+const struct moat_cfg_site *moat_config_site(const struct moat_config *c, struct moat_str host);
+
+/* True if the (v4-mapped when IPv4) 16-byte <addr> is inside one of <c>'s trusted CIDRs. */
+bool moat_config_trusted(const struct moat_config *c, const uint8_t addr[16]);
+
+/* Parses "HOST:PORT" / "[V6]:PORT" / ":PORT" (all addresses) into <out>; resolves names with
+ * getaddrinfo. Returns MOAT_OK or MOAT_ERR with a message in <err>. */
+int moat_addr_parse(const char *text, struct moat_addr *out, char *err, size_t errlen);
+
+/* Parses durations ("150ms", "10s", "5m", "1h", "1d"; a bare number is seconds) and sizes
+ * ("512", "16k", "16KiB", "512MiB", "1GiB", "1g"; powers of 1024). MOAT_OK or MOAT_ERR. */
+int moat_parse_duration_ms(const char *s, uint64_t *out);
+int moat_parse_size(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,171 @@
+/* h1.h: moat's own strict RFC 9112 HTTP/1.1 parser: request and response heads, chunked bodies.
+ *
+ * Zero-copy: every moat_str in the results points into the caller's buffer, which must stay
+ * unchanged while the results are used. The head parsers are not incremental: the caller
+ * calls them again on the whole buffer when more bytes arrive (picohttpparser's model); they
+ * return MOAT_AGAIN quickly when the end of the head is not there yet. Strictness is the
+ * point: anything ambiguous is an error with the HTTP status to answer, never a guess. */
+#ifndef MOAT_HTTP_H1_H
+#define MOAT_HTTP_H1_H
+
+#include "core/common.h"
+
+/* Methods moat knows by id; anything else that is a valid token is MOAT_M_OTHER. */
+enum moat_method {
+    MOAT_M_OTHER = 0,
+    MOAT_M_GET,
+    MOAT_M_HEAD,
+    MOAT_M_POST,
+    MOAT_M_PUT,
+    MOAT_M_DELETE,
+    MOAT_M_OPTIONS,
+    MOAT_M_PATCH,
+    MOAT_M_CONNECT,
+    MOAT_M_TRACE,
+};
+
+/* Why a parse failed. Each value maps to one HTTP status (moat_h1_err_status) and one name
+ * (moat_h1_err_name) for logs and metrics. */
+enum moat_h1_err {
+    MOAT_H1_OK = 0,
+    MOAT_H1_BAD_REQUEST_LINE,  /* 400: malformed request line */
+    MOAT_H1_BAD_METHOD,        /* 400: method not a token */
+    MOAT_H1_BAD_TARGET,        /* 400: request-target has forbidden bytes or form */
+    MOAT_H1_URI_TOO_LONG,      /* 414: request line longer than limits.request_line */
+    MOAT_H1_BAD_VERSION,       /* 400: not "HTTP/" DIGIT "." DIGIT */
+    MOAT_H1_VERSION_UNSUPPORTED, /* 505: HTTP/2.0 on an h1 connection, HTTP/0.9, HTTP/3.x ... */
+    MOAT_H1_BARE_LF,           /* 400: LF without CR where CRLF is required */
+    MOAT_H1_BAD_HEADER_NAME,   /* 400: empty name, non-token byte, whitespace before colon */
+    MOAT_H1_BAD_HEADER_VALUE,  /* 400: CTL (other than HTAB) or DEL in a field value */
+    MOAT_H1_OBS_FOLD,          /* 400: line folding (obs-fold) */
+    MOAT_H1_HEADERS_TOO_LARGE, /* 431: head bytes over limits.head_bytes */
+    MOAT_H1_TOO_MANY_HEADERS,  /* 431: more fields than limits.max_headers */
+    MOAT_H1_BAD_CONTENT_LENGTH,   /* 400: not 1*DIGIT, overflow, or differing duplicates */
+    MOAT_H1_DUP_CONTENT_LENGTH,   /* 400: several Content-Length fields (even if equal) */
+    MOAT_H1_CL_AND_TE,            /* 400: Content-Length together with Transfer-Encoding */
+    MOAT_H1_BAD_TRANSFER_ENCODING,/* 400: chunked not last, chunked twice, malformed or
+                                     obfuscated value ("chunked ,", "xchunked", "chunked\v") */
+    MOAT_H1_UNKNOWN_TRANSFER_CODING, /* 501: a transfer coding other than chunked */
+    MOAT_H1_TE_ON_HTTP10,         /* 400: Transfer-Encoding on an HTTP/1.0 message */
+    MOAT_H1_BAD_HOST,             /* 400: missing (HTTP/1.1), duplicated or malformed Host */
+    MOAT_H1_BAD_STATUS_LINE,      /* 502 on the proxy side: malformed status line */
+    MOAT_H1_BAD_CHUNK,            /* 400 (502 on the response side): malformed chunk framing */
+    MOAT_H1_CHUNK_TOO_LARGE,      /* 400: chunk size overflows 63 bits */
+    MOAT_H1_TRAILERS_TOO_LARGE,   /* 431 */
+    MOAT_H1_ERR_COUNT
+};
+
+/* Bounds, all configurable (config: limits.*). */
+struct moat_h1_limits {
+    size_t request_line; /* max bytes of the request line without CRLF (414 beyond) */
+    size_t head_bytes;   /* max bytes of the whole head including the blank line (431) */
+    size_t max_headers;  /* max number of header fields (431); also the capacity the caller
+                            must provide in hdrs[] */
+};
+
+struct moat_hdr {
+    struct moat_str name;  /* as sent (case preserved), never empty */
+    struct moat_str value; /* leading/trailing SP/HTAB stripped, may be empty */
+};
+
+/* Connection-level facts the parser derives from the head so no caller re-scans headers. */
+#define MOAT_H1_F_CHUNKED      0x0001u /* Transfer-Encoding: chunked (final coding) */
+#define MOAT_H1_F_HAS_CL       0x0002u /* a valid Content-Length was present */
+#define MOAT_H1_F_CONN_CLOSE   0x0004u /* Connection: close token */
+#define MOAT_H1_F_CONN_KEEP    0x0008u /* Connection: keep-alive token */
+#define MOAT_H1_F_CONN_UPGRADE 0x0010u /* Connection: upgrade token */
+#define MOAT_H1_F_UPGRADE      0x0020u /* an Upgrade field is present */
+#define MOAT_H1_F_EXPECT_100   0x0040u /* Expect: 100-continue (case-insensitive) */
+#define MOAT_H1_F_EXPECT_OTHER 0x0080u /* Expect with any other value (caller answers 417) */
+#define MOAT_H1_F_ABSOLUTE     0x0100u /* request-target in absolute-form */
+
+struct moat_h1_req {
+    struct moat_str method;   /* token */
+    enum moat_method meth;
+    struct moat_str target;   /* the request-target exactly as sent */
+    struct moat_str path;     /* origin-form path (for absolute-form: the path part, "/" if
+                                 empty); for asterisk-form "*"; for authority-form empty */
+    struct moat_str query;    /* after '?', without it; empty if none */
+    struct moat_str host;     /* the Host field value; for absolute-form the authority of the
+                                 target (RFC 9112 3.2.2: the target's authority wins) */
+    int minor;                /* 0 or 1: HTTP/1.minor */
+    unsigned flags;           /* MOAT_H1_F_* */
+    uint64_t content_length;  /* valid when flags & MOAT_H1_F_HAS_CL */
+    struct moat_hdr *hdrs;    /* caller-provided array of limits.max_headers entries */
+    size_t nhdrs;
+    size_t head_len;          /* bytes of the head including the final CRLFCRLF */
+};
+
+struct moat_h1_resp {
+    int status;               /* 100..999 */
+    struct moat_str reason;
+    int minor;
+    unsigned flags;           /* MOAT_H1_F_* (CHUNKED, HAS_CL, CONN_*, UPGRADE) */
+    uint64_t content_length;
+    struct moat_hdr *hdrs;
+    size_t nhdrs;
+    size_t head_len;
+};
+
+/* Parses a request head from <buf,len>. <req->hdrs> must point to an array of
+ * <lim->max_headers> entries. Returns the head length (>0) when a whole, valid head is
+ * there; MOAT_AGAIN when more bytes are needed (and the limits are not yet exceeded);
+ * MOAT_ERR on a bad head, with *<err> set (moat_h1_err_status() gives the status to answer).
+ * Leading empty lines (CRLF) before the request line are skipped as RFC 9112 2.2 allows and
+ * are counted in the returned length. Validates: method token, request-target (origin,
+ * absolute, authority only with CONNECT, asterisk only with OPTIONS; no CTL, SP, DEL or
+ * bytes >= 0x80 in it), version, header name tokens, value bytes, Host (exactly one for 1.1,
+ * at most one for 1.0, valid authority syntax), Content-Length (digits, no list, no
+ * duplicates), Transfer-Encoding (only "chunked", once, case-insensitive, no other coding;
+ * none on HTTP/1.0; never together with Content-Length). */
+int moat_h1_parse_request(const char *buf, size_t len, const struct moat_h1_limits *lim,
+                          struct moat_h1_req *req, enum moat_h1_err *err);
+
+/* Parses a response head, same contract as moat_h1_parse_request. Responses are treated a
+ * little more liberally where RFC 9112 allows a recipient to (an empty reason phrase, a
+ * status line without reason), but never about framing: Content-Length and
+ * Transfer-Encoding rules are as strict as for requests, since a response that a proxy
+ * frames wrong poisons the connection. On the response side Transfer-Encoding with a coding
+ * other than chunked as the final one means "read until close" (RFC 9112 6.3 rule 4) and
+ * is reported as MOAT_H1_F_CHUNKED clear, MOAT_H1_F_HAS_CL clear, no error. */
+int moat_h1_parse_response(const char *buf, size_t len, const struct moat_h1_limits *lim,
+                           struct moat_h1_resp *resp, enum moat_h1_err *err);
+
+/* Incremental chunked-body decoder. Zero it (or call moat_h1_chunked_init) before the body. */
+struct moat_h1_chunked {
+    int state;              /* internal */
+    uint64_t remaining;     /* bytes left in the current chunk's data */
+    size_t trailer_bytes;   /* trailer bytes seen, bounded by max_trailer */
+    size_t max_trailer;     /* limit for the trailer section (default 8 KiB when 0) */
+    size_t line_bytes;      /* bytes of the current size / extension line (bounded) */
+};
+
+void moat_h1_chunked_init(struct moat_h1_chunked *st, size_t max_trailer);
+
+/* Decodes from <in,len>. On return *<consumed> bytes of <in> were used and *<data> is a span
+ * of payload (inside <in>, possibly empty) that the caller must pass on. Call again with the
+ * remaining input while it returns MOAT_OK. Returns MOAT_OK (progress; more may follow),
+ * MOAT_AGAIN (all of <in> consumed, need more input), MOAT_DONE (last chunk and trailers
+ * consumed; *<consumed> stops right after the final CRLF, so pipelined bytes that follow
+ * are left untouched), or MOAT_ERR with *<err> set. Chunk extensions are validated and
+ * dropped; trailer fields are validated like header fields and dropped. Bare LF is an
+ * error. */
+int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t len,
+                           size_t *consumed, struct moat_str *data, enum moat_h1_err *err);
+
+/* The HTTP status to answer for <e> on the request side (400, 414, 431, 501, 505). */
+int moat_h1_err_status(enum moat_h1_err e);
+/* A short stable snake_case name for <e> ("bare_lf", "cl_and_te", ...). */
+const char *moat_h1_err_name(enum moat_h1_err e);
+
+/* Finds the first header named <name> (case-insensitive); NULL if none. */
+const struct moat_hdr *moat_h1_find(const struct moat_hdr *hdrs, size_t n, struct moat_str name);
+
+/* Iterates comma-separated list elements (RFC 9110 5.6.1) of <value>: call with *<pos> = 0;
+ * returns true and sets *<elem> (trimmed, never empty) while elements remain. */
+bool moat_h1_list_next(struct moat_str value, size_t *pos, struct moat_str *elem);
+
+/* Reason phrase for <status> ("OK", "Not Found", ...); "Unknown" when moat has none. */
+struct moat_str moat_http_reason(int status);
+
+#endif
