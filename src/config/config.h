@@ -71,6 +71,12 @@ struct moat_config {
                                    (only allowed when listen is loopback) */
     } admin;
 
+    struct {
+        bool enabled;           /* demo_origin: "127.0.0.1:8081" starts moat's built-in demo
+                                   site on that address (the embedded default uses it) */
+        struct moat_addr listen;
+    } demo;
+
     struct moat_h1_limits h1;   /* limits.request_line (8 KiB), limits.header_bytes
                                    (16 KiB), limits.header_count (100) */
     uint64_t max_body_bytes;    /* limits.body_bytes; 0 = unlimited (default 0) */
