@@ -1,0 +1,65 @@
+/* buf.c: per-thread free lists of buffers. Buffers of the two common sizes are kept (bounded)
+ * so the request path never calls malloc in steady state. */
+#include "core/buf.h"
+
+#include <stdlib.h>
+
+#define FREE_MAX 256
+
+struct freelist {
+    uint32_t cap;
+    uint32_t n;
+    char *items[FREE_MAX];
+};
+
+static _Thread_local struct freelist lists[2];
+
+static struct freelist *list_for(uint32_t cap)
+{
+    for (int i = 0; i < 2; i++)
+        if (lists[i].cap == cap)
+            return &lists[i];
+    for (int i = 0; i < 2; i++)
+        if (lists[i].cap == 0) {
+            lists[i].cap = cap;
+            return &lists[i];
+        }
+    return NULL;
+}
+
+int moat_buf_get(struct moat_buf *b, uint32_t cap)
+{
+    struct freelist *fl = list_for(cap);
+    char *p = (fl && fl->n) ? fl->items[--fl->n] : malloc(cap);
+    b->rpos = b->wpos = 0;
+    if (!p) {
+        b->base = NULL;
+        b->cap = 0;
+        return MOAT_ERR;
+    }
+    b->base = p;
+    b->cap = cap;
+    return MOAT_OK;
+}
+
+void moat_buf_put(struct moat_buf *b)
+{
+    if (!b->base)
+        return;
+    struct freelist *fl = list_for(b->cap);
+    if (fl && fl->n < FREE_MAX)
+        fl->items[fl->n++] = b->base;
+    else
+        free(b->base);
+    b->base = NULL;
+    b->cap = b->rpos = b->wpos = 0;
+}
+
+void moat_buf_thread_cleanup(void)
+{
+    for (int i = 0; i < 2; i++) {
+        while (lists[i].n)
+            free(lists[i].items[--lists[i].n]);
+        lists[i].cap = 0;
+    }
+}
