@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* One status set for the whole project (nginx's, trimmed). Byte parsers return >0 for bytes
@@ -47,7 +49,8 @@ bool moat_str_ieq(struct moat_str a, struct moat_str b);
 bool moat_str_ieq_lc(struct moat_str a, const char *lc, size_t lclen);
 #define MOAT_STR_IEQ_LIT(s, lit) moat_str_ieq_lc((s), (lit), sizeof(lit) - 1)
 
-/* Poisoned: unbounded string functions have no place here. */
+/* Poisoned: unbounded string functions have no place here. (System headers that declare them
+ * are included above, so only our own code can trip this.) */
 #pragma GCC poison strcpy strcat sprintf strtok gets
 
 #endif
