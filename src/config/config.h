@@ -31,6 +31,8 @@ struct moat_cfg_origin {
     char *host;                 /* host part as written (for the Host header when
                                    pool.host_header is "origin"); NUL-terminated */
     unsigned weight;            /* default 1 */
+    char *authority;            /* "host" or "host:port" (port omitted when 80), IPv6 in
+                                   brackets: the Host value when host_header is "origin" */
 };
 
 struct moat_cfg_pool {
@@ -141,5 +143,21 @@ int moat_addr_parse(const char *text, struct moat_addr *out, char *err, size_t e
  * ("512", "16k", "16KiB", "512MiB", "1GiB", "1g"; powers of 1024). MOAT_OK or MOAT_ERR. */
 int moat_parse_duration_ms(const char *s, uint64_t *out);
 int moat_parse_size(const char *s, uint64_t *out);
+
+/* Parses "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128) into <out>. Host
+ * bits set below the prefix are an error (a typo more often than intent). MOAT_OK or MOAT_ERR
+ * with a message in <err>. */
+int moat_cidr_parse(const char *text, struct moat_cidr *out, char *err, size_t errlen);
+
+/* True if the (v4-mapped when IPv4) 16-byte <addr> is inside <c>. */
+bool moat_cidr_match(const struct moat_cidr *c, const uint8_t addr[16]);
+
+/* Calls <fn> once per configuration key, in table order, with its dotted path
+ * ("pools.*.connect_timeout", "sites[].hosts"), its type name, its default as YAML text (NULL
+ * when it has none; "required" keys say so in <doc>) and its one-line doc. The tables that
+ * drive parsing are the single source: tests check docs/configuration.md against it. */
+typedef void moat_config_key_fn(const char *path, const char *type, const char *def,
+                                const char *doc, void *ud);
+void moat_config_keys(moat_config_key_fn *fn, void *ud);
 
 #endif
