@@ -1,0 +1,602 @@
+"""origins.py: scripted origin servers for moat's end-to-end tests.
+
+Every origin listens on 127.0.0.1 on a free port, runs one thread per connection, and records
+every raw byte it receives per connection, so a test can assert exactly what moat sent (or that
+it sent nothing at all). What an origin answers comes from a per-test handler:
+
+    handler(req, origin) -> bytes            send it; keep the connection unless it says close
+                          -> None             close the connection without answering
+                          -> HANG             answer nothing, keep reading (and recording)
+                          -> [step, ...]      bytes to send, float seconds to sleep, CLOSE,
+                                              HANG, or Takeover(fn) to own the raw socket
+
+The default handler is a small echo / sized-body site (see `default_handler`).
+"""
+
+import base64
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+
+CLOSE = object()  # step: close the connection now
+HANG = object()  # step: say nothing more, keep reading until the origin stops
+
+
+class Takeover:
+    """Step: hand the raw socket (and bytes already read past the request) to fn(sock, rest)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
+class Request:
+    """One request as the origin received it."""
+
+    def __init__(self, method, target, version, headers, body, raw, chunked, conn, index):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # list of (name, value) as received
+        self.body = body  # decoded payload
+        self.raw = raw  # the exact bytes of this request (head + framed body)
+        self.chunked = chunked
+        self.conn = conn  # the ConnRecord it came on
+        self.index = index  # 0 for the first request on its connection
+
+    @property
+    def path(self):
+        return self.target.split("?", 1)[0]
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def has_header(self, name):
+        return any(k.lower() == name.lower() for k, _ in self.headers)
+
+    def __repr__(self):
+        return f"<Request {self.method} {self.target} {self.version} #{self.index}>"
+
+
+class ConnRecord:
+    def __init__(self, n):
+        self.n = n
+        self.raw = bytearray()
+        self.requests = []
+        self.closed = threading.Event()
+
+
+def response(status=200, body=b"", headers=None, reason=None, version="HTTP/1.1",
+             chunked=False, content_length=True):
+    """Builds a response. headers: list of (name, value) pairs or a dict."""
+    if isinstance(body, str):
+        body = body.encode()
+    reason = reason if reason is not None else REASONS.get(status, "Whatever")
+    hdrs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    names = {k.lower() for k, _ in hdrs}
+    if chunked:
+        hdrs.append(("Transfer-Encoding", "chunked"))
+        framed = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+    else:
+        if content_length and "content-length" not in names:
+            hdrs.append(("Content-Length", str(len(body))))
+        framed = body
+    head = f"{version} {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs) + "\r\n"
+    return head.encode("latin-1") + framed
+
+
+REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
+           204: "No Content", 301: "Moved Permanently", 304: "Not Modified",
+           400: "Bad Request", 404: "Not Found", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+
+
+def default_handler(req, origin):
+    """GET /size/N: N bytes; /echo: the request body back, with X-Method/X-Target;
+    /status/NNN: that status; /delay/MS: answer after MS milliseconds; anything else:
+    "ok NAME TARGET". Every response carries X-Origin: NAME."""
+    base = [("X-Origin", origin.name)]
+    path = req.path
+    if path.startswith("/size/"):
+        n = int(path[6:])
+        return response(200, pattern(n), base)
+    if path.startswith("/echo"):
+        return response(200, req.body, base + [("X-Method", req.method), ("X-Target", req.target)])
+    if path.startswith("/status/"):
+        st = int(path[8:])
+        if st in (204, 304) or st < 200:
+            return response(st, b"", base, content_length=False)
+        return response(st, f"status {st}\n", base)
+    if path.startswith("/delay/"):
+        return [int(path[7:]) / 1000.0, response(200, f"slow {origin.name}\n", base)]
+    if req.method == "HEAD":
+        return response(200, b"", base + [("Content-Length", "13")], content_length=False)
+    return response(200, f"ok {origin.name} {req.target}\n", base)
+
+
+def pattern(n):
+    """n deterministic bytes (a repeating alphabet) so truncation or reordering shows."""
+    unit = b"abcdefghijklmnopqrstuvwxyz0123456789\n"
+    return (unit * (n // len(unit) + 1))[:n]
+
+
+class _ParseError(Exception):
+    pass
+
+
+def _parse_request(buf):
+    """Returns (method, target, version, headers, body, consumed, chunked) when buf holds a
+    whole request, None when more bytes are needed; raises _ParseError on garbage."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).decode("latin-1")
+    lines = head.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise _ParseError(lines[0])
+    method, target, version = parts
+    headers = []
+    for line in lines[1:]:
+        if ":" not in line:
+            raise _ParseError(line)
+        k, v = line.split(":", 1)
+        headers.append((k, v.strip(" \t")))
+    pos = end + 4
+    te = ",".join(v for k, v in headers if k.lower() == "transfer-encoding").lower()
+    cl = [v for k, v in headers if k.lower() == "content-length"]
+    if "chunked" in te:
+        body = bytearray()
+        while True:
+            le = buf.find(b"\r\n", pos)
+            if le < 0:
+                return None
+            size = int(bytes(buf[pos:le]).split(b";")[0].strip(), 16)
+            pos = le + 2
+            if size == 0:
+                # trailers until an empty line
+                while True:
+                    le = buf.find(b"\r\n", pos)
+                    if le < 0:
+                        return None
+                    line = buf[pos:le]
+                    pos = le + 2
+                    if not line:
+                        return method, target, version, headers, bytes(body), pos, True
+            if len(buf) < pos + size + 2:
+                return None
+            body += buf[pos:pos + size]
+            if buf[pos + size:pos + size + 2] != b"\r\n":
+                raise _ParseError("chunk data not followed by CRLF")
+            pos += size + 2
+    if cl:
+        n = int(cl[0])
+        if len(buf) < pos + n:
+            return None
+        return method, target, version, headers, bytes(buf[pos:pos + n]), pos + n, False
+    return method, target, version, headers, b"", pos, False
+
+
+class Origin:
+    """A threaded raw-socket HTTP/1.1 origin that records everything it receives."""
+
+    def __init__(self, handler=None, name="origin", port=0):
+        self.handler = handler or default_handler
+        self.name = name
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", port))
+        self.lsock.listen(128)
+        self.lsock.settimeout(0.05)
+        self.port = self.lsock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.conns = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = []
+        self.socks = []
+        self.errors = []
+        self.t = threading.Thread(target=self._accept_loop, daemon=True)
+        self.t.start()
+
+    # --- what the origin saw -------------------------------------------------------------
+    @property
+    def accepts(self):
+        with self.lock:
+            return len(self.conns)
+
+    @property
+    def requests(self):
+        with self.lock:
+            return [r for c in self.conns for r in c.requests]
+
+    def total_bytes(self):
+        with self.lock:
+            return sum(len(c.raw) for c in self.conns)
+
+    def raw(self):
+        with self.lock:
+            return b"".join(bytes(c.raw) for c in self.conns)
+
+    def reset(self):
+        with self.lock:
+            self.conns = []
+
+    def wait_requests(self, n, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.requests) >= n:
+                return self.requests
+            time.sleep(0.01)
+        raise AssertionError(f"origin {self.name} saw {len(self.requests)} requests, wanted {n}")
+
+    # --- machinery -----------------------------------------------------------------------
+    def _accept_loop(self):
+        while not self.stopping.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                rec = ConnRecord(len(self.conns))
+                self.conns.append(rec)
+                self.socks.append(s)
+            t = threading.Thread(target=self._serve, args=(s, rec), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _recv(self, s):
+        """recv that wakes up to notice stop(); b"" on EOF, None on stop."""
+        while not self.stopping.is_set():
+            try:
+                return s.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return b""
+        return None
+
+    def _serve(self, s, rec):
+        s.settimeout(0.1)
+        buf = bytearray()
+        hanging = False
+        try:
+            while True:
+                parsed = None
+                if not hanging:
+                    try:
+                        parsed = _parse_request(buf)
+                    except (_ParseError, ValueError):
+                        hanging = True  # keep recording, answer nothing
+                if parsed is None:
+                    data = self._recv(s)
+                    if not data:
+                        return
+                    with self.lock:
+                        rec.raw += data
+                    buf += data
+                    continue
+                method, target, version, headers, body, used, chunked = parsed
+                req = Request(method, target, version, headers, body, bytes(buf[:used]),
+                              chunked, rec, len(rec.requests))
+                del buf[:used]
+                with self.lock:
+                    rec.requests.append(req)
+                try:
+                    out = self.handler(req, self)
+                except Exception as e:  # a broken handler is a test bug: make it visible
+                    self.errors.append(repr(e))
+                    return
+                if out is None:
+                    return
+                steps = out if isinstance(out, list) else [out]
+                for step in steps:
+                    if step is CLOSE:
+                        return
+                    if step is HANG:
+                        hanging = True
+                    elif isinstance(step, (int, float)):
+                        if self.stopping.wait(step):
+                            return
+                    elif isinstance(step, Takeover):
+                        s.settimeout(5)
+                        step.fn(s, bytes(buf))
+                        return
+                    else:
+                        s.sendall(step)
+                last = steps[-1] if steps else b""
+                if isinstance(last, (bytes, bytearray)):
+                    head = bytes(last).split(b"\r\n\r\n", 1)[0].lower()
+                    if b"\r\nconnection: close" in head:
+                        return
+        except OSError:
+            pass
+        finally:
+            rec.closed.set()
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopping.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self.socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(2)
+        self.t.join(2)
+
+
+# --- ready-made behaviours ----------------------------------------------------------------
+
+def slow_handler(delay):
+    """Answers every request after <delay> seconds."""
+    def h(req, origin):
+        return [delay, response(200, f"slow {origin.name}\n", [("X-Origin", origin.name)])]
+    return h
+
+
+def silent_handler(req, origin):
+    """Accepts, reads the request, never answers."""
+    return HANG
+
+
+def close_reused_handler(req, origin):
+    """Answers the first request on each connection normally (keep-alive), and closes the
+    connection without answering when a second request arrives on it: a stale pooled
+    connection as moat sees it."""
+    if req.index == 0:
+        return default_handler(req, origin)
+    return CLOSE
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_accept(key):
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def ws_frame(opcode, payload, mask=None, fin=True):
+    """Builds one websocket frame; mask: 4 bytes to mask it (client to server) or None."""
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        hdr = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, mbit | 127, n)
+    if mask:
+        payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+        return hdr + mask + payload
+    return hdr + payload
+
+
+class _Reader:
+    def __init__(self, sock, rest=b""):
+        self.sock = sock
+        self.buf = bytearray(rest)
+
+    def exactly(self, n):
+        while len(self.buf) < n:
+            d = self.sock.recv(max(65536, n - len(self.buf)))
+            if not d:
+                raise EOFError("connection closed mid-frame")
+            self.buf += d
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+
+def ws_read_frame(reader):
+    """Reads one frame from a _Reader; returns (fin, opcode, payload unmasked, was_masked)."""
+    b0, b1 = reader.exactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", reader.exactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", reader.exactly(8))[0]
+    mask = reader.exactly(4) if b1 & 0x80 else None
+    payload = reader.exactly(n)
+    if mask:
+        payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    return bool(b0 & 0x80), b0 & 0x0F, payload, mask is not None
+
+
+def ws_handler(req, origin):
+    """A websocket echo origin: handshake, then every data frame back unmasked (with a
+    1-byte prefix b"M" if the client frame was masked, b"U" if not, so the test can see that
+    moat did not touch the masking); a close frame is answered and ends it."""
+    if (req.header("Upgrade") or "").lower() != "websocket":
+        return default_handler(req, origin)
+    key = req.header("Sec-WebSocket-Key", "")
+    head = response(101, b"", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                               ("Sec-WebSocket-Accept", ws_accept(key))],
+                    content_length=False)
+
+    def echo(sock, rest):
+        r = _Reader(sock, rest)
+        while True:
+            try:
+                fin, op, payload, masked = ws_read_frame(r)
+            except (EOFError, OSError):
+                return
+            if op == 0x8:
+                sock.sendall(ws_frame(0x8, payload))
+                return
+            if op == 0x9:
+                sock.sendall(ws_frame(0xA, payload))
+                continue
+            sock.sendall(ws_frame(op, (b"M" if masked else b"U") + payload))
+
+    return [head, Takeover(echo)]
+
+
+class BulkOrigin:
+    """An origin for the 1 GiB tests: GET /bulk/N answers N bytes with Content-Length, sent
+    with os.sendfile from a sparse file (zeros, no page-cache cost); any other request has its
+    body (Content-Length or chunked) read and counted at recv_into speed, and is answered
+    "count=N". Nothing is kept in memory."""
+
+    def __init__(self, sparse_path, size):
+        self.path = sparse_path
+        with open(sparse_path, "wb") as f:
+            f.truncate(size)
+        self.size = size
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.lsock.settimeout(0.05)
+        self.port = self.lsock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.stopping = threading.Event()
+        self.socks = []
+        self.received = []  # body byte counts of finished uploads
+        self.errors = []
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def _loop(self):
+        while not self.stopping.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.socks.append(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        s.settimeout(60)
+        buf = bytearray()
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                end = buf.find(b"\r\n\r\n")
+                head = bytes(buf[:end]).decode("latin-1")
+                del buf[:end + 4]
+                lines = head.split("\r\n")
+                method, target, _ = lines[0].split(" ")
+                hdrs = {}
+                for line in lines[1:]:
+                    k, v = line.split(":", 1)
+                    hdrs[k.strip().lower()] = v.strip()
+                if method == "GET" and target.startswith("/bulk/"):
+                    n = int(target[6:])
+                    s.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
+                    with open(self.path, "rb") as f:
+                        off = 0
+                        s.settimeout(None)
+                        while off < n:
+                            sent = os.sendfile(s.fileno(), f.fileno(), off % self.size,
+                                               min(n - off, self.size - off % self.size))
+                            if sent == 0:
+                                return
+                            off += sent
+                        s.settimeout(60)
+                    continue
+                count = self._read_body(s, buf, hdrs)
+                self.received.append(count)
+                body = f"count={count}".encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        except (OSError, ValueError) as e:
+            self.errors.append(repr(e))
+        finally:
+            s.close()
+
+    def _read_body(self, s, buf, hdrs):
+        chunk = bytearray(1 << 20)
+        view = memoryview(chunk)
+        if "chunked" in hdrs.get("transfer-encoding", "").lower():
+            total = 0
+            while True:
+                while b"\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        raise ValueError("EOF in chunk size")
+                    buf += d
+                le = buf.find(b"\r\n")
+                size = int(bytes(buf[:le]).split(b";")[0], 16)
+                del buf[:le + 2]
+                if size == 0:
+                    while True:
+                        while b"\r\n" not in buf:
+                            d = s.recv(65536)
+                            if not d:
+                                raise ValueError("EOF in trailers")
+                            buf += d
+                        le = buf.find(b"\r\n")
+                        del buf[:le + 2]
+                        if le == 0:
+                            return total
+                need = size + 2
+                take = min(need, len(buf))
+                del buf[:take]
+                need -= take
+                while need > 2:
+                    got = s.recv_into(view, min(need - 2, len(chunk)))
+                    if not got:
+                        raise ValueError("EOF in chunk")
+                    need -= got
+                while need > 0:
+                    d = s.recv(need)
+                    if not d:
+                        raise ValueError("EOF in chunk CRLF")
+                    buf += d
+                    take = min(need, len(buf))
+                    del buf[:take]
+                    need -= take
+                total += size
+        n = int(hdrs.get("content-length", "0"))
+        take = min(n, len(buf))
+        del buf[:take]
+        left = n - take
+        while left:
+            got = s.recv_into(view, min(left, len(chunk)))
+            if not got:
+                raise ValueError(f"EOF with {left} body bytes left")
+            left -= got
+        return n
+
+    def stop(self):
+        self.stopping.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.t.join(2)
