@@ -831,6 +831,7 @@ int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t le
             *consumed = (size_t)(p - in);
             return MOAT_OK;
         }
+        c = 0; /* a limit hit below is not about the byte that hit it */
         if (s < CH_DATA) {
             if (++st->line_bytes > CH_MAX_LINE)
                 goto fail;

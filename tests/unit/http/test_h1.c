@@ -802,6 +802,12 @@ static void test_chunked_errors(void **state)
     assert_int_equal(dechunk(t, strlen(t), 0, 16, out, &olen, &used, &e), MOAT_ERR);
     assert_int_equal(e, MOAT_H1_TRAILERS_TOO_LARGE);
     assert_int_equal(moat_h1_err_status(e), 431);
+    /* found by fuzz_h1: the limit hit on the byte after an LF was reported as bare_lf in
+     * one piece but trailers_too_large byte by byte */
+    for (size_t step = 0; step <= 1; step++) {
+        assert_int_equal(dechunk("0\r\nA: b\r\nC", 12, step, 6, out, &olen, &used, &e), MOAT_ERR);
+        assert_int_equal(e, MOAT_H1_TRAILERS_TOO_LARGE);
+    }
     /* size line limit */
     char big[5000];
     memset(big, '0', sizeof big);
