@@ -106,6 +106,7 @@ struct ld {
     bool failed;
     bool quick;
     struct fy_diag *diag;
+    struct fy_node *cur_key; /* the key whose value is being parsed, for empty values */
     char path[512]; /* the dotted key path being parsed, for messages */
     size_t pathlen;
 };
@@ -136,6 +137,10 @@ static void path_pop(struct ld *ld, size_t old)
 static void node_pos(struct ld *ld, struct fy_node *n, int *line, int *col)
 {
     *line = *col = 1;
+    /* A key given without a value ("via:") has an empty scalar without a token and so
+     * without a position: point at the key instead. */
+    if (n && fy_node_get_type(n) == FYNT_SCALAR && !fy_node_get_scalar_token(n))
+        n = ld->cur_key;
     if (!n || !ld->diag)
         return;
     fy_diag_reset_error(ld->diag);
@@ -149,6 +154,11 @@ static void node_pos(struct ld *ld, struct fy_node *n, int *line, int *col)
         *col = last->column;
     }
     fy_diag_reset_error(ld->diag);
+    /* libfyaml marks a quoted scalar at its first character; the node starts at the quote,
+     * which is always right before it. */
+    enum fy_node_style st = fy_node_get_style(n);
+    if ((st == FYNS_SINGLE_QUOTED || st == FYNS_DOUBLE_QUOTED) && *col > 1)
+        (*col)--;
 }
 
 /* Records the first error only: later ones are usually consequences of it. */
@@ -579,6 +589,7 @@ static int walk(struct ld *ld, const struct table *t, struct fy_node *map, void 
         if (present[i]) {
             /* A key without a value ("admin:") points errors at the key itself. */
             struct fy_node *v = valn[i] ? valn[i] : keyn[i];
+            ld->cur_key = keyn[i];
             if (k->type == KT_MAP)
                 rc = walk(ld, k->sub, v, base, false);
             else if (is_null(valn[i]))
@@ -986,6 +997,7 @@ static int k_pools(struct ld *ld, const struct key *k, struct fy_node *n, void *
         c->npools++;
         p->name = arena_strndup(ld->box, name, strlen(name));
         struct fy_node *v = deref(fy_node_pair_value(pr));
+        ld->cur_key = kn;
         int rc = p->name ? MOAT_OK : oom(ld);
         if (rc == MOAT_OK && is_null(v))
             rc = fail(ld, v ? v : kn, "a pool needs at least origins: [HOST:PORT]");
