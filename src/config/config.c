@@ -99,7 +99,7 @@ static void box_free(struct cfg_box *b)
 
 struct ld {
     struct cfg_box *box;
-    const char *name; /* file name used in error positions */
+    const char *name;    /* file name used in error positions */
     const char *basedir; /* relative paths resolve against it; NULL = as written */
     char *err;
     size_t errlen;
@@ -107,7 +107,7 @@ struct ld {
     bool quick;
     struct fy_diag *diag;
     struct fy_node *cur_key; /* the key whose value is being parsed, for empty values */
-    char path[512]; /* the dotted key path being parsed, for messages */
+    char path[512];          /* the dotted key path being parsed, for messages */
     size_t pathlen;
 };
 
@@ -180,8 +180,7 @@ static int fail(struct ld *ld, struct fy_node *n, const char *fmt, ...)
     } else {
         int line, col;
         node_pos(ld, n, &line, &col);
-        snprintf(ld->err, ld->errlen, "%s:%d:%d: %s%s%s", ld->name, line, col, ld->path, sep,
-                 msg);
+        snprintf(ld->err, ld->errlen, "%s:%d:%d: %s%s%s", ld->name, line, col, ld->path, sep, msg);
     }
     return MOAT_ERR;
 }
@@ -212,8 +211,7 @@ static bool is_null(struct fy_node *n)
     size_t len;
     const char *s = fy_node_get_scalar(n, &len);
     return len == 0 || (len == 1 && s[0] == '~') ||
-           (len == 4 && (!memcmp(s, "null", 4) || !memcmp(s, "Null", 4) ||
-                         !memcmp(s, "NULL", 4)));
+           (len == 4 && (!memcmp(s, "null", 4) || !memcmp(s, "Null", 4) || !memcmp(s, "NULL", 4)));
 }
 
 static const char *what(struct fy_node *n)
@@ -259,8 +257,8 @@ static struct fy_node *map_lookup(struct fy_node *map, const char *key)
     while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
         struct fy_node *kn = deref(fy_node_pair_key(p));
         size_t len;
-        const char *s = kn && fy_node_get_type(kn) == FYNT_SCALAR ? fy_node_get_scalar(kn, &len)
-                                                                  : NULL;
+        const char *s =
+            kn && fy_node_get_type(kn) == FYNT_SCALAR ? fy_node_get_scalar(kn, &len) : NULL;
         if (s && len == kl && memcmp(s, key, kl) == 0)
             return deref(fy_node_pair_value(p));
     }
@@ -373,7 +371,10 @@ struct table {
 };
 
 #define AT(type, field) .off = offsetof(type, field), .width = sizeof(((type *)0)->field)
-#define TABLE(k, p) {k, MOAT_ARRAY_LEN(k), p}
+#define TABLE(k, p)                                                                                \
+    {                                                                                              \
+        k, MOAT_ARRAY_LEN(k), p                                                                    \
+    }
 #define MAX_KEYS 16
 
 static int walk(struct ld *ld, const struct table *t, struct fy_node *map, void *base,
@@ -596,8 +597,8 @@ static int walk(struct ld *ld, const struct table *t, struct fy_node *map, void 
                 rc = fail(ld, v, "no value given");
             else
                 rc = parse_value(ld, k, v, base);
-        } else if (!defaults_only && ((k->flags & K_REQUIRED) ||
-                                      ((k->flags & K_REQUIRED_FILE) && !ld->quick))) {
+        } else if (!defaults_only &&
+                   ((k->flags & K_REQUIRED) || ((k->flags & K_REQUIRED_FILE) && !ld->quick))) {
             rc = fail(ld, at, "required key is missing");
         } else if ((k->flags & K_PRESENCE) == 0 && k->def) {
             rc = apply_default(ld, k, base);
@@ -776,8 +777,8 @@ static int limits_post(struct ld *ld, struct fy_node *map, void *base)
     if (c->h1.request_line > c->h1.head_bytes) {
         struct fy_node *n = map_lookup(map, "request_line");
         size_t old = path_push(ld, ".request_line");
-        fail(ld, n ? n : map, "must not exceed limits.header_bytes (%zu > %zu)",
-             c->h1.request_line, c->h1.head_bytes);
+        fail(ld, n ? n : map, "must not exceed limits.header_bytes (%zu > %zu)", c->h1.request_line,
+             c->h1.head_bytes);
         path_pop(ld, old);
         return MOAT_ERR;
     }
@@ -883,10 +884,19 @@ static int k_origin_addr(struct ld *ld, const struct key *k, struct fy_node *n, 
 }
 
 static const struct key origin_keys[] = {
-    {.name = "addr", .type = KT_CUSTOM, .fn = k_origin_addr, .tname = "address",
-     .flags = K_REQUIRED, .doc = "HOST:PORT of the origin (required); names resolve at load"},
-    {.name = "weight", .type = KT_UINT, AT(struct moat_cfg_origin, weight), .def = "1", .min = 1,
-     .max = 1000, .doc = "share of requests relative to the pool's other origins"},
+    {.name = "addr",
+     .type = KT_CUSTOM,
+     .fn = k_origin_addr,
+     .tname = "address",
+     .flags = K_REQUIRED,
+     .doc = "HOST:PORT of the origin (required); names resolve at load"},
+    {.name = "weight",
+     .type = KT_UINT,
+     AT(struct moat_cfg_origin, weight),
+     .def = "1",
+     .min = 1,
+     .max = 1000,
+     .doc = "share of requests relative to the pool's other origins"},
 };
 static const struct table origin_table = TABLE(origin_keys, NULL);
 
@@ -922,24 +932,54 @@ static int k_origins(struct ld *ld, const struct key *k, struct fy_node *n, void
 static const char *const host_header_names[] = {"client", "origin", NULL};
 
 static const struct key pool_keys[] = {
-    {.name = "origins", .type = KT_CUSTOM, .fn = k_origins, .sub = &origin_table,
-     .sub_sep = "[].", .tname = "list of address or {addr, weight}", .flags = K_REQUIRED,
+    {.name = "origins",
+     .type = KT_CUSTOM,
+     .fn = k_origins,
+     .sub = &origin_table,
+     .sub_sep = "[].",
+     .tname = "list of address or {addr, weight}",
+     .flags = K_REQUIRED,
      .doc = "the origins of the pool (required, not empty)"},
-    {.name = "keepalive", .type = KT_UINT, AT(struct moat_cfg_pool, keepalive), .def = "32",
-     .min = 0, .max = 10000, .doc = "idle connections kept per origin per worker"},
-    {.name = "connect_timeout", .type = KT_DURATION, AT(struct moat_cfg_pool, connect_timeout_ms),
-     .def = "5s", .min = 1, .max = 86400000, .doc = "time to establish a connection"},
-    {.name = "first_byte_timeout", .type = KT_DURATION,
-     AT(struct moat_cfg_pool, first_byte_timeout_ms), .def = "60s", .min = 1, .max = 86400000,
+    {.name = "keepalive",
+     .type = KT_UINT,
+     AT(struct moat_cfg_pool, keepalive),
+     .def = "32",
+     .min = 0,
+     .max = 10000,
+     .doc = "idle connections kept per origin per worker"},
+    {.name = "connect_timeout",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_pool, connect_timeout_ms),
+     .def = "5s",
+     .min = 1,
+     .max = 86400000,
+     .doc = "time to establish a connection"},
+    {.name = "first_byte_timeout",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_pool, first_byte_timeout_ms),
+     .def = "60s",
+     .min = 1,
+     .max = 86400000,
      .doc = "request sent to response head received"},
-    {.name = "idle_timeout", .type = KT_DURATION, AT(struct moat_cfg_pool, idle_timeout_ms),
-     .def = "60s", .min = 1, .max = 86400000,
+    {.name = "idle_timeout",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_pool, idle_timeout_ms),
+     .def = "60s",
+     .min = 1,
+     .max = 86400000,
      .doc = "no bytes either way while a body is in flight"},
-    {.name = "keepalive_timeout", .type = KT_DURATION,
-     AT(struct moat_cfg_pool, keepalive_timeout_ms), .def = "30s", .min = 1, .max = 86400000,
+    {.name = "keepalive_timeout",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_pool, keepalive_timeout_ms),
+     .def = "30s",
+     .min = 1,
+     .max = 86400000,
      .doc = "how long an idle pooled connection is kept"},
-    {.name = "host_header", .type = KT_ENUM, AT(struct moat_cfg_pool, host_from_origin),
-     .def = "client", .names = host_header_names,
+    {.name = "host_header",
+     .type = KT_ENUM,
+     AT(struct moat_cfg_pool, host_from_origin),
+     .def = "client",
+     .names = host_header_names,
      .doc = "Host sent upstream: the client's (client) or the origin's host (origin)"},
 };
 static const struct table pool_table = TABLE(pool_keys, NULL);
@@ -986,8 +1026,7 @@ static int k_pools(struct ld *ld, const struct key *k, struct fy_node *n, void *
             if (strcmp(c->pools[i].name, name) == 0) {
                 int l, col;
                 node_pos(ld, keys[i], &l, &col);
-                fail(ld, kn, "duplicate pool name (first defined at line %d, column %d)", l,
-                     col);
+                fail(ld, kn, "duplicate pool name (first defined at line %d, column %d)", l, col);
                 path_pop(ld, old);
                 return MOAT_ERR;
             }
@@ -1060,8 +1099,7 @@ static int host_elem(struct ld *ld, struct fy_node *n, size_t idx, void *ud)
     if (!valid_site_host(buf)) {
         if (buf[0] != '[' && strchr(buf, ':'))
             return fail(ld, n, "\"%s\": hosts are names without a port", buf);
-        return fail(ld, n,
-                    "\"%s\" is not a host name (use e.g. shop.example, *.shop.example or *)",
+        return fail(ld, n, "\"%s\" is not a host name (use e.g. shop.example, *.shop.example or *)",
                     buf);
     }
     char *s = arena_strndup(ld->box, buf, len);
@@ -1118,11 +1156,18 @@ static int k_site_pool(struct ld *ld, const struct key *k, struct fy_node *n, vo
 }
 
 static const struct key site_keys[] = {
-    {.name = "hosts", .type = KT_CUSTOM, .fn = k_hosts, .tname = "host name or list",
+    {.name = "hosts",
+     .type = KT_CUSTOM,
+     .fn = k_hosts,
+     .tname = "host name or list",
      .flags = K_REQUIRED,
      .doc = "names this site answers: exact, \"*.suffix\" or \"*\" (required)"},
-    {.name = "pool", .type = KT_CUSTOM, .fn = k_site_pool, .tname = "pool name",
-     .flags = K_REQUIRED, .doc = "the pool requests for this site go to (required)"},
+    {.name = "pool",
+     .type = KT_CUSTOM,
+     .fn = k_site_pool,
+     .tname = "pool name",
+     .flags = K_REQUIRED,
+     .doc = "the pool requests for this site go to (required)"},
 };
 static const struct table site_table = TABLE(site_keys, NULL);
 
@@ -1149,7 +1194,8 @@ static int build_site_index(struct ld *ld, struct fy_node *sites_node, struct ho
     struct moat_config *c = &b->cfg;
     qsort(ents, n, sizeof(*ents), cmp_ent);
     for (size_t i = 1; i < n; i++) {
-        if (ents[i].len == ents[i - 1].len && !memcmp(ents[i].name, ents[i - 1].name, ents[i].len)) {
+        if (ents[i].len == ents[i - 1].len &&
+            !memcmp(ents[i].name, ents[i - 1].name, ents[i].len)) {
             char msg[MOAT_CONFIG_ERRLEN];
             snprintf(msg, sizeof(msg),
                      "%s:%d:%d: sites[%zu].hosts: \"%s\" is already used by sites[%zu] (line "
@@ -1226,9 +1272,16 @@ static int k_sites(struct ld *ld, const struct key *k, struct fy_node *n, void *
 /* --- the top-level tables --------------------------------------------------------------- */
 
 static const struct key admin_keys[] = {
-    {.name = "listen", .type = KT_CUSTOM, .fn = k_admin_listen, .tname = "address",
-     .flags = K_REQUIRED, .doc = "HOST:PORT of the admin API (required when admin is set)"},
-    {.name = "token_file", .type = KT_CUSTOM, .fn = k_token_file, .tname = "path",
+    {.name = "listen",
+     .type = KT_CUSTOM,
+     .fn = k_admin_listen,
+     .tname = "address",
+     .flags = K_REQUIRED,
+     .doc = "HOST:PORT of the admin API (required when admin is set)"},
+    {.name = "token_file",
+     .type = KT_CUSTOM,
+     .fn = k_token_file,
+     .tname = "path",
      .doc = "file holding the bearer token; required unless listen is loopback"},
 };
 static const struct table admin_table = TABLE(admin_keys, admin_post);
@@ -1237,34 +1290,81 @@ static const struct table admin_table = TABLE(admin_keys, admin_post);
 #define MiB (1024ull * 1024)
 
 static const struct key limits_keys[] = {
-    {.name = "request_line", .type = KT_SIZE, AT(struct moat_config, h1.request_line),
-     .def = "8KiB", .min = 256, .max = MiB, .doc = "longest request line (414 beyond)"},
-    {.name = "header_bytes", .type = KT_SIZE, AT(struct moat_config, h1.head_bytes),
-     .def = "16KiB", .min = KiB, .max = 4 * MiB,
+    {.name = "request_line",
+     .type = KT_SIZE,
+     AT(struct moat_config, h1.request_line),
+     .def = "8KiB",
+     .min = 256,
+     .max = MiB,
+     .doc = "longest request line (414 beyond)"},
+    {.name = "header_bytes",
+     .type = KT_SIZE,
+     AT(struct moat_config, h1.head_bytes),
+     .def = "16KiB",
+     .min = KiB,
+     .max = 4 * MiB,
      .doc = "largest request head, request line included (431 beyond)"},
-    {.name = "header_count", .type = KT_UINT, AT(struct moat_config, h1.max_headers),
-     .def = "100", .min = 1, .max = 10000, .doc = "most header fields in a request (431 beyond)"},
-    {.name = "body_bytes", .type = KT_SIZE, AT(struct moat_config, max_body_bytes), .def = "0",
-     .min = 0, .max = UINT64_MAX, .doc = "largest request body, 0 = unlimited (413 beyond)"},
-    {.name = "connections", .type = KT_UINT, AT(struct moat_config, max_connections),
-     .def = "10000", .min = 1, .max = 1000000, .doc = "open client connections per worker"},
+    {.name = "header_count",
+     .type = KT_UINT,
+     AT(struct moat_config, h1.max_headers),
+     .def = "100",
+     .min = 1,
+     .max = 10000,
+     .doc = "most header fields in a request (431 beyond)"},
+    {.name = "body_bytes",
+     .type = KT_SIZE,
+     AT(struct moat_config, max_body_bytes),
+     .def = "0",
+     .min = 0,
+     .max = UINT64_MAX,
+     .doc = "largest request body, 0 = unlimited (413 beyond)"},
+    {.name = "connections",
+     .type = KT_UINT,
+     AT(struct moat_config, max_connections),
+     .def = "10000",
+     .min = 1,
+     .max = 1000000,
+     .doc = "open client connections per worker"},
 };
 static const struct table limits_table = TABLE(limits_keys, limits_post);
 
 #define DAY_MS 86400000ull
 
 static const struct key timeouts_keys[] = {
-    {.name = "client_header", .type = KT_DURATION,
-     AT(struct moat_config, client_header_timeout_ms), .def = "10s", .min = 1, .max = DAY_MS,
+    {.name = "client_header",
+     .type = KT_DURATION,
+     AT(struct moat_config, client_header_timeout_ms),
+     .def = "10s",
+     .min = 1,
+     .max = DAY_MS,
      .doc = "time for a client to send a whole request head"},
-    {.name = "client_body", .type = KT_DURATION, AT(struct moat_config, client_body_timeout_ms),
-     .def = "60s", .min = 1, .max = DAY_MS, .doc = "longest pause between two body reads"},
-    {.name = "keepalive", .type = KT_DURATION, AT(struct moat_config, client_idle_timeout_ms),
-     .def = "60s", .min = 1, .max = DAY_MS, .doc = "idle time between requests on a connection"},
-    {.name = "send", .type = KT_DURATION, AT(struct moat_config, send_timeout_ms), .def = "60s",
-     .min = 1, .max = DAY_MS, .doc = "longest time without progress writing to a client"},
-    {.name = "drain", .type = KT_DURATION, AT(struct moat_config, drain_timeout_ms),
-     .def = "30s", .min = 0, .max = DAY_MS,
+    {.name = "client_body",
+     .type = KT_DURATION,
+     AT(struct moat_config, client_body_timeout_ms),
+     .def = "60s",
+     .min = 1,
+     .max = DAY_MS,
+     .doc = "longest pause between two body reads"},
+    {.name = "keepalive",
+     .type = KT_DURATION,
+     AT(struct moat_config, client_idle_timeout_ms),
+     .def = "60s",
+     .min = 1,
+     .max = DAY_MS,
+     .doc = "idle time between requests on a connection"},
+    {.name = "send",
+     .type = KT_DURATION,
+     AT(struct moat_config, send_timeout_ms),
+     .def = "60s",
+     .min = 1,
+     .max = DAY_MS,
+     .doc = "longest time without progress writing to a client"},
+    {.name = "drain",
+     .type = KT_DURATION,
+     AT(struct moat_config, drain_timeout_ms),
+     .def = "30s",
+     .min = 0,
+     .max = DAY_MS,
      .doc = "on SIGTERM, time given to requests in flight (0 = close at once)"},
 };
 static const struct table timeouts_table = TABLE(timeouts_keys, NULL);
@@ -1272,39 +1372,91 @@ static const struct table timeouts_table = TABLE(timeouts_keys, NULL);
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 
 static const struct key log_keys[] = {
-    {.name = "access", .type = KT_CUSTOM, .fn = k_access_log, .tname = "path|stderr|stdout|off",
-     .def = "off", .doc = "where access log lines go"},
-    {.name = "error", .type = KT_CUSTOM, .fn = k_error_log, .tname = "path|stderr|stdout",
-     .def = "stderr", .doc = "where error and info messages go"},
-    {.name = "level", .type = KT_ENUM, AT(struct moat_config, log_level), .def = "info",
-     .names = level_names, .doc = "least severe level written"},
+    {.name = "access",
+     .type = KT_CUSTOM,
+     .fn = k_access_log,
+     .tname = "path|stderr|stdout|off",
+     .def = "off",
+     .doc = "where access log lines go"},
+    {.name = "error",
+     .type = KT_CUSTOM,
+     .fn = k_error_log,
+     .tname = "path|stderr|stdout",
+     .def = "stderr",
+     .doc = "where error and info messages go"},
+    {.name = "level",
+     .type = KT_ENUM,
+     AT(struct moat_config, log_level),
+     .def = "info",
+     .names = level_names,
+     .doc = "least severe level written"},
 };
 static const struct table log_table = TABLE(log_keys, NULL);
 
 /* Table order is parse order: pools come before sites, which refer to them. */
 static const struct key root_keys[] = {
-    {.name = "listen", .type = KT_CUSTOM, .fn = k_listen, .tname = "address or list",
-     .def = "[\"0.0.0.0:8080\"]", .doc = "HOST:PORT addresses clients connect to"},
-    {.name = "workers", .type = KT_CUSTOM, .fn = k_workers, .tname = "auto or 1..256",
-     .def = "auto", .min = 1, .max = 256,
+    {.name = "listen",
+     .type = KT_CUSTOM,
+     .fn = k_listen,
+     .tname = "address or list",
+     .def = "[\"0.0.0.0:8080\"]",
+     .doc = "HOST:PORT addresses clients connect to"},
+    {.name = "workers",
+     .type = KT_CUSTOM,
+     .fn = k_workers,
+     .tname = "auto or 1..256",
+     .def = "auto",
+     .min = 1,
+     .max = 256,
      .doc = "worker threads; auto = one per online CPU"},
-    {.name = "demo_origin", .type = KT_CUSTOM, .fn = k_demo_origin, .tname = "address",
+    {.name = "demo_origin",
+     .type = KT_CUSTOM,
+     .fn = k_demo_origin,
+     .tname = "address",
      .doc = "start moat's built-in demo site on HOST:PORT (off when absent)"},
-    {.name = "admin", .type = KT_MAP, .sub = &admin_table, .sub_sep = ".", .flags = K_PRESENCE,
+    {.name = "admin",
+     .type = KT_MAP,
+     .sub = &admin_table,
+     .sub_sep = ".",
+     .flags = K_PRESENCE,
      .doc = "the admin API; off when absent"},
-    {.name = "limits", .type = KT_MAP, .sub = &limits_table, .sub_sep = ".",
+    {.name = "limits",
+     .type = KT_MAP,
+     .sub = &limits_table,
+     .sub_sep = ".",
      .doc = "bounds on what a client may send"},
-    {.name = "timeouts", .type = KT_MAP, .sub = &timeouts_table, .sub_sep = ".",
+    {.name = "timeouts",
+     .type = KT_MAP,
+     .sub = &timeouts_table,
+     .sub_sep = ".",
      .doc = "client-side timeouts"},
-    {.name = "trusted_proxies", .type = KT_CUSTOM, .fn = k_trusted, .tname = "CIDR or list",
-     .def = "[]", .doc = "peers whose X-Forwarded-For is kept and extended"},
-    {.name = "via", .type = KT_CUSTOM, .fn = k_via, .tname = "token", .def = "moat",
+    {.name = "trusted_proxies",
+     .type = KT_CUSTOM,
+     .fn = k_trusted,
+     .tname = "CIDR or list",
+     .def = "[]",
+     .doc = "peers whose X-Forwarded-For is kept and extended"},
+    {.name = "via",
+     .type = KT_CUSTOM,
+     .fn = k_via,
+     .tname = "token",
+     .def = "moat",
      .doc = "the pseudonym moat adds to the Via header"},
     {.name = "log", .type = KT_MAP, .sub = &log_table, .sub_sep = ".", .doc = "logging"},
-    {.name = "pools", .type = KT_CUSTOM, .fn = k_pools, .sub = &pool_table, .sub_sep = ".*.",
-     .tname = "map of name to pool", .doc = "named groups of origins"},
-    {.name = "sites", .type = KT_CUSTOM, .fn = k_sites, .sub = &site_table, .sub_sep = "[].",
-     .tname = "list of sites", .flags = K_REQUIRED_FILE,
+    {.name = "pools",
+     .type = KT_CUSTOM,
+     .fn = k_pools,
+     .sub = &pool_table,
+     .sub_sep = ".*.",
+     .tname = "map of name to pool",
+     .doc = "named groups of origins"},
+    {.name = "sites",
+     .type = KT_CUSTOM,
+     .fn = k_sites,
+     .sub = &site_table,
+     .sub_sep = "[].",
+     .tname = "list of sites",
+     .flags = K_REQUIRED_FILE,
      .doc = "which pool serves which Host; first match as described (required)"},
 };
 static const struct table root_table = TABLE(root_keys, NULL);
@@ -1364,8 +1516,8 @@ static struct moat_config *load_common(const char *yaml, size_t len, const char 
                                        const char *path, const char *basedir, char *err,
                                        size_t errlen)
 {
-    struct ld ld = {.name = name ? name : "config", .basedir = basedir, .err = err,
-                    .errlen = errlen};
+    struct ld ld = {
+        .name = name ? name : "config", .basedir = basedir, .err = err, .errlen = errlen};
     struct fy_document *doc = NULL;
     ld.box = box_new();
     ld.diag = diag_new();
@@ -1373,8 +1525,7 @@ static struct moat_config *load_common(const char *yaml, size_t len, const char 
         snprintf(err, errlen, "moat: out of memory");
         goto out;
     }
-    struct fy_parse_cfg pc = {.flags = FYPCF_QUIET | FYPCF_ALLOW_DUPLICATE_KEYS,
-                              .diag = ld.diag};
+    struct fy_parse_cfg pc = {.flags = FYPCF_QUIET | FYPCF_ALLOW_DUPLICATE_KEYS, .diag = ld.diag};
     doc = fy_document_build_from_string(&pc, yaml, len);
     if (!doc) {
         void *it = NULL;
@@ -1484,8 +1635,10 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
     const char *u = origin_url ? origin_url : "";
 
     if (!strncasecmp(u, "https://", 8)) {
-        snprintf(err, errlen, "moat: origin %s: https origins are not supported yet (TLS to "
-                 "origins comes later); use http://", u);
+        snprintf(err, errlen,
+                 "moat: origin %s: https origins are not supported yet (TLS to "
+                 "origins comes later); use http://",
+                 u);
         return NULL;
     }
     bool had_scheme = !strncasecmp(u, "http://", 7);
@@ -1497,8 +1650,10 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
     }
     size_t n = strcspn(u, "/?#");
     if (u[n] && strcmp(u + n, "/") != 0) {
-        snprintf(err, errlen, "moat: origin %s: a path in the origin URL is not supported; "
-                 "give only http://HOST[:PORT]", origin_url);
+        snprintf(err, errlen,
+                 "moat: origin %s: a path in the origin URL is not supported; "
+                 "give only http://HOST[:PORT]",
+                 origin_url);
         return NULL;
     }
     if (n == 0 || n >= sizeof(hostport) - 8) {
@@ -1507,8 +1662,7 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
         return NULL;
     }
     if (memchr(u, '@', n)) {
-        snprintf(err, errlen, "moat: origin %s: user info in the URL is not supported",
-                 origin_url);
+        snprintf(err, errlen, "moat: origin %s: user info in the URL is not supported", origin_url);
         return NULL;
     }
     memcpy(hostport, u, n);
@@ -1707,8 +1861,7 @@ static void key_type_name(const struct key *k, char *buf, size_t n)
     }
 }
 
-static void keys_rec(const struct table *t, const char *prefix, moat_config_key_fn *fn,
-                     void *ud)
+static void keys_rec(const struct table *t, const char *prefix, moat_config_key_fn *fn, void *ud)
 {
     for (size_t i = 0; i < t->n; i++) {
         const struct key *k = &t->keys[i];

@@ -42,8 +42,7 @@ int moat_parse_duration_ms(const char *s, uint64_t *out)
         const char *unit;
         uint64_t ms;
     } units[] = {
-        {"", 1000},   {"ms", 1},       {"s", 1000}, {"m", 60000},
-        {"h", 3600000}, {"d", 86400000},
+        {"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
     };
     uint64_t n;
     if (!s || parse_u64(&s, &n) != MOAT_OK)
@@ -63,9 +62,8 @@ int moat_parse_size(const char *s, uint64_t *out)
         const char *unit;
         unsigned shift;
     } units[] = {
-        {"", 0},    {"b", 0},    {"k", 10},  {"kb", 10}, {"kib", 10}, {"m", 20},
-        {"mb", 20}, {"mib", 20}, {"g", 30},  {"gb", 30}, {"gib", 30}, {"t", 40},
-        {"tb", 40}, {"tib", 40},
+        {"", 0},     {"b", 0},  {"k", 10},  {"kb", 10},  {"kib", 10}, {"m", 20},  {"mb", 20},
+        {"mib", 20}, {"g", 30}, {"gb", 30}, {"gib", 30}, {"t", 40},   {"tb", 40}, {"tib", 40},
     };
     uint64_t n;
     if (!s || parse_u64(&s, &n) != MOAT_OK)
@@ -115,15 +113,13 @@ int moat_addr_parse_ex(const char *text, struct moat_addr *out, char *host, size
     } else {
         colon = strrchr(text, ':');
         if (!colon) {
-            snprintf(err, errlen, "\"%s\" has no port (use HOST:PORT, e.g. 127.0.0.1:8080)",
-                     text);
+            snprintf(err, errlen, "\"%s\" has no port (use HOST:PORT, e.g. 127.0.0.1:8080)", text);
             return MOAT_ERR;
         }
         hs = text;
         hn = (size_t)(colon - text);
         if (memchr(hs, ':', hn)) {
-            snprintf(err, errlen, "\"%s\": an IPv6 address needs brackets, e.g. [::1]:8080",
-                     text);
+            snprintf(err, errlen, "\"%s\": an IPv6 address needs brackets, e.g. [::1]:8080", text);
             return MOAT_ERR;
         }
     }
@@ -162,8 +158,7 @@ int moat_addr_parse_ex(const char *text, struct moat_addr *out, char *host, size
         /* Numeric forms were tried first so that literal addresses never touch the
          * resolver; only a real name costs a getaddrinfo() at load time. */
         if (!valid_hostname(hbuf, hn)) {
-            snprintf(err, errlen, "\"%s\": \"%s\" is not a valid host name or address", text,
-                     hbuf);
+            snprintf(err, errlen, "\"%s\": \"%s\" is not a valid host name or address", text, hbuf);
             return MOAT_ERR;
         }
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -256,8 +251,7 @@ int moat_cidr_parse(const char *text, struct moat_cidr *out, char *err, size_t e
     } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
         v4 = false;
     } else {
-        snprintf(err, errlen, "\"%s\" is not a CIDR block (use e.g. 10.0.0.0/8 or ::1/128)",
-                 text);
+        snprintf(err, errlen, "\"%s\" is not a CIDR block (use e.g. 10.0.0.0/8 or ::1/128)", text);
         return MOAT_ERR;
     }
     unsigned max = v4 ? 32 : 128;
@@ -273,8 +267,10 @@ int moat_cidr_parse(const char *text, struct moat_cidr *out, char *err, size_t e
     out->prefix = (uint8_t)(prefix + (v4 ? 96 : 0));
     for (unsigned bit = out->prefix; bit < 128; bit++) {
         if (out->addr[bit / 8] & (0x80u >> (bit % 8))) {
-            snprintf(err, errlen, "\"%s\" has bits set after the /%u prefix (did you mean the "
-                     "network address?)", text, (unsigned)prefix);
+            snprintf(err, errlen,
+                     "\"%s\" has bits set after the /%u prefix (did you mean the "
+                     "network address?)",
+                     text, (unsigned)prefix);
             return MOAT_ERR;
         }
     }

@@ -22,10 +22,10 @@ static struct moat_config *load(const char *yaml)
 }
 
 /* A valid tail to append to documents that test something else. */
-#define POOL_SITE                                                                              \
-    "pools:\n"                                                                                 \
-    "  p: { origins: [\"127.0.0.1:8081\"] }\n"                                                 \
-    "sites:\n"                                                                                 \
+#define POOL_SITE                                                                                  \
+    "pools:\n"                                                                                     \
+    "  p: { origins: [\"127.0.0.1:8081\"] }\n"                                                     \
+    "sites:\n"                                                                                     \
     "  - { hosts: [\"*\"], pool: p }\n"
 
 static void write_file(const char *path, const char *text)
@@ -468,13 +468,30 @@ static void test_durations(void **state)
         const char *in;
         uint64_t ms;
     } ok[] = {
-        {"0", 0},          {"10", 10000},       {"150ms", 150},        {"10s", 10000},
-        {"5m", 300000},    {"1h", 3600000},     {"1d", 86400000},      {"0ms", 0},
-        {"007s", 7000},    {"18446744073709551615ms", UINT64_MAX},
+        {"0", 0},         {"10", 10000},
+        {"150ms", 150},   {"10s", 10000},
+        {"5m", 300000},   {"1h", 3600000},
+        {"1d", 86400000}, {"0ms", 0},
+        {"007s", 7000},   {"18446744073709551615ms", UINT64_MAX},
     };
     static const char *bad[] = {
-        "", "s", "ms", "-1s", "+1s", "1.5s", "1 s", " 1s", "1s ", "10S", "1sec", "1w",
-        "1m30s", "ten", "18446744073709551616ms", "18446744073709551615s", "99999999999999999d",
+        "",
+        "s",
+        "ms",
+        "-1s",
+        "+1s",
+        "1.5s",
+        "1 s",
+        " 1s",
+        "1s ",
+        "10S",
+        "1sec",
+        "1w",
+        "1m30s",
+        "ten",
+        "18446744073709551616ms",
+        "18446744073709551615s",
+        "99999999999999999d",
         "0x10s",
     };
     uint64_t v;
@@ -511,8 +528,18 @@ static void test_sizes(void **state)
         {"18446744073709551615", UINT64_MAX},
     };
     static const char *bad[] = {
-        "", "k", "-1", "1.5k", "1 k", "16KB ", "1kk", "1p", "ten", "16777216TiB",
-        "18446744073709551616", "17179869184g",
+        "",
+        "k",
+        "-1",
+        "1.5k",
+        "1 k",
+        "16KB ",
+        "1kk",
+        "1p",
+        "ten",
+        "16777216TiB",
+        "18446744073709551616",
+        "17179869184g",
     };
     uint64_t v;
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -544,8 +571,19 @@ static void test_addresses(void **state)
     assert_string_equal(a.text, "localhost:1");
 
     static const char *bad[] = {
-        "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:8o",
-        "[::1]", "[::1]80", "[nope]:80", "::1:80", "a b:80", "-x:80", "127.0.0.1:-1",
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "127.0.0.1:8o",
+        "[::1]",
+        "[::1]80",
+        "[nope]:80",
+        "::1:80",
+        "a b:80",
+        "-x:80",
+        "127.0.0.1:-1",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (moat_addr_parse(bad[i], &a, err, sizeof(err)) != MOAT_ERR)
@@ -673,8 +711,8 @@ static void test_site_matching(void **state)
 static void test_quick(void **state)
 {
     (void)state;
-    struct moat_config *c = moat_config_quick("http://127.0.0.1:3000", "127.0.0.1:8088", errbuf,
-                                              sizeof(errbuf));
+    struct moat_config *c =
+        moat_config_quick("http://127.0.0.1:3000", "127.0.0.1:8088", errbuf, sizeof(errbuf));
     if (!c)
         fail_msg("%s", errbuf);
     assert_null(c->path);
@@ -821,13 +859,20 @@ static void test_defaults_are_valid(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_default_loads),  cmocka_unit_test(test_full_document),
-        cmocka_unit_test(test_defaults),       cmocka_unit_test(test_aliases),
-        cmocka_unit_test(test_errors),         cmocka_unit_test(test_file_errors),
-        cmocka_unit_test(test_token_file),     cmocka_unit_test(test_durations),
-        cmocka_unit_test(test_sizes),          cmocka_unit_test(test_addresses),
-        cmocka_unit_test(test_cidr),           cmocka_unit_test(test_site_matching),
-        cmocka_unit_test(test_quick),          cmocka_unit_test(test_docs_complete),
+        cmocka_unit_test(test_default_loads),
+        cmocka_unit_test(test_full_document),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_aliases),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_file_errors),
+        cmocka_unit_test(test_token_file),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_cidr),
+        cmocka_unit_test(test_site_matching),
+        cmocka_unit_test(test_quick),
+        cmocka_unit_test(test_docs_complete),
         cmocka_unit_test(test_defaults_are_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
