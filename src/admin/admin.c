@@ -1,0 +1,131 @@
+/* admin.c: the admin API. Bearer-token auth (constant-time compare), JSON everywhere, errors
+ * as {"error": "..."}. Endpoints: GET /status, POST /reload, GET /metrics. */
+#include <jansson.h>
+
+#include "admin/admin.h"
+#include "core/log.h"
+#include "proxy/server.h"
+
+#ifndef MOAT_VERSION
+#define MOAT_VERSION "0.1.0"
+#endif
+
+struct admin {
+    char *token;
+    char *config_path;
+};
+
+static bool token_ok(const struct admin *a, const struct moat_h1_req *r)
+{
+    if (!a->token)
+        return true;
+    const struct moat_hdr *h = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("authorization"));
+    if (!h || h->value.len < 7 || !moat_str_ieq(moat_str_make(h->value.ptr, 7), MOAT_STR("bearer ")))
+        return false;
+    struct moat_str got = moat_str_make(h->value.ptr + 7, h->value.len - 7);
+    size_t tl = strlen(a->token);
+    unsigned char diff = (unsigned char)(got.len != tl);
+    for (size_t i = 0; i < tl; i++)
+        diff |= (unsigned char)(a->token[i] ^ (i < got.len ? got.ptr[i] : 0));
+    return diff == 0;
+}
+
+static void json_reply(struct moat_httpd_resp *resp, int status, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s) {
+        moat_httpd_error(resp, 500, "out of memory");
+        return;
+    }
+    moat_httpd_set(resp, status, "application/json", s, strlen(s));
+    free(s);
+}
+
+static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
+{
+    struct admin *a = ctx;
+    const struct moat_h1_req *r = req->h1;
+    if (!token_ok(a, r)) {
+        moat_httpd_error(resp, 401, "missing or wrong bearer token");
+        snprintf(resp->extra, sizeof resp->extra, "WWW-Authenticate: Bearer realm=\"moat\"\r\n");
+        return;
+    }
+    struct moat_str path = r->path;
+    bool get = r->meth == MOAT_M_GET || r->meth == MOAT_M_HEAD;
+    if (moat_str_eq(path, MOAT_STR("/status"))) {
+        if (!get) {
+            moat_httpd_error(resp, 405, "use GET");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: GET, HEAD\r\n");
+            return;
+        }
+        struct moat_stats st;
+        moat_server_stats(&st);
+        struct moat_config *cfg = moat_server_config();
+        json_t *o = json_pack(
+            "{s:s, s:I, s:f, s:I, s:i, s:s?, s:I, s:I, s:b}", "version", MOAT_VERSION,
+            "generation", (json_int_t)atomic_load(&moat_srv.generation), "uptime_seconds",
+            (double)(moat_wall_us() - moat_srv.started_us) / 1e6, "connections_active",
+            (json_int_t)atomic_load(&st.conn_active), "workers", (int)moat_srv.nworkers,
+            "config", cfg->path, "reloads_ok", (json_int_t)atomic_load(&moat_srv.reloads_ok),
+            "reloads_failed", (json_int_t)atomic_load(&moat_srv.reloads_failed), "draining",
+            atomic_load(&moat_srv.draining) != 0);
+        moat_config_release(&cfg);
+        json_reply(resp, 200, o);
+        return;
+    }
+    if (moat_str_eq(path, MOAT_STR("/reload"))) {
+        if (r->meth != MOAT_M_POST) {
+            moat_httpd_error(resp, 405, "use POST");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
+            return;
+        }
+        char err[MOAT_CONFIG_ERRLEN];
+        if (moat_server_reload(a->config_path, err, sizeof err) != MOAT_OK) {
+            moat_httpd_error(resp, a->config_path ? 400 : 409, err);
+            return;
+        }
+        json_reply(resp, 200,
+                   json_pack("{s:b, s:I}", "ok", 1, "generation",
+                             (json_int_t)atomic_load(&moat_srv.generation)));
+        return;
+    }
+    if (moat_str_eq(path, MOAT_STR("/metrics"))) {
+        if (!get) {
+            moat_httpd_error(resp, 405, "use GET");
+            return;
+        }
+        size_t len = 0;
+        char *m = moat_metrics_render(&len);
+        if (!m) {
+            moat_httpd_error(resp, 500, "out of memory");
+            return;
+        }
+        free(resp->body);
+        resp->status = 200;
+        resp->ctype = "text/plain; version=0.0.4; charset=utf-8";
+        resp->body = m;
+        resp->len = len;
+        return;
+    }
+    moat_httpd_error(resp, 404, "no such endpoint (try /status, /metrics, POST /reload)");
+}
+
+struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,
+                                    const char *config_path, char *err, size_t errlen)
+{
+    struct admin *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->token = cfg->admin.token ? strdup(cfg->admin.token) : NULL;
+    a->config_path = config_path ? strdup(config_path) : NULL;
+    struct moat_httpd *s = moat_httpd_start(loop, &cfg->admin.listen, handle, a, err, errlen);
+    if (!s) {
+        free(a->token);
+        free(a->config_path);
+        free(a);
+        return NULL;
+    }
+    moat_log_info("admin API on http://%s/", cfg->admin.listen.text);
+    return s; /* <a> lives as long as the process */
+}

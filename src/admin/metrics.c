@@ -1,0 +1,83 @@
+/* metrics.c: Prometheus text exposition (version 0.0.4) generated from the counter table. */
+#include <stdarg.h>
+
+#include "admin/admin.h"
+#include "proxy/server.h"
+
+struct sb {
+    char *p;
+    size_t n, cap;
+};
+
+static void sbf(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sbf(struct sb *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        if (k < 0)
+            return;
+        if ((size_t)k < b->cap - b->n) {
+            b->n += (size_t)k;
+            return;
+        }
+        size_t ncap = b->cap * 2 + (size_t)k;
+        char *np = realloc(b->p, ncap);
+        if (!np)
+            return;
+        b->p = np;
+        b->cap = ncap;
+    }
+}
+
+char *moat_metrics_render(size_t *len)
+{
+    struct moat_stats s;
+    moat_server_stats(&s);
+    struct sb b = {malloc(16384), 0, 16384};
+    if (!b.p)
+        return NULL;
+    const char *last = "";
+#define ROW(f, m, l, t, h)                                                                     \
+    if (strcmp(last, m)) {                                                                     \
+        sbf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                   \
+        last = m;                                                                              \
+    }                                                                                          \
+    sbf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                            \
+        (unsigned long long)atomic_load(&s.f));
+    MOAT_STATS(ROW)
+#undef ROW
+    for (int e = 1; e < MOAT_H1_ERR_COUNT; e++)
+        sbf(&b, "moat_bad_requests_total{reason=\"%s\"} %llu\n", moat_h1_err_name(e),
+            (unsigned long long)atomic_load(&s.bad_parse[e]));
+    static const char *le[MOAT_HIST_BUCKETS] = {"0.001", "0.005", "0.01", "0.025", "0.05",
+                                                "0.1",   "0.25",  "0.5",  "1",     "2.5",
+                                                "5",     "10",    "+Inf"};
+    sbf(&b, "# HELP moat_request_duration_seconds Time from request head to last response "
+            "byte\n# TYPE moat_request_duration_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < MOAT_HIST_BUCKETS; i++) {
+        cum += atomic_load(&s.dur_bucket[i]);
+        sbf(&b, "moat_request_duration_seconds_bucket{le=\"%s\"} %llu\n", le[i],
+            (unsigned long long)cum);
+    }
+    sbf(&b, "moat_request_duration_seconds_sum %.6f\n", (double)atomic_load(&s.dur_sum_us) / 1e6);
+    sbf(&b, "moat_request_duration_seconds_count %llu\n",
+        (unsigned long long)atomic_load(&s.dur_count));
+    sbf(&b, "# HELP moat_config_reloads_total Configuration reloads, by result\n"
+            "# TYPE moat_config_reloads_total counter\n"
+            "moat_config_reloads_total{result=\"ok\"} %llu\n"
+            "moat_config_reloads_total{result=\"failed\"} %llu\n",
+        (unsigned long long)atomic_load(&moat_srv.reloads_ok),
+        (unsigned long long)atomic_load(&moat_srv.reloads_failed));
+    sbf(&b, "# HELP moat_config_generation Generation of the configuration in use\n"
+            "# TYPE moat_config_generation gauge\nmoat_config_generation %llu\n",
+        (unsigned long long)atomic_load(&moat_srv.generation));
+    sbf(&b, "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
+            "moat_uptime_seconds %.3f\n",
+        (double)(moat_wall_us() - moat_srv.started_us) / 1e6);
+    *len = b.n;
+    return b.p;
+}

@@ -1,0 +1,303 @@
+/* headers.c: the heads moat sends: the request head to the origin and the response head to the
+ * client. Hop-by-hop fields are dropped both ways (RFC 9110 7.6.1), the body framing is
+ * re-stated by moat itself (never copied from the peer, so no framing header can smuggle), and
+ * the forwarding fields (X-Forwarded-For, X-Forwarded-Proto, Forwarded, Via) are set. */
+#include <arpa/inet.h>
+
+#include "proxy/proxy-t.h"
+
+struct out {
+    char *p;
+    size_t n, cap;
+    bool overflow;
+};
+
+static inline void put(struct out *o, const char *s, size_t n)
+{
+    if (moat_unlikely(o->n + n > o->cap)) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->p + o->n, s, n);
+    o->n += n;
+}
+#define PUTL(o, lit) put((o), (lit), sizeof(lit) - 1)
+static inline void puts_(struct out *o, struct moat_str s)
+{
+    put(o, s.ptr, s.len);
+}
+
+static void put_u64(struct out *o, uint64_t v)
+{
+    char tmp[24];
+    int i = (int)sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(o, tmp + i, sizeof tmp - (size_t)i);
+}
+
+/* Hop-by-hop and framing fields moat always drops from what it forwards. The switch on length
+ * keeps this to one or two comparisons for ordinary fields. Host is handled by the caller. */
+static bool is_hop(struct moat_str n)
+{
+    switch (n.len) {
+    case 2:
+        return MOAT_STR_IEQ_LIT(n, "te");
+    case 7:
+        return MOAT_STR_IEQ_LIT(n, "trailer") || MOAT_STR_IEQ_LIT(n, "upgrade");
+    case 10:
+        return MOAT_STR_IEQ_LIT(n, "connection") || MOAT_STR_IEQ_LIT(n, "keep-alive");
+    case 14:
+        return MOAT_STR_IEQ_LIT(n, "content-length");
+    case 16:
+        return MOAT_STR_IEQ_LIT(n, "proxy-connection");
+    case 17:
+        return MOAT_STR_IEQ_LIT(n, "transfer-encoding");
+    default:
+        return false;
+    }
+}
+
+/* Fields named in Connection (other than close / keep-alive / upgrade) are hop-by-hop too. */
+static bool named_in_connection(const struct moat_hdr *hdrs, size_t n, struct moat_str name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (hdrs[i].name.len != 10 || !MOAT_STR_IEQ_LIT(hdrs[i].name, "connection"))
+            continue;
+        size_t pos = 0;
+        struct moat_str tok;
+        while (moat_h1_list_next(hdrs[i].value, &pos, &tok))
+            if (moat_str_ieq(tok, name))
+                return true;
+    }
+    return false;
+}
+
+/* Connection fields that name something beyond the three common tokens force the slower
+ * per-field check above; the common case pays nothing. */
+static bool connection_names_fields(const struct moat_hdr *hdrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (hdrs[i].name.len != 10 || !MOAT_STR_IEQ_LIT(hdrs[i].name, "connection"))
+            continue;
+        size_t pos = 0;
+        struct moat_str tok;
+        while (moat_h1_list_next(hdrs[i].value, &pos, &tok))
+            if (!MOAT_STR_IEQ_LIT(tok, "close") && !MOAT_STR_IEQ_LIT(tok, "keep-alive") &&
+                !MOAT_STR_IEQ_LIT(tok, "upgrade"))
+                return true;
+    }
+    return false;
+}
+
+static void put_header(struct out *o, const struct moat_hdr *h)
+{
+    puts_(o, h->name);
+    PUTL(o, ": ");
+    puts_(o, h->value);
+    PUTL(o, "\r\n");
+}
+
+static void put_flow_framing(struct out *o, const struct moat_flow *f)
+{
+    if (f->mode == FLOW_CL) {
+        PUTL(o, "Content-Length: ");
+        put_u64(o, f->remaining + f->bytes);
+        PUTL(o, "\r\n");
+    } else if (f->out_chunked) {
+        PUTL(o, "Transfer-Encoding: chunked\r\n");
+    }
+}
+
+int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
+{
+    struct moat_xchg *x = &c->x;
+    const struct moat_h1_req *r = &x->req;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    const struct moat_cfg_pool *pool = &cfg->pools[x->pool_idx];
+    struct out o = {moat_buf_wptr(b), 0, moat_buf_room(b), false};
+    bool trusted = cfg->ntrusted && moat_config_trusted(cfg, c->peer);
+    bool conn_named = connection_names_fields(r->hdrs, r->nhdrs);
+    bool had_xff = false, had_fwd = false, had_xfp = false;
+
+    puts_(&o, r->method);
+    PUTL(&o, " ");
+    if (r->flags & MOAT_H1_F_ABSOLUTE) {
+        puts_(&o, r->path);
+        if (r->query.len) {
+            PUTL(&o, "?");
+            puts_(&o, r->query);
+        }
+    } else {
+        puts_(&o, r->target);
+    }
+    PUTL(&o, " HTTP/1.1\r\nHost: ");
+    if (pool->host_from_origin && x->origin && x->origin->authority)
+        put(&o, x->origin->authority, strlen(x->origin->authority));
+    else
+        puts_(&o, r->host);
+    PUTL(&o, "\r\n");
+
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        const struct moat_hdr *h = &r->hdrs[i];
+        struct moat_str n = h->name;
+        if (is_hop(n))
+            continue;
+        switch (n.len) {
+        case 4:
+            if (MOAT_STR_IEQ_LIT(n, "host"))
+                continue;
+            break;
+        case 6:
+            if (MOAT_STR_IEQ_LIT(n, "expect"))
+                continue; /* moat answers 100-continue itself */
+            break;
+        case 9:
+            if (MOAT_STR_IEQ_LIT(n, "forwarded")) {
+                if (!trusted)
+                    continue;
+                had_fwd = true;
+                PUTL(&o, "Forwarded: ");
+                puts_(&o, h->value);
+                PUTL(&o, ", for=");
+                goto forwarded_tail;
+            }
+            break;
+        case 15:
+            if (MOAT_STR_IEQ_LIT(n, "x-forwarded-for")) {
+                if (!trusted)
+                    continue;
+                /* Fold every incoming X-Forwarded-For into one, with the peer last. */
+                if (!had_xff) {
+                    had_xff = true;
+                    PUTL(&o, "X-Forwarded-For: ");
+                } else {
+                    o.n -= 2; /* back over the previous CRLF; append as a list element */
+                    PUTL(&o, ", ");
+                }
+                puts_(&o, h->value);
+                PUTL(&o, ", ");
+                put(&o, c->peer_text, strlen(c->peer_text));
+                PUTL(&o, "\r\n");
+                continue;
+            }
+            break;
+        case 17:
+            if (MOAT_STR_IEQ_LIT(n, "x-forwarded-proto")) {
+                if (!trusted)
+                    continue;
+                had_xfp = true;
+            }
+            break;
+        case 3:
+            if (MOAT_STR_IEQ_LIT(n, "via")) {
+                put_header(&o, h);
+                continue;
+            }
+            break;
+        }
+        if (conn_named && named_in_connection(r->hdrs, r->nhdrs, n))
+            continue;
+        put_header(&o, h);
+        continue;
+    forwarded_tail: {
+        bool v6 = strchr(c->peer_text, ':') != NULL;
+        if (v6)
+            PUTL(&o, "\"[");
+        put(&o, c->peer_text, strlen(c->peer_text));
+        if (v6)
+            PUTL(&o, "]\"");
+        PUTL(&o, ";proto=http\r\n");
+    }
+    }
+    if (!had_xff) {
+        PUTL(&o, "X-Forwarded-For: ");
+        put(&o, c->peer_text, strlen(c->peer_text));
+        PUTL(&o, "\r\n");
+    }
+    if (!had_xfp)
+        PUTL(&o, "X-Forwarded-Proto: http\r\n");
+    if (!had_fwd) {
+        bool v6 = strchr(c->peer_text, ':') != NULL;
+        PUTL(&o, "Forwarded: for=");
+        if (v6)
+            PUTL(&o, "\"[");
+        put(&o, c->peer_text, strlen(c->peer_text));
+        if (v6)
+            PUTL(&o, "]\"");
+        PUTL(&o, ";proto=http;host=\"");
+        puts_(&o, r->host);
+        PUTL(&o, "\"\r\n");
+    }
+    PUTL(&o, "Via: 1.");
+    put(&o, r->minor ? "1 " : "0 ", 2);
+    put(&o, cfg->via_name ? cfg->via_name : "moat", strlen(cfg->via_name ? cfg->via_name : "moat"));
+    PUTL(&o, "\r\n");
+    if (x->upgrade) {
+        const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
+        PUTL(&o, "Connection: upgrade\r\nUpgrade: ");
+        if (up)
+            puts_(&o, up->value);
+        PUTL(&o, "\r\n");
+    }
+    put_flow_framing(&o, &x->reqf);
+    PUTL(&o, "\r\n");
+    if (o.overflow)
+        return MOAT_ERR;
+    b->wpos += (uint32_t)o.n;
+    return MOAT_OK;
+}
+
+int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, struct moat_buf *b)
+{
+    struct moat_xchg *x = &c->x;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    struct out o = {moat_buf_wptr(b), 0, moat_buf_room(b), false};
+    bool conn_named = connection_names_fields(r->hdrs, r->nhdrs);
+    bool no_body = x->respf.mode == FLOW_NONE;
+    bool is101 = r->status == 101;
+
+    PUTL(&o, "HTTP/1.1 ");
+    put_u64(&o, (uint64_t)r->status);
+    PUTL(&o, " ");
+    puts_(&o, r->reason.len ? r->reason : moat_http_reason(r->status));
+    PUTL(&o, "\r\n");
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        const struct moat_hdr *h = &r->hdrs[i];
+        if (is_hop(h->name)) {
+            /* HEAD and 304 keep the Content-Length the origin stated: it describes the
+             * representation, not this message's (absent) body. */
+            if (no_body && !is101 && h->name.len == 14 &&
+                MOAT_STR_IEQ_LIT(h->name, "content-length"))
+                put_header(&o, h);
+            continue;
+        }
+        if (conn_named && named_in_connection(r->hdrs, r->nhdrs, h->name))
+            continue;
+        put_header(&o, h);
+    }
+    PUTL(&o, "Via: 1.");
+    put(&o, r->minor ? "1 " : "0 ", 2);
+    put(&o, cfg->via_name ? cfg->via_name : "moat", strlen(cfg->via_name ? cfg->via_name : "moat"));
+    PUTL(&o, "\r\n");
+    if (is101) {
+        const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
+        PUTL(&o, "Connection: upgrade\r\nUpgrade: ");
+        if (up)
+            puts_(&o, up->value);
+        PUTL(&o, "\r\n");
+    } else {
+        put_flow_framing(&o, &x->respf);
+        if (!x->keepalive)
+            PUTL(&o, "Connection: close\r\n");
+        else if (x->req.minor == 0)
+            PUTL(&o, "Connection: keep-alive\r\n");
+    }
+    PUTL(&o, "\r\n");
+    if (o.overflow)
+        return MOAT_ERR;
+    b->wpos += (uint32_t)o.n;
+    return MOAT_OK;
+}

@@ -1,0 +1,198 @@
+/* proxy-t.h: the types the proxy's files share: worker, client connection, exchange, upstream
+ * connection and per-origin pool. Internal to src/proxy/. */
+#ifndef MOAT_PROXY_PROXY_T_H
+#define MOAT_PROXY_PROXY_T_H
+
+#include <netinet/in.h>
+
+#include "config/config.h"
+#include "core/buf.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "http/h1.h"
+#include "proxy/stats.h"
+
+struct moat_conn;
+
+/* Per-worker, per-origin-address pool of idle keep-alive upstream connections. Pools are
+ * keyed by the origin's address text and outlive configuration snapshots, so a reload that
+ * keeps an origin keeps its warm connections. */
+struct moat_upool {
+    struct moat_upool *next;      /* worker's list */
+    struct moat_addr addr;
+    struct moat_upconn *idle;     /* LIFO: the most recently used is warmest */
+    unsigned nidle;
+};
+
+/* A configuration snapshot as one worker uses it: the snapshot plus worker-local maps (origin
+ * -> upool, round-robin positions). Counted by the worker's own requests without atomics. */
+struct moat_wcfg {
+    struct moat_config *cfg;
+    unsigned users;               /* requests holding it + 1 while it is the worker's current */
+    struct moat_upool ***omap;    /* [pool][origin] */
+    unsigned *rr;                 /* [pool] round-robin position */
+    unsigned *wsum;               /* [pool] total weight */
+};
+
+struct moat_worker {
+    unsigned id;
+    pthread_t thread;
+    struct moat_loop loop;
+    struct moat_listener *listeners;
+    size_t nlisteners;
+    struct moat_wcfg *wcfg;       /* current */
+    uint64_t gen;
+    struct moat_upool *upools;
+    struct moat_stats stats;
+    struct moat_alog alog;
+    char *alog_dest;              /* what alog was opened with, to reopen on change */
+    struct moat_timer tick;       /* 100 ms: access log flush, config poll, drain checks */
+    unsigned nconns;
+    struct moat_conn *conns;      /* all client connections (for drain) */
+    bool draining;
+    uint64_t drain_deadline;
+    uint32_t bufsize;
+};
+
+struct moat_listener {
+    struct moat_io io;
+    struct moat_worker *w;
+};
+
+/* How a body is framed on the way in and re-framed on the way out; one per direction. */
+enum moat_flow_mode {
+    FLOW_NONE = 0, /* no body */
+    FLOW_CL,       /* Content-Length bytes */
+    FLOW_CHUNKED,  /* chunked coding */
+    FLOW_EOF,      /* until the peer closes (responses; tunnels) */
+};
+
+struct moat_flow {
+    enum moat_flow_mode mode;
+    bool out_chunked;             /* re-encode as chunked on the output side */
+    bool pending_crlf;            /* out_chunked: the CRLF after the last data is owed */
+    bool done;                    /* input framing complete */
+    bool fin_queued;              /* output terminator queued (chunked "0\r\n\r\n") */
+    uint64_t remaining;           /* FLOW_CL */
+    struct moat_h1_chunked dec;   /* FLOW_CHUNKED */
+    uint32_t span;                /* payload bytes at the input's rpos awaiting write */
+    uint32_t skip_after;          /* framing bytes to consume after the span is written */
+    uint64_t bytes;               /* payload bytes forwarded */
+    uint64_t limit;               /* max payload (limits.body_bytes on requests), 0 = none */
+};
+
+/* One end of a TCP connection as the body pump sees it: the socket, the bytes read from it
+ * and not yet passed on, and what epoll told us (edge-triggered, so we remember). */
+struct moat_side {
+    struct moat_io io;
+    struct moat_buf in;
+    bool readable, writable;
+    bool eof;                     /* read returned 0 (or a timeout/error ended input) */
+    bool hup;                     /* epoll reported RDHUP/HUP: always read until EAGAIN */
+};
+
+struct moat_upconn {
+    struct moat_side s;
+    struct moat_defer defer;
+    struct moat_timer timer;
+    struct moat_worker *w;
+    struct moat_upool *pool;
+    struct moat_conn *client;     /* NULL while idle in the pool */
+    struct moat_upconn *next_idle;
+    bool connected;
+    bool timed_out;
+    unsigned requests;            /* exchanges completed on this connection */
+};
+
+enum moat_cstate {
+    C_HEAD,      /* reading / parsing a request head */
+    C_PROXY,     /* exchange with an origin in progress */
+    C_LOCAL,     /* writing a locally made response, then next request or close */
+    C_TUNNEL,    /* upgraded: bytes both ways until either side closes */
+    C_CLOSING,   /* flushing the last bytes, then a lingering close */
+    C_LINGER,    /* write side shut; reading and dropping until EOF or 2 s */
+};
+
+/* The request/response exchange now on a client connection (one at a time; pipelined
+ * requests wait in the input buffer until the previous response is written). */
+struct moat_xchg {
+    struct moat_wcfg *wcfg;
+    struct moat_h1_req req;
+    uint64_t t_start_us;
+    uint64_t t_up_start_us, t_up_first_us;
+    const struct moat_cfg_site *site;
+    unsigned pool_idx;
+    const struct moat_cfg_origin *origin;
+    struct moat_upool *upool;
+    struct moat_upconn *u;
+    struct moat_buf uhead;        /* serialized request head (kept for a retry), then the
+                                     chunk framing of the request body */
+    uint32_t uhead_sent;
+    uint32_t uhead_len;
+    bool uhead_done;
+    struct moat_flow reqf, respf;
+    int status;
+    bool head_sent;               /* response head queued to the client */
+    bool resp_head_parsed;
+    bool keepalive;               /* client connection may serve another request */
+    bool upgrade;                 /* request asked for an upgrade */
+    bool is_head;
+    bool expect100;
+    bool retried;
+    bool up_reusable;
+    const char *err;              /* upstream error name for the log */
+    uint64_t resp_bytes;          /* bytes written to the client for this exchange */
+    uint32_t head_consumed;       /* request head bytes still at the input's start */
+    char logf[384];               /* method \0 host \0 path \0, copied for the access log */
+    uint16_t log_method, log_host, log_path;
+};
+
+struct moat_conn {
+    struct moat_side s;
+    struct moat_defer defer;
+    struct moat_timer timer;
+    struct moat_worker *w;
+    struct moat_conn *prev, *next; /* worker's list */
+    struct moat_buf out;          /* heads, chunk framing and local responses to write */
+    struct moat_hdr *hdrs;        /* header array (limits.header_count), requests and
+                                     responses in turn */
+    size_t hdrs_cap;
+    enum moat_cstate state;
+    bool in_drive;                /* re-entrancy guard */
+    bool drive_again;
+    unsigned nreq;
+    uint8_t peer[16];             /* v4-mapped when IPv4 */
+    char peer_text[48];
+    struct moat_xchg x;
+};
+
+/* conn.c */
+void moat_conn_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss);
+void moat_conn_drive(struct moat_conn *c);
+/* Closes <c> if it is between requests (drain). */
+void moat_conn_close_idle(struct moat_conn *c);
+/* Closes <c> whatever it is doing (drain deadline, shutdown). */
+void moat_conn_close_any(struct moat_conn *c);
+/* worker.c: the worker's view of the current configuration, counted per request. */
+struct moat_wcfg *moat_worker_wcfg_get(struct moat_worker *w);
+void moat_worker_wcfg_put(struct moat_worker *w, struct moat_wcfg *wc);
+
+/* upstream.c */
+/* Gets a connection to <pool>'s origin for <c>: a pooled idle one, or a new connect in
+ * progress. NULL with errno on immediate failure. */
+struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool,
+                                struct moat_conn *c, bool fresh, bool *reused);
+/* Gives <u> back to its pool if it may be reused, else closes it. */
+void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms,
+                     unsigned keepalive_max);
+void moat_up_close(struct moat_upconn *u);
+struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr);
+
+/* headers.c */
+/* Writes the request head for the origin into <out>. MOAT_OK or MOAT_ERR (no room). */
+int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *out);
+/* Writes the response head for the client into <out>. MOAT_OK or MOAT_ERR (no room). */
+int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r,
+                           struct moat_buf *out);
+
+#endif

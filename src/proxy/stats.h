@@ -1,0 +1,64 @@
+/* stats.h: every counter moat exports, declared once (X-macro). Each row generates a field in
+ * struct moat_stats, a Prometheus sample (name, labels, help) and the metrics docs. Counters are
+ * per worker thread, written only by their thread (relaxed stores, no RMW), summed when read. */
+#ifndef MOAT_PROXY_STATS_H
+#define MOAT_PROXY_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "http/h1.h"
+
+/* X(field, metric, labels, type, help) */
+#define MOAT_STATS(X)                                                                          \
+    X(req_1xx, "moat_requests_total", "class=\"1xx\"", "counter", "Requests answered, by status class") \
+    X(req_2xx, "moat_requests_total", "class=\"2xx\"", "counter", "")                           \
+    X(req_3xx, "moat_requests_total", "class=\"3xx\"", "counter", "")                           \
+    X(req_4xx, "moat_requests_total", "class=\"4xx\"", "counter", "")                           \
+    X(req_5xx, "moat_requests_total", "class=\"5xx\"", "counter", "")                           \
+    X(req_bytes, "moat_request_bytes_total", "", "counter", "Bytes received from clients")       \
+    X(resp_bytes, "moat_response_bytes_total", "", "counter", "Bytes sent to clients")           \
+    X(conn_active, "moat_connections_active", "", "gauge", "Client connections open now")        \
+    X(conn_total, "moat_connections_total", "", "counter", "Client connections accepted")        \
+    X(conn_rejected, "moat_connections_rejected_total", "", "counter",                           \
+      "Connections closed at accept because limits.connections was reached")                     \
+    X(up_err_connect, "moat_upstream_errors_total", "kind=\"connect\"", "counter",               \
+      "Origin failures, by kind")                                                              \
+    X(up_err_timeout, "moat_upstream_errors_total", "kind=\"timeout\"", "counter", "")          \
+    X(up_err_reset, "moat_upstream_errors_total", "kind=\"reset\"", "counter", "")              \
+    X(up_err_bad_response, "moat_upstream_errors_total", "kind=\"bad_response\"", "counter", "") \
+    X(up_conn_opened, "moat_upstream_connections_opened_total", "", "counter",                   \
+      "New connections to origins")                                                            \
+    X(up_conn_reused, "moat_upstream_connections_reused_total", "", "counter",                   \
+      "Requests sent on a pooled keep-alive connection")                                         \
+    X(up_retries, "moat_upstream_retries_total", "", "counter",                                  \
+      "Requests retried on a fresh connection after a reused one failed")                        \
+    X(bad_expect, "moat_bad_requests_total", "reason=\"expectation_failed\"", "counter",         \
+      "Requests refused before reaching an origin, by reason")                                   \
+    X(bad_body_too_large, "moat_bad_requests_total", "reason=\"body_too_large\"", "counter", "") \
+    X(bad_no_site, "moat_bad_requests_total", "reason=\"no_site\"", "counter", "")              \
+    X(bad_timeout, "moat_bad_requests_total", "reason=\"client_timeout\"", "counter", "")
+
+#define MOAT_HIST_BUCKETS 13 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
+
+struct moat_stats {
+#define MOAT_STATS_FIELD(f, m, l, t, h) _Atomic uint64_t f;
+    MOAT_STATS(MOAT_STATS_FIELD)
+#undef MOAT_STATS_FIELD
+    _Atomic uint64_t bad_parse[MOAT_H1_ERR_COUNT]; /* by moat_h1_err */
+    _Atomic uint64_t dur_bucket[MOAT_HIST_BUCKETS];
+    _Atomic uint64_t dur_sum_us;
+    _Atomic uint64_t dur_count;
+};
+
+/* Single-writer increment: a relaxed load and store, no locked instruction. */
+#define MOAT_STAT_ADD(st, field, n)                                                            \
+    atomic_store_explicit(&(st)->field,                                                         \
+                          atomic_load_explicit(&(st)->field, memory_order_relaxed) + (n),       \
+                          memory_order_relaxed)
+#define MOAT_STAT_INC(st, field) MOAT_STAT_ADD(st, field, 1)
+
+/* Records one request of <us> microseconds in the latency histogram. */
+void moat_stats_observe(struct moat_stats *st, uint64_t us);
+
+#endif

@@ -1,0 +1,159 @@
+/* upstream.c: connections to origins: non-blocking connect, the per-worker keep-alive pool,
+ * and what happens to a pooled connection while it waits (the origin may close it). */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include "proxy/proxy-t.h"
+
+static void up_free(struct moat_defer *d)
+{
+    struct moat_upconn *u = MOAT_CONTAINER_OF(d, struct moat_upconn, defer);
+    moat_buf_put(&u->s.in);
+    free(u);
+}
+
+void moat_up_close(struct moat_upconn *u)
+{
+    if (u->s.io.fd < 0)
+        return;
+    moat_timer_stop(&u->w->loop, &u->timer);
+    close(u->s.io.fd);
+    u->s.io.fd = -1;
+    moat_loop_defer(&u->w->loop, &u->defer);
+}
+
+static void unlink_idle(struct moat_upconn *u)
+{
+    struct moat_upconn **pp = &u->pool->idle;
+    while (*pp && *pp != u)
+        pp = &(*pp)->next_idle;
+    if (*pp) {
+        *pp = u->next_idle;
+        u->pool->nidle--;
+    }
+    u->next_idle = NULL;
+}
+
+/* I/O on an upstream connection: while it belongs to an exchange, the client connection's
+ * state machine does the work; while idle in the pool, any readability means the origin
+ * closed it or sent bytes nobody asked for: either way it is no longer usable. */
+static void up_io(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
+{
+    struct moat_upconn *u = MOAT_CONTAINER_OF(io, struct moat_upconn, s.io);
+    (void)loop;
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        u->s.readable = true;
+    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        u->s.hup = true;
+    if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        u->s.writable = true;
+    if (u->client) {
+        moat_conn_drive(u->client);
+        return;
+    }
+    if (!(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        return; /* a late "writable" edge on an idle connection means nothing */
+    unlink_idle(u);
+    moat_up_close(u);
+}
+
+static void up_timeout(struct moat_loop *loop, struct moat_timer *t)
+{
+    struct moat_upconn *u = MOAT_CONTAINER_OF(t, struct moat_upconn, timer);
+    (void)loop;
+    if (u->client) {
+        /* The exchange's timeouts are the client connection's business: it reads the flag. */
+        u->timed_out = true;
+        moat_conn_drive(u->client);
+        return;
+    }
+    unlink_idle(u);
+    moat_up_close(u);
+}
+
+struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr)
+{
+    for (struct moat_upool *p = w->upools; p; p = p->next)
+        if (p->addr.len == addr->len && !memcmp(&p->addr.ss, &addr->ss, addr->len))
+            return p;
+    struct moat_upool *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->addr = *addr;
+    p->next = w->upools;
+    w->upools = p;
+    return p;
+}
+
+struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool,
+                                struct moat_conn *c, bool fresh, bool *reused)
+{
+    struct moat_upconn *u = fresh ? NULL : pool->idle;
+    if (u) {
+        pool->idle = u->next_idle;
+        pool->nidle--;
+        u->next_idle = NULL;
+        u->client = c;
+        moat_timer_stop(&w->loop, &u->timer);
+        *reused = true;
+        return u;
+    }
+    *reused = false;
+    int fd = socket(pool->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int rc = connect(fd, (const struct sockaddr *)&pool->addr.ss, pool->addr.len);
+    if (rc < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    u = calloc(1, sizeof *u);
+    if (!u) {
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    u->s.io.fd = fd;
+    u->s.io.cb = up_io;
+    u->w = w;
+    u->pool = pool;
+    u->client = c;
+    u->timer.cb = up_timeout;
+    u->defer.fn = up_free;
+    u->connected = rc == 0;
+    if (moat_loop_add(&w->loop, &u->s.io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != MOAT_OK) {
+        close(fd);
+        free(u);
+        errno = ENOMEM;
+        return NULL;
+    }
+    MOAT_STAT_INC(&w->stats, up_conn_opened);
+    return u;
+}
+
+void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms,
+                     unsigned keepalive_max)
+{
+    struct moat_worker *w = u->w;
+    u->client = NULL;
+    if (!reusable || u->s.eof || u->s.hup || u->timed_out || moat_buf_len(&u->s.in) != 0 ||
+        w->draining ||
+        u->pool->nidle >= keepalive_max) {
+        moat_up_close(u);
+        return;
+    }
+    u->requests++;
+    /* Keep the buffer only while busy: an idle pooled connection holds no buffer. */
+    moat_buf_put(&u->s.in);
+    u->s.readable = false;
+    u->next_idle = u->pool->idle;
+    u->pool->idle = u;
+    u->pool->nidle++;
+    moat_timer_set(&w->loop, &u->timer, keepalive_ms);
+}

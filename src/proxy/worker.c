@@ -1,0 +1,405 @@
+/* worker.c: worker threads (one epoll loop each, own SO_REUSEPORT listeners), the current
+ * configuration and how workers adopt a new one, graceful drain, and counter sums. */
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proxy/proxy-t.h"
+#include "proxy/server.h"
+
+struct moat_server moat_srv = {.cfg_lock = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t drain_timeout_ms;
+
+/* --- counters ------------------------------------------------------------------------------- */
+
+void moat_stats_observe(struct moat_stats *st, uint64_t us)
+{
+    static const uint64_t le_us[MOAT_HIST_BUCKETS - 1] = {
+        1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+        10000000};
+    unsigned i = 0;
+    while (i < MOAT_HIST_BUCKETS - 1 && us > le_us[i])
+        i++;
+    MOAT_STAT_INC(st, dur_bucket[i]);
+    MOAT_STAT_ADD(st, dur_sum_us, us);
+    MOAT_STAT_INC(st, dur_count);
+}
+
+void moat_server_stats(struct moat_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < moat_srv.nworkers; i++) {
+        const struct moat_stats *s = &moat_srv.workers[i].stats;
+#define SUM(f) atomic_store_explicit(&out->f, atomic_load_explicit(&out->f, memory_order_relaxed) + atomic_load_explicit(&s->f, memory_order_relaxed), memory_order_relaxed);
+#define SUM_ROW(f, m, l, t, h) SUM(f)
+        MOAT_STATS(SUM_ROW)
+        for (int k = 0; k < MOAT_H1_ERR_COUNT; k++)
+            SUM(bad_parse[k])
+        for (int k = 0; k < MOAT_HIST_BUCKETS; k++)
+            SUM(dur_bucket[k])
+        SUM(dur_sum_us)
+        SUM(dur_count)
+#undef SUM_ROW
+#undef SUM
+    }
+}
+
+/* --- configuration as a worker sees it ------------------------------------------------------ */
+
+static void wcfg_free(struct moat_wcfg *wc)
+{
+    if (wc->omap) {
+        for (size_t i = 0; i < wc->cfg->npools; i++)
+            free(wc->omap[i]);
+        free(wc->omap);
+    }
+    free(wc->rr);
+    free(wc->wsum);
+    moat_config_release(&wc->cfg);
+    free(wc);
+}
+
+static struct moat_wcfg *wcfg_build(struct moat_worker *w, struct moat_config *cfg)
+{
+    struct moat_wcfg *wc = calloc(1, sizeof *wc);
+    if (!wc)
+        return NULL;
+    moat_config_ref(cfg);
+    wc->cfg = cfg;
+    wc->users = 1;
+    wc->omap = calloc(cfg->npools ? cfg->npools : 1, sizeof *wc->omap);
+    wc->rr = calloc(cfg->npools ? cfg->npools : 1, sizeof *wc->rr);
+    wc->wsum = calloc(cfg->npools ? cfg->npools : 1, sizeof *wc->wsum);
+    if (!wc->omap || !wc->rr || !wc->wsum)
+        goto fail;
+    for (size_t p = 0; p < cfg->npools; p++) {
+        const struct moat_cfg_pool *pool = &cfg->pools[p];
+        wc->omap[p] = calloc(pool->norigins ? pool->norigins : 1, sizeof *wc->omap[p]);
+        if (!wc->omap[p])
+            goto fail;
+        /* Start each worker at a different origin so N workers don't all hit origin 0. */
+        wc->rr[p] = w->id;
+        for (size_t o = 0; o < pool->norigins; o++) {
+            wc->omap[p][o] = moat_up_pool_find(w, &pool->origins[o].addr);
+            if (!wc->omap[p][o])
+                goto fail;
+            wc->wsum[p] += pool->origins[o].weight ? pool->origins[o].weight : 1;
+        }
+        if (!wc->wsum[p])
+            wc->wsum[p] = 1;
+    }
+    return wc;
+fail:
+    wcfg_free(wc);
+    return NULL;
+}
+
+void moat_worker_wcfg_put(struct moat_worker *w, struct moat_wcfg *wc)
+{
+    (void)w;
+    if (--wc->users == 0)
+        wcfg_free(wc);
+}
+
+static void worker_adopt(struct moat_worker *w)
+{
+    pthread_mutex_lock(&moat_srv.cfg_lock);
+    struct moat_config *cfg = moat_srv.cfg;
+    uint64_t gen = atomic_load(&moat_srv.generation);
+    moat_config_ref(cfg);
+    pthread_mutex_unlock(&moat_srv.cfg_lock);
+    struct moat_wcfg *wc = wcfg_build(w, cfg);
+    moat_config_release(&cfg);
+    if (!wc)
+        return; /* out of memory: keep serving with the old one, try again next request */
+    struct moat_wcfg *old = w->wcfg;
+    w->wcfg = wc;
+    w->gen = gen;
+    uint32_t bs = (uint32_t)MOAT_MAX((size_t)16384, wc->cfg->h1.head_bytes + 2048);
+    w->bufsize = (bs + 4095u) & ~4095u;
+    const char *dest = wc->cfg->access_log;
+    if ((dest == NULL) != (w->alog_dest == NULL) || (dest && strcmp(dest, w->alog_dest))) {
+        moat_alog_close(&w->alog);
+        if (moat_alog_open(&w->alog, dest) != MOAT_OK)
+            moat_log_error("worker %u: cannot open access log %s: %s", w->id, dest,
+                           strerror(errno));
+        free(w->alog_dest);
+        w->alog_dest = dest ? strdup(dest) : NULL;
+    }
+    if (old)
+        moat_worker_wcfg_put(w, old);
+}
+
+struct moat_wcfg *moat_worker_wcfg_get(struct moat_worker *w)
+{
+    if (moat_unlikely(atomic_load_explicit(&moat_srv.generation, memory_order_acquire) != w->gen))
+        worker_adopt(w);
+    w->wcfg->users++;
+    return w->wcfg;
+}
+
+/* --- listeners ------------------------------------------------------------------------------ */
+
+static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
+{
+    struct moat_listener *l = MOAT_CONTAINER_OF(io, struct moat_listener, io);
+    struct moat_worker *w = l->w;
+    (void)loop;
+    (void)ev;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(io->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE)
+                moat_log_warn("accept: %s", strerror(errno));
+            return;
+        }
+        if (w->nconns >= w->wcfg->cfg->max_connections) {
+            MOAT_STAT_INC(&w->stats, conn_rejected);
+            close(fd);
+            continue;
+        }
+        moat_conn_accept(w, fd, &ss);
+    }
+    /* More may wait: the listener is level-triggered, so epoll reports it again next turn;
+     * the cap keeps one busy listener from starving established connections. */
+}
+
+static int open_listener(const struct moat_addr *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0)
+        goto fail;
+    return fd;
+fail:
+    snprintf(err, errlen, "moat: cannot listen on %s: %s", a->text, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* --- worker thread -------------------------------------------------------------------------- */
+
+static void close_listeners(struct moat_worker *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].io.fd >= 0) {
+            moat_loop_del(&w->loop, &w->listeners[i].io);
+            close(w->listeners[i].io.fd);
+            w->listeners[i].io.fd = -1;
+        }
+    }
+}
+
+static void tick(struct moat_loop *loop, struct moat_timer *t)
+{
+    struct moat_worker *w = MOAT_CONTAINER_OF(t, struct moat_worker, tick);
+    if (w->alog.len)
+        moat_alog_flush(&w->alog);
+    if (atomic_load(&moat_srv.generation) != w->gen)
+        worker_adopt(w); /* so idle workers release old snapshots too */
+    if (atomic_load(&moat_srv.draining) && !w->draining) {
+        w->draining = true;
+        w->drain_deadline = loop->now_ms + drain_timeout_ms;
+        close_listeners(w);
+    }
+    if (w->draining) {
+        struct moat_conn *c = w->conns;
+        bool late = loop->now_ms >= w->drain_deadline;
+        while (c) {
+            struct moat_conn *next = c->next;
+            if (late)
+                moat_conn_close_any(c);
+            else
+                moat_conn_close_idle(c);
+            c = next;
+        }
+        if (w->nconns == 0) {
+            moat_loop_stop(loop);
+            return;
+        }
+    }
+    moat_timer_set(loop, t, 100);
+}
+
+static void *worker_main(void *arg)
+{
+    struct moat_worker *w = arg;
+    moat_timer_set(&w->loop, &w->tick, 100);
+    moat_loop_run(&w->loop);
+    /* Drained: close what is left and free per-thread state. */
+    close_listeners(w);
+    while (w->conns)
+        moat_conn_close_any(w->conns);
+    for (struct moat_upool *p = w->upools; p; p = p->next)
+        while (p->idle) {
+            struct moat_upconn *u = p->idle;
+            p->idle = u->next_idle;
+            p->nidle--;
+            moat_up_close(u);
+        }
+    while (w->loop.defer_head) {
+        struct moat_defer *d = w->loop.defer_head;
+        w->loop.defer_head = d->next;
+        d->fn(d);
+    }
+    moat_alog_close(&w->alog);
+    moat_buf_thread_cleanup();
+    atomic_fetch_sub(&moat_srv.workers_running, 1);
+    return NULL;
+}
+
+int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
+{
+    moat_srv.cfg = cfg;
+    atomic_store(&moat_srv.generation, 1);
+    cfg->generation = 1;
+    moat_srv.started_us = moat_wall_us();
+    unsigned n = cfg->workers ? cfg->workers : 1;
+    moat_srv.workers = calloc(n, sizeof *moat_srv.workers);
+    if (!moat_srv.workers) {
+        snprintf(err, errlen, "moat: out of memory");
+        return MOAT_ERR;
+    }
+    moat_srv.nworkers = n;
+    for (unsigned i = 0; i < n; i++) {
+        struct moat_worker *w = &moat_srv.workers[i];
+        w->id = i;
+        w->alog.fd = -1;
+        if (moat_loop_init(&w->loop) != MOAT_OK) {
+            snprintf(err, errlen, "moat: epoll: %s", strerror(errno));
+            return MOAT_ERR;
+        }
+        w->loop.data = w;
+        w->tick.cb = tick;
+        worker_adopt(w);
+        if (!w->wcfg) {
+            snprintf(err, errlen, "moat: out of memory");
+            return MOAT_ERR;
+        }
+        w->listeners = calloc(cfg->nlisten, sizeof *w->listeners);
+        w->nlisteners = cfg->nlisten;
+        for (size_t k = 0; k < cfg->nlisten; k++) {
+            int fd = open_listener(&cfg->listen[k], err, errlen);
+            if (fd < 0)
+                return MOAT_ERR;
+            w->listeners[k].io.fd = fd;
+            w->listeners[k].io.cb = on_accept;
+            w->listeners[k].w = w;
+            moat_loop_add(&w->loop, &w->listeners[k].io, EPOLLIN);
+        }
+    }
+    for (size_t k = 0; k < cfg->nlisten; k++)
+        moat_log_info("listening on %s (%u workers)", cfg->listen[k].text, n);
+    for (unsigned i = 0; i < n; i++) {
+        atomic_fetch_add(&moat_srv.workers_running, 1);
+        if (pthread_create(&moat_srv.workers[i].thread, NULL, worker_main, &moat_srv.workers[i])) {
+            snprintf(err, errlen, "moat: cannot start worker thread");
+            return MOAT_ERR;
+        }
+    }
+    return MOAT_OK;
+}
+
+static bool addrs_equal(const struct moat_addr *a, size_t na, const struct moat_addr *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i].text, b[i].text))
+            return false;
+    return true;
+}
+
+void moat_server_install(struct moat_config *cfg)
+{
+    pthread_mutex_lock(&moat_srv.cfg_lock);
+    struct moat_config *old = moat_srv.cfg;
+    if (!addrs_equal(old->listen, old->nlisten, cfg->listen, cfg->nlisten))
+        moat_log_warn("reload: listen addresses changed; this needs a restart (kept the old)");
+    if (old->workers != cfg->workers)
+        moat_log_warn("reload: workers changed; this needs a restart (kept %u)", old->workers);
+    if (old->admin.enabled != cfg->admin.enabled ||
+        (cfg->admin.enabled && strcmp(old->admin.listen.text, cfg->admin.listen.text)))
+        moat_log_warn("reload: admin.listen changed; this needs a restart (kept the old)");
+    uint64_t gen = atomic_load(&moat_srv.generation) + 1;
+    cfg->generation = gen;
+    moat_srv.cfg = cfg;
+    atomic_store_explicit(&moat_srv.generation, gen, memory_order_release);
+    pthread_mutex_unlock(&moat_srv.cfg_lock);
+    moat_config_release(&old);
+}
+
+int moat_server_reload(const char *path, char *err, size_t errlen)
+{
+    if (!path) {
+        snprintf(err, errlen, "moat: running without a configuration file; nothing to reload");
+        atomic_fetch_add(&moat_srv.reloads_failed, 1);
+        return MOAT_ERR;
+    }
+    struct moat_config *cfg = moat_config_load(path, err, errlen);
+    if (!cfg) {
+        atomic_fetch_add(&moat_srv.reloads_failed, 1);
+        moat_log_error("reload refused, still running generation %llu: %s",
+                       (unsigned long long)atomic_load(&moat_srv.generation), err);
+        return MOAT_ERR;
+    }
+    if (moat_log_open(cfg->error_log, (int)cfg->log_level) != MOAT_OK)
+        moat_log_warn("reload: cannot open error log %s", cfg->error_log);
+    moat_server_install(cfg);
+    atomic_fetch_add(&moat_srv.reloads_ok, 1);
+    moat_log_info("configuration reloaded from %s: generation %llu", path,
+                  (unsigned long long)atomic_load(&moat_srv.generation));
+    return MOAT_OK;
+}
+
+struct moat_config *moat_server_config(void)
+{
+    pthread_mutex_lock(&moat_srv.cfg_lock);
+    struct moat_config *c = moat_srv.cfg;
+    moat_config_ref(c);
+    pthread_mutex_unlock(&moat_srv.cfg_lock);
+    return c;
+}
+
+void moat_server_drain(uint64_t timeout_ms)
+{
+    drain_timeout_ms = timeout_ms;
+    atomic_store(&moat_srv.draining, 1);
+}
+
+void moat_server_join(void)
+{
+    for (unsigned i = 0; i < moat_srv.nworkers; i++) {
+        pthread_join(moat_srv.workers[i].thread, NULL);
+        struct moat_worker *w = &moat_srv.workers[i];
+        if (w->wcfg)
+            moat_worker_wcfg_put(w, w->wcfg);
+        w->wcfg = NULL;
+        while (w->upools) {
+            struct moat_upool *p = w->upools;
+            w->upools = p->next;
+            free(p);
+        }
+        free(w->listeners);
+        free(w->alog_dest);
+        moat_loop_destroy(&w->loop);
+    }
+    free(moat_srv.workers);
+    moat_srv.workers = NULL;
+    moat_srv.nworkers = 0;
+    moat_config_release(&moat_srv.cfg);
+}
