@@ -48,7 +48,7 @@
 #define OBJ_MAGIC 0x6d6f6263u /* "mobc" */
 #define NSTRIPES 1024u
 #define HEAD_MAX 65536u
-#define CHUNK_MIN 512u
+#define CHUNK_MIN 256u
 #define CHUNK_MAX (1024u * 1024u)
 
 #define AF_SOFT_PURGED 0x1u
@@ -194,6 +194,7 @@ void moat_cache_store_free(struct moat_cache_store *st)
         while (o) {
             struct moat_cache_obj *next = o->older;
             assert(atomic_load(&o->refs) == 1); /* only the table's reference is left */
+            o->linked = 0;
             if (atomic_fetch_sub(&o->refs, 1) == 1)
                 obj_free(o);
             o = next;
@@ -813,12 +814,13 @@ int moat_cache_obj_append(struct moat_cache_obj *o, const void *data, size_t len
             continue;
         }
         /* Chunk sizing: the announced Content-Length when there is one (a 1 KiB body is one
-         * 1 KiB chunk), else geometric growth so the slack stays under half the body;
+         * 1 KiB chunk), else geometric growth by half of what is there, so a body of
+         * unknown length takes O(log n) chunks and the slack stays under a third of it;
          * chunks never exceed 1 MiB so a huge body does not need one huge allocation. */
         uint64_t hint = atomic_load_explicit(&o->size_hint, memory_order_relaxed);
         uint64_t want = hint > have ? hint - have : 0;
         if (want < len)
-            want = MOAT_MAX((uint64_t)len, MOAT_MAX(have, (uint64_t)CHUNK_MIN));
+            want = MOAT_MAX((uint64_t)len, MOAT_MAX(have / 2, (uint64_t)CHUNK_MIN));
         size_t cap = (size_t)MOAT_MIN(want, (uint64_t)CHUNK_MAX);
         struct chunk *c = malloc(sizeof(*c) + cap);
         if (!c) {
