@@ -1,0 +1,163 @@
+"""Tables from a bench run: bench/report.py OUTDIR [--results bench/RESULTS.md]
+
+Reads OUTDIR/runs.jsonl (one JSON object per wrk run, written by run.sh) and OUTDIR/meta.json,
+prints one markdown table per (scenario set, workload) to stdout and, with --results, writes a
+complete RESULTS.md (date, command, machine, versions, tables).
+
+Every ratio is computed per round against `limit` measured in the same round, then the median
+of those ratios is taken (not the ratio of medians): the machine is shared and noisy, and a
+round's servers saw roughly the same noise."""
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+SERVER_ORDER = ["limit", "moat", "haproxy", "nginx",
+                "moat_cache", "varnish", "haproxy_cache", "nginx_cache"]
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt_num(x, nd=0):
+    if x is None:
+        return "-"
+    return f"{x:,.{nd}f}"
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def tables(runs):
+    """{(set, workload): {server: stats}} plus workload order."""
+    by = defaultdict(lambda: defaultdict(dict))  # (set, wl) -> server -> round -> row
+    order = []
+    for r in runs:
+        key = (r["set"], r["workload"])
+        if key not in order:
+            order.append(key)
+        by[key][r["server"]][r["round"]] = r
+    out = {}
+    for key in order:
+        servers = by[key]
+        limit = servers.get("limit", {})
+        stats = {}
+        for srv, rounds in servers.items():
+            ok = {rnd: r for rnd, r in rounds.items() if r["ok"]}
+            ratios = defaultdict(list)
+            for rnd, r in ok.items():
+                lim = limit.get(rnd)
+                if not lim or not lim["ok"]:
+                    continue
+                for f in ("rps", "p50_us", "p99_us", "req_per_cpu_s"):
+                    if r[f] and lim[f]:
+                        ratios[f].append(r[f] / lim[f])
+            stats[srv] = {
+                "n_ok": len(ok), "n": len(rounds),
+                "why": sorted({r["why"] for r in rounds.values() if not r["ok"]}),
+                **{f: med([r[f] for r in ok.values()])
+                   for f in ("rps", "p50_us", "p99_us", "req_per_cpu_s", "cpu_s")},
+                **{f + "_ratio": med(ratios[f]) for f in ("rps", "p50_us", "p99_us", "req_per_cpu_s")},
+            }
+        out[key] = stats
+    return order, out
+
+
+def render_tables(order, stats):
+    lines = []
+    for key in order:
+        set_, wl = key
+        lines.append(f"### {set_}: {wl}")
+        lines.append("")
+        lines.append("| server | req/s | ×limit | p50 ms | ×limit | p99 ms | ×limit | req/CPU-s | ×limit | ok runs |")
+        lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        srvs = sorted(stats[key], key=lambda s: (SERVER_ORDER.index(s) if s in SERVER_ORDER else 99, s))
+        for s in srvs:
+            st = stats[key][s]
+            p50 = None if st["p50_us"] is None else st["p50_us"] / 1000
+            p99 = None if st["p99_us"] is None else st["p99_us"] / 1000
+            lines.append(
+                f"| {s} | {fmt_num(st['rps'])} | {fmt_ratio(st['rps_ratio'])} "
+                f"| {fmt_num(p50, 2)} | {fmt_ratio(st['p50_us_ratio'])} "
+                f"| {fmt_num(p99, 2)} | {fmt_ratio(st['p99_us_ratio'])} "
+                f"| {fmt_num(st['req_per_cpu_s'])} | {fmt_ratio(st['req_per_cpu_s_ratio'])} "
+                f"| {st['n_ok']}/{st['n']} |")
+        lines.append("")
+        for s in srvs:
+            for why in stats[key][s]["why"]:
+                lines.append(f"- **{s} FAILED** a run: {why}")
+        if any(stats[key][s]["why"] for s in srvs):
+            lines.append("")
+        lines.extend(target_lines(set_, stats[key]))
+    return "\n".join(lines)
+
+
+def target_lines(set_, st):
+    """The proxy issue's bar: moat's req/CPU-s ratio >= HAProxy's, p99 no worse than HAProxy."""
+    if set_ != "proxy":
+        return []
+    m, h = st.get("moat"), st.get("haproxy")
+    if not m or not h or m["req_per_cpu_s_ratio"] is None or h["req_per_cpu_s_ratio"] is None:
+        return ["Target (moat ≥ HAProxy per CPU-second, p99 no worse): moat not measured.", ""]
+    cpu_ok = m["req_per_cpu_s_ratio"] >= h["req_per_cpu_s_ratio"]
+    p99_ok = m["p99_us"] is not None and h["p99_us"] is not None and m["p99_us"] <= h["p99_us"]
+    verdict = "MET" if cpu_ok and p99_ok else "NOT MET"
+    return [f"Target: **{verdict}** (moat {m['req_per_cpu_s_ratio']:.2f}x vs HAProxy "
+            f"{h['req_per_cpu_s_ratio']:.2f}x of limit per CPU-second; p99 moat "
+            f"{m['p99_us']/1000:.2f} ms vs HAProxy {h['p99_us']/1000:.2f} ms)", ""]
+
+
+def results_md(meta, body):
+    v = meta["versions"]
+    out = [
+        "# moat benchmark results",
+        "",
+        "Written by `bench/run.sh --write-results`; see bench/README.md for what is measured and",
+        "how to read the ratios. Raw runs of this table were in `bench/out/` on the machine.",
+        "",
+        f"- Date: {meta['date']}",
+        f"- Command: `{meta['command']}`",
+        f"- Machine: {meta['nproc']} cores, {meta['cpu_model']}, {meta['kernel']}",
+        f"- Load average before / after: {meta['loadavg_before']} / {meta['loadavg_after']} "
+        "(the machine is shared: other work ran alongside)",
+        f"- Parameters: {meta['rounds']} rounds × {meta['duration']} per run (+{meta['warmup']} warm-up), "
+        f"wrk -t1 -c{meta['conns']} on core {meta['client_cpu']} with the origin; "
+        f"servers under test on core {meta['server_cpu']}, one worker/thread each",
+        "- Versions:",
+    ]
+    for k in ("nginx", "haproxy", "varnish", "wrk", "moat"):
+        out.append(f"  - {k}: {v.get(k, '-')}")
+    for s in meta.get("skipped", []):
+        out.append(f"- **Skipped** {s}")
+    for s in meta.get("failed", []):
+        out.append(f"- **Failed** {s}")
+    out += ["", "Medians over rounds; ×limit = median over rounds of (server / limit in the same "
+            "round). For req/s and req/CPU-s higher is better; for latency lower is better.", "",
+            body]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("outdir", type=Path)
+    ap.add_argument("--results", type=Path)
+    a = ap.parse_args()
+    runs = [json.loads(line) for line in (a.outdir / "runs.jsonl").read_text().splitlines() if line.strip()]
+    meta_path = a.outdir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    order, stats = tables(runs)
+    body = render_tables(order, stats)
+    print(body)
+    if a.results:
+        if meta is None:
+            raise SystemExit("report.py: no meta.json, cannot write results")
+        a.results.write_text(results_md(meta, body))
+
+
+if __name__ == "__main__":
+    main()

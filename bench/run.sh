@@ -1,0 +1,537 @@
+#!/usr/bin/env bash
+# bench/run.sh: moat side by side with nginx and HAProxy (Varnish joins with the cache set).
+#
+#   bash bench/run.sh [SET...] [--write-results]
+#
+# SET is a scenario set (proxy, ...; default: all of them). --write-results (or
+# WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
+# bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
+#
+# Environment knobs (defaults in brackets):
+#   ROUNDS [3]  DURATION [5s]  WARMUP [1s]  CONNS [50]
+#   SERVER_CPU [0]  CLIENT_CPU [1]     cores for servers under test / for wrk + origin
+#   SERVERS ["" = every server of the set]  e.g. SERVERS="limit moat"
+#   MOAT [./moat]  MOAT_EXTRA_ARGS [""]
+#
+# Layout: every server under test has a start_<name> function (writes its config into the run's
+# temp dir, starts it pinned to SERVER_CPU, sets PORT[name] and ROOTPID[name]). A scenario set
+# is a set_<name> function that fills SET_SERVERS and SET_WORKLOADS. Adding a set = one
+# set_<name> function + start_<server> functions for servers it introduces.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+PY=/usr/bin/python3
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+CONNS=${CONNS:-50}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+SERVERS=${SERVERS:-}
+MOAT=${MOAT:-$ROOT/moat}
+MOAT_EXTRA_ARGS=${MOAT_EXTRA_ARGS:-}
+WRITE_RESULTS=${WRITE_RESULTS:-0}
+
+ALL_SETS=(proxy)
+
+ORIG_CMD="bash bench/run.sh $*"
+for v in ROUNDS DURATION WARMUP CONNS SERVERS; do
+  if [ -n "${!v+x}" ] && printenv "$v" >/dev/null 2>&1; then ORIG_CMD="$v=${!v} $ORIG_CMD"; fi
+done
+
+sets=()
+for a in "$@"; do
+  case "$a" in
+    --write-results) WRITE_RESULTS=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    all) sets+=("${ALL_SETS[@]}") ;;
+    -*) echo "run.sh: unknown option '$a'" >&2; exit 2 ;;
+    *) sets+=("$a") ;;   # validated once the set_* functions are defined
+  esac
+done
+[ "${#sets[@]}" -gt 0 ] || sets=("${ALL_SETS[@]}")
+
+log()  { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+loud() {
+  printf '\n' >&2
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+  printf '!!! %s\n' "$@" >&2
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+}
+die()  { loud "$@"; exit 1; }
+
+for tool in wrk nginx haproxy taskset curl timeout; do
+  command -v "$tool" >/dev/null || die "missing $tool: run scripts/install-deps"
+done
+[ "$(nproc)" -ge 2 ] || log "warning: fewer than 2 cores; server and client will share a core"
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping: everything is started with setsid (own process group, pgid = pid) and
+# killed by that group id on exit. Nothing else is touched.
+STARTED=()
+TMP=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 5))
+  for pid in "${STARTED[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  [ -n "$TMP" ] && rm -rf "$TMP" "/dev/shm/moat-bench.$$"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+TMP=$(mktemp -d /tmp/moat-bench.XXXXXX)
+chmod 755 "$TMP"   # nginx workers run as nobody
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT="$HERE/out/$STAMP"
+mkdir -p "$OUT"
+RAW="$OUT/runs.jsonl"
+: >"$RAW"
+
+# A free TCP port on 127.0.0.1, below the ephemeral range so wrk's and the proxies' client
+# sockets can never collide with it.
+USED_PORTS=" "
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 12000))
+    [[ "$USED_PORTS" == *" $p "* ]] && continue
+    if $PY -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$p" 2>/dev/null \
+       && ! ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null | grep -q .; then
+      USED_PORTS+="$p "
+      echo "$p"; return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# start NAME CPU LOGFILE CMD...: start CMD in its own session pinned to CPU; sets LASTPID.
+start() {
+  local name=$1 cpu=$2 logf=$3; shift 3
+  setsid taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
+  LASTPID=$!
+  STARTED+=("$LASTPID")
+  LOGF[$name]=$logf
+  log "started $name (pid $LASTPID, cpu $cpu): $*"
+}
+
+wait_port() {   # NAME PID PORT: wait up to 10s for a listener
+  local name=$1 pid=$2 port=$3
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Bodies: deterministic printable bytes (safe inside an nginx quoted string), 1 KiB and 128 KiB.
+WWW="$TMP/www"
+SHM="/dev/shm/moat-bench.$$"
+mkdir -p "$WWW" "$SHM"
+chmod 755 "$WWW" "$SHM"
+$PY - "$WWW" <<'EOF'
+import sys
+alpha = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+def body(n):
+    return bytes(alpha[(i * 7 + i // 61) % len(alpha)] for i in range(n - 1)) + b"\n"
+for name, n in (("1k", 1024), ("128k", 131072)):
+    open(f"{sys.argv[1]}/{name}", "wb").write(body(n))
+EOF
+cp "$WWW/128k" "$SHM/128k"
+chmod 644 "$WWW"/* "$SHM"/*
+BODY_1K=$(head -c 1023 "$WWW/1k")   # nginx `return` adds nothing; we append the \n below
+declare -A SIZE=([/1k]=1024 [/128k]=131072)
+declare -A SHA=([/1k]=$(sha256sum <"$WWW/1k" | cut -d' ' -f1) [/128k]=$(sha256sum <"$WWW/128k" | cut -d' ' -f1))
+
+declare -A PORT ROOTPID LOGF
+SKIPPED=()     # servers skipped (not available), with reason
+FAILED=()      # servers that failed their check or a run
+
+# Common nginx http{} preamble. Keep-alive limits raised on every nginx so that wrk's
+# connections are never recycled by the server (HAProxy has no such limit).
+nginx_conf() {   # DIR PORT SERVER_BODY [HTTP_EXTRA]
+  local dir=$1 port=$2 body=$3 extra=${4:-}
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 100000000;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy_temp;
+    fastcgi_temp_path $dir/fastcgi_temp;
+    uwsgi_temp_path $dir/uwsgi_temp;
+    scgi_temp_path $dir/scgi_temp;
+    $extra
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        $body
+    }
+}
+EOF
+}
+
+run_nginx() {    # NAME CPU DIR
+  local name=$1 cpu=$2 dir=$3
+  nginx -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/test.log" 2>&1 \
+    || { cat "$dir/test.log" >&2; die "$name: nginx config invalid ($dir/nginx.conf)"; }
+  start "$name" "$cpu" "$dir/stdout.log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
+}
+
+# ---- the origin: nginx, one worker, static files, keep-alive; on the client core -----------
+start_origin() {
+  local port; port=$(free_port)
+  nginx_conf "$TMP/origin" "$port" "
+        location / {
+            root $WWW;
+            open_file_cache max=64 inactive=60s;
+            add_header Cache-Control \"public, max-age=3600\";
+        }
+        location = /__origin_status { stub_status; }"
+  run_nginx origin "$CLIENT_CPU" "$TMP/origin"
+  wait_port origin "$LASTPID" "$port" || { tail -n 20 "$TMP/origin/error.log" "$TMP/origin/stdout.log" >&2; die "origin nginx did not start"; }
+  PORT[origin]=$port; ROOTPID[origin]=$LASTPID
+}
+
+# ---- servers under test ----------------------------------------------------------------------
+# limit: the fastest path nginx has: 1 KiB via `return` (body in the config, from memory);
+# 128 KiB is too long for an nginx config token, so it is a file on tmpfs (/dev/shm) with
+# open_file_cache and sendfile: no disk, no per-request open().
+start_limit() {
+  local port; port=$(free_port)
+  nginx_conf "$TMP/limit" "$port" "
+        location = /1k { return 200 \"${BODY_1K}\n\"; }
+        location = /128k {
+            root $SHM;
+            open_file_cache max=64 inactive=60s;
+            open_file_cache_valid 3600s;
+        }"
+  run_nginx limit "$SERVER_CPU" "$TMP/limit"
+  PORT[limit]=$port; ROOTPID[limit]=$LASTPID
+}
+
+# nginx: proxy_pass with upstream keep-alive. proxy_buffers hold a whole 128 KiB response in
+# memory (the defaults, 8 x 4k, would spill it to a temp file on disk on every request).
+nginx_proxy() {   # NAME [LOCATION_EXTRA] [HTTP_EXTRA]
+  local name=$1 port; port=$(free_port)
+  nginx_conf "$TMP/$name" "$port" "
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffer_size 16k;
+            proxy_buffers 8 32k;
+            proxy_max_temp_file_size 0;
+            ${2:-}
+        }" "
+    upstream origin {
+        server 127.0.0.1:${PORT[origin]};
+        keepalive 32;
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }
+    ${3:-}"
+  run_nginx "$name" "$SERVER_CPU" "$TMP/$name"
+  PORT[$name]=$port; ROOTPID[$name]=$LASTPID
+}
+start_nginx() { nginx_proxy nginx; }
+
+# nginx_cache: the same plus proxy_cache (nginx keeps cached bodies in files: page cache).
+start_nginx_cache() {
+  nginx_proxy nginx_cache "proxy_cache bench; proxy_cache_valid 200 1h;" \
+    "proxy_cache_path $TMP/nginx_cache/cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=1h use_temp_path=off;"
+}
+
+# haproxy: one thread, mode http, no logging, server connections shared across clients
+# (http-reuse always: the same thing nginx's keepalive pool and moat's pool do).
+haproxy_proxy() {   # NAME [BACKEND_EXTRA] [TOP_EXTRA]
+  local name=$1 port; port=$(free_port); local dir="$TMP/$name"
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+    pidfile $dir/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+
+backend be
+    http-reuse always
+${2:-}
+    server origin 127.0.0.1:${PORT[origin]}
+${3:-}
+EOF
+  haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
+    || { cat "$dir/check.log" >&2; die "$name: config invalid ($dir/haproxy.cfg)"; }
+  start "$name" "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
+  PORT[$name]=$port; ROOTPID[$name]=$LASTPID
+}
+start_haproxy() { haproxy_proxy haproxy; }
+
+# haproxy_cache: the same plus HAProxy's small-object RAM cache, sized for 128 KiB objects.
+start_haproxy_cache() {
+  haproxy_proxy haproxy_cache "    http-request cache-use bench
+    http-response cache-store bench" "
+cache bench
+    total-max-size 256
+    max-object-size 262144
+    max-age 3600"
+}
+
+# varnish: malloc storage, builtin VCL (-b), one thread pool. Varnish runs a thread per
+# connection, so "one worker" is one pool on core 0; CPU is manager + child.
+start_varnish() {
+  local port; port=$(free_port); local dir="$TMP/varnish"
+  mkdir -p "$dir"
+  start varnish "$SERVER_CPU" "$dir/varnishd.log" varnishd -F -n "$dir/work" -T none \
+    -a "127.0.0.1:$port" -b "127.0.0.1:${PORT[origin]}" -s malloc,256m \
+    -p thread_pools=1 -p thread_pool_min=100 -p thread_pool_max=1000
+  PORT[varnish]=$port; ROOTPID[varnish]=$LASTPID
+}
+
+# moat: quick mode, one worker. Skipped (loudly) until ./moat exists and takes --origin.
+moat_usable() {   # NAME
+  if [ ! -x "$MOAT" ]; then
+    loud "$1: $MOAT not built (make failed or not yet written): SKIPPING $1." \
+         "Peers are still measured; the $1 rows will be missing."
+    SKIPPED+=("$1: $MOAT not built")
+    return 1
+  fi
+  if ! "$MOAT" --help 2>&1 | grep -q -- '--origin'; then
+    loud "$1: '$MOAT --help' does not mention --origin (quick mode missing?): SKIPPING $1."
+    SKIPPED+=("$1: no quick mode (--origin) in --help")
+    return 1
+  fi
+}
+moat_proxy() {   # NAME [EXTRA ARGS...]
+  local name=$1 port; shift; port=$(free_port); local dir="$TMP/$name"
+  mkdir -p "$dir"
+  # shellcheck disable=SC2086
+  start "$name" "$SERVER_CPU" "$dir/moat.log" "$MOAT" --origin "http://127.0.0.1:${PORT[origin]}" \
+    --listen "127.0.0.1:$port" --workers 1 "$@" $MOAT_EXTRA_ARGS
+  PORT[$name]=$port; ROOTPID[$name]=$LASTPID
+}
+start_moat() { moat_usable moat && moat_proxy moat; }
+
+# moat_cache: moat with its cache on. The cache issue decides the quick-mode switch; until
+# `moat --help` mentions --cache (or MOAT_CACHE_ARGS is given) it is skipped.
+start_moat_cache() {
+  moat_usable moat_cache || return 1
+  if [ -z "${MOAT_CACHE_ARGS:-}" ] && ! "$MOAT" --help 2>&1 | grep -q -- '--cache'; then
+    loud "moat_cache: moat has no --cache in quick mode yet: SKIPPING moat_cache."
+    SKIPPED+=("moat_cache: no --cache in moat --help")
+    return 1
+  fi
+  # shellcheck disable=SC2086
+  moat_proxy moat_cache ${MOAT_CACHE_ARGS:---cache 256MiB}
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenario sets. A workload is NAME:PATH:MODE (MODE = ka | close).
+# SET_EXPECT says what the origin's request counter must show during a run (limit is exempt):
+# forward = every request reached the origin; hit = (almost) none did.
+set_proxy() {
+  SET_SERVERS=(limit nginx haproxy moat)
+  SET_WORKLOADS=(1k-keepalive:/1k:ka 1k-close:/1k:close 128k-keepalive:/128k:ka 128k-close:/128k:close)
+  SET_EXPECT=forward
+}
+# Cache hits: the origin sends Cache-Control: public, max-age=3600; the check and the warm-up
+# fill the caches. Not in ALL_SETS yet (moat has no cache; keeps `make bench` at ~6 minutes):
+# run it with `bash bench/run.sh cache`; the cache issue adds it to ALL_SETS.
+set_cache() {
+  SET_SERVERS=(limit moat_cache varnish nginx_cache haproxy_cache)
+  SET_WORKLOADS=(hit-1k-keepalive:/1k:ka hit-1k-close:/1k:close hit-128k-keepalive:/128k:ka hit-128k-close:/128k:close)
+  SET_EXPECT=hit
+}
+
+# ---------------------------------------------------------------------------------------------
+check_server() {  # NAME: status, size and bytes of every path, keep-alive and close
+  local name=$1 port=${PORT[$1]} path hdr out code size sha
+  for path in /1k /128k; do
+    for hdr in "Connection: keep-alive" "Connection: close"; do
+      out=$(timeout 10 curl -s --max-time 5 -H "$hdr" -o "$TMP/check.body" -w '%{http_code} %{size_download}' \
+            "http://127.0.0.1:$port$path" 2>&1) || true
+      read -r code size <<<"$out"
+      sha=$(sha256sum <"$TMP/check.body" 2>/dev/null | cut -d' ' -f1)
+      if [ "$code" != 200 ] || [ "$size" != "${SIZE[$path]}" ] || [ "$sha" != "${SHA[$path]}" ]; then
+        loud "$name: GET $path ($hdr) answered status=$code size=$size (want 200, ${SIZE[$path]} bytes, same body as the origin)." \
+             "$name FAILS its check and is NOT measured."
+        return 1
+      fi
+    done
+  done
+  log "$name: check ok (200, right sizes and bodies)"
+}
+
+cpu_ticks() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/cputicks.py" "$1"; }
+# The origin's request counter (nginx stub_status; includes the status request itself).
+origin_reqs() {
+  timeout 5 curl -s --max-time 3 "http://127.0.0.1:${PORT[origin]}/__origin_status" | awk 'NR == 3 { print $3 }'
+}
+
+case "$DURATION" in
+  *m) WRK_TIMEOUT=$(( ${DURATION%m} * 60 + 60 )) ;;
+  *h) WRK_TIMEOUT=$(( ${DURATION%h} * 3600 + 60 )) ;;
+  *)  WRK_TIMEOUT=$(( ${DURATION%%[a-z]*} + 60 )) ;;
+esac
+
+wrk_cmd() {   # PORT PATH MODE DURATION
+  local args=(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$4" --latency --timeout 5s -s "$HERE/lua/report.lua")
+  [ "$3" = close ] && args+=(-H "Connection: close")
+  args+=("http://127.0.0.1:$1$2")
+  timeout "$WRK_TIMEOUT" "${args[@]}"
+}
+
+measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
+  local set=$1 round=$2 wl=$3 path=$4 mode=$5 srv=$6 port=${PORT[$6]} pid=${ROOTPID[$6]}
+  wrk_cmd "$port" "$path" "$mode" "$WARMUP" >/dev/null 2>&1 || true
+  local t0 t1 o0 o1 out json expect=$SET_EXPECT
+  [ "$srv" = limit ] && expect=none
+  o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { loud "$srv died"; return 1; }
+  out=$(wrk_cmd "$port" "$path" "$mode" "$DURATION" 2>&1) || true
+  t1=$(cpu_ticks "$pid") || { loud "$srv died during the run"; return 1; }; o1=$(origin_reqs)
+  json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
+  [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
+  printf '%s\n' "$out" >>"$OUT/wrk.log"
+  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" >>"$RAW" <<'EOF'
+import json, sys
+w = json.loads(sys.argv[1])
+set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect = sys.argv[2:]
+ticks, hz, size, oreq = int(ticks), int(hz), int(size), int(oreq)
+req = w["requests"]
+dur = w["duration_us"] / 1e6
+errs = w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["status_errors"] + w["timeouts"]
+why = []
+if w.get("wrk_failed"): why.append("wrk produced no result")
+if errs: why.append(f"{errs} errors (connect {w['connect_errors']}, read {w['read_errors']}, write {w['write_errors']}, non-2xx/3xx {w['status_errors']}, timeout {w['timeouts']})")
+if req == 0: why.append("no requests completed")
+elif w["bytes"] / req < size: why.append(f"{w['bytes']/req:.0f} bytes per response < body size {size}")
+if expect == "forward" and oreq < 0.99 * req:
+    why.append(f"only {oreq} of {req} requests reached the origin (answering without forwarding?)")
+if expect == "hit" and oreq > max(10, 0.01 * req):
+    why.append(f"{oreq} of {req} requests reached the origin (not cache hits)")
+cpu_s = ticks / hz
+row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=srv,
+           requests=req, duration_s=dur, rps=req / dur if dur else 0.0,
+           p50_us=w["p50_us"], p90_us=w["p90_us"], p99_us=w["p99_us"], max_us=w["max_us"],
+           cpu_ticks=ticks, cpu_s=cpu_s, req_per_cpu_s=(req / cpu_s) if cpu_s else None,
+           bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect,
+           ok=not why, why="; ".join(why))
+print(json.dumps(row))
+EOF
+  local last; last=$(tail -n1 "$RAW")
+  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
+  [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$last")" = True ] \
+    || loud "$srv $wl round $round FAILED: $($PY -c 'import json,sys; print(json.loads(sys.argv[1])["why"])' "$last")"
+}
+
+# ---------------------------------------------------------------------------------------------
+for set in "${sets[@]}"; do
+  declare -F "set_$set" >/dev/null || die "unknown scenario set '$set' (known: ${ALL_SETS[*]})"
+done
+log "scenario sets: ${sets[*]}; rounds=$ROUNDS duration=$DURATION warmup=$WARMUP conns=$CONNS; servers on cpu $SERVER_CPU, wrk+origin on cpu $CLIENT_CPU"
+log "output: $OUT"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+start_origin
+check_server origin || die "the origin itself is broken"
+
+for set in "${sets[@]}"; do
+  "set_$set"
+  servers=()
+  for s in "${SET_SERVERS[@]}"; do
+    if [ -n "$SERVERS" ] && [[ " $SERVERS " != *" $s "* ]] && [ "$s" != limit ]; then continue; fi
+    if [ -z "${PORT[$s]:-}" ]; then
+      "start_$s" || continue
+      if ! wait_port "$s" "${ROOTPID[$s]}" "${PORT[$s]}"; then
+        tail -n 20 "${LOGF[$s]}" "$TMP/$s/error.log" >&2 2>/dev/null || true
+        loud "$s did not start listening on 127.0.0.1:${PORT[$s]} (its log is above): NOT measured"
+        FAILED+=("$s: did not start"); unset "PORT[$s]"; continue
+      fi
+    fi
+    if check_server "$s"; then servers+=("$s"); else FAILED+=("$s: failed its check"); fi
+  done
+  [[ " ${servers[*]} " == *" limit "* ]] || die "the limit server is not available; ratios impossible"
+  n=${#servers[@]}
+  for round in $(seq 1 "$ROUNDS"); do
+    log "[$set] round $round/$ROUNDS"
+    for w in "${SET_WORKLOADS[@]}"; do
+      IFS=: read -r wl path mode <<<"$w"
+      for i in $(seq 0 $((n - 1))); do
+        srv=${servers[$(((i + round - 1) % n))]}
+        measure "$set" "$round" "$wl" "$path" "$mode" "$srv" || FAILED+=("$srv: $wl round $round")
+      done
+    done
+  done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+moat_version="not measured"
+[ -x "$MOAT" ] && moat_version="$("$MOAT" --version 2>/dev/null | head -n1 || true) (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null))"
+$PY - "$OUT/meta.json" <<EOF
+import json, sys
+meta = {
+  "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
+  "command": """$ORIG_CMD""".strip(),
+  "sets": "${sets[*]}".split(),
+  "rounds": $ROUNDS, "duration": "$DURATION", "warmup": "$WARMUP", "conns": $CONNS,
+  "server_cpu": "$SERVER_CPU", "client_cpu": "$CLIENT_CPU",
+  "nproc": "$(nproc)",
+  "cpu_model": """$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')""",
+  "kernel": "$(uname -sr)",
+  "loadavg_before": "$LOAD_BEFORE", "loadavg_after": "$LOAD_AFTER",
+  "versions": {
+    "nginx": """$(nginx -v 2>&1 | sed 's/^nginx version: //')""",
+    "haproxy": """$(haproxy -v 2>&1 | head -n1)""",
+    "varnish": """$(varnishd -V 2>&1 | head -n1 || echo none)""",
+    "wrk": """$(wrk -v 2>&1 | head -n1)""",
+    "moat": """$moat_version""",
+  },
+  "skipped": $($PY -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "${SKIPPED[@]+"${SKIPPED[@]}"}"),
+  "failed": $($PY -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "${FAILED[@]+"${FAILED[@]}"}"),
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=2)
+EOF
+
+report_args=("$OUT")
+[ "$WRITE_RESULTS" = 1 ] && report_args+=(--results "$HERE/RESULTS.md")
+$PY "$HERE/report.py" "${report_args[@]}" | tee "$OUT/table.md"
+ln -sfn "$STAMP" "$HERE/out/latest"
+log "raw runs: $RAW; table: $OUT/table.md"
+[ "$WRITE_RESULTS" = 1 ] && log "wrote bench/RESULTS.md"
+
+for s in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do loud "SKIPPED $s"; done
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  loud "FAILED:" "${FAILED[@]}"
+  exit 1
+fi
