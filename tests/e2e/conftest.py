@@ -26,6 +26,7 @@ from rawhttp import wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MOAT_BIN = os.environ.get("MOAT_BIN") or str(ROOT / "moat")
+SAN = "san" in os.path.basename(MOAT_BIN)  # the ASan+UBSan build is slower
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 for _v in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_v, None)
@@ -113,7 +114,7 @@ class Moat:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.stderr_f,
                                      stderr=self.stderr_f, cwd=self.dir)
         if wait:
-            ok = wait_port(self.port, 10.0 if "san" in MOAT_BIN else 5.0, self.proc)
+            ok = wait_port(self.port, 10.0 if SAN else 5.0, self.proc)
             if not ok:
                 self.kill()
                 raise AssertionError(
@@ -177,10 +178,23 @@ class Moat:
             return s.request(method, f"http://127.0.0.1:{self.admin_port}{path}",
                              headers=headers, timeout=5, **kw)
 
-    def metrics(self):
-        r = self.admin("GET", "/metrics")
-        assert r.status_code == 200, r.text
-        return parse_metrics(r.text)
+    def metrics(self, until=None, timeout=2.0, settle=0.0):
+        """Scrapes /metrics. With <until>, scrapes again until until(metrics) is true or
+        <timeout> passes: moat may count a request just after its last byte is written, so a
+        scrape right after a response can lag behind. <settle> waits that much longer and
+        scrapes once more, so exact-count assertions also catch overshoot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.admin("GET", "/metrics")
+            assert r.status_code == 200, r.text
+            mt = parse_metrics(r.text)
+            if until is None or until(mt) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if settle:
+            time.sleep(settle)
+            return self.metrics()
+        return mt
 
     def status(self):
         r = self.admin("GET", "/status")
@@ -357,7 +371,7 @@ class TestTimeout(Exception):
 def _watchdog(request):
     mark = request.node.get_closest_marker("timeout")
     secs = int(mark.args[0]) if mark else 60
-    if "san" in MOAT_BIN:
+    if SAN:
         secs *= 3
 
     def on_alarm(signum, frame):

@@ -73,6 +73,7 @@ class ConnRecord:
         self.n = n
         self.raw = bytearray()
         self.requests = []
+        self.nreq = 0  # requests ever received on this connection (survives reset())
         self.closed = threading.Event()
 
 
@@ -201,6 +202,7 @@ class Origin:
         self.port = self.lsock.getsockname()[1]
         self.addr = f"127.0.0.1:{self.port}"
         self.conns = []
+        self.accept_base = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads = []
@@ -212,8 +214,9 @@ class Origin:
     # --- what the origin saw -------------------------------------------------------------
     @property
     def accepts(self):
+        """Connections accepted since start (or the last reset)."""
         with self.lock:
-            return len(self.conns)
+            return len(self.conns) - self.accept_base
 
     @property
     def requests(self):
@@ -229,8 +232,13 @@ class Origin:
             return b"".join(bytes(c.raw) for c in self.conns)
 
     def reset(self):
+        """Forgets what was received so far. Connections stay open (moat may reuse pooled
+        ones), so their records are emptied in place rather than dropped."""
         with self.lock:
-            self.conns = []
+            for c in self.conns:
+                c.raw = bytearray()
+                c.requests = []
+            self.accept_base = len(self.conns)
 
     def wait_requests(self, n, timeout=5.0):
         deadline = time.monotonic() + timeout
@@ -290,10 +298,12 @@ class Origin:
                     buf += data
                     continue
                 method, target, version, headers, body, used, chunked = parsed
-                req = Request(method, target, version, headers, body, bytes(buf[:used]),
-                              chunked, rec, len(rec.requests))
+                del_used = bytes(buf[:used])
                 del buf[:used]
                 with self.lock:
+                    req = Request(method, target, version, headers, body, del_used, chunked,
+                                  rec, rec.nreq)
+                    rec.nreq += 1
                     rec.requests.append(req)
                 try:
                     out = self.handler(req, self)
@@ -316,7 +326,10 @@ class Origin:
                         step.fn(s, bytes(buf))
                         return
                     else:
+                        # A proxy applies back-pressure: a send may wait for it.
+                        s.settimeout(30)
                         s.sendall(step)
+                        s.settimeout(0.1)
                 last = steps[-1] if steps else b""
                 if isinstance(last, (bytes, bytearray)):
                     head = bytes(last).split(b"\r\n\r\n", 1)[0].lower()

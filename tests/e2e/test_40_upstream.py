@@ -43,7 +43,7 @@ def test_connection_refused_is_502(moat_factory, http):
     m = moat_factory(dead, admin=True)
     r = http.get(m.url("/"), timeout=5)
     assert r.status_code == 502
-    mt = m.metrics()
+    mt = m.metrics(until=lambda mt: metric(mt, "moat_requests_total", **{"class": "5xx"}) >= 1)
     assert metric(mt, "moat_upstream_errors_total", kind="connect") >= 1
     assert metric(mt, "moat_requests_total", **{"class": "5xx"}) >= 1
 
@@ -56,7 +56,8 @@ def test_silent_origin_is_504(moat_factory, origin_factory, http):
     took = time.monotonic() - t0
     assert r.status_code == 504
     assert 0.4 <= took < 3.0, f"504 after {took:.2f}s with first_byte_timeout 500ms"
-    assert metric(m.metrics(), "moat_upstream_errors_total", kind="timeout") >= 1
+    mt = m.metrics(until=lambda mt: metric(mt, "moat_upstream_errors_total", kind="timeout") >= 1)
+    assert metric(mt, "moat_upstream_errors_total", kind="timeout") >= 1
     assert len(o.requests) == 1, "a timed-out GET must not be resent to a silent origin"
 
 
@@ -112,7 +113,8 @@ def test_bad_status_line_is_502(moat_factory, origin_factory, http):
     m = moat_factory(o, admin=True)
     r = http.get(m.url("/"), timeout=5)
     assert r.status_code == 502
-    assert metric(m.metrics(), "moat_upstream_errors_total", kind="bad_response") >= 1
+    mt = m.metrics(until=lambda mt: metric(mt, "moat_upstream_errors_total", kind="bad_response") >= 1)
+    assert metric(mt, "moat_upstream_errors_total", kind="bad_response") >= 1
 
 
 def test_response_smuggling_is_502(moat_factory, origin_factory, http):
@@ -146,7 +148,8 @@ def test_origin_resets_before_response_get_is_retried_once_then_502(moat_factory
     r = http.get(m.url("/"), timeout=5)
     assert r.status_code == 502
     assert 1 <= len(o.requests) <= 2
-    assert metric(m.metrics(), "moat_upstream_errors_total", kind="reset") >= 1
+    mt = m.metrics(until=lambda mt: metric(mt, "moat_upstream_errors_total", kind="reset") >= 1)
+    assert metric(mt, "moat_upstream_errors_total", kind="reset") >= 1
 
 
 def test_host_header_client(moat, origin, http):
