@@ -28,30 +28,35 @@ enum moat_method {
  * (moat_h1_err_name) for logs and metrics. */
 enum moat_h1_err {
     MOAT_H1_OK = 0,
-    MOAT_H1_BAD_REQUEST_LINE,  /* 400: malformed request line */
-    MOAT_H1_BAD_METHOD,        /* 400: method not a token */
-    MOAT_H1_BAD_TARGET,        /* 400: request-target has forbidden bytes or form */
-    MOAT_H1_URI_TOO_LONG,      /* 414: request line longer than limits.request_line */
-    MOAT_H1_BAD_VERSION,       /* 400: not "HTTP/" DIGIT "." DIGIT */
-    MOAT_H1_VERSION_UNSUPPORTED, /* 505: HTTP/2.0 on an h1 connection, HTTP/0.9, HTTP/3.x ... */
-    MOAT_H1_BARE_LF,           /* 400: LF without CR where CRLF is required */
-    MOAT_H1_BAD_HEADER_NAME,   /* 400: empty name, non-token byte, whitespace before colon */
-    MOAT_H1_BAD_HEADER_VALUE,  /* 400: CTL (other than HTAB) or DEL in a field value */
-    MOAT_H1_OBS_FOLD,          /* 400: line folding (obs-fold) */
-    MOAT_H1_HEADERS_TOO_LARGE, /* 431: head bytes over limits.head_bytes */
-    MOAT_H1_TOO_MANY_HEADERS,  /* 431: more fields than limits.max_headers */
-    MOAT_H1_BAD_CONTENT_LENGTH,   /* 400: not 1*DIGIT, overflow, or differing duplicates */
-    MOAT_H1_DUP_CONTENT_LENGTH,   /* 400: several Content-Length fields (even if equal) */
-    MOAT_H1_CL_AND_TE,            /* 400: Content-Length together with Transfer-Encoding */
-    MOAT_H1_BAD_TRANSFER_ENCODING,/* 400: chunked not last, chunked twice, malformed or
-                                     obfuscated value ("chunked ,", "xchunked", "chunked\v") */
+    MOAT_H1_BAD_REQUEST_LINE,        /* 400: malformed request line */
+    MOAT_H1_BAD_METHOD,              /* 400: method not a token */
+    MOAT_H1_BAD_TARGET,              /* 400: request-target has forbidden bytes or form */
+    MOAT_H1_URI_TOO_LONG,            /* 414: request line longer than limits.request_line */
+    MOAT_H1_BAD_VERSION,             /* 400: not "HTTP/" DIGIT "." DIGIT */
+    MOAT_H1_VERSION_UNSUPPORTED,     /* 505: HTTP/2.0 on an h1 connection, HTTP/0.9, HTTP/3.x ... */
+    MOAT_H1_BARE_LF,                 /* 400: LF without CR where CRLF is required */
+    MOAT_H1_BAD_HEADER_NAME,         /* 400: empty name, non-token byte, whitespace before colon */
+    MOAT_H1_BAD_HEADER_VALUE,        /* 400: CTL (other than HTAB) or DEL in a field value */
+    MOAT_H1_OBS_FOLD,                /* 400: line folding (obs-fold) */
+    MOAT_H1_HEADERS_TOO_LARGE,       /* 431: head bytes over limits.head_bytes */
+    MOAT_H1_TOO_MANY_HEADERS,        /* 431: more fields than limits.max_headers */
+    MOAT_H1_BAD_CONTENT_LENGTH,      /* 400: not 1*DIGIT ("+5", "5, 5", "0x5"), or > 2^63-1 */
+    MOAT_H1_DUP_CONTENT_LENGTH,      /* 400: several Content-Length fields (even if equal) */
+    MOAT_H1_CL_AND_TE,               /* 400: Content-Length together with Transfer-Encoding */
+    MOAT_H1_BAD_TRANSFER_ENCODING,   /* 400: chunked not last, chunked twice, empty element,
+                                        parameters on chunked, non-token junk ("chunked,",
+                                        "chunked, gzip", "chunked;x=1", "\"chunked\""). A
+                                        well-formed unknown token such as "xchunked" is
+                                        UNKNOWN_TRANSFER_CODING; "chunked\v" fails earlier as
+                                        BAD_HEADER_VALUE (a CTL in any value) */
     MOAT_H1_UNKNOWN_TRANSFER_CODING, /* 501: a transfer coding other than chunked */
-    MOAT_H1_TE_ON_HTTP10,         /* 400: Transfer-Encoding on an HTTP/1.0 message */
-    MOAT_H1_BAD_HOST,             /* 400: missing (HTTP/1.1), duplicated or malformed Host */
-    MOAT_H1_BAD_STATUS_LINE,      /* 502 on the proxy side: malformed status line */
-    MOAT_H1_BAD_CHUNK,            /* 400 (502 on the response side): malformed chunk framing */
-    MOAT_H1_CHUNK_TOO_LARGE,      /* 400: chunk size overflows 63 bits */
-    MOAT_H1_TRAILERS_TOO_LARGE,   /* 431 */
+    MOAT_H1_TE_ON_HTTP10,            /* 400: Transfer-Encoding on an HTTP/1.0 message */
+    MOAT_H1_BAD_HOST,                /* 400: missing (HTTP/1.1), duplicated or malformed Host */
+    MOAT_H1_BAD_STATUS_LINE,         /* 502 (moat_h1_err_status says 502): malformed status
+                                        line, status < 100 */
+    MOAT_H1_BAD_CHUNK,               /* 400 (502 on the response side): malformed chunk framing */
+    MOAT_H1_CHUNK_TOO_LARGE,         /* 400: chunk size overflows 63 bits */
+    MOAT_H1_TRAILERS_TOO_LARGE,      /* 431 */
     MOAT_H1_ERR_COUNT
 };
 
@@ -80,27 +85,28 @@ struct moat_hdr {
 #define MOAT_H1_F_ABSOLUTE     0x0100u /* request-target in absolute-form */
 
 struct moat_h1_req {
-    struct moat_str method;   /* token */
+    struct moat_str method; /* token */
     enum moat_method meth;
-    struct moat_str target;   /* the request-target exactly as sent */
-    struct moat_str path;     /* origin-form path (for absolute-form: the path part, "/" if
-                                 empty); for asterisk-form "*"; for authority-form empty */
-    struct moat_str query;    /* after '?', without it; empty if none */
-    struct moat_str host;     /* the Host field value; for absolute-form the authority of the
-                                 target (RFC 9112 3.2.2: the target's authority wins) */
-    int minor;                /* 0 or 1: HTTP/1.minor */
-    unsigned flags;           /* MOAT_H1_F_* */
-    uint64_t content_length;  /* valid when flags & MOAT_H1_F_HAS_CL */
-    struct moat_hdr *hdrs;    /* caller-provided array of limits.max_headers entries */
+    struct moat_str target;  /* the request-target exactly as sent */
+    struct moat_str path;    /* origin-form path (for absolute-form: the path part, "/" if
+                                empty; that "/" is a static string, not in the buffer); for
+                                asterisk-form "*"; for authority-form empty */
+    struct moat_str query;   /* after '?', without it; empty if none */
+    struct moat_str host;    /* the Host field value; for absolute-form the authority of the
+                                target (RFC 9112 3.2.2: the target's authority wins) */
+    int minor;               /* 0 or 1: HTTP/1.minor */
+    unsigned flags;          /* MOAT_H1_F_* */
+    uint64_t content_length; /* valid when flags & MOAT_H1_F_HAS_CL */
+    struct moat_hdr *hdrs;   /* caller-provided array of limits.max_headers entries */
     size_t nhdrs;
-    size_t head_len;          /* bytes of the head including the final CRLFCRLF */
+    size_t head_len; /* bytes of the head including the final CRLFCRLF */
 };
 
 struct moat_h1_resp {
-    int status;               /* 100..999 */
+    int status; /* 100..999 */
     struct moat_str reason;
     int minor;
-    unsigned flags;           /* MOAT_H1_F_* (CHUNKED, HAS_CL, CONN_*, UPGRADE) */
+    unsigned flags; /* MOAT_H1_F_* (CHUNKED, HAS_CL, CONN_*, UPGRADE) */
     uint64_t content_length;
     struct moat_hdr *hdrs;
     size_t nhdrs;
@@ -133,27 +139,32 @@ int moat_h1_parse_response(const char *buf, size_t len, const struct moat_h1_lim
 
 /* Incremental chunked-body decoder. Zero it (or call moat_h1_chunked_init) before the body. */
 struct moat_h1_chunked {
-    int state;              /* internal */
-    uint64_t remaining;     /* bytes left in the current chunk's data */
-    size_t trailer_bytes;   /* trailer bytes seen, bounded by max_trailer */
-    size_t max_trailer;     /* limit for the trailer section (default 8 KiB when 0) */
-    size_t line_bytes;      /* bytes of the current size / extension line (bounded) */
+    int state;            /* internal */
+    uint64_t remaining;   /* bytes left in the current chunk's data */
+    size_t trailer_bytes; /* trailer bytes seen, bounded by max_trailer */
+    size_t max_trailer;   /* limit for the trailer section (default 8 KiB when 0) */
+    size_t line_bytes;    /* bytes of the current size / extension line (bounded) */
 };
 
 void moat_h1_chunked_init(struct moat_h1_chunked *st, size_t max_trailer);
 
 /* Decodes from <in,len>. On return *<consumed> bytes of <in> were used and *<data> is a span
- * of payload (inside <in>, possibly empty) that the caller must pass on. Call again with the
- * remaining input while it returns MOAT_OK. Returns MOAT_OK (progress; more may follow),
+ * of payload (inside <in>) that the caller must pass on: non-empty exactly when the result
+ * is MOAT_OK, empty otherwise. Call again with the remaining input (possibly none) while it
+ * returns MOAT_OK. Returns MOAT_OK (payload in *<data>; more may follow),
  * MOAT_AGAIN (all of <in> consumed, need more input), MOAT_DONE (last chunk and trailers
  * consumed; *<consumed> stops right after the final CRLF, so pipelined bytes that follow
  * are left untouched), or MOAT_ERR with *<err> set. Chunk extensions are validated and
- * dropped; trailer fields are validated like header fields and dropped. Bare LF is an
- * error. */
-int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t len,
-                           size_t *consumed, struct moat_str *data, enum moat_h1_err *err);
+ * dropped (BWS allowed around ';' and '=' as RFC 9112 7.1.1 has it, but not before the
+ * CRLF); trailer fields are validated like header fields and dropped. The size is hex
+ * without sign, prefix or spaces, at most 2^63-1 (CHUNK_TOO_LARGE beyond); the size line
+ * is bounded at 4 KiB (BAD_CHUNK). Bare LF is an error (BARE_LF). After MOAT_DONE further
+ * calls return MOAT_DONE consuming nothing; after MOAT_ERR they return MOAT_ERR. */
+int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t len, size_t *consumed,
+                           struct moat_str *data, enum moat_h1_err *err);
 
-/* The HTTP status to answer for <e> on the request side (400, 414, 431, 501, 505). */
+/* The HTTP status to answer for <e> on the request side (400, 414, 431, 501, 505; 502 for
+ * BAD_STATUS_LINE). On the response side the proxy answers 502 for any error. */
 int moat_h1_err_status(enum moat_h1_err e);
 /* A short stable snake_case name for <e> ("bare_lf", "cl_and_te", ...). */
 const char *moat_h1_err_name(enum moat_h1_err e);

@@ -10,7 +10,7 @@
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);          \
+            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);           \
             abort();                                                                               \
         }                                                                                          \
     } while (0)
@@ -34,8 +34,7 @@ static void check_err(int rc, enum moat_h1_err e)
     }
 }
 
-static void fuzz_request(const char *buf, size_t len, const struct moat_h1_limits *lim,
-                         size_t cut)
+static void fuzz_request(const char *buf, size_t len, const struct moat_h1_limits *lim, size_t cut)
 {
     struct moat_hdr hdrs[MAXH];
     struct moat_h1_req r = {.hdrs = hdrs};
@@ -83,8 +82,7 @@ static void fuzz_request(const char *buf, size_t len, const struct moat_h1_limit
     }
 }
 
-static void fuzz_response(const char *buf, size_t len, const struct moat_h1_limits *lim,
-                          size_t cut)
+static void fuzz_response(const char *buf, size_t len, const struct moat_h1_limits *lim, size_t cut)
 {
     struct moat_hdr hdrs[MAXH];
     struct moat_h1_resp r = {.hdrs = hdrs};

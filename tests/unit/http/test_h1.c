@@ -189,10 +189,10 @@ static void test_req_versions_methods(void **state)
     static const struct {
         const char *m;
         enum moat_method id;
-    } ms[] = {{"GET", MOAT_M_GET},         {"HEAD", MOAT_M_HEAD},     {"POST", MOAT_M_POST},
-              {"PUT", MOAT_M_PUT},         {"DELETE", MOAT_M_DELETE}, {"OPTIONS", MOAT_M_OPTIONS},
-              {"PATCH", MOAT_M_PATCH},     {"TRACE", MOAT_M_TRACE},   {"PROPFIND", MOAT_M_OTHER},
-              {"get", MOAT_M_OTHER},       {"M-SEARCH", MOAT_M_OTHER}, {"X", MOAT_M_OTHER}};
+    } ms[] = {{"GET", MOAT_M_GET},     {"HEAD", MOAT_M_HEAD},      {"POST", MOAT_M_POST},
+              {"PUT", MOAT_M_PUT},     {"DELETE", MOAT_M_DELETE},  {"OPTIONS", MOAT_M_OPTIONS},
+              {"PATCH", MOAT_M_PATCH}, {"TRACE", MOAT_M_TRACE},    {"PROPFIND", MOAT_M_OTHER},
+              {"get", MOAT_M_OTHER},   {"M-SEARCH", MOAT_M_OTHER}, {"X", MOAT_M_OTHER}};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ms); i++) {
         char buf[128];
         snprintf(buf, sizeof buf, "%s / HTTP/1.1\r\nHost: h\r\n\r\n", ms[i].m);
@@ -221,8 +221,8 @@ static void test_req_flags(void **state)
     const char *s = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Upgrade\r\n"
                     "Upgrade: websocket\r\nConnection: close\r\n\r\n";
     assert_true(preq(s, &r, &e) > 0);
-    assert_int_equal(r.flags, MOAT_H1_F_CONN_KEEP | MOAT_H1_F_CONN_UPGRADE |
-                                  MOAT_H1_F_UPGRADE | MOAT_H1_F_CONN_CLOSE);
+    assert_int_equal(r.flags, MOAT_H1_F_CONN_KEEP | MOAT_H1_F_CONN_UPGRADE | MOAT_H1_F_UPGRADE |
+                                  MOAT_H1_F_CONN_CLOSE);
     s = "PUT /u HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 10\r\n\r\n";
     assert_true(preq(s, &r, &e) > 0);
     assert_int_equal(r.flags, MOAT_H1_F_EXPECT_100 | MOAT_H1_F_HAS_CL);
@@ -240,9 +240,17 @@ static void test_req_flags(void **state)
 
 static void test_req_hosts_ok(void **state)
 {
-    static const char *ok[] = {"a",           "example.com:80", "127.0.0.1",  "[::1]",
-                               "[2001:db8::1]:8443", "xn--bcher-kva.example", "a_b.c-d~e",
-                               "%41.com",     "[::ffff:1.2.3.4]", "h:65535", "h:0"};
+    static const char *ok[] = {"a",
+                               "example.com:80",
+                               "127.0.0.1",
+                               "[::1]",
+                               "[2001:db8::1]:8443",
+                               "xn--bcher-kva.example",
+                               "a_b.c-d~e",
+                               "%41.com",
+                               "[::ffff:1.2.3.4]",
+                               "h:65535",
+                               "h:0"};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ok); i++) {
         char buf[256];
         snprintf(buf, sizeof buf, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", ok[i]);
@@ -366,17 +374,22 @@ static void test_req_errors(void **state)
         {"GET / HTTP/1.1\r\nHost: x\r\nA: a\x7f\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE, 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nA: a\rb\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE, 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nA: a\r\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE, 400},
-        {"GET / HTTP/1.1\r\nHost: x\r\nA: 0123456789abcdef\x1f\r\n\r\n",
-         MOAT_H1_BAD_HEADER_VALUE, 400},
-        {"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, a b\r\n\r\n",
-         MOAT_H1_BAD_HEADER_VALUE, 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nA: 0123456789abcdef\x1f\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE,
+         400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, a b\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE,
+         400},
         {"GET / HTTP/1.1\r\nHost: x\r\nA: a\r\n b\r\n\r\n", MOAT_H1_OBS_FOLD, 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nA: a\r\n\tb\r\n\r\n", MOAT_H1_OBS_FOLD, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5 5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5 5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
         {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\n",
          MOAT_H1_BAD_CONTENT_LENGTH, 400},
@@ -392,14 +405,15 @@ static void test_req_errors(void **state)
          MOAT_H1_CL_AND_TE, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
          MOAT_H1_BAD_TRANSFER_ENCODING, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n",
          MOAT_H1_BAD_TRANSFER_ENCODING, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked,\r\n\r\n",
          MOAT_H1_BAD_TRANSFER_ENCODING, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,chunked\r\n\r\n",
          MOAT_H1_BAD_TRANSFER_ENCODING, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n",
-         MOAT_H1_BAD_TRANSFER_ENCODING, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n", MOAT_H1_BAD_TRANSFER_ENCODING,
+         400},
         {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked;x=1\r\n\r\n",
          MOAT_H1_BAD_TRANSFER_ENCODING, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
@@ -473,17 +487,19 @@ static void test_req_smuggling(void **state)
          MOAT_H1_UNKNOWN_TRANSFER_CODING, 501},
         {"POST / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
          0 /* placeholder: a different field name is just a field */, 0},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
-         MOAT_H1_BAD_CONTENT_LENGTH, 400},
-        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n", MOAT_H1_BAD_CONTENT_LENGTH,
+         400},
         {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\n", MOAT_H1_BAD_HEADER_NAME, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
          MOAT_H1_DUP_CONTENT_LENGTH, 400},
         {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\nTransfer-Encoding: chunked\r\n\r\n",
          MOAT_H1_BARE_LF, 400},
-        {"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-         MOAT_H1_TE_ON_HTTP10, 400},
+        {"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", MOAT_H1_TE_ON_HTTP10,
+         400},
         {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", MOAT_H1_BAD_HOST, 400},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(c); i++) {
@@ -499,9 +515,11 @@ static void test_req_smuggling(void **state)
     /* OWS around "chunked" is not part of the value: accepted. */
     struct moat_h1_req r;
     enum moat_h1_err e;
-    assert_true(preq("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  chunked\t\r\n\r\n", &r, &e) > 0);
+    assert_true(
+        preq("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  chunked\t\r\n\r\n", &r, &e) > 0);
     assert_int_equal(r.flags, MOAT_H1_F_CHUNKED);
-    assert_true(preq("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n", &r, &e) > 0);
+    assert_true(preq("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n", &r, &e) >
+                0);
     assert_int_equal(r.flags, MOAT_H1_F_CHUNKED);
 }
 
@@ -787,8 +805,8 @@ static void test_chunked_errors(void **state)
             enum moat_h1_err e;
             int rc = dechunk(c[i].in, strlen(c[i].in), step, 0, out, &olen, &used, &e);
             if (rc != MOAT_ERR || e != c[i].err || moat_h1_err_status(e) != c[i].status) {
-                print_error("case %zu step %zu \"%s\": rc %d %s, want %s\n", i, step, c[i].in,
-                            rc, moat_h1_err_name(e), moat_h1_err_name(c[i].err));
+                print_error("case %zu step %zu \"%s\": rc %d %s, want %s\n", i, step, c[i].in, rc,
+                            moat_h1_err_name(e), moat_h1_err_name(c[i].err));
                 fail();
             }
         }
