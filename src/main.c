@@ -168,8 +168,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    for (size_t i = 0; i < boot->nlisten; i++)
-        fprintf(stderr, "moat: listening on %s\n", boot->listen[i].text);
     if (demo)
         fprintf(stderr, "moat: demo origin on http://%s/\n", boot->demo.listen.text);
     if (admin)

@@ -96,10 +96,8 @@ static void frame_chunk(struct moat_flow *f, struct moat_buf *out, uint64_t n)
         static const char hex[] = "0123456789abcdef";
         char h[17];
         int i = 17;
-        while (n) {
-            h[--i] = hex[n & 15];
-            n >>= 4;
-        }
+        for (uint64_t v = n; v; v >>= 4)
+            h[--i] = hex[v & 15];
         memcpy(tmp + k, h + i, (size_t)(17 - i));
         k += (size_t)(17 - i);
         tmp[k++] = '\r';
@@ -470,6 +468,30 @@ static int upstream_fail(struct moat_conn *c, const char *kind, bool maybe_stale
 
 /* --- request head ---------------------------------------------------------------------------- */
 
+/* Checks the chunked body bytes that arrived with the head before anything goes to the
+ * origin, so a request whose framing is already broken never reaches it at all (bad framing
+ * that arrives later ends the origin's request with a closed connection: truncated, never
+ * ambiguous). Decoding twice costs little: these bytes are in cache. */
+static bool chunked_prefix_ok(struct moat_conn *c, size_t head_len)
+{
+    struct moat_h1_chunked dec = c->x.reqf.dec;
+    const char *p = moat_buf_rptr(&c->s.in) + head_len;
+    size_t left = moat_buf_len(&c->s.in) - head_len;
+    while (left) {
+        size_t used = 0;
+        struct moat_str data;
+        enum moat_h1_err err;
+        int rc = moat_h1_chunked_decode(&dec, p, left, &used, &data, &err);
+        if (rc == MOAT_ERR)
+            return false;
+        if (rc == MOAT_DONE || rc == MOAT_AGAIN)
+            return true;
+        p += used;
+        left -= used;
+    }
+    return true;
+}
+
 static int start_request(struct moat_conn *c, size_t head_len)
 {
     struct moat_worker *w = c->w;
@@ -521,6 +543,12 @@ static int start_request(struct moat_conn *c, size_t head_len)
     }
     x->upgrade = (r->flags & MOAT_H1_F_CONN_UPGRADE) && (r->flags & MOAT_H1_F_UPGRADE) &&
                  r->minor == 1;
+    if (x->reqf.mode == FLOW_CHUNKED && !chunked_prefix_ok(c, head_len)) {
+        MOAT_STAT_INC(&w->stats, bad_parse[MOAT_H1_BAD_CHUNK]);
+        x->keepalive = false;
+        moat_local_response(c, 400, "bad chunked request body\n");
+        return MOAT_OK;
+    }
 
     int rc = moat_pipeline_request(c);
     if (rc == MOAT_DONE) {
@@ -719,6 +747,18 @@ static int do_proxy(struct moat_conn *c)
                 return upstream_fail(c, "connect", false);
             u->connected = true;
             moat_timer_set(&w->loop, &u->timer, p->first_byte_timeout_ms);
+        }
+
+        /* An interim "100 Continue" we queued goes out now: the client waits for it before
+         * it sends the body the origin is waiting for. */
+        if (!x->resp_head_parsed && moat_buf_len(&c->out) && c->s.writable) {
+            ssize_t n = write(c->s.io.fd, moat_buf_rptr(&c->out), moat_buf_len(&c->out));
+            if (n > 0)
+                moat_buf_consume(&c->out, (uint32_t)n);
+            else if (n < 0 && errno == EAGAIN)
+                c->s.writable = false;
+            else if (n < 0 && errno != EINTR)
+                return MOAT_DONE;
         }
 
         /* 2. request: head, then body */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "proxy/proxy-t.h"
@@ -147,6 +148,17 @@ void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms
         u->pool->nidle >= keepalive_max) {
         moat_up_close(u);
         return;
+    }
+    if (u->s.readable) {
+        /* Not known to be drained (edge-triggered: no new event would tell us about bytes
+         * already queued). Anything queued after a complete response is an origin bug or a
+         * close; either way the connection must not carry another request. */
+        char b;
+        ssize_t n = recv(u->s.io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n >= 0 || errno != EAGAIN) {
+            moat_up_close(u);
+            return;
+        }
     }
     u->requests++;
     /* Keep the buffer only while busy: an idle pooled connection holds no buffer. */

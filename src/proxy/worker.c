@@ -296,6 +296,8 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
             int fd = open_listener(&cfg->listen[k], err, errlen);
             if (fd < 0)
                 return MOAT_ERR;
+            if (i == 0) /* the line scripts wait for: printed as soon as the port accepts */
+                fprintf(stderr, "moat: listening on %s\n", cfg->listen[k].text);
             w->listeners[k].io.fd = fd;
             w->listeners[k].io.cb = on_accept;
             w->listeners[k].w = w;
