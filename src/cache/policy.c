@@ -642,16 +642,19 @@ void moat_cache_meta_init(struct moat_cache_meta *m, const struct moat_cache_pol
 {
     bool heur, bad;
     memset(m, 0, sizeof(*m));
-    m->req_time = req_time;
     m->resp_time = resp_time;
-    m->status = status;
     m->date = date_or(hdrs, n, resp_time);
     if (!date_field(hdrs, n, NAME("last-modified"), &m->last_modified, &bad))
         m->last_modified = -1;
     const struct moat_hdr *age = hdr_find(hdrs, n, NAME("age"));
     int64_t av = age ? parse_delta(trim(age->value)) : 0;
-    m->age_value = av < 0 ? 0 : av; /* an invalid Age is ignored */
-    m->lifetime = lifetime_at(cfg, status, cc, hdrs, n, m->date, &heur);
+    if (av < 0)
+        av = 0; /* an invalid Age is ignored */
+    /* RFC 9111 4.2.3, the part that does not depend on "now" */
+    int64_t apparent = MOAT_MAX(0, resp_time - m->date);
+    int64_t delay = MOAT_MAX(0, resp_time - req_time);
+    m->initial_age = clamp32(MOAT_MAX(apparent, av + delay));
+    m->lifetime = clamp32(lifetime_at(cfg, status, cc, hdrs, n, m->date, &heur));
     m->swr = clamp32(cc->swr);
     m->sie = clamp32(cc->sie);
     if (cc->flags & (MOAT_CC_MUST_REVALIDATE | MOAT_CC_PROXY_REVALIDATE) || cc->s_maxage >= 0)
@@ -668,12 +671,7 @@ void moat_cache_meta_init(struct moat_cache_meta *m, const struct moat_cache_pol
 
 int64_t moat_cache_current_age(const struct moat_cache_meta *m, int64_t now)
 {
-    int64_t apparent = MOAT_MAX(0, m->resp_time - m->date);
-    int64_t delay = MOAT_MAX(0, m->resp_time - m->req_time);
-    int64_t corrected_age = m->age_value + delay;
-    int64_t initial = MOAT_MAX(apparent, corrected_age);
-    int64_t resident = MOAT_MAX(0, now - m->resp_time);
-    return initial + resident;
+    return (int64_t)m->initial_age + MOAT_MAX(0, now - m->resp_time);
 }
 
 static const char *const fresh_names[] = {"fresh", "stale_ok", "stale_swr", "stale_revalidate",

@@ -155,18 +155,18 @@ enum moat_cache_nostore moat_cache_storable(const struct moat_cache_policy_cfg *
 #define MOAT_META_HAS_VALIDATOR   0x10u /* ETag or Last-Modified present */
 #define MOAT_META_INVALIDATED     0x20u /* soft-purged: treat as stale from now on */
 
-/* What the cache keeps about a stored response to decide later, without its headers. */
+/* What the cache keeps about a stored response to decide later, without its headers. Kept
+ * small (48 bytes: it sits in every cached object): the RFC 9111 4.2.3 inputs that do not
+ * change (Age value, request and response times, Date) are folded into initial_age once. */
 struct moat_cache_meta {
-    int64_t req_time;      /* when the request was sent upstream (request_time) */
     int64_t resp_time;     /* when the response head was received (response_time) */
     int64_t date;          /* Date value, resp_time when absent or invalid */
     int64_t last_modified; /* Last-Modified, -1 when absent */
-    int64_t age_value;     /* Age header value, 0 when absent */
-    int64_t lifetime;      /* freshness lifetime in seconds */
+    int32_t initial_age;   /* corrected_initial_age (RFC 9111 4.2.3) */
+    int32_t lifetime;      /* freshness lifetime in seconds (clamped to INT32_MAX) */
     int32_t swr;           /* stale-while-revalidate window, 0 = none */
     int32_t sie;           /* stale-if-error window, 0 = none */
     uint32_t flags;        /* MOAT_META_* */
-    int32_t status;
 };
 
 /* The freshness lifetime (RFC 9111 4.2.1): s-maxage, else max-age, else Expires - Date,
@@ -183,9 +183,10 @@ void moat_cache_meta_init(struct moat_cache_meta *m, const struct moat_cache_pol
                           int status, const struct moat_cache_cc *cc, const struct moat_hdr *hdrs,
                           size_t n, int64_t req_time, int64_t resp_time);
 
-/* current_age (RFC 9111 4.2.3) at <now>:
+/* current_age (RFC 9111 4.2.3) at <now>; moat_cache_meta_init computed
  *   apparent_age = max(0, response_time - date_value)
  *   corrected_initial_age = max(apparent_age, age_value + response_time - request_time)
+ * and this adds resident_time:
  *   current_age = corrected_initial_age + (now - response_time) */
 int64_t moat_cache_current_age(const struct moat_cache_meta *m, int64_t now);
 

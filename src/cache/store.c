@@ -47,7 +47,7 @@
 
 #define OBJ_MAGIC 0x6d6f6263u /* "mobc" */
 #define NSTRIPES 1024u
-#define HEAD_MAX 65536u
+#define HEAD_MAX 65535u /* offsets in struct moat_cache_head are 16-bit */
 #define CHUNK_MIN 256u
 #define CHUNK_MAX (1024u * 1024u)
 
@@ -61,35 +61,31 @@ struct chunk {
     char data[];
 };
 
+/* Field order packs the struct: 14 words, then the small fields, then the key right after
+ * them (allocated with offsetof(key), not sizeof, so no tail padding is wasted). */
 struct moat_cache_obj {
     struct moat_cache_obj *hnext;        /* bucket chain (shard lock); drop list after unlink */
     struct moat_cache_obj *newer, *older; /* SIEVE list (shard lock) */
     struct moat_cache_store *st;
     uint64_t hash;
+    _Atomic(struct moat_cache_head *) head;
+    _Atomic(struct chunk *) first;
+    struct chunk *tail;         /* writer only */
+    _Atomic uint64_t body_len;  /* published body bytes */
+    _Atomic uint64_t size_hint; /* expected body size (writer sets, readers may read) */
+    size_t charge;              /* bytes charged to the budget (shard lock) */
+    struct moat_cache_obj *body_src;   /* adopt_body: whose chunks we read */
+    struct moat_cache_waiter *waiters; /* stripe lock */
+    int64_t pass_until;         /* hit-for-pass expiry (shard lock) */
     _Atomic uint32_t refs;
     uint32_t magic;
+    uint32_t keylen;
     _Atomic uint8_t state;   /* enum moat_cache_obj_state; changes under the stripe lock */
     _Atomic uint8_t visited; /* SIEVE bit, set on hit without lock */
     _Atomic uint8_t aflags;  /* AF_* */
     uint8_t linked;          /* in the table (shard lock) */
     uint8_t deferred;        /* link at set_head (writer) */
-    uint32_t keylen;
-    _Atomic(struct head *) head;
-    _Atomic(struct chunk *) first;
-    struct chunk *tail;       /* writer only */
-    _Atomic uint64_t body_len;
-    _Atomic uint64_t size_hint; /* expected body size (writer sets, readers may read) */
-    size_t charge;            /* bytes charged to the budget (shard lock) */
-    struct moat_cache_obj *body_src; /* adopt_body: whose chunks we read */
-    struct moat_cache_waiter *waiters; /* stripe lock */
-    int64_t pass_until;       /* hit-for-pass expiry (shard lock) */
     char key[];
-};
-
-struct head {
-    struct moat_cache_head pub;
-    uint64_t bloom; /* 2 bits per tag, for a quick "not tagged" in purge by tag */
-    char data[];
 };
 
 struct shard {
@@ -371,10 +367,10 @@ static struct moat_cache_obj *obj_new(struct moat_cache_store *st, uint64_t h,
 {
     if (key.len > UINT32_MAX)
         return NULL;
-    struct moat_cache_obj *o = malloc(sizeof(*o) + key.len);
+    struct moat_cache_obj *o = malloc(offsetof(struct moat_cache_obj, key) + key.len);
     if (!o)
         return NULL;
-    memset(o, 0, sizeof(*o));
+    memset(o, 0, offsetof(struct moat_cache_obj, key));
     o->st = st;
     o->hash = h;
     o->magic = OBJ_MAGIC;
@@ -391,20 +387,24 @@ static void obj_free(struct moat_cache_obj *o)
     struct moat_cache_store *st = o->st;
     assert(!o->waiters && !o->linked);
     size_t n = usable(o);
-    struct head *hd = atomic_load_explicit(&o->head, memory_order_relaxed);
-    n += usable(hd);
-    free(hd);
+    struct moat_cache_head *hd = atomic_load_explicit(&o->head, memory_order_relaxed);
+    size_t hn = usable(hd);
     if (o->body_src) {
         moat_cache_obj_release(&o->body_src);
     } else {
         struct chunk *c = atomic_load_explicit(&o->first, memory_order_relaxed);
         while (c) {
             struct chunk *next = atomic_load_explicit(&c->next, memory_order_relaxed);
-            n += usable(c);
-            free(c);
+            /* the first chunk may live inside the head's allocation (see set_head) */
+            if (!((char *)c >= (char *)hd && (char *)c < (char *)hd + hn)) {
+                n += usable(c);
+                free(c);
+            }
             c = next;
         }
     }
+    n += hn;
+    free(hd);
     o->magic = 0;
     atomic_fetch_sub(&st->bytes_alloc, n);
     free(o);
@@ -678,53 +678,73 @@ static uint64_t tag_bloom_bits(struct moat_str t)
     return (1ull << (h & 63)) | (1ull << ((h >> 6) & 63));
 }
 
+static bool parse_cl(struct moat_str v, uint64_t *out)
+{
+    uint64_t cl = 0;
+    if (v.len == 0 || v.len > 18)
+        return false;
+    for (size_t j = 0; j < v.len; j++) {
+        if (v.ptr[j] < '0' || v.ptr[j] > '9')
+            return false;
+        cl = cl * 10 + (uint64_t)(v.ptr[j] - '0');
+    }
+    *out = cl;
+    return true;
+}
+
 int moat_cache_obj_set_head(struct moat_cache_obj *o, int status, const struct moat_hdr *hdrs,
                             size_t n, const struct moat_cache_meta *meta, struct moat_str tags)
 {
     check(o);
     assert(atomic_load(&o->state) == MOAT_CACHE_OBJ_PENDING);
     size_t need = tags.len;
-    for (size_t i = 0; i < n; i++)
+    uint64_t cl;
+    for (size_t i = 0; i < n; i++) {
+        if (MOAT_STR_IEQ_LIT(hdrs[i].name, "content-length") && !atomic_load(&o->size_hint) &&
+            parse_cl(hdrs[i].value, &cl))
+            atomic_store_explicit(&o->size_hint, cl, memory_order_relaxed);
         if (!hop_by_hop(hdrs[i].name, hdrs, n))
             need += hdrs[i].name.len + hdrs[i].value.len + 4;
+    }
     if (need > HEAD_MAX)
         return MOAT_DECLINED;
-    struct head *hd = malloc(sizeof(*hd) + need);
+    /* When the body size is known and small, its chunk shares the head's allocation: one
+     * malloc header and one rounding less per object (about 16 bytes of a 1 KiB object). */
+    uint64_t hint = atomic_load_explicit(&o->size_hint, memory_order_relaxed);
+    size_t chunk_off = (sizeof(struct moat_cache_head) + need + 7) & ~(size_t)7;
+    bool inline_body = hint > 0 && hint <= 16384 && !o->tail && !o->body_src;
+    size_t total = inline_body ? chunk_off + sizeof(struct chunk) + (size_t)hint
+                               : sizeof(struct moat_cache_head) + need;
+    struct moat_cache_head *hd = malloc(total);
     if (!hd)
         return MOAT_ERR;
     memset(hd, 0, sizeof(*hd));
-    hd->pub.status = status;
-    hd->pub.meta = *meta;
+    hd->status = (uint16_t)status;
+    hd->meta = *meta;
     char *p = hd->data;
     for (size_t i = 0; i < n; i++) {
         const struct moat_hdr *x = &hdrs[i];
-        if (MOAT_STR_IEQ_LIT(x->name, "content-length") && !atomic_load(&o->size_hint)) {
-            uint64_t cl = 0;
-            bool ok = x->value.len > 0 && x->value.len < 20;
-            for (size_t j = 0; ok && j < x->value.len; j++) {
-                ok = x->value.ptr[j] >= '0' && x->value.ptr[j] <= '9';
-                cl = cl * 10 + (uint64_t)(x->value.ptr[j] - '0');
-            }
-            if (ok)
-                atomic_store_explicit(&o->size_hint, cl, memory_order_relaxed);
-        }
         if (hop_by_hop(x->name, hdrs, n))
             continue;
         memcpy(p, x->name.ptr, x->name.len);
         p += x->name.len;
         *p++ = ':';
         *p++ = ' ';
-        struct moat_str v = moat_str_make(p, x->value.len);
+        uint16_t voff = (uint16_t)(p - hd->data);
         memcpy(p, x->value.ptr, x->value.len);
         p += x->value.len;
         *p++ = '\r';
         *p++ = '\n';
-        if (MOAT_STR_IEQ_LIT(x->name, "etag") && !hd->pub.etag.len)
-            hd->pub.etag = v;
-        if (MOAT_STR_IEQ_LIT(x->name, "vary") && !hd->pub.vary.len)
-            hd->pub.vary = v;
+        if (MOAT_STR_IEQ_LIT(x->name, "etag") && !hd->etag_len) {
+            hd->etag_off = voff;
+            hd->etag_len = (uint16_t)x->value.len;
+        }
+        if (MOAT_STR_IEQ_LIT(x->name, "vary") && !hd->vary_len) {
+            hd->vary_off = voff;
+            hd->vary_len = (uint16_t)x->value.len;
+        }
     }
-    hd->pub.block = moat_str_make(hd->data, (size_t)(p - hd->data));
+    hd->block_len = (uint32_t)(p - hd->data);
     char *t0 = p;
     for (size_t i = 0; i < tags.len;) {
         while (i < tags.len && tag_sep(tags.ptr[i]))
@@ -736,11 +756,19 @@ int moat_cache_obj_set_head(struct moat_cache_obj *o, int status, const struct m
             if (p > t0)
                 *p++ = ' ';
             memcpy(p, tags.ptr + s, i - s);
-            hd->bloom |= tag_bloom_bits(moat_str_make(tags.ptr + s, i - s));
+            hd->tag_bloom |= tag_bloom_bits(moat_str_make(tags.ptr + s, i - s));
             p += i - s;
         }
     }
-    hd->pub.tags = moat_str_make(t0, (size_t)(p - t0));
+    hd->tags_len = (uint16_t)(p - t0);
+    if (inline_body) {
+        struct chunk *c = (struct chunk *)((char *)hd + chunk_off);
+        atomic_store_explicit(&c->next, NULL, memory_order_relaxed);
+        atomic_store_explicit(&c->len, 0, memory_order_relaxed);
+        c->cap = (uint32_t)hint;
+        atomic_store_explicit(&o->first, c, memory_order_release);
+        o->tail = c;
+    }
     atomic_store_explicit(&o->head, hd, memory_order_release);
     charge_add(o, usable(hd), true);
     if (o->deferred) {
@@ -791,7 +819,8 @@ static void abort_obj(struct moat_cache_obj *o, enum moat_cache_obj_state s)
 int moat_cache_obj_append(struct moat_cache_obj *o, const void *data, size_t len)
 {
     check(o);
-    if (atomic_load_explicit(&o->state, memory_order_relaxed) != MOAT_CACHE_OBJ_STREAMING)
+    if (atomic_load_explicit(&o->state, memory_order_relaxed) != MOAT_CACHE_OBJ_STREAMING ||
+        o->body_src)
         return MOAT_ERR;
     uint64_t have = atomic_load_explicit(&o->body_len, memory_order_relaxed);
     if (have + len > o->st->cfg.max_object) {
@@ -881,19 +910,19 @@ int moat_cache_obj_adopt_body(struct moat_cache_obj *o, struct moat_cache_obj *s
 {
     check(o);
     check(src);
-    if (atomic_load(&src->state) != MOAT_CACHE_OBJ_COMPLETE || o->tail ||
-        atomic_load(&o->state) != MOAT_CACHE_OBJ_STREAMING)
+    if (atomic_load(&src->state) != MOAT_CACHE_OBJ_COMPLETE || o->tail || o->body_src ||
+        atomic_load(&o->state) != MOAT_CACHE_OBJ_PENDING)
         return MOAT_ERR;
     /* Follow src's own source so chains never grow: o reads the original chunks. */
     struct moat_cache_obj *owner = src->body_src ? src->body_src : src;
     o->body_src = moat_cache_obj_ref(owner);
     uint64_t len = atomic_load(&src->body_len);
+    atomic_store_explicit(&o->size_hint, len, memory_order_relaxed);
     atomic_store_explicit(&o->first, atomic_load(&owner->first), memory_order_release);
     atomic_store_explicit(&o->body_len, len, memory_order_release);
     /* Charged to the budget (the bytes are live because of us) but not to bytes_alloc,
      * which the owner already counts. */
     charge_add(o, (size_t)len, false);
-    moat_cache_obj_complete(o);
     return MOAT_OK;
 }
 
@@ -908,13 +937,12 @@ enum moat_cache_obj_state moat_cache_obj_state(const struct moat_cache_obj *o)
 const struct moat_cache_head *moat_cache_obj_head(const struct moat_cache_obj *o)
 {
     check(o);
-    struct head *hd = atomic_load_explicit(&o->head, memory_order_acquire);
-    return hd ? &hd->pub : NULL;
+    return atomic_load_explicit(&((struct moat_cache_obj *)o)->head, memory_order_acquire);
 }
 
 bool moat_cache_head_next(const struct moat_cache_head *head, size_t *pos, struct moat_hdr *out)
 {
-    struct moat_str b = head->block;
+    struct moat_str b = moat_cache_head_block(head);
     if (*pos >= b.len)
         return false;
     const char *s = b.ptr + *pos;
@@ -1028,11 +1056,11 @@ void moat_cache_obj_read(const struct moat_cache_obj *o, struct moat_cache_curso
 
 static bool tagged(const struct moat_cache_obj *o, struct moat_str tag, uint64_t bits)
 {
-    struct head *hd = atomic_load_explicit(&((struct moat_cache_obj *)o)->head,
-                                           memory_order_acquire);
-    if (!hd || (hd->bloom & bits) != bits)
+    struct moat_cache_head *hd = atomic_load_explicit(&((struct moat_cache_obj *)o)->head,
+                                                      memory_order_acquire);
+    if (!hd || (hd->tag_bloom & bits) != bits)
         return false;
-    struct moat_str t = hd->pub.tags;
+    struct moat_str t = moat_cache_head_tags(hd);
     size_t s = 0;
     for (size_t i = 0; i <= t.len; i++) {
         if (i == t.len || t.ptr[i] == ' ') {

@@ -99,7 +99,7 @@ void moat_cache_obj_release(struct moat_cache_obj **obj);
  * moat_cache_obj_expected_len), the policy metadata <meta> and <tags> (cache
  * tags for purge by tag, separated by spaces or commas; may be empty). The head is
  * immutable from then on; the object goes STREAMING and waiters are called. Returns MOAT_OK,
- * MOAT_DECLINED if the head would exceed 64 KiB (abandon the object), MOAT_ERR on
+ * MOAT_DECLINED if the head would exceed 64 KiB - 1 (abandon the object), MOAT_ERR on
  * allocation failure (abort it). */
 int moat_cache_obj_set_head(struct moat_cache_obj *obj, int status, const struct moat_hdr *hdrs,
                             size_t n, const struct moat_cache_meta *meta, struct moat_str tags);
@@ -125,10 +125,11 @@ void moat_cache_obj_abort(struct moat_cache_obj *obj);
  * hit-for-pass); with 0 the object is simply unlinked. */
 void moat_cache_obj_abandon(struct moat_cache_obj *obj, int64_t now, int64_t pass_ttl);
 
-/* Completes a PENDING <obj> (after a 304 from the origin) with the body of <src>, a
- * COMPLETE object, without copying it: <obj> keeps a reference on <src>. Call
- * moat_cache_obj_set_head first with the merged headers and fresh metadata. Returns MOAT_OK
- * or MOAT_ERR if <src> is not COMPLETE (then abort <obj>). */
+/* Gives a PENDING <obj> (the writer got a 304 from the origin) the body of <src>, a
+ * COMPLETE object, without copying it: <obj> keeps a reference on <src>'s chunks. Then
+ * call moat_cache_obj_set_head (merged headers, fresh metadata) and
+ * moat_cache_obj_complete; appends are refused. Returns MOAT_OK, or MOAT_ERR if <src> is
+ * not COMPLETE or <obj> is not a fresh PENDING object (then abort <obj>). */
 int moat_cache_obj_adopt_body(struct moat_cache_obj *obj, struct moat_cache_obj *src);
 
 /* ---- The readers' side ----------------------------------------------------------------- */
@@ -144,16 +145,39 @@ enum moat_cache_obj_state {
 enum moat_cache_obj_state moat_cache_obj_state(const struct moat_cache_obj *obj);
 
 /* The stored head, valid once the state is STREAMING or COMPLETE (NULL before), immutable
- * and owned by the object. */
+ * and owned by the object. Compact on purpose (72 bytes plus the block): offsets instead of
+ * pointers; use the accessors below. */
 struct moat_cache_head {
-    int status;
     struct moat_cache_meta meta;
-    struct moat_str block; /* "Name: value\r\n" lines, ready to write after a status line */
-    struct moat_str etag;  /* ETag value inside block, empty if none */
-    struct moat_str vary;  /* first Vary value inside block, empty if none */
-    struct moat_str tags;  /* normalized: tags separated by single spaces */
+    uint64_t tag_bloom;  /* internal: 2 bits per tag for purge by tag */
+    uint32_t block_len;
+    uint16_t status;
+    uint16_t etag_off, etag_len; /* ETag value inside data, etag_len 0 if none */
+    uint16_t vary_off, vary_len; /* first Vary value inside data, vary_len 0 if none */
+    uint16_t tags_len;           /* tags follow the block */
+    char data[];                 /* block ("Name: value\r\n" lines), then tags */
 };
 
+/* The header block, ready to write after a status line. */
+static inline struct moat_str moat_cache_head_block(const struct moat_cache_head *h)
+{
+    return moat_str_make(h->data, h->block_len);
+}
+static inline struct moat_str moat_cache_head_etag(const struct moat_cache_head *h)
+{
+    return moat_str_make(h->data + h->etag_off, h->etag_len);
+}
+static inline struct moat_str moat_cache_head_vary(const struct moat_cache_head *h)
+{
+    return moat_str_make(h->data + h->vary_off, h->vary_len);
+}
+/* The tags, normalized: separated by single spaces. */
+static inline struct moat_str moat_cache_head_tags(const struct moat_cache_head *h)
+{
+    return moat_str_make(h->data + h->block_len, h->tags_len);
+}
+
+/* The object's head, NULL while PENDING. */
 const struct moat_cache_head *moat_cache_obj_head(const struct moat_cache_obj *obj);
 
 /* Iterates the header lines of <head>: start with *<pos> = 0. */

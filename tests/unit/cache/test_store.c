@@ -17,10 +17,9 @@ static struct moat_cache_meta meta_ttl(int64_t ttl)
 {
     struct moat_cache_meta m;
     memset(&m, 0, sizeof(m));
-    m.req_time = m.resp_time = m.date = NOW;
+    m.resp_time = m.date = NOW;
     m.last_modified = -1;
-    m.lifetime = ttl;
-    m.status = 200;
+    m.lifetime = (int32_t)ttl;
     return m;
 }
 
@@ -88,11 +87,11 @@ static void test_insert_lookup(void **state)
     assert_non_null(hd);
     assert_int_equal(hd->status, 200);
     const char want[] = "Content-Type: text/html\r\nETag: \"e1\"\r\nVary: Accept-Encoding\r\n";
-    assert_int_equal(hd->block.len, sizeof(want) - 1);
-    assert_memory_equal(hd->block.ptr, want, hd->block.len);
-    assert_true(moat_str_eq(hd->etag, S("\"e1\"")));
-    assert_true(moat_str_eq(hd->vary, S("Accept-Encoding")));
-    assert_true(moat_str_eq(hd->tags, S("a b c")));
+    assert_int_equal(hd->block_len, sizeof(want) - 1);
+    assert_memory_equal(moat_cache_head_block(hd).ptr, want, hd->block_len);
+    assert_true(moat_str_eq(moat_cache_head_etag(hd), S("\"e1\"")));
+    assert_true(moat_str_eq(moat_cache_head_vary(hd), S("Accept-Encoding")));
+    assert_true(moat_str_eq(moat_cache_head_tags(hd), S("a b c")));
     assert_int_equal(moat_cache_obj_expected_len(w), 11); /* from Content-Length */
     size_t pos = 0;
     struct moat_hdr x;
@@ -460,11 +459,14 @@ static void test_replace_and_refresh(void **state)
     moat_cache_obj_release(&seen);
     /* the 304 case: new head, body adopted from the old object, no copy */
     struct moat_cache_meta m = meta_ttl(120);
-    moat_cache_obj_set_head(n1, 200, NULL, 0, &m, MOAT_STR_NULL);
+    assert_int_equal(moat_cache_obj_adopt_body(n1, old), MOAT_OK);
+    struct moat_hdr cl[] = {H("Content-Length", "100")};
+    moat_cache_obj_set_head(n1, 200, cl, 1, &m, MOAT_STR_NULL);
     moat_cache_lookup(st, S("r"), NOW, &seen);
     assert_ptr_equal(seen, n1);
     moat_cache_obj_release(&seen);
-    assert_int_equal(moat_cache_obj_adopt_body(n1, old), MOAT_OK);
+    assert_int_equal(moat_cache_obj_append(n1, "x", 1), MOAT_ERR);
+    moat_cache_obj_complete(n1);
     assert_int_equal(moat_cache_obj_state(n1), MOAT_CACHE_OBJ_COMPLETE);
     assert_int_equal(moat_cache_obj_body_len(n1), 100);
     moat_cache_obj_release(&old); /* n1 keeps the old body alive */
@@ -480,8 +482,9 @@ static void test_replace_and_refresh(void **state)
     assert_int_equal(moat_cache_replace(st, n1, NOW, 0, &j), MOAT_CACHE_HIT);
     assert_ptr_equal(j, n2);
     moat_cache_obj_release(&j);
-    moat_cache_obj_set_head(n2, 200, NULL, 0, &m, MOAT_STR_NULL);
     assert_int_equal(moat_cache_obj_adopt_body(n2, n1), MOAT_OK); /* chains flatten */
+    moat_cache_obj_set_head(n2, 200, NULL, 0, &m, MOAT_STR_NULL);
+    moat_cache_obj_complete(n2);
     moat_cache_obj_release(&n1);
     cur = (struct moat_cache_cursor){0};
     moat_cache_obj_read(n2, &cur, &out);
