@@ -624,11 +624,9 @@ static int64_t lifetime_at(const struct moat_cache_policy_cfg *cfg, int status,
 
 int64_t moat_cache_freshness_lifetime(const struct moat_cache_policy_cfg *cfg, int status,
                                       const struct moat_cache_cc *cc, const struct moat_hdr *hdrs,
-                                      size_t n, bool *heuristic)
+                                      size_t n, int64_t resp_time, bool *heuristic)
 {
-    /* Without a Date the caller's clock would be needed; 0 keeps Expires - Date honest
-     * only when both exist, so callers that care use moat_cache_meta_init. */
-    return lifetime_at(cfg, status, cc, hdrs, n, date_or(hdrs, n, 0), heuristic);
+    return lifetime_at(cfg, status, cc, hdrs, n, date_or(hdrs, n, resp_time), heuristic);
 }
 
 static int32_t clamp32(int64_t v)

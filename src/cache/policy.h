@@ -172,11 +172,12 @@ struct moat_cache_meta {
 /* The freshness lifetime (RFC 9111 4.2.1): s-maxage, else max-age, else Expires - Date,
  * else (heuristically cacheable status only) 10% of Date - Last-Modified capped at
  * cfg->heuristic_max, else 0. Expires is skipped when <cc> is MOAT_CC_TARGETED; several or
- * invalid Expires mean "already expired" (RFC 9111 5.3). *<heuristic> (may be NULL) tells
- * whether the heuristic was used. */
+ * invalid Expires mean "already expired" (RFC 9111 5.3). A missing or invalid Date is
+ * replaced by <resp_time>, the time the response was received. *<heuristic> (may be NULL)
+ * tells whether the heuristic was used. */
 int64_t moat_cache_freshness_lifetime(const struct moat_cache_policy_cfg *cfg, int status,
                                       const struct moat_cache_cc *cc, const struct moat_hdr *hdrs,
-                                      size_t n, bool *heuristic);
+                                      size_t n, int64_t resp_time, bool *heuristic);
 
 /* Fills <m> for a response received at <resp_time> for a request sent at <req_time>. */
 void moat_cache_meta_init(struct moat_cache_meta *m, const struct moat_cache_policy_cfg *cfg,

@@ -130,9 +130,9 @@ static void test_cc_targeted(void **state)
     struct moat_cache_policy_cfg cfg;
     moat_cache_policy_cfg_default(&cfg);
     moat_cache_cc_response(&cc, h4, 3, MOAT_STR_NULL);
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 302, &cc, h4, 3, NULL), 0);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 302, &cc, h4, 3, T1994, NULL), 0);
     moat_cache_cc_response(&cc, h4, 2, MOAT_STR_NULL);
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 302, &cc, h4, 2, NULL), 3600);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 302, &cc, h4, 2, T1994, NULL), 3600);
     /* no Cache-Control at all */
     assert_int_equal(moat_cache_cc_response(&cc, h4, 1, MOAT_STR_NULL), MOAT_CC_SRC_NONE);
 }
@@ -267,35 +267,38 @@ static void test_lifetime_precedence(void **state)
                            H("Last-Modified", "Sun, 06 Nov 1994 06:02:57 GMT")};
     bool heur;
     struct moat_cache_cc cc = cc_of("s-maxage=5, max-age=7");
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, h, 3, &heur), 5);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, h, 3, T1994, &heur), 5);
     cc = cc_of("max-age=7");
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, h, 3, &heur), 7);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, h, 3, T1994, &heur), 7);
     cc = cc_of("");
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, h, 3, &heur), 600);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, h, 3, T1994, &heur), 600);
     assert_false(heur);
     /* heuristic: 10% of Date - Last-Modified (10,000 s) */
     assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, (struct moat_hdr[]){h[0], h[2]},
-                                                   2, &heur),
+                                                   2, T1994, &heur),
                      1000);
     assert_true(heur);
     /* capped */
     cfg.heuristic_max = 300;
     assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, (struct moat_hdr[]){h[0], h[2]},
-                                                   2, &heur),
+                                                   2, T1994, &heur),
                      300);
     /* not for a non-heuristic status */
     assert_int_equal(moat_cache_freshness_lifetime(&cfg, 302, &cc, (struct moat_hdr[]){h[0], h[2]},
-                                                   2, &heur),
+                                                   2, T1994, &heur),
                      0);
     /* invalid Expires ("0") and duplicated Expires: already expired, heuristic not used */
     struct moat_hdr e0[] = {h[0], H("Expires", "0"), h[2]};
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, e0, 3, &heur), 0);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, e0, 3, T1994, &heur), 0);
     struct moat_hdr e2[] = {h[0], h[1], h[1]};
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, e2, 3, &heur), 0);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, e2, 3, T1994, &heur), 0);
+    /* Expires without Date: measured from the time the response arrived */
+    struct moat_hdr nd[] = {H("Expires", "Sun, 06 Nov 1994 08:59:37 GMT")};
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, nd, 1, T1994 + 100, &heur), 500);
     /* Expires in the past */
     struct moat_hdr ep[] = {H("Date", "Sun, 06 Nov 1994 08:59:37 GMT"),
                             H("Expires", "Sun, 06 Nov 1994 08:49:37 GMT")};
-    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, ep, 2, &heur), 0);
+    assert_int_equal(moat_cache_freshness_lifetime(&cfg, 200, &cc, ep, 2, T1994, &heur), 0);
 }
 
 static void test_age(void **state)
