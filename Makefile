@@ -26,7 +26,7 @@ LIBOBJS  := $(filter-out $(B)/src/main.o,$(OBJS))
 UNIT_SRCS := $(shell find tests/unit -name 'test_*.c' 2>/dev/null | sort)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/unit/%)
 
-.PHONY: all clean test unit e2e san fuzz fuzz-run bench demo fmt check-fmt
+.PHONY: all clean deps test unit e2e san fuzz fuzz-run bench demo fmt check-fmt
 
 all: $(BIN)
 
@@ -88,7 +88,12 @@ fuzz-run: fuzz
 bench: all
 	bash bench/run.sh
 
-demo: all
+deps:
+	bash scripts/install-deps
+
+# The README's first command: install what is missing, build, run the embedded demo.
+demo: deps
+	$(MAKE) all
 	bash scripts/demo
 
 fmt:
