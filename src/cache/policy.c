@@ -243,8 +243,8 @@ static bool targeted_try(struct moat_cache_cc *cc, const struct moat_hdr *h, siz
         return false;
     moat_cache_cc_init(cc);
     cc_from(cc, h, n, name);
-    bool empty = cc->flags == 0 && cc->max_age < 0 && cc->s_maxage < 0 && cc->swr < 0 &&
-                 cc->sie < 0;
+    bool empty =
+        cc->flags == 0 && cc->max_age < 0 && cc->s_maxage < 0 && cc->swr < 0 && cc->sie < 0;
     if (empty || (cc->flags & MOAT_CC_PARSE_ERROR))
         return false;
     cc->flags |= MOAT_CC_TARGETED;
@@ -490,8 +490,18 @@ const char *moat_cache_nostore_name(enum moat_cache_nostore r)
 bool moat_cache_status_heuristic(int status)
 {
     switch (status) {
-    case 200: case 203: case 204: case 206: case 300: case 301: case 308:
-    case 404: case 405: case 410: case 414: case 501:
+    case 200:
+    case 203:
+    case 204:
+    case 206:
+    case 300:
+    case 301:
+    case 308:
+    case 404:
+    case 405:
+    case 410:
+    case 414:
+    case 501:
         return true;
     default:
         return false;
@@ -502,8 +512,21 @@ bool moat_cache_status_heuristic(int status)
 static bool status_understood(int status)
 {
     switch (status) {
-    case 200: case 203: case 204: case 300: case 301: case 302: case 303: case 307: case 308:
-    case 404: case 405: case 410: case 414: case 451: case 501:
+    case 200:
+    case 203:
+    case 204:
+    case 300:
+    case 301:
+    case 302:
+    case 303:
+    case 307:
+    case 308:
+    case 404:
+    case 405:
+    case 410:
+    case 414:
+    case 451:
+    case 501:
         return true;
     default:
         return false;
@@ -557,8 +580,7 @@ enum moat_cache_nostore moat_cache_storable(const struct moat_cache_policy_cfg *
         return MOAT_NOSTORE_SET_COOKIE;
     if (vary_star(resp_hdrs, nresp))
         return MOAT_NOSTORE_VARY_STAR;
-    bool explicit_fresh = (f & MOAT_CC_PUBLIC) || resp_cc->max_age >= 0 ||
-                          resp_cc->s_maxage >= 0 ||
+    bool explicit_fresh = (f & MOAT_CC_PUBLIC) || resp_cc->max_age >= 0 || resp_cc->s_maxage >= 0 ||
                           (!(f & MOAT_CC_TARGETED) && hdr_find(resp_hdrs, nresp, NAME("expires")));
     if (explicit_fresh || moat_cache_status_heuristic(status))
         return MOAT_NOSTORE_NONE;
@@ -672,8 +694,8 @@ int64_t moat_cache_current_age(const struct moat_cache_meta *m, int64_t now)
     return (int64_t)m->initial_age + MOAT_MAX(0, now - m->resp_time);
 }
 
-static const char *const fresh_names[] = {"fresh", "stale_ok", "stale_swr", "stale_revalidate",
-                                          "must_forward", "only_if_cached"};
+static const char *const fresh_names[] = {
+    "fresh", "stale_ok", "stale_swr", "stale_revalidate", "must_forward", "only_if_cached"};
 
 const char *moat_cache_fresh_name(enum moat_cache_fresh f)
 {
@@ -714,8 +736,7 @@ enum moat_cache_fresh moat_cache_decide(const struct moat_cache_meta *m,
     int64_t staleness = age - lifetime;
     if (m->flags & MOAT_META_MUST_REVALIDATE)
         return must_go(m, req);
-    if (req && req->max_stale >= 0 && staleness <= req->max_stale &&
-        !(req->min_fresh >= 0))
+    if (req && req->max_stale >= 0 && staleness <= req->max_stale && !(req->min_fresh >= 0))
         return MOAT_CACHE_STALE_OK;
     if (!want_fresh && m->swr > 0 && staleness < m->swr)
         return MOAT_CACHE_STALE_SWR;
@@ -858,8 +879,7 @@ bool moat_cache_etag_strong_eq(struct moat_str a, struct moat_str b)
 {
     bool wa, wb;
     struct moat_str oa, ob;
-    return etag_split(a, &wa, &oa) && etag_split(b, &wb, &ob) && !wa && !wb &&
-           moat_str_eq(oa, ob);
+    return etag_split(a, &wa, &oa) && etag_split(b, &wb, &ob) && !wa && !wb && moat_str_eq(oa, ob);
 }
 
 /* Does the list <v> (or "*") match <etag>? */

@@ -25,21 +25,22 @@
 #define MOAT_CC_DUPLICATE        0x0800u /* a delta directive appeared twice with two values */
 #define MOAT_CC_INVALID          0x1000u /* a directive had an invalid argument */
 #define MOAT_CC_PARSE_ERROR      0x2000u /* syntax junk (unterminated quote, "=x", ...) */
-#define MOAT_CC_TARGETED         0x4000u /* came from a targeted field (RFC 9213): Expires
-                                            must be ignored */
+#define MOAT_CC_TARGETED                                                                           \
+    0x4000u /* came from a targeted field (RFC 9213): Expires                                      \
+               must be ignored */
 
 /* RFC 9111 1.2.2: delta-seconds too large to represent are taken as 2^31. */
 #define MOAT_CC_DELTA_MAX 2147483648LL
 
 /* Parsed Cache-Control. Delta fields are -1 when absent. */
 struct moat_cache_cc {
-    uint32_t flags;      /* MOAT_CC_* */
-    int64_t max_age;     /* max-age (both sides) */
-    int64_t s_maxage;    /* s-maxage (response) */
-    int64_t swr;         /* stale-while-revalidate (response, RFC 5861 3) */
-    int64_t sie;         /* stale-if-error (response and request, RFC 5861 4) */
-    int64_t max_stale;   /* max-stale (request); MOAT_CC_DELTA_MAX when given without value */
-    int64_t min_fresh;   /* min-fresh (request) */
+    uint32_t flags;    /* MOAT_CC_* */
+    int64_t max_age;   /* max-age (both sides) */
+    int64_t s_maxage;  /* s-maxage (response) */
+    int64_t swr;       /* stale-while-revalidate (response, RFC 5861 3) */
+    int64_t sie;       /* stale-if-error (response and request, RFC 5861 4) */
+    int64_t max_stale; /* max-stale (request); MOAT_CC_DELTA_MAX when given without value */
+    int64_t min_fresh; /* min-fresh (request) */
 };
 
 /* Resets <cc> to "no directives". */
@@ -60,10 +61,10 @@ void moat_cache_cc_add(struct moat_cache_cc *cc, struct moat_str v);
 
 /* Where the response-side directives came from. */
 enum moat_cache_cc_src {
-    MOAT_CC_SRC_NONE = 0,     /* no Cache-Control at all */
+    MOAT_CC_SRC_NONE = 0, /* no Cache-Control at all */
     MOAT_CC_SRC_CACHE_CONTROL,
-    MOAT_CC_SRC_MOAT,         /* the configured moat-specific targeted field */
-    MOAT_CC_SRC_CDN,          /* CDN-Cache-Control */
+    MOAT_CC_SRC_MOAT, /* the configured moat-specific targeted field */
+    MOAT_CC_SRC_CDN,  /* CDN-Cache-Control */
 };
 
 /* Fills <cc> with the directives that govern moat as a shared cache for a response with
@@ -96,11 +97,13 @@ size_t moat_http_date_format(int64_t t, char *buf);
 
 /* ---- Storability (RFC 9111 3) ---------------------------------------------------------- */
 
-#define MOAT_CACHE_CFG_STORE_SET_COOKIE 0x1u /* store responses with Set-Cookie (the integrator
-                                                must then strip Set-Cookie from the copy) */
-#define MOAT_CACHE_CFG_STORE_VALIDATED  0x2u /* store responses that have no freshness but a
-                                                validator (ETag / Last-Modified): they are
-                                                stale at once and revalidated every time */
+#define MOAT_CACHE_CFG_STORE_SET_COOKIE                                                            \
+    0x1u /* store responses with Set-Cookie (the integrator                                        \
+            must then strip Set-Cookie from the copy) */
+#define MOAT_CACHE_CFG_STORE_VALIDATED                                                             \
+    0x2u /* store responses that have no freshness but a                                           \
+            validator (ETag / Last-Modified): they are                                             \
+            stale at once and revalidated every time */
 
 struct moat_cache_policy_cfg {
     int64_t heuristic_max; /* cap of the heuristic lifetime (seconds); default 86400 */
@@ -147,13 +150,14 @@ enum moat_cache_nostore moat_cache_storable(const struct moat_cache_policy_cfg *
 
 /* ---- Freshness and age (RFC 9111 4.2, RFC 5861) ---------------------------------------- */
 
-#define MOAT_META_MUST_REVALIDATE 0x01u /* must-revalidate, proxy-revalidate or s-maxage:
-                                           never serve stale (RFC 9111 5.2.2.2/8/10) */
-#define MOAT_META_NO_CACHE        0x02u /* response no-cache: validate before every use */
-#define MOAT_META_IMMUTABLE       0x04u /* immutable */
-#define MOAT_META_HEURISTIC       0x08u /* lifetime is heuristic (RFC 9111 4.2.2) */
-#define MOAT_META_HAS_VALIDATOR   0x10u /* ETag or Last-Modified present */
-#define MOAT_META_INVALIDATED     0x20u /* soft-purged: treat as stale from now on */
+#define MOAT_META_MUST_REVALIDATE                                                                  \
+    0x01u                             /* must-revalidate, proxy-revalidate or s-maxage:            \
+                                         never serve stale (RFC 9111 5.2.2.2/8/10) */
+#define MOAT_META_NO_CACHE      0x02u /* response no-cache: validate before every use */
+#define MOAT_META_IMMUTABLE     0x04u /* immutable */
+#define MOAT_META_HEURISTIC     0x08u /* lifetime is heuristic (RFC 9111 4.2.2) */
+#define MOAT_META_HAS_VALIDATOR 0x10u /* ETag or Last-Modified present */
+#define MOAT_META_INVALIDATED   0x20u /* soft-purged: treat as stale from now on */
 
 /* What the cache keeps about a stored response to decide later, without its headers. Kept
  * small (48 bytes: it sits in every cached object): the RFC 9111 4.2.3 inputs that do not

@@ -46,13 +46,13 @@
  */
 
 #define OBJ_MAGIC 0x6d6f6263u /* "mobc" */
-#define NSTRIPES 1024u
-#define HEAD_MAX 65535u /* offsets in struct moat_cache_head are 16-bit */
+#define NSTRIPES  1024u
+#define HEAD_MAX  65535u /* offsets in struct moat_cache_head are 16-bit */
 #define CHUNK_MIN 256u
 #define CHUNK_MAX (1024u * 1024u)
 
 #define AF_SOFT_PURGED 0x1u
-#define AF_REFRESHING 0x2u
+#define AF_REFRESHING  0x2u
 
 struct chunk {
     _Atomic(struct chunk *) next;
@@ -64,19 +64,19 @@ struct chunk {
 /* Field order packs the struct: 14 words, then the small fields, then the key right after
  * them (allocated with offsetof(key), not sizeof, so no tail padding is wasted). */
 struct moat_cache_obj {
-    struct moat_cache_obj *hnext;        /* bucket chain (shard lock); drop list after unlink */
+    struct moat_cache_obj *hnext;         /* bucket chain (shard lock); drop list after unlink */
     struct moat_cache_obj *newer, *older; /* SIEVE list (shard lock) */
     struct moat_cache_store *st;
     uint64_t hash;
     _Atomic(struct moat_cache_head *) head;
     _Atomic(struct chunk *) first;
-    struct chunk *tail;         /* writer only */
-    _Atomic uint64_t body_len;  /* published body bytes */
-    _Atomic uint64_t size_hint; /* expected body size (writer sets, readers may read) */
-    size_t charge;              /* bytes charged to the budget (shard lock) */
+    struct chunk *tail;                /* writer only */
+    _Atomic uint64_t body_len;         /* published body bytes */
+    _Atomic uint64_t size_hint;        /* expected body size (writer sets, readers may read) */
+    size_t charge;                     /* bytes charged to the budget (shard lock) */
     struct moat_cache_obj *body_src;   /* adopt_body: whose chunks we read */
     struct moat_cache_waiter *waiters; /* stripe lock */
-    int64_t pass_until;         /* hit-for-pass expiry (shard lock) */
+    int64_t pass_until;                /* hit-for-pass expiry (shard lock) */
     _Atomic uint32_t refs;
     uint32_t magic;
     uint32_t keylen;
@@ -362,8 +362,7 @@ static void charge_add(struct moat_cache_obj *o, size_t n, bool allocated)
         atomic_fetch_add(&st->bytes_alloc, n);
 }
 
-static struct moat_cache_obj *obj_new(struct moat_cache_store *st, uint64_t h,
-                                      struct moat_str key)
+static struct moat_cache_obj *obj_new(struct moat_cache_store *st, uint64_t h, struct moat_str key)
 {
     if (key.len > UINT32_MAX)
         return NULL;
@@ -636,9 +635,11 @@ void moat_cache_obj_unsubscribe(struct moat_cache_waiter *w)
 static bool hop_by_hop(struct moat_str name, const struct moat_hdr *hdrs, size_t n)
 {
     static const struct moat_str hop[] = {
-        MOAT_STR("connection"), MOAT_STR("keep-alive"),        MOAT_STR("proxy-connection"),
-        MOAT_STR("te"),         MOAT_STR("transfer-encoding"), MOAT_STR("upgrade"),
-        MOAT_STR("trailer"),    MOAT_STR("age"),               MOAT_STR("content-length"),
+        MOAT_STR("connection"),        MOAT_STR("keep-alive"),
+        MOAT_STR("proxy-connection"),  MOAT_STR("te"),
+        MOAT_STR("transfer-encoding"), MOAT_STR("upgrade"),
+        MOAT_STR("trailer"),           MOAT_STR("age"),
+        MOAT_STR("content-length"),
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(hop); i++)
         if (moat_str_ieq(name, hop[i]))
@@ -1005,8 +1006,8 @@ void moat_cache_cursor_seek(const struct moat_cache_obj *o, struct moat_cache_cu
     cur->pos = 0;
     if (pos > avail)
         pos = avail;
-    struct chunk *c = atomic_load_explicit(&((struct moat_cache_obj *)o)->first,
-                                           memory_order_acquire);
+    struct chunk *c =
+        atomic_load_explicit(&((struct moat_cache_obj *)o)->first, memory_order_acquire);
     uint64_t skip = pos;
     while (c && skip) {
         uint32_t l = atomic_load_explicit(&c->len, memory_order_acquire);
@@ -1056,8 +1057,8 @@ void moat_cache_obj_read(const struct moat_cache_obj *o, struct moat_cache_curso
 
 static bool tagged(const struct moat_cache_obj *o, struct moat_str tag, uint64_t bits)
 {
-    struct moat_cache_head *hd = atomic_load_explicit(&((struct moat_cache_obj *)o)->head,
-                                                      memory_order_acquire);
+    struct moat_cache_head *hd =
+        atomic_load_explicit(&((struct moat_cache_obj *)o)->head, memory_order_acquire);
     if (!hd || (hd->tag_bloom & bits) != bits)
         return false;
     struct moat_str t = moat_cache_head_tags(hd);
@@ -1078,8 +1079,7 @@ static bool tagged(const struct moat_cache_obj *o, struct moat_str tag, uint64_t
 static bool purge_one(struct moat_cache_store *st, struct shard *sh, struct moat_cache_obj *o,
                       unsigned flags, struct moat_cache_obj **drop)
 {
-    if ((flags & MOAT_CACHE_PURGE_SOFT) &&
-        atomic_load(&o->state) == MOAT_CACHE_OBJ_COMPLETE) {
+    if ((flags & MOAT_CACHE_PURGE_SOFT) && atomic_load(&o->state) == MOAT_CACHE_OBJ_COMPLETE) {
         atomic_fetch_or(&o->aflags, AF_SOFT_PURGED);
     } else {
         unlink_obj(st, sh, o);

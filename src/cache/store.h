@@ -24,10 +24,10 @@ struct moat_cache_store;
 struct moat_cache_obj;
 
 struct moat_cache_store_cfg {
-    size_t max_bytes;    /* budget for everything linked in the table: objects, heads,
-                            bodies, allocator rounding, bucket arrays (default 512 MiB) */
-    size_t max_object;   /* largest body accepted (default max_bytes / 16) */
-    unsigned shards;     /* power of two, 1..4096 (default 256) */
+    size_t max_bytes;  /* budget for everything linked in the table: objects, heads,
+                          bodies, allocator rounding, bucket arrays (default 512 MiB) */
+    size_t max_object; /* largest body accepted (default max_bytes / 16) */
+    unsigned shards;   /* power of two, 1..4096 (default 256) */
 };
 
 /* Creates a store; <cfg> may be NULL for defaults; zero fields take their default. Returns
@@ -44,11 +44,11 @@ uint64_t moat_cache_key_hash(struct moat_str key);
 /* ---- Lookup and collapsed forwarding --------------------------------------------------- */
 
 enum moat_cache_lookup {
-    MOAT_CACHE_HIT = 0,    /* *obj is an existing object (any state but ABORTED): a reader */
-    MOAT_CACHE_MISS,       /* *obj is a new PENDING object and the caller its only writer */
-    MOAT_CACHE_PASS,       /* the key is marked hit-for-pass: go to the origin, do not
-                              store, do not wait; *obj is NULL */
-    MOAT_CACHE_NOT_FOUND,  /* (moat_cache_lookup only) nothing there; *obj is NULL */
+    MOAT_CACHE_HIT = 0,   /* *obj is an existing object (any state but ABORTED): a reader */
+    MOAT_CACHE_MISS,      /* *obj is a new PENDING object and the caller its only writer */
+    MOAT_CACHE_PASS,      /* the key is marked hit-for-pass: go to the origin, do not
+                             store, do not wait; *obj is NULL */
+    MOAT_CACHE_NOT_FOUND, /* (moat_cache_lookup only) nothing there; *obj is NULL */
 };
 
 /* Looks <key> up and, if nothing usable is there, inserts a new PENDING object for it, in
@@ -149,7 +149,7 @@ enum moat_cache_obj_state moat_cache_obj_state(const struct moat_cache_obj *obj)
  * pointers; use the accessors below. */
 struct moat_cache_head {
     struct moat_cache_meta meta;
-    uint64_t tag_bloom;  /* internal: 2 bits per tag for purge by tag */
+    uint64_t tag_bloom; /* internal: 2 bits per tag for purge by tag */
     uint32_t block_len;
     uint16_t status;
     uint16_t etag_off, etag_len; /* ETag value inside data, etag_len 0 if none */
@@ -272,10 +272,10 @@ enum moat_cache_purge_kind {
 struct moat_cache_purge {
     enum moat_cache_purge_kind kind;
     struct moat_str arg;
-    unsigned flags;   /* MOAT_CACHE_PURGE_SOFT */
-    unsigned shard;   /* internal cursor */
-    size_t bucket;    /* internal cursor */
-    uint64_t purged;  /* objects purged so far */
+    unsigned flags;  /* MOAT_CACHE_PURGE_SOFT */
+    unsigned shard;  /* internal cursor */
+    size_t bucket;   /* internal cursor */
+    uint64_t purged; /* objects purged so far */
 };
 
 /* Runs <p> for at most about <budget> objects examined, holding one shard lock at a time
@@ -288,16 +288,16 @@ int moat_cache_purge_step(struct moat_cache_store *st, struct moat_cache_purge *
 /* ---- Counters -------------------------------------------------------------------------- */
 
 struct moat_cache_stats {
-    uint64_t objects;      /* linked objects (including PENDING and hit-for-pass markers) */
-    uint64_t bytes;        /* bytes charged for linked objects and tables (vs max_bytes) */
-    uint64_t bytes_alloc;  /* all bytes allocated, including unlinked objects still held */
-    uint64_t hits;         /* lookups that found an object */
-    uint64_t misses;       /* lookups that found nothing (and inserted, for _or_insert) */
-    uint64_t passes;       /* lookups that found a hit-for-pass marker */
-    uint64_t inserts;      /* objects created */
-    uint64_t evictions;    /* objects unlinked by the eviction policy */
-    uint64_t purged;       /* objects unlinked or marked by purges */
-    uint64_t aborted;      /* objects aborted (origin failure, too large, no memory) */
+    uint64_t objects;     /* linked objects (including PENDING and hit-for-pass markers) */
+    uint64_t bytes;       /* bytes charged for linked objects and tables (vs max_bytes) */
+    uint64_t bytes_alloc; /* all bytes allocated, including unlinked objects still held */
+    uint64_t hits;        /* lookups that found an object */
+    uint64_t misses;      /* lookups that found nothing (and inserted, for _or_insert) */
+    uint64_t passes;      /* lookups that found a hit-for-pass marker */
+    uint64_t inserts;     /* objects created */
+    uint64_t evictions;   /* objects unlinked by the eviction policy */
+    uint64_t purged;      /* objects unlinked or marked by purges */
+    uint64_t aborted;     /* objects aborted (origin failure, too large, no memory) */
 };
 
 /* Sums the counters (takes each shard lock briefly). */

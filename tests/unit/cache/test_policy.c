@@ -7,7 +7,10 @@
 
 #include "cache/policy.h"
 
-#define H(n, v) {MOAT_STR(n), MOAT_STR(v)}
+#define H(n, v)                                                                                    \
+    {                                                                                              \
+        MOAT_STR(n), MOAT_STR(v)                                                                   \
+    }
 #define S(lit) MOAT_STR(lit)
 
 /* Sun, 06 Nov 1994 08:49:37 GMT, the RFC 9110 example date. */
@@ -156,11 +159,18 @@ static void test_dates(void **state)
     assert_true(moat_http_date_parse(S("Wednesday, 09-Nov-99 23:12:40 GMT"), &t));
     assert_int_equal(t, 942189160);
     /* rejects */
-    const char *bad[] = {"0", "", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 6 Nov 1994 08:49:37 GMT",
-                         "Sun, 31 Feb 1994 08:49:37 GMT", "Sun, 06 Foo 1994 08:49:37 GMT",
-                         "Sun, 06 Nov 1994 24:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 GMTx",
-                         "Xyz, 06 Nov 1994 08:49:37 GMT", "Mon, 29 Feb 1900 00:00:00 GMT",
-                         "Sun Nov 6 08:49:37 1994", "1994-11-06T08:49:37Z"};
+    const char *bad[] = {"0",
+                         "",
+                         "Sun, 06 Nov 1994 08:49:37 UTC",
+                         "Sun, 6 Nov 1994 08:49:37 GMT",
+                         "Sun, 31 Feb 1994 08:49:37 GMT",
+                         "Sun, 06 Foo 1994 08:49:37 GMT",
+                         "Sun, 06 Nov 1994 24:49:37 GMT",
+                         "Sun, 06 Nov 1994 08:49:37 GMTx",
+                         "Xyz, 06 Nov 1994 08:49:37 GMT",
+                         "Mon, 29 Feb 1900 00:00:00 GMT",
+                         "Sun Nov 6 08:49:37 1994",
+                         "1994-11-06T08:49:37Z"};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++)
         assert_false(moat_http_date_parse(moat_str_make(bad[i], strlen(bad[i])), &t));
     char buf[30];
@@ -208,9 +218,9 @@ static void test_storable(void **state)
     /* heuristic statuses need nothing; others need explicit freshness */
     static const int heur[] = {200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(heur); i++)
-        assert_int_equal(moat_cache_storable(&cfg, MOAT_M_GET, heur[i], NULL, NULL, 0, &none,
-                                             NULL, 0),
-                         MOAT_NOSTORE_NONE);
+        assert_int_equal(
+            moat_cache_storable(&cfg, MOAT_M_GET, heur[i], NULL, NULL, 0, &none, NULL, 0),
+            MOAT_NOSTORE_NONE);
     assert_true(moat_cache_status_heuristic(206));
     assert_false(moat_cache_status_heuristic(302));
     assert_int_equal(moat_cache_storable(&cfg, MOAT_M_GET, 302, NULL, NULL, 0, &none, NULL, 0),
@@ -241,8 +251,7 @@ static void test_storable(void **state)
                      MOAT_NOSTORE_STATUS);
     /* Authorization */
     struct moat_hdr auth[] = {H("Authorization", "Basic eA==")};
-    assert_int_equal(storable(200, "max-age=60", auth, 1, NULL, 0, 0),
-                     MOAT_NOSTORE_AUTHORIZATION);
+    assert_int_equal(storable(200, "max-age=60", auth, 1, NULL, 0, 0), MOAT_NOSTORE_AUTHORIZATION);
     assert_int_equal(storable(200, "public", auth, 1, NULL, 0, 0), MOAT_NOSTORE_NONE);
     assert_int_equal(storable(200, "must-revalidate, max-age=1", auth, 1, NULL, 0, 0),
                      MOAT_NOSTORE_NONE);
@@ -513,16 +522,16 @@ static void test_range(void **state)
     assert_true(a == 1 && b == 1);
     assert_int_equal(moat_cache_range_parse(S("bytes=1000-"), 1000, &a, &b),
                      MOAT_RANGE_UNSATISFIABLE);
-    assert_int_equal(moat_cache_range_parse(S("bytes=-0"), 1000, &a, &b),
-                     MOAT_RANGE_UNSATISFIABLE);
+    assert_int_equal(moat_cache_range_parse(S("bytes=-0"), 1000, &a, &b), MOAT_RANGE_UNSATISFIABLE);
     assert_int_equal(moat_cache_range_parse(S("bytes=0-"), 0, &a, &b), MOAT_RANGE_UNSATISFIABLE);
     /* ignored: several ranges, other units, junk, reversed */
-    const char *none[] = {"bytes=0-1,5-6", "items=0-1", "bytes=", "bytes=a-b", "bytes=5-1",
-                          "bytes=1", "0-1", "bytes=--1", "bytes=99999999999999999999-"};
+    const char *none[] = {"bytes=0-1,5-6", "items=0-1", "bytes=",
+                          "bytes=a-b",     "bytes=5-1", "bytes=1",
+                          "0-1",           "bytes=--1", "bytes=99999999999999999999-"};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(none); i++)
-        assert_int_equal(moat_cache_range_parse(moat_str_make(none[i], strlen(none[i])), 1000, &a,
-                                                &b),
-                         MOAT_RANGE_NONE);
+        assert_int_equal(
+            moat_cache_range_parse(moat_str_make(none[i], strlen(none[i])), 1000, &a, &b),
+            MOAT_RANGE_NONE);
     /* If-Range */
     assert_true(moat_cache_if_range_ok(S("\"v1\""), S("\"v1\""), -1));
     assert_false(moat_cache_if_range_ok(S("W/\"v1\""), S("W/\"v1\""), -1));

@@ -9,9 +9,12 @@
 
 #include <stdio.h>
 
-#define H(n, v) {MOAT_STR(n), MOAT_STR(v)}
+#define H(n, v)                                                                                    \
+    {                                                                                              \
+        MOAT_STR(n), MOAT_STR(v)                                                                   \
+    }
 #define S(lit) MOAT_STR(lit)
-#define NOW 1700000000LL
+#define NOW    1700000000LL
 
 static struct moat_cache_meta meta_ttl(int64_t ttl)
 {
@@ -75,10 +78,14 @@ static void test_insert_lookup(void **state)
     moat_cache_obj_release(&r);
     assert_int_equal(moat_cache_lookup(st, S("K"), NOW, &r), MOAT_CACHE_NOT_FOUND);
 
-    struct moat_hdr h[] = {H("Content-Type", "text/html"), H("Connection", "close, X-Hop"),
-                           H("X-Hop", "1"),    H("Keep-Alive", "timeout=5"),
-                           H("ETag", "\"e1\""), H("Age", "3"),
-                           H("Content-Length", "11"), H("Vary", "Accept-Encoding"),
+    struct moat_hdr h[] = {H("Content-Type", "text/html"),
+                           H("Connection", "close, X-Hop"),
+                           H("X-Hop", "1"),
+                           H("Keep-Alive", "timeout=5"),
+                           H("ETag", "\"e1\""),
+                           H("Age", "3"),
+                           H("Content-Length", "11"),
+                           H("Vary", "Accept-Encoding"),
                            H("Transfer-Encoding", "chunked")};
     struct moat_cache_meta m = meta_ttl(60);
     assert_int_equal(moat_cache_obj_set_head(w, 200, h, MOAT_ARRAY_LEN(h), &m, S(" a, b  c,")),
@@ -175,7 +182,7 @@ static void test_release_after_evict(void **state)
     assert_int_equal(moat_cache_purge_key(st, S("x"), 0), MOAT_DECLINED);
     assert_false(present(st, S("x")));
     moat_cache_store_stats(st, &b);
-    assert_true(b.bytes < a.bytes);            /* no longer charged to the budget... */
+    assert_true(b.bytes < a.bytes);                 /* no longer charged to the budget... */
     assert_int_equal(b.bytes_alloc, a.bytes_alloc); /* ...but still allocated */
     /* still fully readable by the holder */
     struct moat_cache_cursor cur = {0};
@@ -239,7 +246,8 @@ static void test_scan_resistance(void **state)
     const int cap = 100, hot = 50, steps = 40000;
     char kb[32];
     /* measure one object's charge to size the budget in objects */
-    struct moat_cache_store *probe = moat_cache_store_new(&(struct moat_cache_store_cfg){.shards = 1});
+    struct moat_cache_store *probe =
+        moat_cache_store_new(&(struct moat_cache_store_cfg){.shards = 1});
     put(probe, key_of(kb, sizeof(kb), "h", 0), 200, 'h', "");
     struct moat_cache_obj *o;
     moat_cache_lookup(probe, key_of(kb, sizeof(kb), "h", 0), NOW, &o);
@@ -279,8 +287,8 @@ static void test_scan_resistance(void **state)
     double sr = (double)sieve_hits / lookups, lr = (double)lru_hits / lookups;
     printf("   scan resistance: hot hit ratio SIEVE %.3f, LRU %.3f; objects %llu, bytes %llu/%zu,"
            " evictions %llu\n",
-           sr, lr, (unsigned long long)s.objects, (unsigned long long)s.bytes,
-           cap * charge + table, (unsigned long long)s.evictions);
+           sr, lr, (unsigned long long)s.objects, (unsigned long long)s.bytes, cap * charge + table,
+           (unsigned long long)s.evictions);
     assert_true(sr > 0.97);
     assert_true(lr < 0.85);
     assert_true(s.bytes <= cap * charge + table);
@@ -290,8 +298,8 @@ static void test_scan_resistance(void **state)
 static void test_budget(void **state)
 {
     const size_t budget = 256 * 1024;
-    struct moat_cache_store *st = moat_cache_store_new(
-        &(struct moat_cache_store_cfg){.max_bytes = budget, .shards = 16});
+    struct moat_cache_store *st =
+        moat_cache_store_new(&(struct moat_cache_store_cfg){.max_bytes = budget, .shards = 16});
     char kb[32];
     for (int i = 0; i < 2000; i++) {
         put(st, key_of(kb, sizeof(kb), "/obj/", i), 1024, 'z', "");
@@ -498,7 +506,8 @@ static void test_replace_and_refresh(void **state)
 
 static void test_purge_slices(void **state)
 {
-    struct moat_cache_store *st = moat_cache_store_new(&(struct moat_cache_store_cfg){.shards = 64});
+    struct moat_cache_store *st =
+        moat_cache_store_new(&(struct moat_cache_store_cfg){.shards = 64});
     char kb[32];
     for (int i = 0; i < 1000; i++) {
         put(st, key_of(kb, sizeof(kb), "/a/", i), 10, 'a', i % 2 ? "odd all" : "even all");
@@ -515,8 +524,8 @@ static void test_purge_slices(void **state)
     assert_true(present(st, key_of(kb, sizeof(kb), "/b/", 5)));
 
     /* soft purge by tag: objects stay, but are stale */
-    p = (struct moat_cache_purge){.kind = MOAT_CACHE_PURGE_TAG, .arg = S("odd"),
-                                  .flags = MOAT_CACHE_PURGE_SOFT};
+    p = (struct moat_cache_purge){
+        .kind = MOAT_CACHE_PURGE_TAG, .arg = S("odd"), .flags = MOAT_CACHE_PURGE_SOFT};
     while (moat_cache_purge_step(st, &p, 100) == MOAT_AGAIN)
         ;
     assert_int_equal(p.purged, 500);
@@ -560,7 +569,7 @@ static void test_purge_slices(void **state)
 /* ---- Concurrency: N threads miss the same cold key at once -------------------------------- */
 
 #define NTHREADS 32
-#define PIECES 200
+#define PIECES   200
 
 struct racer {
     struct moat_cache_store *st;
@@ -719,8 +728,8 @@ static void *churn_main(void *arg)
 
 static void test_churn_threads(void **state)
 {
-    struct moat_cache_store *st = moat_cache_store_new(
-        &(struct moat_cache_store_cfg){.max_bytes = 64 * 1024, .shards = 8});
+    struct moat_cache_store *st =
+        moat_cache_store_new(&(struct moat_cache_store_cfg){.max_bytes = 64 * 1024, .shards = 8});
     pthread_t th[8];
     struct churn c[8];
     for (int i = 0; i < 8; i++) {

@@ -60,9 +60,9 @@ static void fill(struct moat_cache_store *st, int n, size_t *head_block, size_t 
         struct moat_cache_obj *o;
         struct moat_str k = key_of(kb, sizeof(kb), i);
         assert_int_equal(moat_cache_lookup_or_insert(st, k, NOW, &o), MOAT_CACHE_MISS);
-        assert_int_equal(moat_cache_obj_set_head(o, 200, hdrs, MOAT_ARRAY_LEN(hdrs), &m,
-                                                 MOAT_STR_NULL),
-                         MOAT_OK);
+        assert_int_equal(
+            moat_cache_obj_set_head(o, 200, hdrs, MOAT_ARRAY_LEN(hdrs), &m, MOAT_STR_NULL),
+            MOAT_OK);
         assert_int_equal(moat_cache_obj_append(o, body, sizeof(body)), MOAT_OK);
         moat_cache_obj_complete(o);
         *head_block = moat_cache_obj_head(o)->block_len;
@@ -75,8 +75,8 @@ static void measure(int n)
 {
     size_t head_block = 0, keylen = 0;
     long before = rss_bytes();
-    struct moat_cache_store *st = moat_cache_store_new(
-        &(struct moat_cache_store_cfg){.max_bytes = (size_t)2 << 30});
+    struct moat_cache_store *st =
+        moat_cache_store_new(&(struct moat_cache_store_cfg){.max_bytes = (size_t)2 << 30});
     fill(st, n, &head_block, &keylen);
     long after = rss_bytes();
     struct moat_cache_stats s;
@@ -91,7 +91,7 @@ static void measure(int n)
            n, per, acct, head_block, keylen, per - 1024 - (double)head_block,
            acct - 1024 - (double)head_block);
     if (!SANITIZED) {
-        assert_true(per < 1536);                          /* below 1.5 KB per object */
+        assert_true(per < 1536);                             /* below 1.5 KB per object */
         assert_true(acct - 1024 - (double)head_block < 400); /* the overhead target */
     }
     /* hit cost: lookup + read the whole body + release, single thread */
@@ -102,8 +102,8 @@ static void measure(int n)
     uint64_t sum = 0;
     for (int i = 0; i < hits; i++) {
         struct moat_cache_obj *o;
-        moat_cache_lookup(st, key_of(kb, sizeof(kb), (int)((uint64_t)i * 7919 % (uint64_t)n)),
-                          NOW, &o);
+        moat_cache_lookup(st, key_of(kb, sizeof(kb), (int)((uint64_t)i * 7919 % (uint64_t)n)), NOW,
+                          &o);
         struct moat_cache_cursor cur = {0};
         struct moat_str out;
         for (moat_cache_obj_read(o, &cur, &out); out.len; moat_cache_obj_read(o, &cur, &out))
@@ -133,14 +133,14 @@ static void test_overhead(void **state)
     moat_cache_lookup(st, key_of(kb, sizeof(kb), 0), NOW, &o);
     struct moat_cache_head *hd = atomic_load(&o->head);
     size_t charge = moat_cache_obj_charge(o);
-    printf("   sizeof: object %zu (key at offset %zu, +key %zu), head %zu (+block %zu), chunk header %zu\n",
-           sizeof(struct moat_cache_obj), offsetof(struct moat_cache_obj, key), keylen, sizeof(struct moat_cache_head), (size_t)hd->block_len,
-           sizeof(struct chunk));
+    printf("   sizeof: object %zu (key at offset %zu, +key %zu), head %zu (+block %zu), chunk "
+           "header %zu\n",
+           sizeof(struct moat_cache_obj), offsetof(struct moat_cache_obj, key), keylen,
+           sizeof(struct moat_cache_head), (size_t)hd->block_len, sizeof(struct chunk));
     printf("   malloc usable: object %zu, head+first chunk %zu; charge %zu = body 1024 + block %zu"
            " + key %zu + %zu overhead (plus ~%zu B of bucket array per object)\n",
-           malloc_usable_size(o), malloc_usable_size(hd), charge,
-           (size_t)hd->block_len, keylen, charge - 1024 - hd->block_len - keylen,
-           sizeof(void *) * 2);
+           malloc_usable_size(o), malloc_usable_size(hd), charge, (size_t)hd->block_len, keylen,
+           charge - 1024 - hd->block_len - keylen, sizeof(void *) * 2);
     assert_true(charge - 1024 - hd->block_len - keylen <= 400 || SANITIZED);
     moat_cache_obj_release(&o);
     moat_cache_store_free(st);
@@ -154,7 +154,8 @@ static void measure_in_child(int n)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        const struct CMUnitTest t[] = {cmocka_unit_test_prestate(measure_test, (void *)(intptr_t)n)};
+        const struct CMUnitTest t[] = {
+            cmocka_unit_test_prestate(measure_test, (void *)(intptr_t)n)};
         _exit(cmocka_run_group_tests_name("child", t, NULL, NULL) ? 1 : 0);
     }
     int status = 0;
