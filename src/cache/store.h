@@ -54,7 +54,9 @@ enum moat_cache_lookup {
 /* Looks <key> up and, if nothing usable is there, inserts a new PENDING object for it, in
  * one step under the shard lock: of N concurrent callers for one key exactly one gets
  * MOAT_CACHE_MISS (the writer), the others MOAT_CACHE_HIT on that same object (collapsed
- * forwarding). An expired hit-for-pass marker is replaced by a new object. <now> is Unix
+ * forwarding). The writer must end the object with moat_cache_obj_complete, _abort or
+ * _abandon: an object left PENDING/STREAMING is never evicted and its waiters wait
+ * forever. An expired hit-for-pass marker is replaced by a new object. <now> is Unix
  * seconds. On HIT and MISS *<obj> holds a reference the caller must release. Returns
  * MOAT_ERR (and *obj NULL) when memory runs out. */
 int moat_cache_lookup_or_insert(struct moat_cache_store *st, struct moat_str key, int64_t now,
