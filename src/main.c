@@ -177,7 +177,7 @@ int main(int argc, char **argv)
     moat_loop_run(&ctl.loop);
 
     moat_server_join();
-    moat_httpd_stop(ctl.admin);
+    moat_admin_stop(ctl.admin);
     moat_httpd_stop(ctl.demo);
     close(ctl.sigio.fd);
     moat_loop_destroy(&ctl.loop);

@@ -127,5 +127,15 @@ struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_co
         return NULL;
     }
     moat_log_info("admin API on http://%s/", cfg->admin.listen.text);
-    return s; /* <a> lives as long as the process */
+    return s;
+}
+
+void moat_admin_stop(struct moat_httpd *s)
+{
+    struct admin *a = moat_httpd_stop(s);
+    if (a) {
+        free(a->token);
+        free(a->config_path);
+        free(a);
+    }
 }

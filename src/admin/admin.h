@@ -9,6 +9,9 @@
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,
                                     const char *config_path, char *err, size_t errlen);
 
+/* Stops the admin API and frees what moat_admin_start allocated. */
+void moat_admin_stop(struct moat_httpd *s);
+
 /* Writes the Prometheus text exposition of every counter into a malloc'd string. */
 char *moat_metrics_render(size_t *len);
 

@@ -284,10 +284,11 @@ struct moat_httpd *moat_httpd_start(struct moat_loop *loop, const struct moat_ad
     return s;
 }
 
-void moat_httpd_stop(struct moat_httpd *s)
+void *moat_httpd_stop(struct moat_httpd *s)
 {
     if (!s)
-        return;
+        return NULL;
+    void *ctx = s->ctx;
     moat_loop_del(s->loop, &s->io);
     close(s->io.fd);
     while (s->conns)
@@ -298,4 +299,5 @@ void moat_httpd_stop(struct moat_httpd *s)
         d->fn(d);
     }
     free(s);
+    return ctx;
 }

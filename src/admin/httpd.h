@@ -30,8 +30,9 @@ struct moat_httpd;
 /* Listens on <addr> and serves with <h>. NULL with <err> on failure. */
 struct moat_httpd *moat_httpd_start(struct moat_loop *loop, const struct moat_addr *addr,
                                     moat_httpd_handler *h, void *ctx, char *err, size_t errlen);
-/* Stops listening and closes every connection. */
-void moat_httpd_stop(struct moat_httpd *s);
+/* Stops listening and closes every connection. Returns the <ctx> given to start, for the
+ * owner to free. */
+void *moat_httpd_stop(struct moat_httpd *s);
 
 /* Sets <resp> to a copy of <body> with <status> and <ctype>. */
 void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype,

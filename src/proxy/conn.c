@@ -284,7 +284,8 @@ static void log_field(struct moat_xchg *x, uint16_t *off, struct moat_str s, siz
 {
     size_t room = sizeof x->logf - *pos - 1;
     size_t n = MOAT_MIN(s.len, room);
-    memcpy(x->logf + *pos, s.ptr, n);
+    if (n)
+        memcpy(x->logf + *pos, s.ptr, n);
     *off = (uint16_t)*pos;
     x->logf[*pos + n] = 0;
     *pos += n + 1;

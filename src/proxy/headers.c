@@ -14,6 +14,8 @@ struct out {
 
 static inline void put(struct out *o, const char *s, size_t n)
 {
+    if (n == 0)
+        return;
     if (moat_unlikely(o->n + n > o->cap)) {
         o->overflow = true;
         return;
@@ -134,7 +136,8 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
         puts_(&o, r->target);
     }
     PUTL(&o, " HTTP/1.1\r\nHost: ");
-    if (pool->host_from_origin && x->origin && x->origin->authority)
+    /* An HTTP/1.0 request may come without Host: the origin still gets one (its own). */
+    if ((pool->host_from_origin || r->host.len == 0) && x->origin && x->origin->authority)
         put(&o, x->origin->authority, strlen(x->origin->authority));
     else
         puts_(&o, r->host);

@@ -21,7 +21,7 @@ static int phase_route(struct moat_conn *c)
         const char *e = memchr(host.ptr, ']', host.len);
         if (e)
             host.len = (size_t)(e - host.ptr) + 1;
-    } else {
+    } else if (host.len) {
         const char *colon = memchr(host.ptr, ':', host.len);
         if (colon)
             host.len = (size_t)(colon - host.ptr);
