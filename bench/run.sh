@@ -36,10 +36,15 @@ WRITE_RESULTS=${WRITE_RESULTS:-0}
 
 ALL_SETS=(proxy)
 
-ORIG_CMD="bash bench/run.sh $*"
-for v in ROUNDS DURATION WARMUP CONNS SERVERS; do
-  if [ -n "${!v+x}" ] && printenv "$v" >/dev/null 2>&1; then ORIG_CMD="$v=${!v} $ORIG_CMD"; fi
+knobs=""
+for v in ROUNDS DURATION WARMUP CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS WRITE_RESULTS; do
+  if printenv "$v" >/dev/null 2>&1; then knobs+="$v=${!v} "; fi
 done
+if [ -n "${MAKELEVEL:-}" ]; then
+  ORIG_CMD="make bench${knobs:+ ${knobs% }}"
+else
+  ORIG_CMD="${knobs}bash bench/run.sh${*:+ $*}"
+fi
 
 sets=()
 for a in "$@"; do
@@ -82,7 +87,18 @@ cleanup() {
     kill -KILL -- "-$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
-  [ -n "$TMP" ] && rm -rf "$TMP" "/dev/shm/moat-bench.$$"
+  if [ -n "$TMP" ]; then
+    # keep every server's config and logs next to the raw runs
+    if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+      for d in "$TMP"/*/; do
+        n=$(basename "$d"); [ "$n" = www ] && continue
+        mkdir -p "$OUT/servers/$n"
+        find "$d" -maxdepth 1 -type f \( -name '*.log' -o -name '*.conf' -o -name '*.cfg' \) \
+          -exec cp {} "$OUT/servers/$n/" \; 2>/dev/null || true
+      done
+    fi
+    rm -rf "$TMP" "/dev/shm/moat-bench.$$"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -393,6 +409,33 @@ check_server() {  # NAME: status, size and bytes of every path, keep-alive and c
   log "$name: check ok (200, right sizes and bodies)"
 }
 
+alive() { local st; st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]; }
+
+# bring_up NAME: start a server (again), wait for its port, check its answers.
+bring_up() {
+  local s=$1
+  "start_$s" || return 1
+  if ! wait_port "$s" "${ROOTPID[$s]}" "${PORT[$s]}"; then
+    tail -n 20 "${LOGF[$s]}" "$TMP/$s/error.log" >&2 2>/dev/null || true
+    loud "$s did not start listening on 127.0.0.1:${PORT[$s]} (its log is above): NOT measured"
+    FAILED+=("$s: did not start"); unset "PORT[$s]"; return 1
+  fi
+  check_server "$s" || { FAILED+=("$s: failed its check"); return 1; }
+}
+
+# A server that died between runs (crash, or killed from outside on this shared machine) is
+# restarted once per occurrence, loudly, and the run counts as failed.
+ensure_alive() {
+  local s=$1 pid=${ROOTPID[$1]}
+  alive "$pid" && return 0
+  tail -n 10 "${LOGF[$s]}" >&2 2>/dev/null || true
+  loud "$s (pid $pid) is gone: crashed or killed from outside (its last log lines are above)." \
+       "Restarting it; this is recorded as a failure."
+  FAILED+=("$s: died (pid $pid), restarted before $2")
+  mv -f "${LOGF[$s]}" "${LOGF[$s]%.log}.died-$pid.log" 2>/dev/null || true
+  bring_up "$s"
+}
+
 cpu_ticks() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/cputicks.py" "$1"; }
 # The origin's request counter (nginx stub_status; includes the status request itself).
 origin_reqs() {
@@ -417,9 +460,9 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   wrk_cmd "$port" "$path" "$mode" "$WARMUP" >/dev/null 2>&1 || true
   local t0 t1 o0 o1 out json expect=$SET_EXPECT
   [ "$srv" = limit ] && expect=none
-  o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { loud "$srv died"; return 1; }
+  o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) is gone: exited or killed from outside; its last log lines are above"; return 1; }
   out=$(wrk_cmd "$port" "$path" "$mode" "$DURATION" 2>&1) || true
-  t1=$(cpu_ticks "$pid") || { loud "$srv died during the run"; return 1; }; o1=$(origin_reqs)
+  t1=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) died during the run"; return 1; }; o1=$(origin_reqs)
   json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
   [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
   printf '%s\n' "$out" >>"$OUT/wrk.log"
@@ -471,14 +514,12 @@ for set in "${sets[@]}"; do
   for s in "${SET_SERVERS[@]}"; do
     if [ -n "$SERVERS" ] && [[ " $SERVERS " != *" $s "* ]] && [ "$s" != limit ]; then continue; fi
     if [ -z "${PORT[$s]:-}" ]; then
-      "start_$s" || continue
-      if ! wait_port "$s" "${ROOTPID[$s]}" "${PORT[$s]}"; then
-        tail -n 20 "${LOGF[$s]}" "$TMP/$s/error.log" >&2 2>/dev/null || true
-        loud "$s did not start listening on 127.0.0.1:${PORT[$s]} (its log is above): NOT measured"
-        FAILED+=("$s: did not start"); unset "PORT[$s]"; continue
-      fi
+      bring_up "$s" && servers+=("$s")
+    elif check_server "$s"; then
+      servers+=("$s")
+    else
+      FAILED+=("$s: failed its check")
     fi
-    if check_server "$s"; then servers+=("$s"); else FAILED+=("$s: failed its check"); fi
   done
   [[ " ${servers[*]} " == *" limit "* ]] || die "the limit server is not available; ratios impossible"
   n=${#servers[@]}
@@ -488,6 +529,7 @@ for set in "${sets[@]}"; do
       IFS=: read -r wl path mode <<<"$w"
       for i in $(seq 0 $((n - 1))); do
         srv=${servers[$(((i + round - 1) % n))]}
+        ensure_alive "$srv" "$wl round $round" || continue
         measure "$set" "$round" "$wl" "$path" "$mode" "$srv" || FAILED+=("$srv: $wl round $round")
       done
     done
@@ -497,11 +539,16 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
 moat_version="not measured"
-[ -x "$MOAT" ] && moat_version="$("$MOAT" --version 2>/dev/null | head -n1 || true) (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null))"
+if [ -x "$MOAT" ]; then
+  moat_version="$("$MOAT" --version 2>/dev/null | head -n1 || true) (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+  [ -n "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ] && moat_version+=" + uncommitted src changes"
+  moat_version+=")"
+fi
 $PY - "$OUT/meta.json" <<EOF
 import json, sys
 meta = {
   "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
+  "out_dir": "bench/out/$STAMP",
   "command": """$ORIG_CMD""".strip(),
   "sets": "${sets[*]}".split(),
   "rounds": $ROUNDS, "duration": "$DURATION", "warmup": "$WARMUP", "conns": $CONNS,
