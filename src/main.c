@@ -23,6 +23,8 @@ static const char usage[] =
     "      --origin URL    quick mode: proxy everything to URL (http://host:port)\n"
     "      --listen ADDR   quick mode: listen on ADDR (default 127.0.0.1:8080)\n"
     "      --workers N     worker threads (default: one per core)\n"
+    "      --no-cache      quick mode: do not cache (by default quick mode caches what\n"
+    "                      the origin's headers allow, RFC 9111)\n"
     "  -v, --version       print the version\n"
     "  -h, --help          this text\n"
     "\n"
@@ -74,9 +76,10 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
         {"origin", required_argument, NULL, 'o'}, {"listen", required_argument, NULL, 'l'},
         {"workers", required_argument, NULL, 'w'}, {"version", no_argument, NULL, 'v'},
+        {"no-cache", no_argument, NULL, 'n'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     const char *path = NULL, *origin = NULL, *listen_addr = NULL;
-    bool test = false;
+    bool test = false, no_cache = false;
     long workers = -1;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:tvh", opts, NULL)) != -1) {
@@ -94,12 +97,13 @@ int main(int argc, char **argv)
             }
             break;
         }
+        case 'n': no_cache = true; break;
         case 'v': printf("moat %s\n", MOAT_VERSION); return 0;
         case 'h': fputs(usage, stdout); return 0;
         default: fputs(usage, stderr); return 2;
         }
     }
-    if (optind < argc || (path && origin) || (listen_addr && !origin)) {
+    if (optind < argc || (path && origin) || (listen_addr && !origin) || (no_cache && !origin)) {
         fputs(usage, stderr);
         return 2;
     }
@@ -125,6 +129,8 @@ int main(int argc, char **argv)
     }
     if (workers > 0)
         cfg->workers = (unsigned)workers;
+    if (no_cache)
+        cfg->cache.enabled = false;
     if (moat_log_open(cfg->error_log, (int)cfg->log_level) != MOAT_OK) {
         fprintf(stderr, "moat: cannot open error log %s: %s\n", cfg->error_log, strerror(errno));
         return 1;

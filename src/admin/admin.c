@@ -1,8 +1,12 @@
 /* admin.c: the admin API. Bearer-token auth (constant-time compare), JSON everywhere, errors
  * as {"error": "..."}. Endpoints: GET /status, POST /reload, GET /metrics. */
 #include <jansson.h>
+#include <strings.h>
+
+#include <ctype.h>
 
 #include "admin/admin.h"
+#include "cache/store.h"
 #include "core/log.h"
 #include "proxy/server.h"
 
@@ -40,6 +44,109 @@ static void json_reply(struct moat_httpd_resp *resp, int status, json_t *o)
     }
     moat_httpd_set(resp, status, "application/json", s, strlen(s));
     free(s);
+}
+
+/* Cache keys are "http://" + lowercase host + target: normalise a URL the same way
+ * (scheme and host lowercased, the rest as given). Returns false if it is not http(s)://. */
+static bool url_key(const char *url, char *out, size_t cap)
+{
+    const char *p = strstr(url, "://");
+    if (!p || strlen(url) + 1 > cap)
+        return false;
+    size_t slen = (size_t)(p - url);
+    if (!((slen == 4 && !strncasecmp(url, "http", 4)) || (slen == 5 && !strncasecmp(url, "https", 5))))
+        return false;
+    /* TLS is not there yet: both schemes map to the one key space. */
+    size_t n = (size_t)snprintf(out, cap, "http://");
+    const char *h = p + 3;
+    while (*h && *h != '/' && *h != '?' && n + 1 < cap)
+        out[n++] = (char)tolower((unsigned char)*h++);
+    while (*h && n + 1 < cap)
+        out[n++] = *h++;
+    out[n] = 0;
+    return true;
+}
+
+static void purge_run(struct moat_cache_purge *pg, uint64_t *purged)
+{
+    /* Slices of 1,000 objects, one shard lock at a time: workers looking up keys wait at
+     * most for one slice on one shard, however large the purge. */
+    while (moat_cache_purge_step(moat_srv.cache, pg, 1000) == MOAT_AGAIN)
+        ;
+    *purged += pg->purged;
+}
+
+/* POST /purge {"url"|"prefix"|"tag"|"host": "...", "all": true, "soft": bool} */
+static void handle_purge(const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
+{
+    if (!moat_srv.cache) {
+        moat_httpd_error(resp, 409, "the cache is not running");
+        return;
+    }
+    json_error_t jerr;
+    json_t *o = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
+    if (!o || !json_is_object(o)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "body must be a JSON object: %s", o ? "not an object" : jerr.text);
+        json_decref(o);
+        moat_httpd_error(resp, 400, msg);
+        return;
+    }
+    unsigned flags = json_is_true(json_object_get(o, "soft")) ? MOAT_CACHE_PURGE_SOFT : 0;
+    const char *url = json_string_value(json_object_get(o, "url"));
+    const char *prefix = json_string_value(json_object_get(o, "prefix"));
+    const char *tag = json_string_value(json_object_get(o, "tag"));
+    const char *host = json_string_value(json_object_get(o, "host"));
+    bool all = json_is_true(json_object_get(o, "all"));
+    int selectors = !!url + !!prefix + !!tag + !!host + all;
+    if (selectors != 1) {
+        json_decref(o);
+        moat_httpd_error(resp, 400,
+                         "give exactly one of url, prefix, tag, host (strings) or all: true");
+        return;
+    }
+    char key[2048];
+    uint64_t purged = 0;
+    if (url) {
+        if (!url_key(url, key, sizeof key)) {
+            json_decref(o);
+            moat_httpd_error(resp, 400, "url must be an absolute http:// or https:// URL");
+            return;
+        }
+        purged = moat_cache_purge_key(moat_srv.cache, moat_str_make(key, strlen(key)), flags) ==
+                         MOAT_OK ? 1 : 0;
+    } else if (prefix) {
+        if (!url_key(prefix, key, sizeof key)) {
+            json_decref(o);
+            moat_httpd_error(resp, 400, "prefix must start with http:// or https://");
+            return;
+        }
+        struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_PREFIX,
+                                      .arg = moat_str_make(key, strlen(key)), .flags = flags};
+        purge_run(&pg, &purged);
+    } else if (host) {
+        /* Every key of that host, with or without a port. */
+        const char *forms[2] = {"/", ":"};
+        for (int i = 0; i < 2; i++) {
+            int n = snprintf(key, sizeof key, "http://%s%s", host, forms[i]);
+            for (int k = 7; k < n; k++)
+                key[k] = (char)tolower((unsigned char)key[k]);
+            struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_PREFIX,
+                                          .arg = moat_str_make(key, (size_t)n), .flags = flags};
+            purge_run(&pg, &purged);
+        }
+    } else if (tag) {
+        struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_TAG,
+                                      .arg = moat_str_make(tag, strlen(tag)), .flags = flags};
+        purge_run(&pg, &purged);
+    } else {
+        struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_ALL, .flags = flags};
+        purge_run(&pg, &purged);
+    }
+    json_decref(o);
+    moat_log_info("purge: %llu objects%s", (unsigned long long)purged, flags ? " (soft)" : "");
+    json_reply(resp, 200, json_pack("{s:b, s:I, s:b}", "ok", 1, "purged", (json_int_t)purged,
+                                    "soft", flags != 0));
 }
 
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
@@ -108,7 +215,17 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         resp->len = len;
         return;
     }
-    moat_httpd_error(resp, 404, "no such endpoint (try /status, /metrics, POST /reload)");
+    if (moat_str_eq(path, MOAT_STR("/purge"))) {
+        if (r->meth != MOAT_M_POST) {
+            moat_httpd_error(resp, 405, "use POST");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
+            return;
+        }
+        handle_purge(req, resp);
+        return;
+    }
+    moat_httpd_error(resp, 404,
+                     "no such endpoint (try /status, /metrics, POST /reload, POST /purge)");
 }
 
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,

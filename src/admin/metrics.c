@@ -2,6 +2,7 @@
 #include <stdarg.h>
 
 #include "admin/admin.h"
+#include "cache/store.h"
 #include "proxy/server.h"
 
 struct sb {
@@ -75,6 +76,20 @@ char *moat_metrics_render(size_t *len)
     sbf(&b, "# HELP moat_config_generation Generation of the configuration in use\n"
             "# TYPE moat_config_generation gauge\nmoat_config_generation %llu\n",
         (unsigned long long)atomic_load(&moat_srv.generation));
+    if (moat_srv.cache) {
+        struct moat_cache_stats cs;
+        moat_cache_store_stats(moat_srv.cache, &cs);
+        sbf(&b, "# HELP moat_cache_objects Objects in the cache (in flight and hit-for-pass "
+                "markers included)\n# TYPE moat_cache_objects gauge\nmoat_cache_objects %llu\n"
+                "# HELP moat_cache_bytes Bytes charged to the cache's budget\n"
+                "# TYPE moat_cache_bytes gauge\nmoat_cache_bytes %llu\n"
+                "# HELP moat_cache_evictions_total Objects evicted to stay within cache.memory\n"
+                "# TYPE moat_cache_evictions_total counter\nmoat_cache_evictions_total %llu\n"
+                "# HELP moat_cache_purged_total Objects removed or marked stale by purges\n"
+                "# TYPE moat_cache_purged_total counter\nmoat_cache_purged_total %llu\n",
+            (unsigned long long)cs.objects, (unsigned long long)cs.bytes,
+            (unsigned long long)cs.evictions, (unsigned long long)cs.purged);
+    }
     sbf(&b, "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
             "moat_uptime_seconds %.3f\n",
         (double)(moat_wall_us() - moat_srv.started_us) / 1e6);

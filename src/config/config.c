@@ -1393,6 +1393,51 @@ static const struct key log_keys[] = {
 };
 static const struct table log_table = TABLE(log_keys, NULL);
 
+static const char *const bool_names[] = {"false", "true", NULL};
+
+static const struct key cache_keys[] = {
+    {.name = "enabled",
+     .type = KT_ENUM,
+     AT(struct moat_config, cache.enabled),
+     .def = "true",
+     .names = bool_names,
+     .doc = "look up and store GET/HEAD responses (RFC 9111 semantics)"},
+    {.name = "memory",
+     .type = KT_SIZE,
+     AT(struct moat_config, cache.memory),
+     .def = "512MiB",
+     .min = MiB,
+     .max = UINT64_MAX,
+     .doc = "bytes the cache may hold, objects and tables included (read at start)"},
+    {.name = "max_object",
+     .type = KT_SIZE,
+     AT(struct moat_config, cache.max_object),
+     .def = "32MiB",
+     .min = 1,
+     .max = UINT64_MAX,
+     .doc = "largest body stored; larger responses pass through uncached"},
+    {.name = "pass_ttl",
+     .type = KT_DURATION,
+     AT(struct moat_config, cache.pass_ttl_ms),
+     .def = "2m",
+     .min = 0,
+     .max = DAY_MS,
+     .doc = "how long an uncacheable URL goes straight to the origin (hit-for-pass)"},
+    {.name = "heuristic_max",
+     .type = KT_DURATION,
+     AT(struct moat_config, cache.heuristic_max_ms),
+     .def = "1d",
+     .min = 0,
+     .max = 365 * DAY_MS,
+     .doc = "cap on heuristic freshness (10% of the age of Last-Modified)"},
+    {.name = "targeted_field",
+     .type = KT_STRING,
+     AT(struct moat_config, cache.targeted_field),
+     .def = "Moat-Cache-Control",
+     .doc = "moat's own targeted Cache-Control field (RFC 9213); wins over CDN-Cache-Control"},
+};
+static const struct table cache_table = TABLE(cache_keys, NULL);
+
 /* Table order is parse order: pools come before sites, which refer to them. */
 static const struct key root_keys[] = {
     {.name = "listen",
@@ -1443,6 +1488,11 @@ static const struct key root_keys[] = {
      .def = "moat",
      .doc = "the pseudonym moat adds to the Via header"},
     {.name = "log", .type = KT_MAP, .sub = &log_table, .sub_sep = ".", .doc = "logging"},
+    {.name = "cache",
+     .type = KT_MAP,
+     .sub = &cache_table,
+     .sub_sep = ".",
+     .doc = "the shared in-memory HTTP cache"},
     {.name = "pools",
      .type = KT_CUSTOM,
      .fn = k_pools,

@@ -98,6 +98,15 @@ struct moat_config {
     char *error_log;            /* log.error: path or "stderr" (default) */
     enum moat_log_level log_level; /* log.level: info */
 
+    struct {
+        bool enabled;             /* cache.enabled: true */
+        uint64_t memory;          /* cache.memory: 512MiB (read at start; restart to change) */
+        uint64_t max_object;      /* cache.max_object: 32MiB */
+        uint64_t pass_ttl_ms;     /* cache.pass_ttl: 2m, hit-for-pass marker lifetime */
+        uint64_t heuristic_max_ms;/* cache.heuristic_max: 1d */
+        char *targeted_field;     /* cache.targeted_field: "Moat-Cache-Control" */
+    } cache;
+
     struct moat_cfg_pool *pools;
     size_t npools;
     struct moat_cfg_site *sites;

@@ -66,7 +66,7 @@ static ssize_t side_read(struct moat_side *s)
     return MOAT_ERR;
 }
 
-static int ensure_buf(struct moat_buf *b, uint32_t size)
+int moat_conn_ensure_buf(struct moat_buf *b, uint32_t size)
 {
     if (b->base && b->cap == size)
         return MOAT_OK;
@@ -81,7 +81,7 @@ static int ensure_buf(struct moat_buf *b, uint32_t size)
 /* --- the body pump ------------------------------------------------------------------------- */
 
 /* Queues chunk framing for <n> payload bytes (or the last chunk when n == 0) in <out>. */
-static void frame_chunk(struct moat_flow *f, struct moat_buf *out, uint64_t n)
+void moat_conn_frame_chunk(struct moat_flow *f, struct moat_buf *out, uint64_t n)
 {
     char tmp[32];
     size_t k = 0;
@@ -161,7 +161,7 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
         if (f->done) {
             if (f->out_chunked && !f->fin_queued) {
                 f->fin_queued = true;
-                frame_chunk(f, out, 0);
+                moat_conn_frame_chunk(f, out, 0);
                 continue;
             }
             return PUMP_DONE;
@@ -208,8 +208,10 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
                 f->bytes += span;
                 if (f->limit && f->bytes > f->limit)
                     return PUMP_ERR_LIMIT;
+                if (f->tap)
+                    moat_pcache_tap(f->tap, moat_buf_rptr(&src->in), span);
                 if (f->out_chunked)
-                    frame_chunk(f, out, span);
+                    moat_conn_frame_chunk(f, out, span);
                 f->span = span;
             }
             continue;
@@ -240,7 +242,7 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
 void moat_local_response(struct moat_conn *c, int status, const char *body)
 {
     struct moat_xchg *x = &c->x;
-    if (ensure_buf(&c->out, c->w->bufsize) != MOAT_OK) {
+    if (moat_conn_ensure_buf(&c->out, c->w->bufsize) != MOAT_OK) {
         x->keepalive = false;
         c->state = C_CLOSING;
         return;
@@ -369,6 +371,7 @@ static void exchange_end(struct moat_conn *c)
     if (!x->wcfg)
         return;
     account(c);
+    moat_pcache_end(c, x->respf.done);
     if (x->u) {
         const struct moat_cfg_pool *p = &x->wcfg->cfg->pools[x->pool_idx];
         bool reusable = x->up_reusable && x->respf.done && x->reqf.done;
@@ -391,6 +394,7 @@ static void conn_close(struct moat_conn *c)
         return;
     if (c->x.wcfg) {
         c->x.up_reusable = false;
+        moat_pcache_end(c, false);
         if (c->x.status == 0)
             c->x.status = 499; /* client went away before an answer, as nginx logs it */
         exchange_end(c);
@@ -412,6 +416,16 @@ static void conn_close(struct moat_conn *c)
 static void conn_free(struct moat_defer *d)
 {
     struct moat_conn *c = MOAT_CONTAINER_OF(d, struct moat_conn, defer);
+    /* A cache wake-up posted to this loop still points at <c>: let it free it. */
+    if (atomic_load(&c->wake_pending)) {
+        c->zombie = true;
+        return;
+    }
+    moat_conn_free_now(c);
+}
+
+void moat_conn_free_now(struct moat_conn *c)
+{
     moat_buf_put(&c->s.in);
     moat_buf_put(&c->out);
     free(c->hdrs);
@@ -457,6 +471,9 @@ static int upstream_fail(struct moat_conn *c, const char *kind, bool maybe_stale
     x->err = kind;
     if (x->head_sent)
         return MOAT_DONE;
+    if (moat_pcache_stale_on_error(c))
+        return MOAT_OK; /* answering from the stale copy instead (stale-if-error) */
+    moat_pcache_end(c, false);
     /* The request body may be partly consumed: the client's framing is still known (we
      * parsed it), but draining it is not worth it; close after the error. */
     if (x->reqf.mode != FLOW_NONE && !x->reqf.done)
@@ -557,8 +574,21 @@ static int start_request(struct moat_conn *c, size_t head_len)
             x->keepalive = false; /* the body was not read */
         return MOAT_OK;
     }
+    return moat_conn_forward(c);
+}
 
-    if (ensure_buf(&x->uhead, w->bufsize) != MOAT_OK ||
+int moat_conn_forward(struct moat_conn *c)
+{
+    struct moat_worker *w = c->w;
+    struct moat_xchg *x = &c->x;
+    struct moat_h1_req *r = &x->req;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    if (!x->upool) {
+        /* Coming back from the cache phase (a collapsed fetch turned out uncacheable). */
+        if (moat_phases[MOAT_PH_BALANCE].fn(c) == MOAT_DONE)
+            return MOAT_OK;
+    }
+    if (moat_conn_ensure_buf(&x->uhead, w->bufsize) != MOAT_OK ||
         moat_fwd_request_head(c, &x->uhead) != MOAT_OK) {
         x->keepalive = false;
         moat_local_response(c, 431, "request head too large to forward\n");
@@ -572,7 +602,7 @@ static int start_request(struct moat_conn *c, size_t head_len)
     if ((r->flags & MOAT_H1_F_EXPECT_100) && x->reqf.mode != FLOW_NONE && r->minor == 1) {
         /* Answer 100 ourselves (as nginx does) and keep Expect from the origin: the client
          * starts sending while we connect. */
-        if (ensure_buf(&c->out, w->bufsize) == MOAT_OK)
+        if (moat_conn_ensure_buf(&c->out, w->bufsize) == MOAT_OK)
             moat_buf_append(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
 
@@ -659,6 +689,14 @@ static int resp_head(struct moat_conn *c)
                     moat_buf_consume(&u->s.in, (uint32_t)n); /* 100 (we sent ours), 102, 103 */
                     continue;
                 }
+                if (r.status >= 500 && x->cstale) {
+                    /* The origin answers with an error while a stale copy is at hand. */
+                    if (moat_pcache_stale_on_error(c)) {
+                        moat_up_close(u);
+                        x->u = NULL;
+                        return MOAT_OK;
+                    }
+                }
                 struct moat_flow *f = &x->respf;
                 memset(f, 0, sizeof *f);
                 if (r.status == 101) {
@@ -695,7 +733,8 @@ static int resp_head(struct moat_conn *c)
                     x->up_reusable = false;
                 }
                 x->status = r.status;
-                if (ensure_buf(&c->out, c->w->bufsize) != MOAT_OK)
+                moat_pcache_response(c, &r);
+                if (moat_conn_ensure_buf(&c->out, c->w->bufsize) != MOAT_OK)
                     return MOAT_DONE;
                 moat_buf_compact(&c->out);
                 if (moat_fwd_response_head(c, &r, &c->out) != MOAT_OK)
@@ -716,7 +755,7 @@ static int resp_head(struct moat_conn *c)
         }
         if (!u->s.readable)
             return MOAT_AGAIN;
-        if (ensure_buf(&u->s.in, c->w->bufsize) != MOAT_OK)
+        if (moat_conn_ensure_buf(&u->s.in, c->w->bufsize) != MOAT_OK)
             return MOAT_DONE;
         ssize_t rr = side_read(&u->s);
         if (rr == MOAT_AGAIN && moat_buf_room(&u->s.in) == 0)
@@ -988,6 +1027,9 @@ void moat_conn_drive(struct moat_conn *c)
             break;
         case C_LINGER:
             rc = do_linger(c);
+            break;
+        case C_CACHE:
+            rc = moat_pcache_serve(c);
             break;
         case C_LOCAL:
         case C_CLOSING:

@@ -157,6 +157,26 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             if (MOAT_STR_IEQ_LIT(n, "expect"))
                 continue; /* moat answers 100-continue itself */
             break;
+        case 5:
+        case 8:
+        case 13:
+        case 17:
+        case 19:
+            /* A request that fills the cache asks for the whole representation: the
+             * client's own conditions and ranges are answered by the cache later, and a 304
+             * or 206 here would leave nothing to store. */
+            if (x->cwriter &&
+                (MOAT_STR_IEQ_LIT(n, "range") || MOAT_STR_IEQ_LIT(n, "if-range") ||
+                 MOAT_STR_IEQ_LIT(n, "if-match") || MOAT_STR_IEQ_LIT(n, "if-none-match") ||
+                 MOAT_STR_IEQ_LIT(n, "if-modified-since") ||
+                 MOAT_STR_IEQ_LIT(n, "if-unmodified-since")))
+                continue;
+            if (n.len == 17 && MOAT_STR_IEQ_LIT(n, "x-forwarded-proto")) {
+                if (!trusted)
+                    continue;
+                had_xfp = true;
+            }
+            break;
         case 9:
             if (MOAT_STR_IEQ_LIT(n, "forwarded")) {
                 if (!trusted)
@@ -185,13 +205,6 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
                 put(&o, c->peer_text, strlen(c->peer_text));
                 PUTL(&o, "\r\n");
                 continue;
-            }
-            break;
-        case 17:
-            if (MOAT_STR_IEQ_LIT(n, "x-forwarded-proto")) {
-                if (!trusted)
-                    continue;
-                had_xfp = true;
             }
             break;
         case 3:
@@ -279,7 +292,14 @@ int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, st
         }
         if (conn_named && named_in_connection(r->hdrs, r->nhdrs, h->name))
             continue;
+        if (x->cstatus && moat_pcache_strip(c, h->name))
+            continue; /* targeted cache fields and cache tags are for moat, not clients */
         put_header(&o, h);
+    }
+    if (x->cstatus) {
+        PUTL(&o, "Cache-Status: moat; ");
+        put(&o, x->cstatus, strlen(x->cstatus));
+        PUTL(&o, "\r\n");
     }
     PUTL(&o, "Via: 1.");
     put(&o, r->minor ? "1 " : "0 ", 2);

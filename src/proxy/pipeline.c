@@ -35,11 +35,10 @@ static int phase_route(struct moat_conn *c)
     return MOAT_OK;
 }
 
-/* --- cache: the cache issue plugs in here ----------------------------------------------- */
+/* --- cache: lookup, collapsing, answering hits (src/proxy/cache.c) ----------------------- */
 static int phase_cache(struct moat_conn *c)
 {
-    (void)c;
-    return MOAT_DECLINED;
+    return moat_pcache_request(c);
 }
 
 /* --- balance: site -> pool -> origin, smooth enough weighted round-robin. The load-balancing

@@ -5,6 +5,7 @@
 
 #include <netinet/in.h>
 
+#include "cache/store.h"
 #include "config/config.h"
 #include "core/buf.h"
 #include "core/log.h"
@@ -79,6 +80,8 @@ struct moat_flow {
     uint32_t skip_after;          /* framing bytes to consume after the span is written */
     uint64_t bytes;               /* payload bytes forwarded */
     uint64_t limit;               /* max payload (limits.body_bytes on requests), 0 = none */
+    struct moat_conn *tap;        /* payload is also stored in this connection's cache
+                                     object (the response of a cache miss) */
 };
 
 /* One end of a TCP connection as the body pump sees it: the socket, the bytes read from it
@@ -109,6 +112,7 @@ enum moat_cstate {
     C_PROXY,     /* exchange with an origin in progress */
     C_LOCAL,     /* writing a locally made response, then next request or close */
     C_TUNNEL,    /* upgraded: bytes both ways until either side closes */
+    C_CACHE,     /* answering from a cache object (a hit, or collapsed onto a fetch) */
     C_CLOSING,   /* flushing the last bytes, then a lingering close */
     C_LINGER,    /* write side shut; reading and dropping until EOF or 2 s */
 };
@@ -143,6 +147,20 @@ struct moat_xchg {
     const char *err;              /* upstream error name for the log */
     uint64_t resp_bytes;          /* bytes written to the client for this exchange */
     uint32_t head_consumed;       /* request head bytes still at the input's start */
+    /* cache (src/proxy/cache.c) */
+    struct moat_cache_obj *cobj;  /* the object we fill (writer) or answer from (reader) */
+    struct moat_cache_obj *cstale;/* a stale object kept for stale-if-error while refetching */
+    struct moat_cache_cursor ccur;
+    struct moat_cache_waiter cwait;
+    struct moat_cache_cc creq;    /* the request's Cache-Control */
+    struct moat_str cspan;        /* body bytes of cobj awaiting write */
+    const char *cstatus;          /* Cache-Status parameters after "moat; " (NULL: none) */
+    int64_t creq_time;
+    uint16_t ckeylen;             /* key in c->ckey */
+    bool cwriter;                 /* we fill cobj from the origin's response */
+    bool has_auth;                /* the request carried Authorization */
+    bool chead_done;              /* C_CACHE: response head queued */
+    bool cstale_serving;          /* C_CACHE: serving a stale object for stale-if-error */
     char logf[384];               /* method \0 host \0 path \0, copied for the access log */
     uint16_t log_method, log_host, log_path;
 };
@@ -161,6 +179,9 @@ struct moat_conn {
     bool in_drive;                /* re-entrancy guard */
     bool drive_again;
     unsigned nreq;
+    _Atomic bool wake_pending;    /* a cache wake-up is posted to this worker's loop */
+    bool zombie;                  /* closed while a wake-up was posted: freed by it */
+    char ckey[1024];              /* cache key of the current request */
     uint8_t peer[16];             /* v4-mapped when IPv4 */
     char peer_text[48];
     struct moat_xchg x;
@@ -187,6 +208,33 @@ void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms
                      unsigned keepalive_max);
 void moat_up_close(struct moat_upconn *u);
 struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr);
+
+/* conn.c, for cache.c */
+void moat_conn_frame_chunk(struct moat_flow *f, struct moat_buf *out, uint64_t n);
+/* Forwards the current request to the origin chosen by the balance phase. */
+int moat_conn_forward(struct moat_conn *c);
+int moat_conn_ensure_buf(struct moat_buf *b, uint32_t size);
+void moat_conn_free_now(struct moat_conn *c);
+
+/* cache.c: the cache phase and the cache's side of the exchange */
+/* The cache phase: MOAT_DECLINED (go on to the origin, maybe as the writer of c->x.cobj),
+ * or MOAT_DONE (c answers from the cache: state C_CACHE or a local response). */
+int moat_pcache_request(struct moat_conn *c);
+/* The origin's response head <r> arrived for a writer: store it or give the object up.
+ * Returns true when the body must be tapped into the object. */
+void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r);
+/* Appends origin body bytes to the object being written. */
+void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n);
+/* Ends the cache's part of the exchange: complete (ok) or abort the written object, drop
+ * every reference and subscription. */
+void moat_pcache_end(struct moat_conn *c, bool ok);
+/* The origin failed (before a response head reached the client): if a stale object may be
+ * served instead (stale-if-error), switch to serving it and return true. */
+bool moat_pcache_stale_on_error(struct moat_conn *c);
+/* C_CACHE: writes the cached response. MOAT_OK/MOAT_AGAIN/MOAT_DONE like the other states. */
+int moat_pcache_serve(struct moat_conn *c);
+/* Is <name> a field the cache consumes that the client must not see? */
+bool moat_pcache_strip(const struct moat_conn *c, struct moat_str name);
 
 /* headers.c */
 /* Writes the request head for the origin into <out>. MOAT_OK or MOAT_ERR (no room). */

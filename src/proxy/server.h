@@ -10,6 +10,7 @@
 #include "proxy/stats.h"
 
 struct moat_worker;
+struct moat_cache_store;
 
 struct moat_server {
     pthread_mutex_t cfg_lock;              /* guards cfg swaps (rare) */
@@ -21,6 +22,8 @@ struct moat_server {
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic int draining;
     _Atomic unsigned workers_running;
+    struct moat_cache_store *cache;        /* shared by all workers, outlives reloads; NULL
+                                              when the cache is off at start */
 };
 
 extern struct moat_server moat_srv;

@@ -37,7 +37,18 @@
       "Requests refused before reaching an origin, by reason")                                   \
     X(bad_body_too_large, "moat_bad_requests_total", "reason=\"body_too_large\"", "counter", "") \
     X(bad_no_site, "moat_bad_requests_total", "reason=\"no_site\"", "counter", "")              \
-    X(bad_timeout, "moat_bad_requests_total", "reason=\"client_timeout\"", "counter", "")
+    X(bad_timeout, "moat_bad_requests_total", "reason=\"client_timeout\"", "counter", "")      \
+    X(cache_hit, "moat_cache_hits_total", "", "counter", "Responses served fresh from the cache") \
+    X(cache_miss, "moat_cache_misses_total", "", "counter",                                      \
+      "Requests that fetched from the origin to fill the cache (misses and stale refetches)")    \
+    X(cache_collapsed, "moat_cache_collapsed_total", "", "counter",                             \
+      "Requests that waited for another request's fetch of the same object")                     \
+    X(cache_stale, "moat_cache_stale_total", "", "counter",                                     \
+      "Stale responses served because the origin failed (stale-if-error)")                       \
+    X(cache_pass, "moat_cache_passes_total", "", "counter",                                     \
+      "Cacheable-method requests sent to the origin without the cache (hit-for-pass)")          \
+    X(cache_not_modified, "moat_cache_not_modified_total", "", "counter",                       \
+      "Conditional requests answered 304 from the cache")
 
 #define MOAT_HIST_BUCKETS 13 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
 

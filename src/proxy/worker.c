@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cache/store.h"
 #include "proxy/proxy-t.h"
 #include "proxy/server.h"
 
@@ -275,6 +276,15 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
         return MOAT_ERR;
     }
     moat_srv.nworkers = n;
+    /* The cache is created whether or not it is enabled now (memory is only used as objects
+     * arrive), so a reload can turn it on; its size is read here, at start. */
+    struct moat_cache_store_cfg scfg = {.max_bytes = cfg->cache.memory,
+                                        .max_object = cfg->cache.max_object};
+    moat_srv.cache = moat_cache_store_new(&scfg);
+    if (!moat_srv.cache) {
+        snprintf(err, errlen, "moat: cannot create the cache (out of memory)");
+        return MOAT_ERR;
+    }
     for (unsigned i = 0; i < n; i++) {
         struct moat_worker *w = &moat_srv.workers[i];
         w->id = i;
@@ -332,6 +342,8 @@ void moat_server_install(struct moat_config *cfg)
     struct moat_config *old = moat_srv.cfg;
     if (!addrs_equal(old->listen, old->nlisten, cfg->listen, cfg->nlisten))
         moat_log_warn("reload: listen addresses changed; this needs a restart (kept the old)");
+    if (old->cache.memory != cfg->cache.memory)
+        moat_log_warn("reload: cache.memory changed; this needs a restart (kept the old)");
     if (old->workers != cfg->workers)
         moat_log_warn("reload: workers changed; this needs a restart (kept %u)", old->workers);
     if (old->admin.enabled != cfg->admin.enabled ||
@@ -403,5 +415,8 @@ void moat_server_join(void)
     free(moat_srv.workers);
     moat_srv.workers = NULL;
     moat_srv.nworkers = 0;
+    if (moat_srv.cache)
+        moat_cache_store_free(moat_srv.cache);
+    moat_srv.cache = NULL;
     moat_config_release(&moat_srv.cfg);
 }

@@ -1,0 +1,530 @@
+/* cache.c: the cache's part of an exchange: the cache phase (key, lookup, collapsing onto a
+ * fetch in flight), filling an object from the origin's response, answering from an object
+ * (hits and collapsed waiters, streamed as the writer appends), stale-if-error.
+ *
+ * The store (src/cache/store.c) is shared by all workers; an object written on one worker
+ * may be read on another. A reader subscribes to the object; the writer's thread calls the
+ * reader's callback with the object locked, and the callback only posts a wake-up to the
+ * reader's own loop (at most one outstanding per connection), where the reader reads. */
+#include <errno.h>
+#include <sys/uio.h>
+
+#include "cache/policy.h"
+#include "cache/store.h"
+#include "proxy/pipeline.h"
+#include "proxy/server.h"
+
+static struct moat_cache_policy_cfg policy_cfg(const struct moat_config *cfg)
+{
+    struct moat_cache_policy_cfg p;
+    moat_cache_policy_cfg_default(&p);
+    p.heuristic_max = (int64_t)(cfg->cache.heuristic_max_ms / 1000);
+    return p;
+}
+
+static int64_t now_s(void)
+{
+    return (int64_t)(moat_wall_us() / 1000000);
+}
+
+/* --- wake-ups across threads ------------------------------------------------------------- */
+
+static void wake_post(struct moat_loop *loop, void *arg)
+{
+    struct moat_conn *c = arg;
+    (void)loop;
+    atomic_store(&c->wake_pending, false);
+    if (c->zombie) {
+        moat_conn_free_now(c);
+        return;
+    }
+    if (c->s.io.fd >= 0)
+        moat_conn_drive(c);
+}
+
+/* Runs on the writer's thread with the object locked: post, nothing else. */
+static void wake_cb(void *arg)
+{
+    struct moat_conn *c = arg;
+    if (!atomic_exchange(&c->wake_pending, true))
+        if (moat_loop_post(&c->w->loop, wake_post, c) != MOAT_OK)
+            atomic_store(&c->wake_pending, false); /* lost: the send timeout ends it */
+}
+
+/* --- keys --------------------------------------------------------------------------------- */
+
+/* "http://" + host (lowercase, port as sent) + path and query as sent. The scheme is fixed
+ * until TLS arrives. Returns false when the key does not fit (such requests bypass). */
+static bool build_key(struct moat_conn *c)
+{
+    const struct moat_h1_req *r = &c->x.req;
+    char *k = c->ckey;
+    size_t cap = sizeof c->ckey, n = 7;
+    memcpy(k, "http://", 7);
+    if (r->host.len + 7 >= cap)
+        return false;
+    for (size_t i = 0; i < r->host.len; i++) {
+        char ch = r->host.ptr[i];
+        k[n++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
+    }
+    struct moat_str a = r->target, b = MOAT_STR_NULL;
+    if (r->flags & MOAT_H1_F_ABSOLUTE) {
+        a = r->path;
+        if (r->query.len)
+            b = r->query;
+    }
+    if (n + a.len + (b.len ? b.len + 1 : 0) > cap)
+        return false;
+    memcpy(k + n, a.ptr, a.len);
+    n += a.len;
+    if (b.len) {
+        k[n++] = '?';
+        memcpy(k + n, b.ptr, b.len);
+        n += b.len;
+    }
+    c->x.ckeylen = (uint16_t)n;
+    return true;
+}
+
+/* --- reading side --------------------------------------------------------------------------- */
+
+static void unsubscribe(struct moat_xchg *x)
+{
+    moat_cache_obj_unsubscribe(&x->cwait);
+}
+
+/* Starts answering <c> from x->cobj (a reader's reference). */
+static int serve_from(struct moat_conn *c, const char *status)
+{
+    struct moat_xchg *x = &c->x;
+    x->cstatus = status;
+    x->chead_done = false;
+    memset(&x->ccur, 0, sizeof x->ccur);
+    memset(&x->respf, 0, sizeof x->respf);
+    x->cspan = MOAT_STR_NULL;
+    x->cwait.cb = wake_cb;
+    x->cwait.arg = c;
+    c->state = C_CACHE;
+    return MOAT_DONE;
+}
+
+static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int status,
+                       bool body)
+{
+    struct moat_xchg *x = &c->x;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    struct moat_buf *o = &c->out;
+    moat_buf_compact(o);
+    int64_t now = now_s();
+    int64_t age = moat_cache_current_age(&h->meta, now);
+    if (age < 0)
+        age = 0;
+    struct moat_str reason = moat_http_reason(status);
+    struct moat_str block = moat_cache_head_block(h);
+    uint64_t len = moat_cache_obj_expected_len(x->cobj);
+    char cs[64];
+    if (!strcmp(x->cstatus, "hit")) {
+        int64_t ttl = (int64_t)h->meta.lifetime - age;
+        snprintf(cs, sizeof cs, "hit; ttl=%lld", (long long)(ttl > 0 ? ttl : 0));
+    } else {
+        snprintf(cs, sizeof cs, "%s", x->cstatus);
+    }
+    /* Framing: a known length is stated; a body still streaming in with no length is
+     * chunked (HTTP/1.1) or ends with the connection (HTTP/1.0). A 304 has no body and
+     * states no length. */
+    x->respf.mode = FLOW_NONE;
+    x->respf.out_chunked = false;
+    char framing[64] = "";
+    if (status != 304) {
+        if (len != UINT64_MAX)
+            snprintf(framing, sizeof framing, "Content-Length: %llu\r\n", (unsigned long long)len);
+        else if (body && x->req.minor == 1) {
+            snprintf(framing, sizeof framing, "Transfer-Encoding: chunked\r\n");
+            x->respf.out_chunked = true;
+        } else if (body)
+            x->keepalive = false;
+    }
+    const char *conn = x->keepalive ? (x->req.minor == 0 ? "Connection: keep-alive\r\n" : "")
+                                    : "Connection: close\r\n";
+    int n = snprintf(moat_buf_wptr(o), moat_buf_room(o),
+                     "HTTP/1.1 %d %.*s\r\n%.*sAge: %lld\r\nCache-Status: moat; %s\r\n"
+                     "Via: 1.1 %s\r\n%s%s\r\n",
+                     status, (int)reason.len, reason.ptr, (int)block.len, block.ptr,
+                     (long long)age, cs, cfg->via_name ? cfg->via_name : "moat", framing, conn);
+    if (n > 0 && (uint32_t)n < moat_buf_room(o))
+        o->wpos += (uint32_t)n;
+    else
+        x->keepalive = false; /* a stored head is bounded well below the buffer; be safe */
+    x->status = status;
+}
+
+int moat_pcache_serve(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_worker *w = c->w;
+    if (moat_conn_ensure_buf(&c->out, w->bufsize) != MOAT_OK)
+        return MOAT_DONE;
+    if (!x->chead_done) {
+        /* Subscribe first, then look: a change between the two wakes us, none is lost. */
+        enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
+        if (st == MOAT_CACHE_OBJ_PENDING) {
+            if (moat_cache_obj_subscribe(x->cobj, &x->cwait) == MOAT_OK) {
+                st = moat_cache_obj_state(x->cobj);
+                if (st == MOAT_CACHE_OBJ_PENDING) {
+                    moat_timer_set(&w->loop, &c->timer,
+                                   x->wcfg->cfg->pools[0].first_byte_timeout_ms);
+                    return MOAT_AGAIN;
+                }
+            } else {
+                st = moat_cache_obj_state(x->cobj);
+            }
+        }
+        if (st == MOAT_CACHE_OBJ_PASS || st == MOAT_CACHE_OBJ_ABORTED) {
+            /* The fetch we waited for is uncacheable or failed: go to the origin ourselves
+             * (as Varnish's waiting list does after a hit-for-pass). */
+            unsubscribe(x);
+            moat_cache_obj_release(&x->cobj);
+            if (x->cstale && moat_pcache_stale_on_error(c))
+                return MOAT_OK;
+            x->cstatus = "fwd=uri-miss";
+            if (st == MOAT_CACHE_OBJ_PASS)
+                MOAT_STAT_INC(&w->stats, cache_pass);
+            c->state = C_PROXY;
+            return moat_conn_forward(c);
+        }
+        const struct moat_cache_head *h = moat_cache_obj_head(x->cobj);
+        int status = h->status;
+        int cond = 0;
+        if (x->head_consumed && !x->cstale_serving) {
+            int64_t lm = h->meta.last_modified;
+            cond = moat_cache_conditional(x->req.meth, x->req.hdrs, x->req.nhdrs,
+                                          moat_cache_head_etag(h), lm, h->meta.date);
+        }
+        if (cond == 304) {
+            MOAT_STAT_INC(&w->stats, cache_not_modified);
+            status = 304;
+        } else if (cond == 412) {
+            status = 412;
+        }
+        if (x->head_consumed) {
+            moat_buf_consume(&c->s.in, x->head_consumed); /* request head no longer needed */
+            x->head_consumed = 0;
+        }
+        bool body = !x->is_head && status != 304 && status != 412 && status != 204;
+        if (status == 412) {
+            x->cstatus = "hit";
+            moat_local_response(c, 412, "precondition failed\n");
+            unsubscribe(x);
+            moat_cache_obj_release(&x->cobj);
+            return MOAT_OK;
+        }
+        queue_head(c, h, status, body);
+        x->chead_done = true;
+        x->respf.done = !body;
+        if (body && moat_cache_obj_state(x->cobj) != MOAT_CACHE_OBJ_COMPLETE)
+            moat_cache_obj_subscribe(x->cobj, &x->cwait);
+    }
+    for (int rounds = 0; rounds < 256; rounds++) {
+        uint32_t olen = moat_buf_len(&c->out);
+        if (olen || x->cspan.len) {
+            if (!c->s.writable) {
+                moat_timer_set(&w->loop, &c->timer, x->wcfg->cfg->send_timeout_ms);
+                return MOAT_AGAIN;
+            }
+            struct iovec iov[2];
+            int n = 0;
+            if (olen)
+                iov[n++] = (struct iovec){moat_buf_rptr(&c->out), olen};
+            if (x->cspan.len)
+                iov[n++] = (struct iovec){(void *)x->cspan.ptr, x->cspan.len};
+            ssize_t wr = writev(c->s.io.fd, iov, n);
+            if (wr < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN) {
+                    c->s.writable = false;
+                    continue;
+                }
+                return MOAT_DONE;
+            }
+            x->resp_bytes += (uint64_t)wr;
+            uint32_t from_out = (uint32_t)MOAT_MIN((size_t)wr, olen);
+            moat_buf_consume(&c->out, from_out);
+            size_t rest = (size_t)wr - from_out;
+            x->cspan.ptr += rest;
+            x->cspan.len -= rest;
+            if ((size_t)wr < olen + x->cspan.len + rest)
+                c->s.writable = false;
+            continue;
+        }
+        if (x->respf.done) {
+            if (x->respf.out_chunked && !x->respf.fin_queued) {
+                x->respf.fin_queued = true;
+                moat_conn_frame_chunk(&x->respf, &c->out, 0);
+                continue;
+            }
+            /* The whole response is written. */
+            unsubscribe(x);
+            moat_timer_stop(&w->loop, &c->timer);
+            c->state = x->keepalive ? C_LOCAL : C_CLOSING;
+            return MOAT_OK;
+        }
+        struct moat_str span;
+        moat_cache_obj_read(x->cobj, &x->ccur, &span);
+        if (span.len) {
+            if (x->respf.out_chunked)
+                moat_conn_frame_chunk(&x->respf, &c->out, span.len);
+            x->cspan = span;
+            continue;
+        }
+        enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
+        if (st == MOAT_CACHE_OBJ_COMPLETE) {
+            /* Re-read once: bytes may have landed between the read and the state check. */
+            moat_cache_obj_read(x->cobj, &x->ccur, &span);
+            if (span.len) {
+                if (x->respf.out_chunked)
+                    moat_conn_frame_chunk(&x->respf, &c->out, span.len);
+                x->cspan = span;
+                continue;
+            }
+            x->respf.done = true;
+            continue;
+        }
+        if (st == MOAT_CACHE_OBJ_ABORTED || st == MOAT_CACHE_OBJ_PASS)
+            return MOAT_DONE; /* the origin failed mid-body: cut the response */
+        moat_timer_set(&w->loop, &c->timer, x->wcfg->cfg->pools[0].idle_timeout_ms);
+        return MOAT_AGAIN; /* subscribed: the writer wakes us */
+    }
+    return MOAT_OK;
+}
+
+/* --- the phase ----------------------------------------------------------------------------- */
+
+int moat_pcache_request(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_worker *w = c->w;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    struct moat_cache_store *st = moat_srv.cache;
+    if (!cfg->cache.enabled || !st)
+        return MOAT_DECLINED;
+    if (x->req.meth != MOAT_M_GET && x->req.meth != MOAT_M_HEAD) {
+        x->cstatus = "fwd=bypass";
+        return MOAT_DECLINED;
+    }
+    if (x->upgrade || !build_key(c)) {
+        x->cstatus = "fwd=bypass";
+        return MOAT_DECLINED;
+    }
+    moat_cache_cc_request(&x->creq, x->req.hdrs, x->req.nhdrs);
+    x->has_auth = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("authorization")) != NULL;
+    struct moat_str key = moat_str_make(c->ckey, x->ckeylen);
+    int64_t now = now_s();
+    x->creq_time = now;
+    struct moat_cache_obj *obj = NULL;
+    int rc = x->is_head ? moat_cache_lookup(st, key, now, &obj)
+                        : moat_cache_lookup_or_insert(st, key, now, &obj);
+    if (rc == MOAT_ERR || rc == MOAT_CACHE_NOT_FOUND) {
+        x->cstatus = "fwd=uri-miss";
+        return MOAT_DECLINED;
+    }
+    if (rc == MOAT_CACHE_PASS) {
+        MOAT_STAT_INC(&w->stats, cache_pass);
+        x->cstatus = "fwd=bypass";
+        return MOAT_DECLINED;
+    }
+    if (rc == MOAT_CACHE_MISS) {
+        MOAT_STAT_INC(&w->stats, cache_miss);
+        x->cobj = obj;
+        x->cwriter = true;
+        x->cstatus = "fwd=uri-miss";
+        return MOAT_DECLINED;
+    }
+    /* A hit: an object complete or in flight. */
+    x->cobj = obj;
+    enum moat_cache_obj_state os = moat_cache_obj_state(obj);
+    if (os == MOAT_CACHE_OBJ_PENDING || os == MOAT_CACHE_OBJ_STREAMING) {
+        MOAT_STAT_INC(&w->stats, cache_collapsed);
+        return serve_from(c, "fwd=uri-miss; collapsed");
+    }
+    if (os != MOAT_CACHE_OBJ_COMPLETE) { /* PASS/ABORTED seen through a race: just fetch */
+        moat_cache_obj_release(&x->cobj);
+        x->cstatus = "fwd=uri-miss";
+        return MOAT_DECLINED;
+    }
+    enum moat_cache_fresh f = moat_cache_obj_decide(obj, &x->creq, now);
+    switch (f) {
+    case MOAT_CACHE_FRESH:
+    case MOAT_CACHE_STALE_OK:
+        MOAT_STAT_INC(&w->stats, cache_hit);
+        return serve_from(c, "hit");
+    case MOAT_CACHE_ONLY_IF_CACHED:
+        moat_cache_obj_release(&x->cobj);
+        moat_local_response(c, 504, "not in cache (only-if-cached)\n");
+        return MOAT_DONE;
+    default:
+        break;
+    }
+    /* Stale (or must revalidate): fetch anew, collapsing with other refetches, and keep the
+     * stale copy for stale-if-error. Revalidation with validators (304) is not done yet: the
+     * refetch is a plain GET. */
+    x->cstale = obj;
+    x->cobj = NULL;
+    if (x->is_head) {
+        x->cstatus = "fwd=stale";
+        return MOAT_DECLINED;
+    }
+    struct moat_cache_obj *fresh = NULL;
+    rc = moat_cache_replace(st, obj, now, 0, &fresh);
+    if (rc == MOAT_CACHE_MISS) {
+        MOAT_STAT_INC(&w->stats, cache_miss);
+        x->cobj = fresh;
+        x->cwriter = true;
+        x->cstatus = "fwd=stale";
+        return MOAT_DECLINED;
+    }
+    if (rc == MOAT_CACHE_HIT) {
+        MOAT_STAT_INC(&w->stats, cache_collapsed);
+        x->cobj = fresh;
+        return serve_from(c, "fwd=stale; collapsed");
+    }
+    x->cstatus = "fwd=stale";
+    return MOAT_DECLINED;
+}
+
+/* --- the writing side ----------------------------------------------------------------------- */
+
+bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
+{
+    const struct moat_config *cfg = c->x.wcfg->cfg;
+    if (!cfg->cache.enabled)
+        return false;
+    switch (n.len) {
+    case 9:
+        return MOAT_STR_IEQ_LIT(n, "cache-tag");
+    case 13:
+        return MOAT_STR_IEQ_LIT(n, "surrogate-key");
+    case 17:
+        return MOAT_STR_IEQ_LIT(n, "cdn-cache-control");
+    }
+    const char *t = cfg->cache.targeted_field;
+    return t && moat_str_ieq(n, moat_str_make(t, strlen(t)));
+}
+
+void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
+{
+    struct moat_xchg *x = &c->x;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    if (!x->cwriter || !x->cobj)
+        return;
+    struct moat_cache_cc cc;
+    const char *tf = cfg->cache.targeted_field;
+    moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
+    struct moat_cache_policy_cfg pc = policy_cfg(cfg);
+    /* The request head was consumed when it was forwarded: its Authorization was noted at
+     * request time (x->has_auth) and is checked here as moat_cache_storable would. */
+    enum moat_cache_nostore why =
+        moat_cache_storable(&pc, x->req.meth, r->status, &x->creq, NULL, 0, &cc, r->hdrs,
+                            r->nhdrs);
+    if (why == MOAT_NOSTORE_NONE && x->has_auth &&
+        !(cc.flags & (MOAT_CC_PUBLIC | MOAT_CC_MUST_REVALIDATE)) && cc.s_maxage < 0)
+        why = MOAT_NOSTORE_AUTHORIZATION;
+    bool vary = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("vary")) != NULL;
+    bool too_big = (r->flags & MOAT_H1_F_HAS_CL) && r->content_length > cfg->cache.max_object;
+    int64_t now = now_s();
+    if (why != MOAT_NOSTORE_NONE || vary || too_big || x->respf.mode == FLOW_EOF) {
+        /* Mark the URL hit-for-pass only when the origin said "not cacheable"; an error or a
+         * size limit is no reason to stop collapsing later requests. */
+        bool says_no = why == MOAT_NOSTORE_NO_STORE || why == MOAT_NOSTORE_PRIVATE ||
+                       why == MOAT_NOSTORE_SET_COOKIE || why == MOAT_NOSTORE_VARY_STAR ||
+                       why == MOAT_NOSTORE_AUTHORIZATION || vary;
+        moat_cache_obj_abandon(x->cobj, now, says_no ? (int64_t)(cfg->cache.pass_ttl_ms / 1000) : 0);
+        moat_cache_obj_release(&x->cobj);
+        x->cwriter = false;
+        return;
+    }
+    struct moat_cache_meta meta;
+    moat_cache_meta_init(&meta, &pc, r->status, &cc, r->hdrs, r->nhdrs, x->creq_time, now);
+    /* Stored heads leave out what moat consumes (targeted fields, tags). */
+    struct moat_hdr keep[256];
+    size_t nk = 0;
+    struct moat_str tags = MOAT_STR_NULL;
+    for (size_t i = 0; i < r->nhdrs && nk < MOAT_ARRAY_LEN(keep); i++) {
+        struct moat_str n = r->hdrs[i].name;
+        if (moat_pcache_strip(c, n)) {
+            if (!tags.len && (MOAT_STR_IEQ_LIT(n, "cache-tag") || MOAT_STR_IEQ_LIT(n, "surrogate-key")))
+                tags = r->hdrs[i].value;
+            continue;
+        }
+        if (MOAT_STR_IEQ_LIT(n, "via"))
+            continue; /* moat adds its own on every answer */
+        keep[nk++] = r->hdrs[i];
+    }
+    if (moat_cache_obj_set_head(x->cobj, r->status, keep, nk, &meta, tags) != MOAT_OK) {
+        moat_cache_obj_abort(x->cobj);
+        moat_cache_obj_release(&x->cobj);
+        x->cwriter = false;
+        return;
+    }
+    if (r->flags & MOAT_H1_F_HAS_CL)
+        moat_cache_obj_size_hint(x->cobj, r->content_length);
+    x->cstatus = !strcmp(x->cstatus ? x->cstatus : "", "fwd=stale") ? "fwd=stale; stored"
+                                                                    : "fwd=uri-miss; stored";
+    x->respf.tap = c;
+    if (x->respf.done)
+        moat_cache_obj_complete(x->cobj);
+}
+
+void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n)
+{
+    struct moat_xchg *x = &c->x;
+    if (!x->cobj || !x->cwriter)
+        return;
+    if (moat_cache_obj_append(x->cobj, p, n) != MOAT_OK) {
+        /* Too large or out of memory: the store aborted the object; go on uncached. */
+        moat_cache_obj_release(&x->cobj);
+        x->cwriter = false;
+        x->respf.tap = NULL;
+    }
+}
+
+void moat_pcache_end(struct moat_conn *c, bool ok)
+{
+    struct moat_xchg *x = &c->x;
+    if (x->cobj) {
+        unsubscribe(x);
+        if (x->cwriter) {
+            if (ok && moat_cache_obj_state(x->cobj) == MOAT_CACHE_OBJ_STREAMING)
+                moat_cache_obj_complete(x->cobj);
+            else if (moat_cache_obj_state(x->cobj) != MOAT_CACHE_OBJ_COMPLETE)
+                moat_cache_obj_abort(x->cobj);
+        }
+        moat_cache_obj_release(&x->cobj);
+    }
+    moat_cache_obj_release(&x->cstale);
+    x->cwriter = false;
+    x->respf.tap = NULL;
+}
+
+bool moat_pcache_stale_on_error(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    if (!x->cstale || x->head_sent)
+        return false;
+    const struct moat_cache_head *h = moat_cache_obj_head(x->cstale);
+    if (!h || !moat_cache_stale_if_error_ok(&h->meta, &x->creq, now_s()))
+        return false;
+    if (x->cobj) {
+        unsubscribe(x);
+        if (x->cwriter)
+            moat_cache_obj_abort(x->cobj);
+        moat_cache_obj_release(&x->cobj);
+    }
+    x->cwriter = false;
+    x->cobj = x->cstale;
+    x->cstale = NULL;
+    x->cstale_serving = true;
+    MOAT_STAT_INC(&c->w->stats, cache_stale);
+    serve_from(c, "hit; detail=stale-if-error");
+    return true;
+}
