@@ -33,6 +33,15 @@ static void sbf(struct sb *b, const char *fmt, ...)
     }
 }
 
+/* The parser's reasons belong to moat_bad_requests_total: printed right after that
+ * metric's last table row so the family stays in one group, as the text format wants. */
+static void bad_parse_rows(struct sb *b, const struct moat_stats *s)
+{
+    for (int e = 1; e < MOAT_H1_ERR_COUNT; e++)
+        sbf(b, "moat_bad_requests_total{reason=\"%s\"} %llu\n", moat_h1_err_name(e),
+            (unsigned long long)atomic_load(&s->bad_parse[e]));
+}
+
 char *moat_metrics_render(size_t *len)
 {
     struct moat_stats s;
@@ -47,12 +56,11 @@ char *moat_metrics_render(size_t *len)
         last = m;                                                                              \
     }                                                                                          \
     sbf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                            \
-        (unsigned long long)atomic_load(&s.f));
+        (unsigned long long)atomic_load(&s.f));                                                \
+    if (!strcmp(#f, "bad_timeout"))                                                            \
+        bad_parse_rows(&b, &s);
     MOAT_STATS(ROW)
 #undef ROW
-    for (int e = 1; e < MOAT_H1_ERR_COUNT; e++)
-        sbf(&b, "moat_bad_requests_total{reason=\"%s\"} %llu\n", moat_h1_err_name(e),
-            (unsigned long long)atomic_load(&s.bad_parse[e]));
     static const char *le[MOAT_HIST_BUCKETS] = {"0.001", "0.005", "0.01", "0.025", "0.05",
                                                 "0.1",   "0.25",  "0.5",  "1",     "2.5",
                                                 "5",     "10",    "+Inf"};

@@ -93,6 +93,15 @@ static void unsubscribe(struct moat_xchg *x)
     moat_cache_obj_unsubscribe(&x->cwait);
 }
 
+/* Subscribes once: linking the same waiter twice would make a cycle in the object's list.
+ * Returns MOAT_OK (subscribed now or before) or MOAT_DONE (the object is final). */
+static int subscribe(struct moat_xchg *x)
+{
+    if (atomic_load(&x->cwait.obj) != NULL)
+        return MOAT_OK;
+    return moat_cache_obj_subscribe(x->cobj, &x->cwait);
+}
+
 /* Starts answering <c> from x->cobj (a reader's reference). */
 static int serve_from(struct moat_conn *c, const char *status)
 {
@@ -168,7 +177,7 @@ int moat_pcache_serve(struct moat_conn *c)
         /* Subscribe first, then look: a change between the two wakes us, none is lost. */
         enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
         if (st == MOAT_CACHE_OBJ_PENDING) {
-            if (moat_cache_obj_subscribe(x->cobj, &x->cwait) == MOAT_OK) {
+            if (subscribe(x) == MOAT_OK) {
                 st = moat_cache_obj_state(x->cobj);
                 if (st == MOAT_CACHE_OBJ_PENDING) {
                     moat_timer_set(&w->loop, &c->timer,
@@ -222,7 +231,7 @@ int moat_pcache_serve(struct moat_conn *c)
         x->chead_done = true;
         x->respf.done = !body;
         if (body && moat_cache_obj_state(x->cobj) != MOAT_CACHE_OBJ_COMPLETE)
-            moat_cache_obj_subscribe(x->cobj, &x->cwait);
+            subscribe(x);
     }
     for (int rounds = 0; rounds < 256; rounds++) {
         uint32_t olen = moat_buf_len(&c->out);

@@ -914,6 +914,8 @@ static int do_proxy(struct moat_conn *c)
          * for the origin is the origin's timers' business. */
         if (moat_buf_len(&c->out) || x->respf.span)
             moat_timer_set(&w->loop, &c->timer, ccfg(c)->send_timeout_ms);
+        else if (!x->reqf.done && !c->s.readable && !x->reqf.span)
+            moat_timer_set(&w->loop, &c->timer, ccfg(c)->client_body_timeout_ms);
         else
             moat_timer_stop(&w->loop, &c->timer);
         if (!progress || spins > 64)

@@ -190,20 +190,7 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             break;
         case 15:
             if (MOAT_STR_IEQ_LIT(n, "x-forwarded-for")) {
-                if (!trusted)
-                    continue;
-                /* Fold every incoming X-Forwarded-For into one, with the peer last. */
-                if (!had_xff) {
-                    had_xff = true;
-                    PUTL(&o, "X-Forwarded-For: ");
-                } else {
-                    o.n -= 2; /* back over the previous CRLF; append as a list element */
-                    PUTL(&o, ", ");
-                }
-                puts_(&o, h->value);
-                PUTL(&o, ", ");
-                put(&o, c->peer_text, strlen(c->peer_text));
-                PUTL(&o, "\r\n");
+                had_xff |= trusted; /* folded into one field after the loop */
                 continue;
             }
             break;
@@ -228,11 +215,20 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
         PUTL(&o, ";proto=http\r\n");
     }
     }
-    if (!had_xff) {
-        PUTL(&o, "X-Forwarded-For: ");
-        put(&o, c->peer_text, strlen(c->peer_text));
-        PUTL(&o, "\r\n");
+    /* X-Forwarded-For: from a trusted peer, every incoming field folded into one list with
+     * the peer last; from anyone else, just the peer. */
+    PUTL(&o, "X-Forwarded-For: ");
+    if (had_xff) {
+        for (size_t i = 0; i < r->nhdrs; i++) {
+            if (r->hdrs[i].name.len == 15 && MOAT_STR_IEQ_LIT(r->hdrs[i].name, "x-forwarded-for") &&
+                r->hdrs[i].value.len) {
+                puts_(&o, r->hdrs[i].value);
+                PUTL(&o, ", ");
+            }
+        }
     }
+    put(&o, c->peer_text, strlen(c->peer_text));
+    PUTL(&o, "\r\n");
     if (!had_xfp)
         PUTL(&o, "X-Forwarded-Proto: http\r\n");
     if (!had_fwd) {
