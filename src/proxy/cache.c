@@ -454,6 +454,15 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     }
     struct moat_cache_meta meta;
     moat_cache_meta_init(&meta, &pc, r->status, &cc, r->hdrs, r->nhdrs, x->creq_time, now);
+    if (meta.lifetime <= 0 && !(meta.flags & MOAT_META_HAS_VALIDATOR) && !meta.sie &&
+        !meta.swr) {
+        /* Nothing to reuse it for: stale at once, no validator, no grace. Not stored, and no
+         * hit-for-pass either (the next answer may well carry freshness). */
+        moat_cache_obj_abandon(x->cobj, now, 0);
+        moat_cache_obj_release(&x->cobj);
+        x->cwriter = false;
+        return;
+    }
     /* Stored heads leave out what moat consumes (targeted fields, tags). */
     struct moat_hdr keep[256];
     size_t nk = 0;
