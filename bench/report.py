@@ -72,33 +72,42 @@ def render_tables(order, stats):
     lines = []
     for key in order:
         set_, wl = key
+        # cache-hit tables also show the CPU cost of one request in µs (1e6 / req-per-CPU-s)
+        us = set_ == "cache"
         lines.append(f"### {set_}: {wl}")
         lines.append("")
-        lines.append("| server | req/s | ×limit | p50 ms | ×limit | p99 ms | ×limit | req/CPU-s | ×limit | ok runs |")
-        lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        lines.append("| server | req/s | ×limit | p50 ms | ×limit | p99 ms | ×limit | req/CPU-s | ×limit |"
+                     + (" µs CPU/req |" if us else "") + " ok runs |")
+        lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" if us else "") + "--:|")
         srvs = sorted(stats[key], key=lambda s: (SERVER_ORDER.index(s) if s in SERVER_ORDER else 99, s))
         for s in srvs:
             st = stats[key][s]
             p50 = None if st["p50_us"] is None else st["p50_us"] / 1000
             p99 = None if st["p99_us"] is None else st["p99_us"] / 1000
+            cpu_us = 1e6 / st["req_per_cpu_s"] if st["req_per_cpu_s"] else None
             lines.append(
                 f"| {s} | {fmt_num(st['rps'])} | {fmt_ratio(st['rps_ratio'])} "
                 f"| {fmt_num(p50, 2)} | {fmt_ratio(st['p50_us_ratio'])} "
                 f"| {fmt_num(p99, 2)} | {fmt_ratio(st['p99_us_ratio'])} "
                 f"| {fmt_num(st['req_per_cpu_s'])} | {fmt_ratio(st['req_per_cpu_s_ratio'])} "
-                f"| {st['n_ok']}/{st['n']} |")
+                + (f"| {fmt_num(cpu_us, 1)} " if us else "")
+                + f"| {st['n_ok']}/{st['n']} |")
         lines.append("")
         for s in srvs:
             for why in stats[key][s]["why"]:
                 lines.append(f"- **{s} FAILED** a run: {why}")
         if any(stats[key][s]["why"] for s in srvs):
             lines.append("")
-        lines.extend(target_lines(set_, stats[key]))
+        lines.extend(target_lines(set_, stats[key], wl))
     return "\n".join(lines)
 
 
-def target_lines(set_, st):
-    """The proxy issue's bar: moat's req/CPU-s ratio >= HAProxy's, p99 no worse than HAProxy."""
+def target_lines(set_, st, wl=""):
+    """The bars: proxy set: moat's req/CPU-s ratio >= HAProxy's, p99 no worse than HAProxy.
+    Cache set: moat_cache's req/CPU-s ratio >= 1.1x haproxy_cache's, and on the 1 KiB
+    keep-alive hit row at most 20 µs of CPU per hit (>= 50,000 req/CPU-s)."""
+    if set_ == "cache":
+        return cache_target_lines(st, wl)
     if set_ != "proxy":
         return []
     m, h = st.get("moat"), st.get("haproxy")
@@ -113,6 +122,23 @@ def target_lines(set_, st):
             f"{h['req_per_cpu_s_ratio']:.2f}x of limit {'✓' if cpu_ok else '✗'}; p99 moat "
             f"{m['p99_us_ratio']:.2f}x vs HAProxy {h['p99_us_ratio']:.2f}x of limit "
             f"{'✓' if p99_ok else '✗'})", ""]
+
+
+def cache_target_lines(st, wl):
+    m, h = st.get("moat_cache"), st.get("haproxy_cache")
+    if not m or not h or m["req_per_cpu_s_ratio"] is None or h["req_per_cpu_s_ratio"] is None:
+        return ["Target (moat_cache ≥ 1.1x haproxy_cache per CPU-second): needs both rows.", ""]
+    want = 1.1 * h["req_per_cpu_s_ratio"]
+    ok = m["req_per_cpu_s_ratio"] >= want
+    parts = [f"per CPU-second moat_cache {m['req_per_cpu_s_ratio']:.2f}x vs 1.1 × haproxy_cache "
+             f"{h['req_per_cpu_s_ratio']:.2f}x = {want:.2f}x of limit {'✓' if ok else '✗'}"]
+    if wl == "hit-1k-keepalive":
+        us = 1e6 / m["req_per_cpu_s"] if m["req_per_cpu_s"] else None
+        us_ok = us is not None and us <= 20.0
+        ok = ok and us_ok
+        parts.append(f"{'-' if us is None else f'{us:.1f}'} µs CPU per 1 KiB hit vs ≤ 20 µs "
+                     f"{'✓' if us_ok else '✗'}")
+    return [f"Target: **{'MET' if ok else 'NOT MET'}** ({'; '.join(parts)})", ""]
 
 
 def results_md(meta, body):

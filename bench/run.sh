@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# bench/run.sh: moat side by side with nginx and HAProxy (Varnish joins with the cache set).
+# bench/run.sh: moat side by side with nginx, HAProxy and Varnish (proxy and cache-hit sets).
 #
 #   bash bench/run.sh [SET...] [--write-results]
 #
-# SET is a scenario set (proxy, ...; default: all of them). --write-results (or
+# SET is a scenario set (proxy, cache; default: both). --write-results (or
 # WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
 # Environment knobs (defaults in brackets):
-#   ROUNDS [3]  DURATION [5s]  WARMUP [1s]  CONNS [50]
+#   ROUNDS [3]  DURATION [4s]  WARMUP [1s]  CONNS [50]
 #   SERVER_CPU [0]  CLIENT_CPU [1]     cores for servers under test / for wrk + origin
 #   SERVERS ["" = every server of the set]  e.g. SERVERS="limit moat"
-#   MOAT [./moat]  MOAT_EXTRA_ARGS [""]
+#   MOAT [./moat]  MOAT_EXTRA_ARGS [""] (every moat)  MOAT_CACHE_ARGS [""] (moat_cache only)
 #
 # Layout: every server under test has a start_<name> function (writes its config into the run's
 # temp dir, starts it pinned to SERVER_CPU, sets PORT[name] and ROOTPID[name]). A scenario set
@@ -24,7 +24,7 @@ ROOT=$(dirname "$HERE")
 PY=/usr/bin/python3
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-4s}
 WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-50}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -34,10 +34,10 @@ MOAT=${MOAT:-$ROOT/moat}
 MOAT_EXTRA_ARGS=${MOAT_EXTRA_ARGS:-}
 WRITE_RESULTS=${WRITE_RESULTS:-0}
 
-ALL_SETS=(proxy)
+ALL_SETS=(proxy cache)
 
 knobs=""
-for v in ROUNDS DURATION WARMUP CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS WRITE_RESULTS; do
+for v in ROUNDS DURATION WARMUP CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS MOAT_CACHE_ARGS WRITE_RESULTS; do
   if printenv "$v" >/dev/null 2>&1; then knobs+="$v=${!v} "; fi
 done
 if [ -n "${MAKELEVEL:-}" ]; then
@@ -357,19 +357,16 @@ moat_proxy() {   # NAME [EXTRA ARGS...]
     --listen "127.0.0.1:$port" --workers 1 "$@" $MOAT_EXTRA_ARGS
   PORT[$name]=$port; ROOTPID[$name]=$LASTPID
 }
-start_moat() { moat_usable moat && moat_proxy moat; }
+# The proxy set's moat must forward every request (the origin sends a cacheable
+# Cache-Control), so its cache is off.
+start_moat() { moat_usable moat && moat_proxy moat --no-cache; }
 
-# moat_cache: moat with its cache on. The cache issue decides the quick-mode switch; until
-# `moat --help` mentions --cache (or MOAT_CACHE_ARGS is given) it is skipped.
+# moat_cache: plain quick mode, which caches what the origin's headers allow (RFC 9111).
+# MOAT_CACHE_ARGS: optional extra arguments for this server only.
 start_moat_cache() {
   moat_usable moat_cache || return 1
-  if [ -z "${MOAT_CACHE_ARGS:-}" ] && ! "$MOAT" --help 2>&1 | grep -q -- '--cache'; then
-    loud "moat_cache: moat has no --cache in quick mode yet: SKIPPING moat_cache."
-    SKIPPED+=("moat_cache: no --cache in moat --help")
-    return 1
-  fi
   # shellcheck disable=SC2086
-  moat_proxy moat_cache ${MOAT_CACHE_ARGS:---cache 256MiB}
+  moat_proxy moat_cache ${MOAT_CACHE_ARGS:-}
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -382,8 +379,7 @@ set_proxy() {
   SET_EXPECT=forward
 }
 # Cache hits: the origin sends Cache-Control: public, max-age=3600; the check and the warm-up
-# fill the caches. Not in ALL_SETS yet (moat has no cache; keeps `make bench` at ~6 minutes):
-# run it with `bash bench/run.sh cache`; the cache issue adds it to ALL_SETS.
+# fill the caches.
 set_cache() {
   SET_SERVERS=(limit moat_cache varnish nginx_cache haproxy_cache)
   SET_WORKLOADS=(hit-1k-keepalive:/1k:ka hit-1k-close:/1k:close hit-128k-keepalive:/128k:ka hit-128k-close:/128k:close)
