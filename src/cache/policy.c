@@ -362,6 +362,10 @@ static bool make_time(int64_t y, int m, int d, int hh, int mm, int ss, int64_t *
     if (ss == 60) /* a leap second: one second either way does not matter to a cache */
         ss = 59;
     *out = days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss;
+    /* Before 1970 means "long ago" to a cache: clamp, so that a date moat formats is the
+     * date it parsed (found by tests/fuzz/fuzz_policy.c with "... 1199"). */
+    if (*out < 0)
+        *out = 0;
     return true;
 }
 
