@@ -371,6 +371,34 @@ int moat_pcache_request(struct moat_conn *c)
         moat_cache_obj_release(&x->cobj);
         moat_local_response(c, 504, "not in cache (only-if-cached)\n");
         return MOAT_DONE;
+    case MOAT_CACHE_STALE_SWR:
+        /* RFC 5861 3: one request refreshes, everybody else is served the stale copy
+         * meanwhile. The refreshing request itself waits for the origin (it is the writer);
+         * the new object replaces the old only once its head is in. */
+        if (x->is_head || !moat_cache_obj_claim_refresh(obj)) {
+            MOAT_STAT_INC(&w->stats, cache_stale);
+            return serve_from(c, "hit; detail=stale-while-revalidate");
+        }
+        x->cclaimed = true;
+        x->cstale = obj;
+        x->cobj = NULL;
+        struct moat_cache_obj *nobj = NULL;
+        rc = moat_cache_replace(st, obj, now, MOAT_CACHE_R_DEFERRED, &nobj);
+        if (rc == MOAT_CACHE_MISS) {
+            MOAT_STAT_INC(&w->stats, cache_miss);
+            x->cobj = nobj;
+            x->cwriter = true;
+            x->cstatus = "fwd=stale";
+            return MOAT_DECLINED;
+        }
+        if (nobj)
+            moat_cache_obj_release(&nobj);
+        moat_cache_obj_unclaim_refresh(obj);
+        x->cclaimed = false;
+        x->cobj = obj;
+        x->cstale = NULL;
+        MOAT_STAT_INC(&w->stats, cache_stale);
+        return serve_from(c, "hit; detail=stale-while-revalidate");
     default:
         break;
     }
@@ -420,6 +448,67 @@ bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
     return t && moat_str_ieq(n, moat_str_make(t, strlen(t)));
 }
 
+/* The origin answered our conditional refetch with 304: the stale object's body is still
+ * good. RFC 9111 4.3.4: the stored header fields are updated with those of the 304, the
+ * freshness is computed anew, and the client is answered from the refreshed object. The new
+ * object shares the old one's body (no copy). */
+static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
+                        const struct moat_cache_policy_cfg *pc)
+{
+    struct moat_xchg *x = &c->x;
+    const struct moat_config *cfg = x->wcfg->cfg;
+    const struct moat_cache_head *old = moat_cache_obj_head(x->cstale);
+    struct moat_hdr merged[256];
+    size_t n = 0, pos = 0;
+    struct moat_hdr h;
+    while (n < MOAT_ARRAY_LEN(merged) && moat_cache_head_next(old, &pos, &h)) {
+        if (!moat_h1_find(r->hdrs, r->nhdrs, h.name))
+            merged[n++] = h;
+    }
+    struct moat_str tags = moat_cache_head_tags(old);
+    for (size_t i = 0; i < r->nhdrs && n < MOAT_ARRAY_LEN(merged); i++) {
+        struct moat_str nm = r->hdrs[i].name;
+        if (moat_pcache_strip(c, nm) || MOAT_STR_IEQ_LIT(nm, "via") ||
+            MOAT_STR_IEQ_LIT(nm, "content-length"))
+            continue;
+        merged[n++] = r->hdrs[i];
+    }
+    struct moat_cache_cc cc;
+    const char *tf = cfg->cache.targeted_field;
+    moat_cache_cc_response(&cc, merged, n, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
+    struct moat_cache_meta meta;
+    int64_t now = now_s();
+    moat_cache_meta_init(&meta, pc, old->status, &cc, merged, n, x->creq_time, now);
+    if (moat_cache_obj_adopt_body(x->cobj, x->cstale) != MOAT_OK ||
+        moat_cache_obj_set_head(x->cobj, old->status, merged, n, &meta, tags) != MOAT_OK) {
+        /* Out of memory: the stale copy is still what the origin just confirmed. */
+        moat_cache_obj_abort(x->cobj);
+        moat_cache_obj_release(&x->cobj);
+        x->cwriter = false;
+        if (x->cclaimed)
+            moat_cache_obj_unclaim_refresh(x->cstale);
+        x->cclaimed = false;
+        x->cobj = x->cstale;
+        x->cstale = NULL;
+        x->crevalidated = true;
+        return;
+    }
+    moat_cache_obj_complete(x->cobj);
+    x->cwriter = false;
+    x->crevalidated = true;
+}
+
+void moat_pcache_serve_revalidated(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    if (x->cclaimed && x->cstale)
+        moat_cache_obj_unclaim_refresh(x->cstale);
+    x->cclaimed = false;
+    moat_cache_obj_release(&x->cstale);
+    x->crevalidated = false;
+    serve_from(c, "fwd=stale; fwd-status=304; stored");
+}
+
 void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
 {
     struct moat_xchg *x = &c->x;
@@ -428,8 +517,12 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
         return;
     struct moat_cache_cc cc;
     const char *tf = cfg->cache.targeted_field;
-    moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
     struct moat_cache_policy_cfg pc = policy_cfg(cfg);
+    if (r->status == 304 && x->cstale) {
+        revalidated(c, r, &pc);
+        return;
+    }
+    moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =
@@ -519,6 +612,9 @@ void moat_pcache_end(struct moat_conn *c, bool ok)
         }
         moat_cache_obj_release(&x->cobj);
     }
+    if (x->cclaimed && x->cstale)
+        moat_cache_obj_unclaim_refresh(x->cstale);
+    x->cclaimed = false;
     moat_cache_obj_release(&x->cstale);
     x->cwriter = false;
     x->respf.tap = NULL;
@@ -539,6 +635,9 @@ bool moat_pcache_stale_on_error(struct moat_conn *c)
         moat_cache_obj_release(&x->cobj);
     }
     x->cwriter = false;
+    if (x->cclaimed)
+        moat_cache_obj_unclaim_refresh(x->cstale);
+    x->cclaimed = false;
     x->cobj = x->cstale;
     x->cstale = NULL;
     x->cstale_serving = true;

@@ -734,6 +734,18 @@ static int resp_head(struct moat_conn *c)
                 }
                 x->status = r.status;
                 moat_pcache_response(c, &r);
+                if (moat_pcache_revalidated(c)) {
+                    /* 304 to our conditional refetch: the origin is done (a 304 has no
+                     * body), the client gets the refreshed object from the cache. */
+                    moat_buf_consume(&u->s.in, (uint32_t)n);
+                    const struct moat_cfg_pool *p = &cfg->pools[x->pool_idx];
+                    moat_timer_stop(&c->w->loop, &u->timer);
+                    moat_up_release(u, x->up_reusable && x->reqf.done, p->keepalive_timeout_ms,
+                                    p->keepalive);
+                    x->u = NULL;
+                    moat_pcache_serve_revalidated(c);
+                    return MOAT_OK;
+                }
                 if (moat_conn_ensure_buf(&c->out, c->w->bufsize) != MOAT_OK)
                     return MOAT_DONE;
                 moat_buf_compact(&c->out);

@@ -4,6 +4,7 @@
  * the forwarding fields (X-Forwarded-For, X-Forwarded-Proto, Forwarded, Via) are set. */
 #include <arpa/inet.h>
 
+#include "cache/policy.h"
 #include "proxy/proxy-t.h"
 
 struct out {
@@ -253,6 +254,23 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
         if (up)
             puts_(&o, up->value);
         PUTL(&o, "\r\n");
+    }
+    if (x->cwriter && x->cstale) {
+        /* Refetching a stale object: ask with its validators, so an unchanged resource
+         * costs the origin a 304 (RFC 9111 4.3.1). */
+        const struct moat_cache_head *h = moat_cache_obj_head(x->cstale);
+        struct moat_str etag = h ? moat_cache_head_etag(h) : MOAT_STR_NULL;
+        if (etag.len) {
+            PUTL(&o, "If-None-Match: ");
+            puts_(&o, etag);
+            PUTL(&o, "\r\n");
+        } else if (h && h->meta.last_modified >= 0) {
+            char d[MOAT_HTTP_DATE_LEN + 1];
+            size_t dn = moat_http_date_format(h->meta.last_modified, d);
+            PUTL(&o, "If-Modified-Since: ");
+            put(&o, d, dn);
+            PUTL(&o, "\r\n");
+        }
     }
     put_flow_framing(&o, &x->reqf);
     PUTL(&o, "\r\n");

@@ -159,6 +159,8 @@ struct moat_xchg {
     uint16_t ckeylen;             /* key in c->ckey */
     bool cwriter;                 /* we fill cobj from the origin's response */
     bool has_auth;                /* the request carried Authorization */
+    bool cclaimed;                /* we hold cstale's refresh claim (stale-while-revalidate) */
+    bool crevalidated;            /* the origin answered 304: answer from the cache */
     bool chead_done;              /* C_CACHE: response head queued */
     bool cstale_serving;          /* C_CACHE: serving a stale object for stale-if-error */
     char logf[384];               /* method \0 host \0 path \0, copied for the access log */
@@ -223,6 +225,9 @@ int moat_pcache_request(struct moat_conn *c);
 /* The origin's response head <r> arrived for a writer: store it or give the object up.
  * Returns true when the body must be tapped into the object. */
 void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r);
+/* After moat_pcache_response: true when the origin's 304 refreshed the stale object and the
+ * client is to be answered from the cache (the upstream exchange is over). */
+static inline bool moat_pcache_revalidated(const struct moat_conn *c);
 /* Appends origin body bytes to the object being written. */
 void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n);
 /* Ends the cache's part of the exchange: complete (ok) or abort the written object, drop
@@ -235,6 +240,13 @@ bool moat_pcache_stale_on_error(struct moat_conn *c);
 int moat_pcache_serve(struct moat_conn *c);
 /* Is <name> a field the cache consumes that the client must not see? */
 bool moat_pcache_strip(const struct moat_conn *c, struct moat_str name);
+
+static inline bool moat_pcache_revalidated(const struct moat_conn *c)
+{
+    return c->x.crevalidated;
+}
+/* Starts answering from c->x.cobj after a revalidation (state C_CACHE). */
+void moat_pcache_serve_revalidated(struct moat_conn *c);
 
 /* headers.c */
 /* Writes the request head for the origin into <out>. MOAT_OK or MOAT_ERR (no room). */
