@@ -7,6 +7,7 @@
  * reader's callback with the object locked, and the callback only posts a wake-up to the
  * reader's own loop (at most one outstanding per connection), where the reader reads. */
 #include <errno.h>
+#include <strings.h>
 #include <sys/uio.h>
 
 #include "cache/policy.h"
@@ -143,8 +144,11 @@ static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int
      * states no length. */
     x->respf.mode = FLOW_NONE;
     x->respf.out_chunked = false;
-    char framing[64] = "";
-    if (status != 304) {
+    char framing[128] = "";
+    if (status == 206) {
+        snprintf(framing, sizeof framing, "Content-Range: %s\r\nContent-Length: %llu\r\n",
+                 x->crange_hdr, (unsigned long long)x->crange_left);
+    } else if (status != 304) {
         if (len != UINT64_MAX)
             snprintf(framing, sizeof framing, "Content-Length: %llu\r\n", (unsigned long long)len);
         else if (body && x->req.minor == 1) {
@@ -220,12 +224,45 @@ int moat_pcache_serve(struct moat_conn *c)
             x->head_consumed = 0;
         }
         bool body = !x->is_head && status != 304 && status != 412 && status != 204;
+        uint64_t first = 0, last = 0, total = 0;
+        int range = MOAT_RANGE_NONE;
+        x->crange_left = UINT64_MAX;
+        if (status == 200 && x->head_consumed_range.len &&
+            moat_cache_obj_state(x->cobj) == MOAT_CACHE_OBJ_COMPLETE) {
+            /* A single byte range of a complete object (RFC 9110 14): 206, or 416. A
+             * failing If-Range, several ranges or another unit get the whole 200. */
+            total = moat_cache_obj_body_len(x->cobj);
+            if (!x->head_consumed_ifrange.len ||
+                moat_cache_if_range_ok(x->head_consumed_ifrange, moat_cache_head_etag(h),
+                                       h->meta.last_modified))
+                range = moat_cache_range_parse(x->head_consumed_range, total, &first, &last);
+        }
+        if (range == MOAT_RANGE_UNSATISFIABLE) {
+            char body416[96];
+            snprintf(x->crange_hdr, sizeof x->crange_hdr, "bytes */%llu",
+                     (unsigned long long)total);
+            snprintf(body416, sizeof body416, "range not satisfiable (length %llu)\n",
+                     (unsigned long long)total);
+            x->cstatus = "hit";
+            unsubscribe(x);
+            moat_cache_obj_release(&x->cobj);
+            moat_local_response(c, 416, body416);
+            return MOAT_OK;
+        }
         if (status == 412) {
             x->cstatus = "hit";
             moat_local_response(c, 412, "precondition failed\n");
             unsubscribe(x);
             moat_cache_obj_release(&x->cobj);
             return MOAT_OK;
+        }
+        if (range == MOAT_RANGE_OK) {
+            status = 206;
+            snprintf(x->crange_hdr, sizeof x->crange_hdr, "bytes %llu-%llu/%llu",
+                     (unsigned long long)first, (unsigned long long)last,
+                     (unsigned long long)total);
+            x->crange_left = last - first + 1;
+            moat_cache_cursor_seek(x->cobj, &x->ccur, first);
         }
         queue_head(c, h, status, body);
         x->chead_done = true;
@@ -279,7 +316,15 @@ int moat_pcache_serve(struct moat_conn *c)
             return MOAT_OK;
         }
         struct moat_str span;
+        if (x->crange_left == 0) {
+            x->respf.done = true;
+            continue;
+        }
         moat_cache_obj_read(x->cobj, &x->ccur, &span);
+        if (span.len > x->crange_left)
+            span.len = (size_t)x->crange_left;
+        if (x->crange_left != UINT64_MAX)
+            x->crange_left -= span.len;
         if (span.len) {
             if (x->respf.out_chunked)
                 moat_conn_frame_chunk(&x->respf, &c->out, span.len);
@@ -309,6 +354,48 @@ int moat_pcache_serve(struct moat_conn *c)
 
 /* --- the phase ----------------------------------------------------------------------------- */
 
+/* Range and If-Range point into the request head, which stays in the input buffer until the
+ * cached answer's head is queued. */
+static void note_range(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    const struct moat_hdr *r = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("range"));
+    const struct moat_hdr *ir = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("if-range"));
+    x->head_consumed_range = r ? r->value : MOAT_STR_NULL;
+    x->head_consumed_ifrange = ir ? ir->value : MOAT_STR_NULL;
+}
+
+void moat_pcache_invalidate(struct moat_conn *c, const struct moat_h1_resp *r)
+{
+    struct moat_xchg *x = &c->x;
+    if (!x->cinvalidate || !moat_srv.cache || r->status < 200 || r->status >= 400)
+        return;
+    x->cinvalidate = false;
+    moat_cache_purge_key(moat_srv.cache, moat_str_make(c->ckey, x->ckeylen), 0);
+    /* Location and Content-Location too, when they name this host (RFC 9111 4.4). */
+    const char *slash = memchr(c->ckey + 7, '/', x->ckeylen - 7);
+    size_t hostlen = slash ? (size_t)(slash - c->ckey) : x->ckeylen; /* "http://host" */
+    static const char *const names[2] = {"location", "content-location"};
+    for (int i = 0; i < 2; i++) {
+        const struct moat_hdr *h =
+            moat_h1_find(r->hdrs, r->nhdrs, moat_str_make(names[i], strlen(names[i])));
+        if (!h || !h->value.len)
+            continue;
+        char key[sizeof c->ckey];
+        struct moat_str v = h->value;
+        if (v.ptr[0] == '/' && (v.len < 2 || v.ptr[1] != '/') && hostlen + v.len < sizeof key) {
+            memcpy(key, c->ckey, hostlen);
+            memcpy(key + hostlen, v.ptr, v.len);
+            moat_cache_purge_key(moat_srv.cache, moat_str_make(key, hostlen + v.len), 0);
+        } else if (v.len > hostlen && !strncasecmp(v.ptr, c->ckey, hostlen) &&
+                   (v.ptr[hostlen] == '/' || v.ptr[hostlen] == '?')) {
+            memcpy(key, c->ckey, hostlen); /* lowercase scheme and host */
+            memcpy(key + hostlen, v.ptr + hostlen, v.len - hostlen);
+            moat_cache_purge_key(moat_srv.cache, moat_str_make(key, v.len), 0);
+        }
+    }
+}
+
 int moat_pcache_request(struct moat_conn *c)
 {
     struct moat_xchg *x = &c->x;
@@ -319,6 +406,9 @@ int moat_pcache_request(struct moat_conn *c)
         return MOAT_DECLINED;
     if (x->req.meth != MOAT_M_GET && x->req.meth != MOAT_M_HEAD) {
         x->cstatus = "fwd=bypass";
+        /* RFC 9111 4.4: an unsafe method's success invalidates the target URI. */
+        x->cinvalidate = x->req.meth != MOAT_M_OPTIONS && x->req.meth != MOAT_M_TRACE &&
+                         build_key(c);
         return MOAT_DECLINED;
     }
     if (x->upgrade || !build_key(c)) {
@@ -351,6 +441,7 @@ int moat_pcache_request(struct moat_conn *c)
     }
     /* A hit: an object complete or in flight. */
     x->cobj = obj;
+    note_range(c);
     enum moat_cache_obj_state os = moat_cache_obj_state(obj);
     if (os == MOAT_CACHE_OBJ_PENDING || os == MOAT_CACHE_OBJ_STREAMING) {
         MOAT_STAT_INC(&w->stats, cache_collapsed);

@@ -250,10 +250,13 @@ void moat_local_response(struct moat_conn *c, int status, const char *body)
     size_t blen = strlen(body);
     struct moat_str reason = moat_http_reason(status);
     moat_buf_compact(&c->out);
+    char extra[96] = "";
+    if (status == 416 && x->crange_hdr[0]) /* RFC 9110 15.5.17 */
+        snprintf(extra, sizeof extra, "Content-Range: %s\r\n", x->crange_hdr);
     int n = snprintf(moat_buf_wptr(&c->out), moat_buf_room(&c->out),
                      "HTTP/1.1 %d %.*s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                     "Content-Length: %zu\r\n%s\r\n%s",
-                     status, (int)reason.len, reason.ptr, x->is_head ? 0 : blen,
+                     "Content-Length: %zu\r\n%s%s\r\n%s",
+                     status, (int)reason.len, reason.ptr, x->is_head ? 0 : blen, extra,
                      x->keepalive ? "" : "Connection: close\r\n", x->is_head ? "" : body);
     if (n > 0 && (uint32_t)n < moat_buf_room(&c->out))
         c->out.wpos += (uint32_t)n;
@@ -733,6 +736,7 @@ static int resp_head(struct moat_conn *c)
                     x->up_reusable = false;
                 }
                 x->status = r.status;
+                moat_pcache_invalidate(c, &r);
                 moat_pcache_response(c, &r);
                 if (moat_pcache_revalidated(c)) {
                     /* 304 to our conditional refetch: the origin is done (a 304 has no

@@ -161,6 +161,12 @@ struct moat_xchg {
     bool has_auth;                /* the request carried Authorization */
     bool cclaimed;                /* we hold cstale's refresh claim (stale-while-revalidate) */
     bool crevalidated;            /* the origin answered 304: answer from the cache */
+    bool cinvalidate;             /* unsafe method: invalidate the key on a non-error answer */
+    uint64_t crange_left;         /* C_CACHE: body bytes still to send (a Range), or
+                                     UINT64_MAX for the whole body */
+    struct moat_str head_consumed_range;   /* Range / If-Range of a request answered from */
+    struct moat_str head_consumed_ifrange; /* the cache (point into the request head) */
+    char crange_hdr[64];          /* Content-Range value of a 206 or 416 */
     bool chead_done;              /* C_CACHE: response head queued */
     bool cstale_serving;          /* C_CACHE: serving a stale object for stale-if-error */
     char logf[384];               /* method \0 host \0 path \0, copied for the access log */
@@ -228,6 +234,8 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r);
 /* After moat_pcache_response: true when the origin's 304 refreshed the stale object and the
  * client is to be answered from the cache (the upstream exchange is over). */
 static inline bool moat_pcache_revalidated(const struct moat_conn *c);
+/* An unsafe request got a non-error answer <r>: invalidate what it may have changed. */
+void moat_pcache_invalidate(struct moat_conn *c, const struct moat_h1_resp *r);
 /* Appends origin body bytes to the object being written. */
 void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n);
 /* Ends the cache's part of the exchange: complete (ok) or abort the written object, drop
