@@ -89,6 +89,8 @@ static bool build_key(struct moat_conn *c)
 
 /* --- reading side --------------------------------------------------------------------------- */
 
+static int to_variant(struct moat_conn *c, int64_t now);
+
 static void unsubscribe(struct moat_xchg *x)
 {
     moat_cache_obj_unsubscribe(&x->cwait);
@@ -206,6 +208,15 @@ int moat_pcache_serve(struct moat_conn *c)
             return moat_conn_forward(c);
         }
         const struct moat_cache_head *h = moat_cache_obj_head(x->cobj);
+        if (!x->cvariant && h->vary_len && x->head_consumed && !x->cstale_serving) {
+            /* We waited on a primary key whose answer turned out to vary: look our own
+             * variant up now (we may collapse on the writer's variant, or fetch ours). */
+            int rc = to_variant(c, now_s());
+            if (rc == MOAT_DONE)
+                return MOAT_OK; /* answering from the cache (C_CACHE) or a local response */
+            c->state = C_PROXY;
+            return moat_conn_forward(c);
+        }
         int status = h->status;
         int cond = 0;
         if (x->head_consumed && !x->cstale_serving) {
@@ -396,10 +407,96 @@ void moat_pcache_invalidate(struct moat_conn *c, const struct moat_h1_resp *r)
     }
 }
 
+/* --- Vary: an index under the primary key, variants under key \n gen \n fields ---------- */
+
+static _Atomic uint64_t vary_gen = 1;
+
+/* The stored Vary lines of an index object, and its generation. Returns false when <h> is
+ * not an index (no Vary, or no generation: a variant's own head). */
+static bool index_spec(const struct moat_cache_head *h, struct moat_hdr *vary, size_t cap,
+                       size_t *nvary, struct moat_str *gen)
+{
+    size_t pos = 0, n = 0;
+    struct moat_hdr l;
+    *gen = MOAT_STR_NULL;
+    while (moat_cache_head_next(h, &pos, &l)) {
+        if (MOAT_STR_IEQ_LIT(l.name, "vary") && n < cap)
+            vary[n++] = l;
+        else if (MOAT_STR_IEQ_LIT(l.name, "moat-vary-gen"))
+            *gen = l.value;
+    }
+    *nvary = n;
+    return n && gen->len;
+}
+
+/* Appends "\n" gen "\n" normalized-fields to the key in c->ckey. False when it won't fit. */
+static bool variant_key(struct moat_conn *c, const struct moat_hdr *vary, size_t nvary,
+                        struct moat_str gen, const struct moat_hdr *req, size_t nreq)
+{
+    struct moat_xchg *x = &c->x;
+    size_t k = x->ckeylen;
+    if (k + gen.len + 2 >= sizeof c->ckey)
+        return false;
+    c->ckey[k++] = '\n';
+    memcpy(c->ckey + k, gen.ptr, gen.len);
+    k += gen.len;
+    c->ckey[k++] = '\n';
+    size_t len = 0;
+    uint64_t hash;
+    if (moat_cache_vary_key(vary, nvary, req, nreq, c->ckey + k, sizeof c->ckey - k, &len,
+                            &hash) != MOAT_OK)
+        return false;
+    x->ckeylen = (uint16_t)(k + len);
+    return true;
+}
+
+static int lookup_flow(struct moat_conn *c, int64_t now);
+
+/* <idx> (a reference we hold, x->cobj) is a fresh index: look the request's variant up. */
+static int to_variant(struct moat_conn *c, int64_t now)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_hdr vary[16];
+    size_t nvary;
+    struct moat_str gen;
+    const struct moat_cache_head *h = moat_cache_obj_head(x->cobj);
+    bool ok = index_spec(h, vary, MOAT_ARRAY_LEN(vary), &nvary, &gen) &&
+              variant_key(c, vary, nvary, gen, x->req.hdrs, x->req.nhdrs);
+    unsubscribe(x);
+    moat_cache_obj_release(&x->cobj);
+    if (!ok) {
+        x->cstatus = "fwd=uri-miss";
+        return MOAT_DECLINED;
+    }
+    x->cvariant = true;
+    return lookup_flow(c, now);
+}
+
+/* Keeps a copy of the request's fields for the writer of a primary key: if the answer
+ * carries Vary, the variant key is made from them, and by then the request head has left
+ * the input buffer. A miss pays one allocation; hits pay nothing. */
+static void snapshot_request(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    const char *base = moat_buf_rptr(&c->s.in);
+    size_t hl = x->req.head_len, n = x->req.nhdrs;
+    char *mem = malloc(hl + n * sizeof(struct moat_hdr));
+    if (!mem)
+        return;
+    struct moat_hdr *h = (struct moat_hdr *)(void *)mem;
+    char *copy = mem + n * sizeof(struct moat_hdr);
+    memcpy(copy, base, hl);
+    for (size_t i = 0; i < n; i++) {
+        h[i].name = moat_str_make(copy + (x->req.hdrs[i].name.ptr - base), x->req.hdrs[i].name.len);
+        h[i].value = moat_str_make(copy + (x->req.hdrs[i].value.ptr - base), x->req.hdrs[i].value.len);
+    }
+    x->vsnap = h;
+    x->vsnap_n = n;
+}
+
 int moat_pcache_request(struct moat_conn *c)
 {
     struct moat_xchg *x = &c->x;
-    struct moat_worker *w = c->w;
     const struct moat_config *cfg = x->wcfg->cfg;
     struct moat_cache_store *st = moat_srv.cache;
     if (!cfg->cache.enabled || !st)
@@ -417,9 +514,20 @@ int moat_pcache_request(struct moat_conn *c)
     }
     moat_cache_cc_request(&x->creq, x->req.hdrs, x->req.nhdrs);
     x->has_auth = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("authorization")) != NULL;
-    struct moat_str key = moat_str_make(c->ckey, x->ckeylen);
     int64_t now = now_s();
     x->creq_time = now;
+    note_range(c);
+    return lookup_flow(c, now);
+}
+
+/* Looks the key in c->ckey up and decides: answer from the cache (MOAT_DONE), or go to the
+ * origin (MOAT_DECLINED), maybe as the writer of x->cobj. */
+static int lookup_flow(struct moat_conn *c, int64_t now)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_worker *w = c->w;
+    struct moat_cache_store *st = moat_srv.cache;
+    struct moat_str key = moat_str_make(c->ckey, x->ckeylen);
     struct moat_cache_obj *obj = NULL;
     int rc = x->is_head ? moat_cache_lookup(st, key, now, &obj)
                         : moat_cache_lookup_or_insert(st, key, now, &obj);
@@ -437,11 +545,12 @@ int moat_pcache_request(struct moat_conn *c)
         x->cobj = obj;
         x->cwriter = true;
         x->cstatus = "fwd=uri-miss";
+        if (!x->cvariant)
+            snapshot_request(c);
         return MOAT_DECLINED;
     }
     /* A hit: an object complete or in flight. */
     x->cobj = obj;
-    note_range(c);
     enum moat_cache_obj_state os = moat_cache_obj_state(obj);
     if (os == MOAT_CACHE_OBJ_PENDING || os == MOAT_CACHE_OBJ_STREAMING) {
         MOAT_STAT_INC(&w->stats, cache_collapsed);
@@ -452,8 +561,12 @@ int moat_pcache_request(struct moat_conn *c)
         x->cstatus = "fwd=uri-miss";
         return MOAT_DECLINED;
     }
+    const struct moat_cache_head *oh = moat_cache_obj_head(obj);
+    bool index = !x->cvariant && oh->vary_len;
     enum moat_cache_fresh f = moat_cache_obj_decide(obj, &x->creq, now);
-    switch (f) {
+    if (index && (f == MOAT_CACHE_FRESH || f == MOAT_CACHE_STALE_OK || f == MOAT_CACHE_STALE_SWR))
+        return to_variant(c, now);
+    switch (index ? MOAT_CACHE_MUST_FORWARD : f) {
     case MOAT_CACHE_FRESH:
     case MOAT_CACHE_STALE_OK:
         MOAT_STAT_INC(&w->stats, cache_hit);
@@ -494,21 +607,27 @@ int moat_pcache_request(struct moat_conn *c)
         break;
     }
     /* Stale (or must revalidate): fetch anew, collapsing with other refetches, and keep the
-     * stale copy for stale-if-error. Revalidation with validators (304) is not done yet: the
-     * refetch is a plain GET. */
-    x->cstale = obj;
+     * stale copy for stale-if-error and its validators for a conditional refetch. A stale
+     * Vary index is not kept: it has no body to fall back on. */
+    x->cstale = index ? NULL : obj;
     x->cobj = NULL;
     if (x->is_head) {
+        if (index)
+            moat_cache_obj_release(&obj);
         x->cstatus = "fwd=stale";
         return MOAT_DECLINED;
     }
     struct moat_cache_obj *fresh = NULL;
     rc = moat_cache_replace(st, obj, now, 0, &fresh);
+    if (index)
+        moat_cache_obj_release(&obj);
     if (rc == MOAT_CACHE_MISS) {
         MOAT_STAT_INC(&w->stats, cache_miss);
         x->cobj = fresh;
         x->cwriter = true;
         x->cstatus = "fwd=stale";
+        if (!x->cvariant)
+            snapshot_request(c);
         return MOAT_DECLINED;
     }
     if (rc == MOAT_CACHE_HIT) {
@@ -600,6 +719,55 @@ void moat_pcache_serve_revalidated(struct moat_conn *c)
     serve_from(c, "fwd=stale; fwd-status=304; stored");
 }
 
+/* The writer of a primary key got an answer with Vary: the primary object becomes an index
+ * (the Vary lines and a fresh generation, no body, the response's freshness) and the writer
+ * goes on as the writer of its own variant. On return x->cobj is the variant object, or
+ * NULL when nothing is to be stored. */
+static void make_index(struct moat_conn *c, const struct moat_h1_resp *r,
+                       const struct moat_cache_cc *cc, const struct moat_cache_policy_cfg *pc,
+                       int64_t now)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_cache_store *st = moat_srv.cache;
+    struct moat_hdr idx[17];
+    size_t n = 0;
+    for (size_t i = 0; i < r->nhdrs && n < 16; i++)
+        if (MOAT_STR_IEQ_LIT(r->hdrs[i].name, "vary"))
+            idx[n++] = r->hdrs[i];
+    char genbuf[24];
+    int gl = snprintf(genbuf, sizeof genbuf, "%llu",
+                      (unsigned long long)atomic_fetch_add(&vary_gen, 1));
+    struct moat_str gen = moat_str_make(genbuf, (size_t)gl);
+    idx[n++] = (struct moat_hdr){MOAT_STR("Moat-Vary-Gen"), gen};
+    struct moat_cache_meta meta;
+    moat_cache_meta_init(&meta, pc, r->status, cc, r->hdrs, r->nhdrs, x->creq_time, now);
+    struct moat_cache_obj *v = NULL;
+    int rc = MOAT_ERR;
+    /* The variant first, then the index: waiters woken by the index must find this
+     * variant already being written, or they would fetch it a second time. */
+    if (x->vsnap && variant_key(c, idx, n - 1, gen, x->vsnap, x->vsnap_n))
+        rc = moat_cache_lookup_or_insert(st, moat_str_make(c->ckey, x->ckeylen), now, &v);
+    if ((rc != MOAT_CACHE_MISS && rc != MOAT_CACHE_HIT) ||
+        moat_cache_obj_set_head(x->cobj, r->status, idx, n, &meta, MOAT_STR_NULL) != MOAT_OK) {
+        if (v && rc == MOAT_CACHE_MISS)
+            moat_cache_obj_abandon(v, now, 0);
+        moat_cache_obj_release(&v);
+        moat_cache_obj_abandon(x->cobj, now, 0);
+        moat_cache_obj_release(&x->cobj);
+        x->cwriter = false;
+        return;
+    }
+    moat_cache_obj_complete(x->cobj);
+    moat_cache_obj_release(&x->cobj);
+    if (rc == MOAT_CACHE_MISS) {
+        x->cobj = v;
+        x->cvariant = true;
+        return;
+    }
+    moat_cache_obj_release(&v); /* someone writes this variant already: pass through */
+    x->cwriter = false;
+}
+
 void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
 {
     struct moat_xchg *x = &c->x;
@@ -625,7 +793,15 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     bool vary = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("vary")) != NULL;
     bool too_big = (r->flags & MOAT_H1_F_HAS_CL) && r->content_length > cfg->cache.max_object;
     int64_t now = now_s();
-    if (why != MOAT_NOSTORE_NONE || vary || too_big || x->respf.mode == FLOW_EOF) {
+    if (vary && !x->cvariant && why == MOAT_NOSTORE_NONE && !too_big &&
+        x->respf.mode != FLOW_EOF) {
+        make_index(c, r, &cc, &pc, now);
+        if (!x->cobj)
+            return;
+        vary = false; /* now writing the variant */
+    }
+    if (why != MOAT_NOSTORE_NONE || (vary && !x->cvariant) || too_big ||
+        x->respf.mode == FLOW_EOF) {
         /* Mark the URL hit-for-pass only when the origin said "not cacheable"; an error or a
          * size limit is no reason to stop collapsing later requests. */
         bool says_no = why == MOAT_NOSTORE_NO_STORE || why == MOAT_NOSTORE_PRIVATE ||
@@ -709,6 +885,8 @@ void moat_pcache_end(struct moat_conn *c, bool ok)
     moat_cache_obj_release(&x->cstale);
     x->cwriter = false;
     x->respf.tap = NULL;
+    free(x->vsnap);
+    x->vsnap = NULL;
 }
 
 bool moat_pcache_stale_on_error(struct moat_conn *c)

@@ -162,6 +162,9 @@ struct moat_xchg {
     bool cclaimed;                /* we hold cstale's refresh claim (stale-while-revalidate) */
     bool crevalidated;            /* the origin answered 304: answer from the cache */
     bool cinvalidate;             /* unsafe method: invalidate the key on a non-error answer */
+    bool cvariant;                /* c->ckey is a Vary variant's key (under an index) */
+    struct moat_hdr *vsnap;       /* a primary key's writer: copy of the request's fields */
+    size_t vsnap_n;
     uint64_t crange_left;         /* C_CACHE: body bytes still to send (a Range), or
                                      UINT64_MAX for the whole body */
     struct moat_str head_consumed_range;   /* Range / If-Range of a request answered from */
