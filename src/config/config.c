@@ -943,7 +943,7 @@ static const struct key pool_keys[] = {
     {.name = "keepalive",
      .type = KT_UINT,
      AT(struct moat_cfg_pool, keepalive),
-     .def = "32",
+     .def = "256",
      .min = 0,
      .max = 10000,
      .doc = "idle connections kept per origin per worker"},

@@ -45,8 +45,19 @@ static inline bool moat_str_eq(struct moat_str a, struct moat_str b)
 
 /* ASCII case-insensitive comparison (header names, tokens). */
 bool moat_str_ieq(struct moat_str a, struct moat_str b);
-/* ASCII case-insensitive comparison of <a> with the literal lowercase <lc>. */
-bool moat_str_ieq_lc(struct moat_str a, const char *lc, size_t lclen);
+/* ASCII case-insensitive comparison of <a> with the literal lowercase <lc>. Inline: it runs
+ * for most header names of every request and response. */
+static inline bool moat_str_ieq_lc(struct moat_str a, const char *lc, size_t lclen)
+{
+    if (a.len != lclen)
+        return false;
+    for (size_t i = 0; i < lclen; i++) {
+        unsigned char c = (unsigned char)a.ptr[i];
+        if ((unsigned char)(c | ((unsigned)(c - 'A') < 26u ? 0x20 : 0)) != (unsigned char)lc[i])
+            return false;
+    }
+    return true;
+}
 #define MOAT_STR_IEQ_LIT(s, lit) moat_str_ieq_lc((s), (lit), sizeof(lit) - 1)
 
 /* Poisoned: unbounded string functions have no place here. (System headers that declare them

@@ -15,13 +15,3 @@ bool moat_str_ieq(struct moat_str a, struct moat_str b)
             return false;
     return true;
 }
-
-bool moat_str_ieq_lc(struct moat_str a, const char *lc, size_t lclen)
-{
-    if (a.len != lclen)
-        return false;
-    for (size_t i = 0; i < lclen; i++)
-        if (lower((unsigned char)a.ptr[i]) != (unsigned char)lc[i])
-            return false;
-    return true;
-}

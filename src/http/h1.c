@@ -355,6 +355,8 @@ static enum moat_h1_err field_special(struct fstate *fs, struct moat_str n, stru
                     fs->flags |= MOAT_H1_F_CONN_KEEP;
                 else if (MOAT_STR_IEQ_LIT(el, "upgrade"))
                     fs->flags |= MOAT_H1_F_CONN_UPGRADE;
+                else
+                    fs->flags |= MOAT_H1_F_CONN_OTHER;
             }
         }
         break;

@@ -15,6 +15,10 @@ static int phase_shield(struct moat_conn *c)
 static int phase_route(struct moat_conn *c)
 {
     struct moat_xchg *x = &c->x;
+    if (x->wcfg->only_site) {
+        x->site = x->wcfg->only_site;
+        return MOAT_OK;
+    }
     struct moat_str host = x->req.host;
     /* Strip the port: "[v6]:port" or "name:port". */
     if (host.len && host.ptr[0] == '[') {

@@ -33,6 +33,7 @@ struct moat_wcfg {
     struct moat_upool ***omap;    /* [pool][origin] */
     unsigned *rr;                 /* [pool] round-robin position */
     unsigned *wsum;               /* [pool] total weight */
+    const struct moat_cfg_site *only_site; /* the one site, when it is just "*" */
 };
 
 struct moat_worker {

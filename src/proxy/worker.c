@@ -75,6 +75,8 @@ static struct moat_wcfg *wcfg_build(struct moat_worker *w, struct moat_config *c
     wc->wsum = calloc(cfg->npools ? cfg->npools : 1, sizeof *wc->wsum);
     if (!wc->omap || !wc->rr || !wc->wsum)
         goto fail;
+    if (cfg->nsites == 1 && cfg->sites[0].nhosts == 1 && !strcmp(cfg->sites[0].hosts[0], "*"))
+        wc->only_site = &cfg->sites[0]; /* quick mode and one-site configs: no lookup */
     for (size_t p = 0; p < cfg->npools; p++) {
         const struct moat_cfg_pool *pool = &cfg->pools[p];
         wc->omap[p] = calloc(pool->norigins ? pool->norigins : 1, sizeof *wc->omap[p]);
@@ -169,6 +171,28 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
     }
     /* More may wait: the listener is level-triggered, so epoll reports it again next turn;
      * the cap keeps one busy listener from starving established connections. */
+}
+
+/* Every worker binds its own socket with SO_REUSEPORT, which would also let a second moat
+ * (or anything else using the option) share the port silently. A probe bind without it,
+ * before the workers bind, refuses to start on an address another process listens on. */
+static int probe_free(const struct moat_addr *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return MOAT_OK; /* the real bind reports it */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    int rc = bind(fd, (const struct sockaddr *)&a->ss, a->len);
+    int e = errno;
+    close(fd);
+    if (rc < 0 && e == EADDRINUSE) {
+        snprintf(err, errlen, "moat: cannot listen on %s: address already in use", a->text);
+        return MOAT_ERR;
+    }
+    return MOAT_OK;
 }
 
 static int open_listener(const struct moat_addr *a, char *err, size_t errlen)
@@ -285,6 +309,9 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "moat: cannot create the cache (out of memory)");
         return MOAT_ERR;
     }
+    for (size_t k = 0; k < cfg->nlisten; k++)
+        if (probe_free(&cfg->listen[k], err, errlen) != MOAT_OK)
+            return MOAT_ERR;
     for (unsigned i = 0; i < n; i++) {
         struct moat_worker *w = &moat_srv.workers[i];
         w->id = i;
