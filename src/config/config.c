@@ -1155,6 +1155,160 @@ static int k_site_pool(struct ld *ld, const struct key *k, struct fy_node *n, vo
     return fail(ld, n, "no pool named \"%s\" (defined: %s)", name, list);
 }
 
+/* --- cache rules (sites[].rules) ------------------------------------------------------- */
+
+struct rule_ctx {
+    struct moat_cfg_rule *r;
+};
+
+static int k_rule_methods(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    static const char *const names[] = {"", "GET", "HEAD", "POST", "PUT", "DELETE",
+                                        "OPTIONS", "PATCH", "CONNECT", "TRACE"};
+    struct moat_cfg_rule *r = base;
+    size_t cnt;
+    if (each_string(ld, n, &cnt, NULL, NULL, false) != MOAT_OK)
+        return MOAT_ERR;
+    struct fy_node *one = fy_node_get_type(n) == FYNT_SCALAR ? n : NULL;
+    void *it = NULL;
+    for (size_t i = 0; i < cnt; i++) {
+        struct fy_node *e = one ? one : deref(fy_node_sequence_iterate(n, &it));
+        char buf[16];
+        if (scalar(ld, e, buf, sizeof buf, "a method name") != MOAT_OK)
+            return MOAT_ERR;
+        size_t m = 1;
+        while (m < MOAT_ARRAY_LEN(names) && strcmp(buf, names[m]))
+            m++;
+        if (m == MOAT_ARRAY_LEN(names))
+            return fail(ld, e, "\"%s\" is not a method moat matches on (GET, HEAD, POST, PUT, "
+                               "DELETE, OPTIONS, PATCH, TRACE)", buf);
+        r->methods |= 1u << m;
+    }
+    return MOAT_OK;
+}
+
+static int k_rule_path(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    struct moat_cfg_rule *r = base;
+    char buf[1024];
+    if (scalar(ld, n, buf, sizeof buf, "a path glob") != MOAT_OK)
+        return MOAT_ERR;
+    if (buf[0] != '/' && buf[0] != '*')
+        return fail(ld, n, "\"%s\" must start with / or * (it matches the request path)", buf);
+    r->path = arena_strndup(ld->box, buf, strlen(buf));
+    return r->path ? MOAT_OK : oom(ld);
+}
+
+static const struct key rule_match_keys[] = {
+    {.name = "path",
+     .type = KT_CUSTOM,
+     .fn = k_rule_path,
+     .tname = "glob",
+     .doc = "the request path matches this glob (* any run of bytes, ? one byte)"},
+    {.name = "methods",
+     .type = KT_CUSTOM,
+     .fn = k_rule_methods,
+     .tname = "method or list",
+     .doc = "the request method is one of these"},
+    {.name = "query",
+     .type = KT_STRING,
+     AT(struct moat_cfg_rule, query),
+     .doc = "the query string has this parameter"},
+    {.name = "header",
+     .type = KT_STRING,
+     AT(struct moat_cfg_rule, header),
+     .doc = "the request has this header field"},
+    {.name = "cookie",
+     .type = KT_STRING,
+     AT(struct moat_cfg_rule, cookie),
+     .doc = "the request has this cookie"},
+};
+static const struct table rule_match_table = TABLE(rule_match_keys, NULL);
+
+static const char *const cache_mode_names[] = {"standard", "bypass", "everything", NULL};
+static const char *const key_query_names[] = {"all", "ignore", "sort", NULL};
+
+static const struct key rule_key_keys[] = {
+    {.name = "query",
+     .type = KT_ENUM,
+     AT(struct moat_cfg_rule, key_query),
+     .def = "all",
+     .names = key_query_names,
+     .doc = "the query string in the cache key: as sent, ignored, or parameters sorted"},
+};
+static const struct table rule_key_table = TABLE(rule_key_keys, NULL);
+
+static const struct key rule_keys[] = {
+    {.name = "match",
+     .type = KT_MAP,
+     .sub = &rule_match_table,
+     .sub_sep = ".",
+     .doc = "conditions, all of which must hold (none: every request)"},
+    {.name = "cache",
+     .type = KT_ENUM,
+     AT(struct moat_cfg_rule, mode),
+     .def = "standard",
+     .names = cache_mode_names,
+     .doc = "standard (obey the origin), bypass, or everything (store whatever the origin says)"},
+    {.name = "edge_ttl",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_rule, edge_ttl_ms),
+     .def = "0",
+     .min = 0,
+     .max = 365 * 86400000ull,
+     .doc = "how long moat keeps answers fresh, overriding the origin (0: the origin's)"},
+    {.name = "browser_ttl",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_rule, browser_ttl_ms),
+     .def = "0",
+     .min = 0,
+     .max = 365 * 86400000ull,
+     .doc = "Cache-Control: max-age that clients see (0: the origin's Cache-Control)"},
+    {.name = "stale_if_error",
+     .type = KT_DURATION,
+     AT(struct moat_cfg_rule, stale_if_error_ms),
+     .def = "0",
+     .min = 0,
+     .max = 365 * 86400000ull,
+     .doc = "serve a stale copy this long past its freshness when the origin fails"},
+    {.name = "key",
+     .type = KT_MAP,
+     .sub = &rule_key_table,
+     .sub_sep = ".",
+     .doc = "cache key options"},
+};
+static const struct table rule_table = TABLE(rule_keys, NULL);
+
+static int k_rules(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    struct site_ctx *sc = base;
+    if (is_null(n) || fy_node_get_type(n) != FYNT_SEQUENCE)
+        return fail(ld, n, "expected a list of rules, got %s", what(n));
+    size_t cnt = (size_t)MOAT_MAX(fy_node_sequence_item_count(n), 0);
+    sc->site->rules = arena_alloc(ld->box, (cnt ? cnt : 1) * sizeof(*sc->site->rules));
+    if (!sc->site->rules)
+        return oom(ld);
+    memset(sc->site->rules, 0, (cnt ? cnt : 1) * sizeof(*sc->site->rules));
+    void *it = NULL;
+    struct fy_node *e;
+    size_t i = 0;
+    while ((e = fy_node_sequence_iterate(n, &it)) != NULL) {
+        size_t old = path_push(ld, "[%zu]", i);
+        struct fy_node *v = deref(e);
+        int rc;
+        if (is_null(v) || fy_node_get_type(v) != FYNT_MAPPING)
+            rc = fail(ld, v, "expected a rule ({ match: {...}, cache: ... }), got %s", what(v));
+        else
+            rc = walk(ld, &rule_table, v, &sc->site->rules[i], false);
+        path_pop(ld, old);
+        if (rc != MOAT_OK)
+            return rc;
+        i++;
+    }
+    sc->site->nrules = i;
+    return MOAT_OK;
+}
+
 static const struct key site_keys[] = {
     {.name = "hosts",
      .type = KT_CUSTOM,
@@ -1168,6 +1322,13 @@ static const struct key site_keys[] = {
      .tname = "pool name",
      .flags = K_REQUIRED,
      .doc = "the pool requests for this site go to (required)"},
+    {.name = "rules",
+     .type = KT_CUSTOM,
+     .fn = k_rules,
+     .sub = &rule_table,
+     .sub_sep = "[].",
+     .tname = "list of rules",
+     .doc = "cache rules; the first whose match fits a request applies"},
 };
 static const struct table site_table = TABLE(site_keys, NULL);
 
@@ -1435,6 +1596,14 @@ static const struct key cache_keys[] = {
      AT(struct moat_config, cache.targeted_field),
      .def = "Moat-Cache-Control",
      .doc = "moat's own targeted Cache-Control field (RFC 9213); wins over CDN-Cache-Control"},
+    {.name = "static_ttl",
+     .type = KT_DURATION,
+     AT(struct moat_config, cache.static_ttl_ms),
+     .def = "2h",
+     .min = 0,
+     .max = 365 * DAY_MS,
+     .doc = "freshness for static file types (css, js, images, fonts...) whose origin gives "
+            "none, when no rule matches; 0 = off (quick mode)"},
 };
 static const struct table cache_table = TABLE(cache_keys, NULL);
 
@@ -1733,6 +1902,8 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
     struct moat_config *c = &ld.box->cfg;
     if (walk(&ld, &root_table, NULL, c, false) != MOAT_OK)
         goto out;
+    /* Quick mode obeys the origin's headers only: no default freshness for static files. */
+    c->cache.static_ttl_ms = 0;
     if (listen) {
         if (moat_addr_parse(listen, &c->listen[0], msg, sizeof(msg)) != MOAT_OK) {
             fail(&ld, NULL, "listen: %s", msg);

@@ -49,10 +49,36 @@ struct moat_cfg_pool {
                                    default (client) keeps the client's Host */
 };
 
+/* A cache rule (sites[].rules[]): the first whose match fits a request decides how the
+ * cache treats it, like a CDN's page rules. */
+enum moat_cache_mode {
+    MOAT_CACHE_MODE_STANDARD = 0, /* obey the origin's headers (RFC 9111) */
+    MOAT_CACHE_MODE_BYPASS,       /* never look up or store */
+    MOAT_CACHE_MODE_EVERYTHING,   /* store regardless of the origin's Cache-Control */
+};
+enum moat_key_query { MOAT_KEY_QUERY_ALL = 0, MOAT_KEY_QUERY_IGNORE, MOAT_KEY_QUERY_SORT };
+
+struct moat_cfg_rule {
+    /* match (all given conditions must hold) */
+    char *path;                 /* glob on the path: '*' any run, '?' one byte; NULL = any */
+    unsigned methods;           /* bit (1 << enum moat_method); 0 = any */
+    char *query;                /* a query parameter that must be present */
+    char *header;               /* a request header that must be present */
+    char *cookie;               /* a cookie that must be present */
+    /* actions */
+    unsigned mode;              /* enum moat_cache_mode */
+    uint64_t edge_ttl_ms;       /* moat's freshness lifetime; 0 = the origin's */
+    uint64_t browser_ttl_ms;    /* Cache-Control: max-age sent to clients; 0 = the origin's */
+    uint64_t stale_if_error_ms; /* serve stale this long when the origin fails; 0 = none */
+    unsigned key_query;         /* enum moat_key_query */
+};
+
 struct moat_cfg_site {
     char **hosts;               /* lowercase; "*" matches any; "*.example.com" a suffix */
     size_t nhosts;
     struct moat_cfg_pool *pool; /* points into the snapshot's pools[] */
+    struct moat_cfg_rule *rules;/* first match wins */
+    size_t nrules;
 };
 
 enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERROR };
@@ -105,6 +131,8 @@ struct moat_config {
         uint64_t pass_ttl_ms;     /* cache.pass_ttl: 2m, hit-for-pass marker lifetime */
         uint64_t heuristic_max_ms;/* cache.heuristic_max: 1d */
         char *targeted_field;     /* cache.targeted_field: "Moat-Cache-Control" */
+        uint64_t static_ttl_ms;   /* cache.static_ttl: 2h (quick mode: 0): freshness for
+                                     static file types when the origin gives none */
     } cache;
 
     struct moat_cfg_pool *pools;

@@ -54,6 +54,43 @@ static void wake_cb(void *arg)
 
 /* --- keys --------------------------------------------------------------------------------- */
 
+static int cmp_param(const void *a, const void *b)
+{
+    const struct moat_str *x = a, *y = b;
+    size_t n = MOAT_MIN(x->len, y->len);
+    int d = memcmp(x->ptr, y->ptr, n);
+    return d ? d : (x->len < y->len ? -1 : x->len > y->len);
+}
+
+/* Writes the parameters of <q> sorted (cache rule key.query: sort), so ?b=2&a=1 and ?a=1&b=2
+ * share an object. Returns the bytes written (q.len at most). */
+static size_t sorted_query(struct moat_str q, char *out)
+{
+    struct moat_str p[64];
+    size_t n = 0, i = 0;
+    while (i <= q.len && n < MOAT_ARRAY_LEN(p)) {
+        size_t j = i;
+        while (j < q.len && q.ptr[j] != '&')
+            j++;
+        if (j > i)
+            p[n++] = moat_str_make(q.ptr + i, j - i);
+        i = j + 1;
+    }
+    if (i <= q.len) { /* more than 64 parameters: keep the order as sent */
+        memcpy(out, q.ptr, q.len);
+        return q.len;
+    }
+    qsort(p, n, sizeof p[0], cmp_param);
+    size_t o = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (k)
+            out[o++] = '&';
+        memcpy(out + o, p[k].ptr, p[k].len);
+        o += p[k].len;
+    }
+    return o;
+}
+
 /* "http://" + host (lowercase, port as sent) + path and query as sent. The scheme is fixed
  * until TLS arrives. Returns false when the key does not fit (such requests bypass). */
 static bool build_key(struct moat_conn *c)
@@ -69,9 +106,10 @@ static bool build_key(struct moat_conn *c)
         k[n++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
     }
     struct moat_str a = r->target, b = MOAT_STR_NULL;
-    if (r->flags & MOAT_H1_F_ABSOLUTE) {
+    unsigned kq = c->x.rule ? c->x.rule->key_query : MOAT_KEY_QUERY_ALL;
+    if ((r->flags & MOAT_H1_F_ABSOLUTE) || kq != MOAT_KEY_QUERY_ALL) {
         a = r->path;
-        if (r->query.len)
+        if (r->query.len && kq != MOAT_KEY_QUERY_IGNORE)
             b = r->query;
     }
     if (n + a.len + (b.len ? b.len + 1 : 0) > cap)
@@ -80,8 +118,12 @@ static bool build_key(struct moat_conn *c)
     n += a.len;
     if (b.len) {
         k[n++] = '?';
-        memcpy(k + n, b.ptr, b.len);
-        n += b.len;
+        if (kq == MOAT_KEY_QUERY_SORT)
+            n += sorted_query(b, k + n);
+        else {
+            memcpy(k + n, b.ptr, b.len);
+            n += b.len;
+        }
     }
     c->x.ckeylen = (uint16_t)n;
     return true;
@@ -133,6 +175,26 @@ static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int
         age = 0;
     struct moat_str reason = moat_http_reason(status);
     struct moat_str block = moat_cache_head_block(h);
+    char bbuf[8192];
+    if (x->rule && x->rule->browser_ttl_ms) {
+        /* The rule's browser_ttl replaces the stored Cache-Control toward the client. */
+        size_t pos = 0, n = 0;
+        struct moat_hdr l;
+        while (moat_cache_head_next(h, &pos, &l)) {
+            if (MOAT_STR_IEQ_LIT(l.name, "cache-control"))
+                continue;
+            int k = snprintf(bbuf + n, sizeof bbuf - n, "%.*s: %.*s\r\n", (int)l.name.len,
+                             l.name.ptr, (int)l.value.len, l.value.ptr);
+            if (k < 0 || (size_t)k >= sizeof bbuf - n)
+                break;
+            n += (size_t)k;
+        }
+        int k = snprintf(bbuf + n, sizeof bbuf - n, "Cache-Control: max-age=%llu\r\n",
+                         (unsigned long long)(x->rule->browser_ttl_ms / 1000));
+        if (k > 0 && (size_t)k < sizeof bbuf - n)
+            n += (size_t)k;
+        block = moat_str_make(bbuf, n);
+    }
     uint64_t len = moat_cache_obj_expected_len(x->cobj);
     char cs[64];
     if (!strcmp(x->cstatus, "hit")) {
@@ -508,6 +570,10 @@ int moat_pcache_request(struct moat_conn *c)
                          build_key(c);
         return MOAT_DECLINED;
     }
+    if (x->rule && x->rule->mode == MOAT_CACHE_MODE_BYPASS) {
+        x->cstatus = "fwd=bypass; detail=rule";
+        return MOAT_DECLINED;
+    }
     if (x->upgrade || !build_key(c)) {
         x->cstatus = "fwd=bypass";
         return MOAT_DECLINED;
@@ -782,6 +848,13 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
         return;
     }
     moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
+    const struct moat_cfg_rule *rule = x->rule;
+    bool everything = rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING;
+    if (everything) {
+        /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
+         * still does (a session must never be shared), and so does the status. */
+        cc.flags &= ~(uint32_t)(MOAT_CC_NO_STORE | MOAT_CC_PRIVATE | MOAT_CC_NO_CACHE);
+    }
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =
@@ -814,6 +887,21 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     }
     struct moat_cache_meta meta;
     moat_cache_meta_init(&meta, &pc, r->status, &cc, r->hdrs, r->nhdrs, x->creq_time, now);
+    /* Rules and defaults adjust what the origin said: an edge TTL replaces its lifetime;
+     * "everything" and static file types without freshness get a default one. */
+    if (rule && rule->edge_ttl_ms)
+        meta.lifetime = (int32_t)MOAT_MIN(rule->edge_ttl_ms / 1000, (uint64_t)INT32_MAX);
+    else if ((everything || x->static_default) && cc.max_age < 0 && cc.s_maxage < 0 &&
+             !(meta.flags & MOAT_META_HEURISTIC) &&
+             !moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("expires"))) {
+        uint64_t d = cfg->cache.static_ttl_ms ? cfg->cache.static_ttl_ms : 7200000u;
+        meta.lifetime = (int32_t)MOAT_MIN(d / 1000, (uint64_t)INT32_MAX);
+    }
+    if (everything)
+        meta.flags &= ~(uint32_t)MOAT_META_NO_CACHE;
+    if (rule && rule->stale_if_error_ms)
+        meta.sie = (int32_t)MOAT_MAX((uint64_t)meta.sie,
+                                     MOAT_MIN(rule->stale_if_error_ms / 1000, (uint64_t)INT32_MAX));
     if (meta.lifetime <= 0 && !(meta.flags & MOAT_META_HAS_VALIDATOR) && !meta.sie &&
         !meta.swr) {
         /* Nothing to reuse it for: stale at once, no validator, no grace. Not stored, and no

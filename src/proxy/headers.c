@@ -326,9 +326,17 @@ int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, st
             continue;
         if (x->cstatus && moat_pcache_strip(c, h->name))
             continue; /* targeted cache fields and cache tags are for moat, not clients */
+        if (x->rule && x->rule->browser_ttl_ms && h->name.len == 13 &&
+            MOAT_STR_IEQ_LIT(h->name, "cache-control"))
+            continue; /* replaced below (the rule's browser_ttl) */
         run_add(&rn, &o, h);
     }
     run_flush(&rn, &o);
+    if (x->rule && x->rule->browser_ttl_ms) {
+        PUTL(&o, "Cache-Control: max-age=");
+        put_u64(&o, x->rule->browser_ttl_ms / 1000);
+        PUTL(&o, "\r\n");
+    }
     if (x->cstatus) {
         PUTL(&o, "Cache-Status: moat; ");
         put(&o, x->cstatus, strlen(x->cstatus));

@@ -10,6 +10,110 @@ static int phase_shield(struct moat_conn *c)
     return MOAT_DECLINED;
 }
 
+/* --- rules: the site's cache rules, first match wins ------------------------------------ */
+
+/* Glob match: '*' any run of bytes (including '/'), '?' one byte. Iterative with one
+ * backtrack point: linear in practice, never exponential. */
+static bool glob_match(const char *g, struct moat_str s)
+{
+    size_t i = 0, star_g = (size_t)-1, star_i = 0;
+    const char *p = g;
+    while (i < s.len) {
+        if (*p == '*') {
+            star_g = (size_t)(++p - g);
+            star_i = i;
+        } else if (*p && (*p == '?' || *p == s.ptr[i])) {
+            p++;
+            i++;
+        } else if (star_g != (size_t)-1) {
+            p = g + star_g;
+            i = ++star_i;
+        } else {
+            return false;
+        }
+    }
+    while (*p == '*')
+        p++;
+    return *p == 0;
+}
+
+/* Does the list <v> (separated by <sep>, e.g. '&' for a query, ';' for cookies) have an
+ * element named <name> ("name" or "name=...")? */
+static bool has_param(struct moat_str v, const char *name, char sep)
+{
+    size_t nl = strlen(name), i = 0;
+    while (i < v.len) {
+        while (i < v.len && (v.ptr[i] == ' ' || v.ptr[i] == sep))
+            i++;
+        size_t j = i;
+        while (j < v.len && v.ptr[j] != sep)
+            j++;
+        size_t k = i;
+        while (k < j && v.ptr[k] != '=')
+            k++;
+        if (k - i == nl && !memcmp(v.ptr + i, name, nl))
+            return true;
+        i = j;
+    }
+    return false;
+}
+
+static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_h1_req *q)
+{
+    if (r->methods && !(r->methods & (1u << q->meth)))
+        return false;
+    if (r->path && !glob_match(r->path, q->path))
+        return false;
+    if (r->query && !has_param(q->query, r->query, '&'))
+        return false;
+    if (r->header && !moat_h1_find(q->hdrs, q->nhdrs, moat_str_make(r->header, strlen(r->header))))
+        return false;
+    if (r->cookie) {
+        bool found = false;
+        for (size_t i = 0; i < q->nhdrs && !found; i++)
+            if (MOAT_STR_IEQ_LIT(q->hdrs[i].name, "cookie"))
+                found = has_param(q->hdrs[i].value, r->cookie, ';');
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* File types a CDN caches by default (Cloudflare's list, trimmed to the common ones). */
+static bool static_type(struct moat_str path)
+{
+    static const char *const ext[] = {
+        "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "bmp",
+        "tif", "tiff", "woff", "woff2", "ttf", "otf", "eot", "mp4", "webm", "ogg", "mp3",
+        "wav", "flac", "m4a", "avi", "mov", "pdf", "zip", "gz", "tar", "7z", "rar", "bz2",
+        "doc", "docx", "xls", "xlsx", "ppt", "pptx", "csv", "txt", "swf", "apk", "dmg",
+        "iso", "bin", "exe", "jar", "class", "ps", "eps", "pict", "midi", "mid", "map"};
+    size_t dot = path.len;
+    while (dot > 0 && path.ptr[dot - 1] != '.' && path.ptr[dot - 1] != '/')
+        dot--;
+    if (dot == 0 || path.ptr[dot - 1] != '.')
+        return false;
+    struct moat_str e = moat_str_make(path.ptr + dot, path.len - dot);
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(ext); i++)
+        if (moat_str_ieq_lc(e, ext[i], strlen(ext[i])))
+            return true;
+    return false;
+}
+
+static void pick_rule(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    x->rule = NULL;
+    x->static_default = false;
+    for (size_t i = 0; i < x->site->nrules; i++) {
+        if (rule_matches(&x->site->rules[i], &x->req)) {
+            x->rule = &x->site->rules[i];
+            return;
+        }
+    }
+    x->static_default = x->wcfg->cfg->cache.static_ttl_ms > 0 && static_type(x->req.path);
+}
+
 /* --- route: Host -> site. No site for the host is a 421 Misdirected Request: this moat
  * serves no such site, which is what RFC 9110 15.5.20 says. */
 static int phase_route(struct moat_conn *c)
@@ -17,6 +121,8 @@ static int phase_route(struct moat_conn *c)
     struct moat_xchg *x = &c->x;
     if (x->wcfg->only_site) {
         x->site = x->wcfg->only_site;
+        if (x->site->nrules || x->wcfg->cfg->cache.static_ttl_ms)
+            pick_rule(c);
         return MOAT_OK;
     }
     struct moat_str host = x->req.host;
@@ -36,6 +142,7 @@ static int phase_route(struct moat_conn *c)
         moat_local_response(c, 421, "no site is configured for this host\n");
         return MOAT_DONE;
     }
+    pick_rule(c);
     return MOAT_OK;
 }
 

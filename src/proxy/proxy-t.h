@@ -126,6 +126,8 @@ struct moat_xchg {
     uint64_t t_start_us;
     uint64_t t_up_start_us, t_up_first_us;
     const struct moat_cfg_site *site;
+    const struct moat_cfg_rule *rule; /* the site's cache rule that matched, or NULL */
+    bool static_default;          /* no rule matched and the path is a static file type */
     unsigned pool_idx;
     const struct moat_cfg_origin *origin;
     struct moat_upool *upool;

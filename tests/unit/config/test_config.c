@@ -170,7 +170,7 @@ static void test_full_document(void **state)
     assert_string_equal(p->origins[0].host, "[::1]");
     assert_string_equal(p->origins[0].authority, "[::1]:9000");
     assert_false(p->host_from_origin);
-    assert_int_equal(p->keepalive, 32);
+    assert_int_equal(p->keepalive, 256);
 
     assert_int_equal(c->nsites, 2);
     assert_int_equal(c->sites[0].nhosts, 2);
@@ -217,7 +217,7 @@ static void test_defaults(void **state)
     assert_string_equal(c->error_log, "stderr");
     assert_int_equal(c->log_level, MOAT_LOG_INFO);
     const struct moat_cfg_pool *p = &c->pools[0];
-    assert_int_equal(p->keepalive, 32);
+    assert_int_equal(p->keepalive, 256);
     assert_int_equal(p->connect_timeout_ms, 5000);
     assert_int_equal(p->first_byte_timeout_ms, 60000);
     assert_int_equal(p->idle_timeout_ms, 60000);

@@ -1,0 +1,158 @@
+"""Cache rules (sites[].rules, first match wins, like CDN page rules) and the default for
+static file types."""
+import time
+
+import pytest
+
+from test_80_cache import MISS, MISS_STORED, cs, get, is_hit, seen, site, so, ttl  # noqa: F401
+
+BYPASS_RULE = ["moat", "fwd=bypass", "detail=rule"]
+
+
+def start_rules(moat_factory, so, rules, cache=None):
+    over = {"sites": [{"hosts": ["*"], "pool": "main", "rules": rules}]}
+    if cache is not None:
+        over["cache"] = cache
+    return moat_factory(so, admin=True, **over)
+
+
+def test_first_match_wins_bypass_then_everything(moat_factory, so, site, http):
+    site.route("/api/x", [("Cache-Control", "max-age=60")])
+    site.route("/static/a.txt", [("Cache-Control", "no-store")])
+    m = start_rules(moat_factory, so, [
+        {"match": {"path": "/api/*"}, "cache": "bypass"},
+        {"match": {"path": "/*"}, "cache": "everything", "edge_ttl": "1h"},
+    ])
+    for _ in range(3):
+        r = get(http, m, "/api/x")
+        assert cs(r) == BYPASS_RULE
+    assert len(seen(so, "/api/x")) == 3           # cacheable by its headers, bypassed by rule
+    r = get(http, m, "/static/a.txt")
+    assert cs(r) == MISS_STORED                    # no-store ignored by "everything"
+    r = get(http, m, "/static/a.txt")
+    assert is_hit(r) and 3590 <= ttl(r) <= 3600    # the edge TTL, not the origin's
+    assert r.headers["Cache-Control"] == "no-store"  # the client still sees the origin's
+    assert len(seen(so, "/static/a.txt")) == 1
+
+
+def test_everything_never_stores_set_cookie(moat_factory, so, site, http):
+    site.route("/s", [("Set-Cookie", "sid=1")])
+    m = start_rules(moat_factory, so, [{"cache": "everything"}])
+    get(http, m, "/s")
+    assert not is_hit(get(http, m, "/s"))
+    assert len(seen(so, "/s")) == 2
+
+
+def test_edge_ttl_overrides_origin_max_age(moat_factory, so, site, http):
+    site.route("/e", [("Cache-Control", "max-age=1")])
+    m = start_rules(moat_factory, so, [{"match": {"path": "/e"}, "edge_ttl": "1m"}])
+    assert cs(get(http, m, "/e")) == MISS_STORED
+    time.sleep(2.2)
+    r = get(http, m, "/e")
+    assert is_hit(r) and ttl(r) <= 58
+    assert len(seen(so, "/e")) == 1
+
+
+def test_browser_ttl_rewrites_cache_control_on_miss_and_hit(moat_factory, so, site, http):
+    site.route("/b.html", [("Cache-Control", "public, max-age=60")])
+    m = start_rules(moat_factory, so, [{"match": {"path": "*.html"}, "browser_ttl": "1h"}])
+    r1 = get(http, m, "/b.html")
+    r2 = get(http, m, "/b.html")
+    assert cs(r1) == MISS_STORED and is_hit(r2)
+    for r in (r1, r2):
+        assert r.headers["Cache-Control"] == "max-age=3600", r.headers
+    assert 58 <= ttl(r2) <= 60                     # moat's own freshness is the origin's
+
+
+@pytest.mark.parametrize("mode,urls,shared", [
+    ("ignore", ["/q?a=1", "/q?a=2", "/q"], True),
+    ("sort", ["/q?b=2&a=1", "/q?a=1&b=2"], True),
+    ("all", ["/q?b=2&a=1", "/q?a=1&b=2"], False),
+])
+def test_key_query_options(moat_factory, so, site, http, mode, urls, shared):
+    m = start_rules(moat_factory, so, [{"match": {"path": "/q"}, "key": {"query": mode}}])
+    first = get(http, m, urls[0])
+    assert cs(first) == MISS_STORED
+    for u in urls[1:]:
+        r = get(http, m, u)
+        assert is_hit(r) == shared, (u, cs(r))
+        if shared:
+            assert r.content == first.content
+    assert len(so.requests) == (1 if shared else len(urls))
+
+
+def test_match_on_method_query_header_cookie(moat_factory, so, site, http):
+    m = start_rules(moat_factory, so, [
+        {"match": {"query": "preview"}, "cache": "bypass"},
+        {"match": {"header": "X-Debug"}, "cache": "bypass"},
+        {"match": {"cookie": "session"}, "cache": "bypass"},
+        {"match": {"methods": ["HEAD"]}, "cache": "bypass"},
+    ])
+    assert cs(get(http, m, "/m?preview")) == BYPASS_RULE
+    assert cs(get(http, m, "/m?x=1&preview=1")) == BYPASS_RULE
+    assert cs(get(http, m, "/m?previewx=1")) == MISS_STORED        # a different parameter
+    assert cs(get(http, m, "/m", headers={"X-Debug": "1"})) == BYPASS_RULE
+    assert cs(get(http, m, "/m", headers={"Cookie": "a=1; session=xyz"})) == BYPASS_RULE
+    assert cs(get(http, m, "/m", headers={"Cookie": "sessionid=xyz"})) == MISS_STORED
+    r = http.head(m.url("/m"), timeout=10)
+    assert cs(r) == BYPASS_RULE
+    assert is_hit(get(http, m, "/m"))
+
+
+def test_rule_stale_if_error(moat_factory, so, site, http):
+    site.route("/sie", [("Cache-Control", "max-age=1")])
+    m = start_rules(moat_factory, so, [{"match": {"path": "/sie"}, "stale_if_error": "1h"}])
+    first = get(http, m, "/sie")
+    assert cs(first) == MISS_STORED
+    time.sleep(2.2)
+    so.stop()
+    r = get(http, m, "/sie")
+    assert r.status_code == 200 and r.content == first.content
+    assert cs(r) == ["moat", "hit", "detail=stale-if-error"]
+
+
+def test_static_types_get_a_default_ttl_in_file_mode(moat_factory, so, site, http):
+    site.route("/app.css", [])      # no freshness information at all
+    site.route("/page", [])
+    m = moat_factory(so, admin=True, cache={"static_ttl": "10m"})
+    assert cs(get(http, m, "/app.css")) == MISS_STORED
+    r = get(http, m, "/app.css")
+    assert is_hit(r) and 590 <= ttl(r) <= 600
+    assert cs(get(http, m, "/page")) == MISS       # not a static type: the origin decides
+    site.route("/nostore.js", [("Cache-Control", "no-store")])
+    get(http, m, "/nostore.js")
+    assert not is_hit(get(http, m, "/nostore.js"))  # the origin's no-store is obeyed
+
+
+def test_quick_mode_has_no_static_default(moat_factory, so, site, http, tmp_path):
+    import subprocess
+    from conftest import MOAT_BIN, free_port, wait_port
+    site.route("/app.css", [])
+    port = free_port()
+    p = subprocess.Popen([MOAT_BIN, "--origin", f"http://{so.addr}", "--listen",
+                          f"127.0.0.1:{port}", "--workers", "1"], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port(port)
+        url = f"http://127.0.0.1:{port}/app.css"
+        r1 = http.get(url, timeout=10)
+        r2 = http.get(url, timeout=10)
+        assert cs(r1) == MISS and not is_hit(r2)
+        assert len(seen(so, "/app.css")) == 2
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_bad_rules_are_refused_with_position(moat_factory, so, tmp_path):
+    import subprocess
+    from conftest import MOAT_BIN
+    f = tmp_path / "bad.yaml"
+    f.write_text('pools: {main: {origins: ["127.0.0.1:1"]}}\n'
+                 'sites:\n'
+                 '  - hosts: ["*"]\n'
+                 '    pool: main\n'
+                 '    rules:\n'
+                 '      - match: { methods: [FETCH] }\n')
+    r = subprocess.run([MOAT_BIN, "-t", "-c", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"{f}:6:28: sites[0].rules[0].match.methods"), r.stderr
