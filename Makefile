@@ -1,4 +1,5 @@
 # moat: build, test, bench. `make` builds ./moat; `make test` runs everything a release needs.
+SHELL   := /bin/bash
 CC      ?= gcc
 PKGS    := libfyaml jansson libxxhash openssl
 CSTD    := -std=c17 -D_GNU_SOURCE
@@ -63,6 +64,7 @@ test:
 	$(MAKE) SAN=1 unit
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(MAKE) SAN=1 e2e PYTEST_ARGS="$(SAN_PYTEST_ARGS)"
+	$(MAKE) -j2 fuzz
 	$(MAKE) fuzz-run
 
 # libFuzzer targets (clang). FUZZ_SECONDS bounds each run.
@@ -78,11 +80,14 @@ build-fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRCS)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIBSRCS) $(PKGLIBS) -lm
 
+# A crash, a leak or a unit slower than 10 s (a hang) fails the run; the input is kept as
+# build-fuzz/crash-* / timeout-* for a regression seed.
 fuzz-run: fuzz
-	@set -e; for f in $(FUZZ_BINS); do \
+	@set -eo pipefail; for f in $(FUZZ_BINS); do \
 	  n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
 	  echo "== $$n for $(FUZZ_SECONDS)s"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 3; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=0 \
+	    -artifact_prefix=build-fuzz/ build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 3; \
 	done
 
 bench: all

@@ -1744,6 +1744,32 @@ static struct moat_config *load_common(const char *yaml, size_t len, const char 
         snprintf(err, errlen, "moat: out of memory");
         goto out;
     }
+    /* YAML directives (%YAML, %TAG) have no use in a moat config, and libfyaml 0.7.12 loops
+     * forever on some malformed ones (found by tests/fuzz/fuzz_config.c: "%1\xf6.\n@").
+     * Refuse a line that starts with '%' before the parser sees it; a NUL byte too, which
+     * no text config has. */
+    for (size_t i = 0, line = 1; i < len; i++) {
+        /* Line starts: after LF, CR, NEL (C2 85), LS/PS (E2 80 A8/A9), as YAML counts them. */
+        bool bol = i == 0 || yaml[i - 1] == '\n' || yaml[i - 1] == '\r' ||
+                   (i >= 2 && (unsigned char)yaml[i - 2] == 0xc2 &&
+                    (unsigned char)yaml[i - 1] == 0x85) ||
+                   (i >= 3 && (unsigned char)yaml[i - 3] == 0xe2 &&
+                    (unsigned char)yaml[i - 2] == 0x80 &&
+                    ((unsigned char)yaml[i - 1] == 0xa8 || (unsigned char)yaml[i - 1] == 0xa9));
+        if (yaml[i] == '%' && bol) {
+            snprintf(err, errlen, "%s:%zu:1: YAML directives (%%...) are not supported", ld.name,
+                     line);
+            ld.failed = true;
+            goto out;
+        }
+        if (yaml[i] == '\0') {
+            snprintf(err, errlen, "%s:%zu:1: a NUL byte: this is not a text file", ld.name, line);
+            ld.failed = true;
+            goto out;
+        }
+        if (yaml[i] == '\n')
+            line++;
+    }
     struct fy_parse_cfg pc = {.flags = FYPCF_QUIET | FYPCF_ALLOW_DUPLICATE_KEYS, .diag = ld.diag};
     doc = fy_document_build_from_string(&pc, yaml, len);
     if (!doc) {

@@ -724,6 +724,24 @@ bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
     return t && moat_str_ieq(n, moat_str_make(t, strlen(t)));
 }
 
+/* Gives up the object being fetched (aborting it if we write it) and makes the stale copy
+ * the object to answer from, releasing the refresh claim on it. */
+static void fall_back_to_stale(struct moat_xchg *x)
+{
+    if (x->cobj) {
+        unsubscribe(x);
+        if (x->cwriter)
+            moat_cache_obj_abort(x->cobj);
+        moat_cache_obj_release(&x->cobj);
+    }
+    x->cwriter = false;
+    if (x->cclaimed)
+        moat_cache_obj_unclaim_refresh(x->cstale);
+    x->cclaimed = false;
+    x->cobj = x->cstale;
+    x->cstale = NULL;
+}
+
 /* The origin answered our conditional refetch with 304: the stale object's body is still
  * good. RFC 9111 4.3.4: the stored header fields are updated with those of the 304, the
  * freshness is computed anew, and the client is answered from the refreshed object. The new
@@ -758,14 +776,7 @@ static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
     if (moat_cache_obj_adopt_body(x->cobj, x->cstale) != MOAT_OK ||
         moat_cache_obj_set_head(x->cobj, old->status, merged, n, &meta, tags) != MOAT_OK) {
         /* Out of memory: the stale copy is still what the origin just confirmed. */
-        moat_cache_obj_abort(x->cobj);
-        moat_cache_obj_release(&x->cobj);
-        x->cwriter = false;
-        if (x->cclaimed)
-            moat_cache_obj_unclaim_refresh(x->cstale);
-        x->cclaimed = false;
-        x->cobj = x->cstale;
-        x->cstale = NULL;
+        fall_back_to_stale(x);
         x->crevalidated = true;
         return;
     }
@@ -985,18 +996,7 @@ bool moat_pcache_stale_on_error(struct moat_conn *c)
     const struct moat_cache_head *h = moat_cache_obj_head(x->cstale);
     if (!h || !moat_cache_stale_if_error_ok(&h->meta, &x->creq, now_s()))
         return false;
-    if (x->cobj) {
-        unsubscribe(x);
-        if (x->cwriter)
-            moat_cache_obj_abort(x->cobj);
-        moat_cache_obj_release(&x->cobj);
-    }
-    x->cwriter = false;
-    if (x->cclaimed)
-        moat_cache_obj_unclaim_refresh(x->cstale);
-    x->cclaimed = false;
-    x->cobj = x->cstale;
-    x->cstale = NULL;
+    fall_back_to_stale(x);
     x->cstale_serving = true;
     MOAT_STAT_INC(&c->w->stats, cache_stale);
     serve_from(c, "hit; detail=stale-if-error");
