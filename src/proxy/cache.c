@@ -249,7 +249,7 @@ int moat_pcache_serve(struct moat_conn *c)
                 st = moat_cache_obj_state(x->cobj);
                 if (st == MOAT_CACHE_OBJ_PENDING) {
                     moat_timer_set(&w->loop, &c->timer,
-                                   x->wcfg->cfg->pools[0].first_byte_timeout_ms);
+                                   x->site->pool->first_byte_timeout_ms);
                     return MOAT_AGAIN;
                 }
             } else {
@@ -419,7 +419,7 @@ int moat_pcache_serve(struct moat_conn *c)
         }
         if (st == MOAT_CACHE_OBJ_ABORTED || st == MOAT_CACHE_OBJ_PASS)
             return MOAT_DONE; /* the origin failed mid-body: cut the response */
-        moat_timer_set(&w->loop, &c->timer, x->wcfg->cfg->pools[0].idle_timeout_ms);
+        moat_timer_set(&w->loop, &c->timer, x->site->pool->idle_timeout_ms);
         return MOAT_AGAIN; /* subscribed: the writer wakes us */
     }
     return MOAT_OK;
@@ -720,8 +720,9 @@ bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
     case 17:
         return MOAT_STR_IEQ_LIT(n, "cdn-cache-control");
     }
+    /* Checked for every response header: strnlen stops at the header's length. */
     const char *t = cfg->cache.targeted_field;
-    return t && moat_str_ieq(n, moat_str_make(t, strlen(t)));
+    return t && strnlen(t, n.len + 1) == n.len && moat_str_ieq(n, moat_str_make(t, n.len));
 }
 
 /* Gives up the object being fetched (aborting it if we write it) and makes the stale copy

@@ -1136,6 +1136,7 @@ void moat_conn_accept(struct moat_worker *w, int fd, const struct sockaddr_stora
         memcpy(c->peer, &s6->sin6_addr, 16);
         inet_ntop(AF_INET6, &s6->sin6_addr, c->peer_text, sizeof c->peer_text);
     }
+    c->peer_len = (uint8_t)strlen(c->peer_text);
     if (moat_loop_add(&w->loop, &c->s.io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != MOAT_OK) {
         moat_buf_put(&c->s.in);
         free(c);

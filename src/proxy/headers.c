@@ -223,10 +223,10 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
         run_add(&rn, &o, h);
         continue;
     forwarded_tail: {
-        bool v6 = strchr(c->peer_text, ':') != NULL;
+        bool v6 = memchr(c->peer_text, ':', c->peer_len) != NULL;
         if (v6)
             PUTL(&o, "\"[");
-        put(&o, c->peer_text, strlen(c->peer_text));
+        put(&o, c->peer_text, c->peer_len);
         if (v6)
             PUTL(&o, "]\"");
         PUTL(&o, ";proto=http\r\n");
@@ -245,16 +245,16 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             }
         }
     }
-    put(&o, c->peer_text, strlen(c->peer_text));
+    put(&o, c->peer_text, c->peer_len);
     PUTL(&o, "\r\n");
     if (!had_xfp)
         PUTL(&o, "X-Forwarded-Proto: http\r\n");
     if (!had_fwd) {
-        bool v6 = strchr(c->peer_text, ':') != NULL;
+        bool v6 = memchr(c->peer_text, ':', c->peer_len) != NULL;
         PUTL(&o, "Forwarded: for=");
         if (v6)
             PUTL(&o, "\"[");
-        put(&o, c->peer_text, strlen(c->peer_text));
+        put(&o, c->peer_text, c->peer_len);
         if (v6)
             PUTL(&o, "]\"");
         PUTL(&o, ";proto=http;host=\"");

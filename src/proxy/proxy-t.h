@@ -198,6 +198,7 @@ struct moat_conn {
     char ckey[1024];              /* cache key of the current request */
     uint8_t peer[16];             /* v4-mapped when IPv4 */
     char peer_text[48];
+    uint8_t peer_len;             /* strlen(peer_text) */
     struct moat_xchg x;
 };
 
