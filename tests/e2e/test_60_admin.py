@@ -62,14 +62,15 @@ def test_wrong_method_405(moat):
 
 
 def test_connections_active(moat):
-    base = moat.status()["connections_active"]
+    # No baseline: a connection of an earlier test may still be closing when it is read.
     clients = [Client(moat.port) for _ in range(5)]
     try:
         for c in clients:  # make sure each is accepted and served
             c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             c.read_response()
-        assert moat.status()["connections_active"] >= base + 5
-        assert metric(moat.metrics(), "moat_connections_active") >= base + 5
+        # The five are open right now, whatever else is.
+        assert moat.status()["connections_active"] >= 5
+        assert metric(moat.metrics(), "moat_connections_active") >= 5
     finally:
         for c in clients:
             c.close()
