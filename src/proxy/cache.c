@@ -39,7 +39,7 @@ static void wake_post(struct moat_loop *loop, void *arg)
         moat_conn_free_now(c);
         return;
     }
-    if (c->s.io.fd >= 0)
+    if (!c->closed)
         moat_conn_drive(c);
 }
 
@@ -586,6 +586,31 @@ int moat_pcache_request(struct moat_conn *c)
     return lookup_flow(c, now);
 }
 
+/* <c> holds the refresh claim on the stale <obj>: make it the writer of the object that
+ * replaces <obj> once its head is in (lookups find <obj> until then). Takes its own reference
+ * on <obj> (kept for the validators and stale-if-error). Returns false, claim released, when
+ * another request replaced <obj> meanwhile: then nothing is to be fetched. */
+static bool start_refresh(struct moat_conn *c, struct moat_cache_obj *obj, int64_t now)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_cache_obj *nobj = NULL;
+    int rc = moat_cache_replace(moat_srv.cache, obj, now, MOAT_CACHE_R_DEFERRED, &nobj);
+    if (rc != MOAT_CACHE_MISS) {
+        moat_cache_obj_release(&nobj);
+        moat_cache_obj_unclaim_refresh(obj);
+        return false;
+    }
+    MOAT_STAT_INC(&c->w->stats, cache_miss);
+    x->cclaimed = true;
+    x->cstale = moat_cache_obj_ref(obj);
+    x->cobj = nobj;
+    x->cwriter = true;
+    x->cstatus = "fwd=stale";
+    if (!x->cvariant)
+        snapshot_request(c);
+    return true;
+}
+
 /* Looks the key in c->ckey up and decides: answer from the cache (MOAT_DONE), or go to the
  * origin (MOAT_DECLINED), maybe as the writer of x->cobj. */
 static int lookup_flow(struct moat_conn *c, int64_t now)
@@ -642,31 +667,28 @@ static int lookup_flow(struct moat_conn *c, int64_t now)
         moat_local_response(c, 504, "not in cache (only-if-cached)\n");
         return MOAT_DONE;
     case MOAT_CACHE_STALE_SWR:
-        /* RFC 5861 3: one request refreshes, everybody else is served the stale copy
-         * meanwhile. The refreshing request itself waits for the origin (it is the writer);
-         * the new object replaces the old only once its head is in. */
-        if (x->is_head || !moat_cache_obj_claim_refresh(obj)) {
-            MOAT_STAT_INC(&w->stats, cache_stale);
-            return serve_from(c, "hit; detail=stale-while-revalidate");
+        /* RFC 5861 3: served stale at once, and one request (the one that claims the
+         * refresh) starts a background fetch that replaces the object once its head is in.
+         * The fetch runs on a detached copy of this request, so nobody waits for it. */
+        if (!x->is_head && moat_cache_obj_claim_refresh(obj)) {
+            struct moat_conn *b = moat_conn_spawn(c);
+            if (!b) {
+                /* A request with a body (or no memory for the copy): this one refreshes in
+                 * the foreground; everybody else is still served stale meanwhile. */
+                x->cobj = NULL;
+                bool writer = start_refresh(c, obj, now);
+                if (writer) {
+                    moat_cache_obj_release(&obj);
+                    return MOAT_DECLINED;
+                }
+                x->cobj = obj;
+            } else {
+                bool go = start_refresh(b, obj, now);
+                if (go)
+                    MOAT_STAT_INC(&w->stats, cache_bg_refresh);
+                moat_conn_spawn_start(b, go);
+            }
         }
-        x->cclaimed = true;
-        x->cstale = obj;
-        x->cobj = NULL;
-        struct moat_cache_obj *nobj = NULL;
-        rc = moat_cache_replace(st, obj, now, MOAT_CACHE_R_DEFERRED, &nobj);
-        if (rc == MOAT_CACHE_MISS) {
-            MOAT_STAT_INC(&w->stats, cache_miss);
-            x->cobj = nobj;
-            x->cwriter = true;
-            x->cstatus = "fwd=stale";
-            return MOAT_DECLINED;
-        }
-        if (nobj)
-            moat_cache_obj_release(&nobj);
-        moat_cache_obj_unclaim_refresh(obj);
-        x->cclaimed = false;
-        x->cobj = obj;
-        x->cstale = NULL;
         MOAT_STAT_INC(&w->stats, cache_stale);
         return serve_from(c, "hit; detail=stale-while-revalidate");
     default:

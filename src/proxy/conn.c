@@ -118,6 +118,14 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
 {
     for (;;) {
         uint32_t olen = moat_buf_len(out);
+        if ((olen || f->span) && dst->sink) {
+            /* Nobody to write to (a detached connection): drop it as if written. */
+            moat_buf_consume(out, olen);
+            moat_buf_consume(&src->in, f->span + f->skip_after);
+            f->span = f->skip_after = 0;
+            *progress = true;
+            continue;
+        }
         if (olen || f->span) {
             if (!dst->writable)
                 return PUMP_AGAIN;
@@ -341,6 +349,10 @@ static void write_access_log(struct moat_conn *c, uint64_t now_us)
     }
     if (x->err)
         n += (size_t)snprintf(p + n, 2048 - n, ",\"error\":\"%s\"", x->err);
+    if (x->cstatus)
+        n += (size_t)snprintf(p + n, 2048 - n, ",\"cache\":\"%s\"", x->cstatus);
+    if (c->bg)
+        n += (size_t)snprintf(p + n, 2048 - n, ",\"background\":true");
     p[n++] = '}';
     p[n++] = '\n';
     moat_alog_commit(&w->alog, n);
@@ -393,8 +405,9 @@ static void exchange_end(struct moat_conn *c)
 static void conn_close(struct moat_conn *c)
 {
     struct moat_worker *w = c->w;
-    if (c->s.io.fd < 0)
+    if (c->closed)
         return;
+    c->closed = true;
     if (c->x.wcfg) {
         c->x.up_reusable = false;
         moat_pcache_end(c, false);
@@ -403,8 +416,10 @@ static void conn_close(struct moat_conn *c)
         exchange_end(c);
     }
     moat_timer_stop(&w->loop, &c->timer);
-    close(c->s.io.fd);
-    c->s.io.fd = -1;
+    if (c->s.io.fd >= 0) {
+        close(c->s.io.fd);
+        c->s.io.fd = -1;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -412,8 +427,37 @@ static void conn_close(struct moat_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     w->nconns--;
-    MOAT_STAT_ADD(&w->stats, conn_active, (uint64_t)-1);
+    if (!c->detached) /* a detached connection left the gauge when its client went */
+        MOAT_STAT_ADD(&w->stats, conn_active, (uint64_t)-1);
     moat_loop_defer(&w->loop, &c->defer);
+}
+
+/* The client of a cache fill went away (write error, send timeout) while the origin's
+ * response streams into the object: finish the fetch without it, so the object completes for
+ * the requests collapsed onto it and for later ones, instead of aborting it under them
+ * (Varnish runs its fetch apart from the client for the same reason). The client socket is
+ * closed now; the exchange goes on with the client side as a sink, bounded as before by the
+ * pool's idle_timeout and cache.max_object, and the connection ends with the exchange.
+ * Returns false (nothing changed) unless <c> is such a fill. */
+static bool detach(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_worker *w = c->w;
+    if (c->detached || c->state != C_PROXY || !x->respf.tap || !x->cwriter || !x->cobj ||
+        !x->u || !x->reqf.done || w->draining)
+        return false;
+    moat_timer_stop(&w->loop, &c->timer);
+    close(c->s.io.fd);
+    c->s.io.fd = -1;
+    c->s.sink = true;
+    c->s.writable = true;
+    c->s.readable = false;
+    c->detached = true;
+    x->keepalive = false;
+    x->err = "client_gone";
+    MOAT_STAT_ADD(&w->stats, conn_active, (uint64_t)-1);
+    MOAT_STAT_INC(&w->stats, cache_detached);
+    return true;
 }
 
 static void conn_free(struct moat_defer *d)
@@ -914,8 +958,11 @@ static int do_proxy(struct moat_conn *c)
                     x->err = "truncated";
                 return MOAT_DONE;
             }
-            if (pr == PUMP_ERR_DST)
+            if (pr == PUMP_ERR_DST) {
+                if (detach(c))
+                    continue;
                 return MOAT_DONE;
+            }
             if (u->timed_out) {
                 MOAT_STAT_INC(&w->stats, up_err_timeout);
                 x->err = "timeout";
@@ -1055,7 +1102,9 @@ void moat_conn_drive(struct moat_conn *c)
             rc = do_local(c);
             break;
         }
-        if (rc == MOAT_DONE) {
+        /* A detached connection has nobody to answer: it ends with its exchange, whatever
+         * comes next (keep-alive, a local error answer, an answer from the cache). */
+        if (rc == MOAT_DONE || (c->detached && c->state != C_PROXY)) {
             c->in_drive = false;
             conn_close(c);
             return;
@@ -1081,6 +1130,10 @@ static void conn_timeout(struct moat_loop *loop, struct moat_timer *t)
 {
     struct moat_conn *c = MOAT_CONTAINER_OF(t, struct moat_conn, timer);
     (void)loop;
+    if (detach(c)) { /* a cache fill's client too slow to take the response */
+        moat_conn_drive(c);
+        return;
+    }
     if (c->state == C_HEAD && moat_buf_len(&c->s.in) > 0) {
         MOAT_STAT_INC(&c->w->stats, bad_timeout);
         /* A partial head that never completed: 408, as nginx and HAProxy answer. */
@@ -1108,22 +1161,112 @@ void moat_conn_close_any(struct moat_conn *c)
     conn_close(c);
 }
 
-void moat_conn_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss)
+/* A new connection object with its input buffer, not yet in the worker's list. */
+static struct moat_conn *conn_new(struct moat_worker *w)
 {
     struct moat_conn *c = calloc(1, sizeof *c);
     if (!c || moat_buf_get(&c->s.in, w->bufsize) != MOAT_OK) {
         free(c);
+        return NULL;
+    }
+    c->s.io.fd = -1;
+    c->s.io.cb = conn_io;
+    c->defer.fn = conn_free;
+    c->timer.cb = conn_timeout;
+    c->w = w;
+    c->state = C_HEAD;
+    return c;
+}
+
+static void conn_link(struct moat_worker *w, struct moat_conn *c)
+{
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+}
+
+struct moat_conn *moat_conn_spawn(struct moat_conn *c)
+{
+    struct moat_worker *w = c->w;
+    const struct moat_xchg *cx = &c->x;
+    size_t hl = cx->req.head_len;
+    if (cx->reqf.mode != FLOW_NONE || hl > moat_buf_len(&c->s.in) || hl > w->bufsize)
+        return NULL;
+    struct moat_conn *b = conn_new(w);
+    if (!b)
+        return NULL;
+    b->hdrs = malloc(c->hdrs_cap * sizeof *b->hdrs);
+    if (!b->hdrs) {
+        moat_conn_free_now(b);
+        return NULL;
+    }
+    b->hdrs_cap = c->hdrs_cap;
+    memcpy(b->s.in.base, moat_buf_rptr(&c->s.in), hl);
+    b->s.in.wpos = (uint32_t)hl;
+    struct moat_xchg *x = &b->x;
+    struct moat_h1_limits lim = cx->wcfg->cfg->h1;
+    lim.max_headers = b->hdrs_cap;
+    x->req.hdrs = b->hdrs;
+    enum moat_h1_err err = MOAT_H1_OK;
+    if (moat_h1_parse_request(b->s.in.base, hl, &lim, &x->req, &err) != (int)hl) {
+        moat_conn_free_now(b); /* cannot happen: the same bytes parsed a moment ago */
+        return NULL;
+    }
+    b->s.sink = true;
+    b->s.writable = true;
+    b->detached = true;
+    b->bg = true;
+    memcpy(b->peer, c->peer, sizeof b->peer);
+    memcpy(b->peer_text, c->peer_text, sizeof b->peer_text);
+    b->peer_len = c->peer_len;
+    x->wcfg = cx->wcfg;
+    x->wcfg->users++;
+    x->t_start_us = moat_wall_us();
+    x->head_consumed = (uint32_t)hl;
+    x->is_head = cx->is_head;
+    remember_for_log(x);
+    x->reqf.mode = FLOW_NONE;
+    x->reqf.done = true;
+    x->site = cx->site;
+    x->rule = cx->rule;
+    x->static_default = cx->static_default;
+    x->creq = cx->creq;
+    x->creq_time = cx->creq_time;
+    x->has_auth = cx->has_auth;
+    x->cvariant = cx->cvariant;
+    x->ckeylen = cx->ckeylen;
+    memcpy(b->ckey, c->ckey, cx->ckeylen);
+    return b;
+}
+
+void moat_conn_spawn_start(struct moat_conn *b, bool go)
+{
+    struct moat_worker *w = b->w;
+    if (!go) {
+        moat_worker_wcfg_put(w, b->x.wcfg);
+        moat_conn_free_now(b);
+        return;
+    }
+    conn_link(w, b);
+    moat_conn_forward(b);
+    if (b->state == C_PROXY)
+        moat_conn_drive(b);
+    else
+        conn_close(b); /* answered locally at once (no origin, head too large): done */
+}
+
+void moat_conn_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss)
+{
+    struct moat_conn *c = conn_new(w);
+    if (!c) {
         close(fd);
         return;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->s.io.fd = fd;
-    c->s.io.cb = conn_io;
-    c->defer.fn = conn_free;
-    c->timer.cb = conn_timeout;
-    c->w = w;
-    c->state = C_HEAD;
     c->x.keepalive = true;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
@@ -1143,11 +1286,7 @@ void moat_conn_accept(struct moat_worker *w, int fd, const struct sockaddr_stora
         close(fd);
         return;
     }
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
-    w->nconns++;
+    conn_link(w, c);
     MOAT_STAT_INC(&w->stats, conn_total);
     MOAT_STAT_INC(&w->stats, conn_active);
     moat_timer_set(&w->loop, &c->timer, ccfg(c)->client_header_timeout_ms);

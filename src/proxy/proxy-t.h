@@ -93,6 +93,8 @@ struct moat_side {
     bool readable, writable;
     bool eof;                     /* read returned 0 (or a timeout/error ended input) */
     bool hup;                     /* epoll reported RDHUP/HUP: always read until EAGAIN */
+    bool sink;                    /* no socket (a detached connection): what the pump would
+                                     write here is dropped, as if written at once */
 };
 
 struct moat_upconn {
@@ -195,6 +197,11 @@ struct moat_conn {
     unsigned nreq;
     _Atomic bool wake_pending;    /* a cache wake-up is posted to this worker's loop */
     bool zombie;                  /* closed while a wake-up was posted: freed by it */
+    bool closed;                  /* conn_close ran; freed after the loop's batch */
+    bool detached;                /* no client socket (s.sink): a background refresh, or a
+                                     cache fill whose client left and that goes on for the
+                                     requests waiting on the object; ends with its exchange */
+    bool bg;                      /* made by moat_conn_spawn (never had a client socket) */
     char ckey[1024];              /* cache key of the current request */
     uint8_t peer[16];             /* v4-mapped when IPv4 */
     char peer_text[48];
@@ -230,6 +237,14 @@ void moat_conn_frame_chunk(struct moat_flow *f, struct moat_buf *out, uint64_t n
 int moat_conn_forward(struct moat_conn *c);
 int moat_conn_ensure_buf(struct moat_buf *b, uint32_t size);
 void moat_conn_free_now(struct moat_conn *c);
+/* Makes a detached connection on <c>'s worker carrying a copy of <c>'s current request head
+ * (parsed again, same site and rule, same cache key) for a background fetch: the caller sets
+ * up its cache state and calls moat_conn_spawn_start. The new connection
+ * has no client: what it would answer is dropped, and it frees itself when its exchange
+ * ends. NULL when <c>'s request has a body or memory runs out. */
+struct moat_conn *moat_conn_spawn(struct moat_conn *c);
+/* Starts <b> from moat_conn_spawn toward the origin (<go>), or drops it unstarted. */
+void moat_conn_spawn_start(struct moat_conn *b, bool go);
 
 /* cache.c: the cache phase and the cache's side of the exchange */
 /* The cache phase: MOAT_DECLINED (go on to the origin, maybe as the writer of c->x.cobj),

@@ -44,7 +44,11 @@
     X(cache_collapsed, "moat_cache_collapsed_total", "", "counter",                             \
       "Requests that waited for another request's fetch of the same object")                     \
     X(cache_stale, "moat_cache_stale_total", "", "counter",                                     \
-      "Stale responses served because the origin failed (stale-if-error)")                       \
+      "Stale responses served (stale-while-revalidate, stale-if-error)")                         \
+    X(cache_bg_refresh, "moat_cache_background_refreshes_total", "", "counter",                 \
+      "Stale objects refreshed by a background fetch (stale-while-revalidate)")                 \
+    X(cache_detached, "moat_cache_detached_fetches_total", "", "counter",                      \
+      "Cache fills that went on after their client left, to finish the object")                \
     X(cache_pass, "moat_cache_passes_total", "", "counter",                                     \
       "Cacheable-method requests sent to the origin without the cache (hit-for-pass)")          \
     X(cache_not_modified, "moat_cache_not_modified_total", "", "counter",                       \

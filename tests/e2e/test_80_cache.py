@@ -180,6 +180,10 @@ def test_miss_then_hit(moat_factory, so, site, http):
     assert is_hit(r2)
     assert hdr(r2, "X-Seq") == "1"
     assert len(seen(so, "/a")) == 1
+    # The access log says what the cache did.
+    lines = [l for l in m.access_lines(2) if l["path"] == "/a"]
+    assert [l.get("cache") for l in lines] == ["fwd=uri-miss; stored", "hit"], lines
+    assert lines[1]["upstream"] is None
 
 
 def test_max_age_expiry_refetches(moat_factory, so, site, http):
@@ -615,6 +619,39 @@ def test_waiters_receive_the_body_as_it_streams(moat_factory, so, site, http):
     r = get(http, m, "/stream", host="s.example")
     assert is_hit(r) and r.content == first + second
     assert len(so.requests) == 1
+
+
+def test_writer_client_leaving_does_not_cut_the_waiters(moat_factory, so, site, http):
+    # The client whose miss fills the object goes away mid-body; the fetch goes on without
+    # it, so the request collapsed onto it gets the whole body and the object is stored.
+    first = b"FIRST-HALF-" + pattern(30000)
+    second = b"SECOND-HALF-" + pattern(30000)
+    head = response(200, b"", [("Cache-Control", "max-age=60"),
+                               ("Content-Length", str(len(first) + len(second)))],
+                    content_length=False)
+    so.handler = lambda req, origin: [head + first, 1.0, second]
+    m = start(moat_factory, so)
+    before = metric(m.metrics(), "moat_cache_detached_fetches_total")
+    req = "GET /left HTTP/1.1\r\nHost: s.example\r\nConnection: close\r\n\r\n"
+    with Client(m.port, timeout=10) as waiter:
+        writer = Client(m.port, timeout=10)
+        writer.send(req)
+        writer.read_until(b"FIRST-HALF-")
+        waiter.send(req)
+        got = waiter.read_until(b"FIRST-HALF-")
+        assert b"collapsed" in got.split(b"\r\n\r\n")[0].lower(), got[:500]
+        writer.close()  # unread bytes: the kernel resets the connection
+        status, hdrs, body = parse_raw(got + waiter.read_all())
+    assert status.split(" ")[1] == "200"
+    assert body == first + second
+    assert len(so.requests) == 1
+    mt = m.metrics(until=lambda mt: metric(mt, "moat_cache_detached_fetches_total") > before)
+    assert metric(mt, "moat_cache_detached_fetches_total") - before == 1
+    r = get(http, m, "/left", host="s.example")
+    assert is_hit(r) and r.content == first + second
+    assert len(so.requests) == 1
+    lines = [l for l in m.access_lines(3) if l["path"] == "/left"]
+    assert [l.get("error") for l in lines].count("client_gone") == 1, lines
 
 
 def test_collapsed_waiters_while_body_streams(moat_factory, so, site, http):

@@ -3,8 +3,9 @@ the cache, invalidation after unsafe methods. Builds on the helpers of test_80_c
 import threading
 import time
 
+from conftest import metric
 from test_80_cache import (MISS_STORED, STALE_STORED, age, cs, get, is_hit, seen, start,  # noqa: F401
-                           site, so)
+                           site, so, ttl)
 
 
 def test_stale_etag_revalidates_with_304_and_updates_headers(moat_factory, so, site, http):
@@ -51,30 +52,70 @@ def test_stale_last_modified_revalidates_with_if_modified_since(moat_factory, so
     assert cs(r) == STALE_STORED and r.content != first.content
 
 
-def test_stale_while_revalidate_one_refresh_others_served_stale(moat_factory, so, site, http):
+def test_stale_while_revalidate_refreshes_in_the_background(moat_factory, so, site, http):
     site.route("/swr", [("Cache-Control", "max-age=1, stale-while-revalidate=30")], delay=0.0)
     m = start(moat_factory, so)
     first = get(http, m, "/swr")
     assert cs(first) == MISS_STORED
     time.sleep(2.2)
-    # The refresh is slow: while it runs, other requests get the stale copy at once.
+    # The refresh is slow (1 s): every request, the one that starts it included, gets the
+    # stale copy at once, and the origin sees one refresh.
     site.route("/swr", [("Cache-Control", "max-age=60, stale-while-revalidate=30")], delay=1.0)
-    results = []
-
-    def one():
-        results.append(get(http.__class__(), m, "/swr"))
-    t = threading.Thread(target=one)
-    t.start()
-    time.sleep(0.3)  # the refresh has started
-    stale = [get(http.__class__(), m, "/swr") for _ in range(3)]
-    t.join()
+    before = metric(m.metrics(), "moat_cache_background_refreshes_total")
+    t0 = time.monotonic()
+    stale = [get(http.__class__(), m, "/swr") for _ in range(4)]
+    took = time.monotonic() - t0
     for r in stale:
         assert cs(r) == ["moat", "hit", "detail=stale-while-revalidate"], cs(r)
         assert r.content == first.content
-    assert cs(results[0]) == STALE_STORED and results[0].content != first.content
+    assert took < 0.9, took                                  # nobody waited for the 1 s origin
+    so.wait_requests(2, timeout=3)
     assert len(seen(so, "/swr")) == 2                        # one refresh, not four
-    r = get(http, m, "/swr")
-    assert is_hit(r) and r.content == results[0].content
+    # Once the background fetch is in, the refreshed object is a plain hit.
+    deadline = time.monotonic() + 3
+    while True:
+        r = get(http, m, "/swr")
+        if r.content != first.content or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert is_hit(r) and r.content != first.content, (cs(r), r.content)
+    assert len(seen(so, "/swr")) == 2
+    mt = m.metrics(until=lambda mt: metric(mt, "moat_cache_background_refreshes_total") > before)
+    assert metric(mt, "moat_cache_background_refreshes_total") - before == 1
+    deadline = time.monotonic() + 3  # the line comes when the fetch ends, after the head
+    while True:
+        bg = [l for l in m.access_lines(1) if l.get("background")]
+        if bg or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(bg) == 1 and bg[0]["path"] == "/swr" and bg[0]["status"] == 200, bg
+
+
+def test_stale_while_revalidate_background_revalidates_with_304(moat_factory, so, site, http):
+    # The background refresh asks with the stored validator; a 304 refreshes the object.
+    site.route("/swr304", [("Cache-Control", "max-age=1, stale-while-revalidate=30"),
+                           ("ETag", '"e1"')], body="kept body\n")
+    m = start(moat_factory, so)
+    assert cs(get(http, m, "/swr304")) == MISS_STORED
+    time.sleep(2.2)
+
+    def cond(req, origin):
+        from origins import response
+        assert req.header("If-None-Match") == '"e1"', req.headers
+        return response(304, b"", [("ETag", '"e1"'), ("Cache-Control", "max-age=60")],
+                        content_length=False)
+    so.handler = cond
+    r = get(http, m, "/swr304")
+    assert cs(r) == ["moat", "hit", "detail=stale-while-revalidate"] and r.text == "kept body\n"
+    so.wait_requests(2, timeout=3)
+    deadline = time.monotonic() + 3
+    while True:
+        r = get(http, m, "/swr304")
+        if cs(r)[2].startswith("ttl=") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert is_hit(r) and ttl(r) > 50 and r.text == "kept body\n", cs(r)
+    assert len(so.requests) == 2
 
 
 def test_range_from_cache(moat_factory, so, site, http):
