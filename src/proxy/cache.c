@@ -235,6 +235,44 @@ static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int
     x->status = status;
 }
 
+/* Sets x->cspan to the next body bytes of x->cobj to write (framed when chunked), or marks
+ * the body done (queuing the last chunk). Returns 1 when there is something to write or the
+ * body is done, 0 when the reader caught up with a writer still filling the object, -1 when
+ * the object was aborted or passed mid-body. */
+static int next_span(struct moat_conn *c)
+{
+    struct moat_xchg *x = &c->x;
+    struct moat_str span = MOAT_STR_NULL;
+    if (x->crange_left != 0) {
+        moat_cache_obj_read(x->cobj, &x->ccur, &span);
+        if (!span.len) {
+            enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
+            if (st == MOAT_CACHE_OBJ_ABORTED || st == MOAT_CACHE_OBJ_PASS)
+                return -1;
+            if (st != MOAT_CACHE_OBJ_COMPLETE)
+                return 0;
+            /* Re-read once: bytes may have landed between the read and the state check. */
+            moat_cache_obj_read(x->cobj, &x->ccur, &span);
+        }
+        if (span.len > x->crange_left)
+            span.len = (size_t)x->crange_left;
+        if (x->crange_left != UINT64_MAX)
+            x->crange_left -= span.len;
+    }
+    if (span.len) {
+        if (x->respf.out_chunked)
+            moat_conn_frame_chunk(&x->respf, &c->out, span.len);
+        x->cspan = span;
+        return 1;
+    }
+    x->respf.done = true;
+    if (x->respf.out_chunked && !x->respf.fin_queued) {
+        x->respf.fin_queued = true;
+        moat_conn_frame_chunk(&x->respf, &c->out, 0);
+    }
+    return 1;
+}
+
 int moat_pcache_serve(struct moat_conn *c)
 {
     struct moat_xchg *x = &c->x;
@@ -344,6 +382,17 @@ int moat_pcache_serve(struct moat_conn *c)
             subscribe(x);
     }
     for (int rounds = 0; rounds < 256; rounds++) {
+        /* Take the next body span before writing, so the head and the first span (for a
+         * small hit: the whole body) leave in one writev. */
+        if (!x->cspan.len && !x->respf.done) {
+            int r = next_span(c);
+            if (r < 0)
+                return MOAT_DONE; /* the origin failed mid-body: cut the response */
+            if (r == 0 && !moat_buf_len(&c->out)) {
+                moat_timer_set(&w->loop, &c->timer, x->site->pool->idle_timeout_ms);
+                return MOAT_AGAIN; /* subscribed: the writer wakes us */
+            }
+        }
         uint32_t olen = moat_buf_len(&c->out);
         if (olen || x->cspan.len) {
             if (!c->s.writable) {
@@ -377,50 +426,12 @@ int moat_pcache_serve(struct moat_conn *c)
             continue;
         }
         if (x->respf.done) {
-            if (x->respf.out_chunked && !x->respf.fin_queued) {
-                x->respf.fin_queued = true;
-                moat_conn_frame_chunk(&x->respf, &c->out, 0);
-                continue;
-            }
             /* The whole response is written. */
             unsubscribe(x);
             moat_timer_stop(&w->loop, &c->timer);
             c->state = x->keepalive ? C_LOCAL : C_CLOSING;
             return MOAT_OK;
         }
-        struct moat_str span;
-        if (x->crange_left == 0) {
-            x->respf.done = true;
-            continue;
-        }
-        moat_cache_obj_read(x->cobj, &x->ccur, &span);
-        if (span.len > x->crange_left)
-            span.len = (size_t)x->crange_left;
-        if (x->crange_left != UINT64_MAX)
-            x->crange_left -= span.len;
-        if (span.len) {
-            if (x->respf.out_chunked)
-                moat_conn_frame_chunk(&x->respf, &c->out, span.len);
-            x->cspan = span;
-            continue;
-        }
-        enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
-        if (st == MOAT_CACHE_OBJ_COMPLETE) {
-            /* Re-read once: bytes may have landed between the read and the state check. */
-            moat_cache_obj_read(x->cobj, &x->ccur, &span);
-            if (span.len) {
-                if (x->respf.out_chunked)
-                    moat_conn_frame_chunk(&x->respf, &c->out, span.len);
-                x->cspan = span;
-                continue;
-            }
-            x->respf.done = true;
-            continue;
-        }
-        if (st == MOAT_CACHE_OBJ_ABORTED || st == MOAT_CACHE_OBJ_PASS)
-            return MOAT_DONE; /* the origin failed mid-body: cut the response */
-        moat_timer_set(&w->loop, &c->timer, x->site->pool->idle_timeout_ms);
-        return MOAT_AGAIN; /* subscribed: the writer wakes us */
     }
     return MOAT_OK;
 }

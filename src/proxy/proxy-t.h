@@ -144,6 +144,7 @@ struct moat_xchg {
     bool head_sent;               /* response head queued to the client */
     bool resp_head_parsed;
     bool keepalive;               /* client connection may serve another request */
+    bool client_close;            /* the request itself asked to close the connection */
     bool upgrade;                 /* request asked for an upgrade */
     bool is_head;
     bool expect100;
