@@ -108,6 +108,8 @@ struct moat_config {
     struct moat_h1_limits h1;   /* limits.request_line (8 KiB), limits.header_bytes
                                    (16 KiB), limits.header_count (100) */
     uint64_t max_body_bytes;    /* limits.body_bytes; 0 = unlimited (default 0) */
+    uint64_t body_buffer;       /* limits.body_buffer: a large body is read through a buffer
+                                   this big (default 64 KiB) */
     unsigned max_connections;   /* limits.connections per worker (default 10000) */
 
     uint64_t client_header_timeout_ms; /* timeouts.client_header: 10s */

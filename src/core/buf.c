@@ -1,10 +1,15 @@
-/* buf.c: per-thread free lists of buffers. Buffers of the two common sizes are kept (bounded)
- * so the request path never calls malloc in steady state. */
+/* buf.c: per-thread free lists of buffers. Buffers of the three common sizes (heads, and the
+ * larger body buffers) are kept (bounded) so the request path never calls malloc in steady
+ * state. */
 #include "core/buf.h"
 
 #include <stdlib.h>
 
 #define FREE_MAX 256
+#define NLISTS 3
+/* Large (body) buffers are kept fewer: 32 x 64 KiB is 2 MiB per thread at most. */
+#define FREE_MAX_LARGE 32
+#define LARGE (32u * 1024)
 
 struct freelist {
     uint32_t cap;
@@ -12,14 +17,14 @@ struct freelist {
     char *items[FREE_MAX];
 };
 
-static _Thread_local struct freelist lists[2];
+static _Thread_local struct freelist lists[NLISTS];
 
 static struct freelist *list_for(uint32_t cap)
 {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NLISTS; i++)
         if (lists[i].cap == cap)
             return &lists[i];
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NLISTS; i++)
         if (lists[i].cap == 0) {
             lists[i].cap = cap;
             return &lists[i];
@@ -47,7 +52,7 @@ void moat_buf_put(struct moat_buf *b)
     if (!b->base)
         return;
     struct freelist *fl = list_for(b->cap);
-    if (fl && fl->n < FREE_MAX)
+    if (fl && fl->n < (b->cap > LARGE ? FREE_MAX_LARGE : FREE_MAX))
         fl->items[fl->n++] = b->base;
     else
         free(b->base);
@@ -55,9 +60,19 @@ void moat_buf_put(struct moat_buf *b)
     b->cap = b->rpos = b->wpos = 0;
 }
 
+int moat_buf_swap_empty(struct moat_buf *b, uint32_t cap)
+{
+    struct moat_buf nb;
+    if (moat_buf_get(&nb, cap) != MOAT_OK)
+        return MOAT_ERR;
+    moat_buf_put(b);
+    *b = nb;
+    return MOAT_OK;
+}
+
 void moat_buf_thread_cleanup(void)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < NLISTS; i++) {
         while (lists[i].n)
             free(lists[i].items[--lists[i].n]);
         lists[i].cap = 0;

@@ -16,6 +16,9 @@ struct moat_buf {
 /* Gives <b> storage of at least <cap> bytes (from this thread's free list when it has one of
  * that size). Returns MOAT_OK or MOAT_ERR (out of memory; <b> stays empty). */
 int moat_buf_get(struct moat_buf *b, uint32_t cap);
+/* Gives the empty <b> storage of <cap> bytes instead of what it has. Returns MOAT_OK, or
+ * MOAT_ERR when memory runs out (then <b> keeps its storage). */
+int moat_buf_swap_empty(struct moat_buf *b, uint32_t cap);
 /* Returns <b>'s storage to this thread's free list (bounded) and clears <b>. */
 void moat_buf_put(struct moat_buf *b);
 /* Frees this thread's cached buffers (at thread exit). */

@@ -118,6 +118,60 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
 {
     for (;;) {
         uint32_t olen = moat_buf_len(out);
+        /* Frame the next span before writing, so what waits in <out> (a response head,
+         * chunk framing) and the payload after it leave in one writev. Chunk framing needs
+         * room in <out>; without it, <out> is written first. */
+        uint32_t avail = moat_buf_len(&src->in);
+        if (avail && !f->span && !f->done &&
+            (!f->out_chunked || !olen || moat_buf_room(out) + out->rpos >= 64)) {
+            uint32_t span = 0;
+            switch (f->mode) {
+            case FLOW_CL:
+                span = (uint32_t)MOAT_MIN((uint64_t)avail, f->remaining);
+                f->remaining -= span;
+                if (f->remaining == 0)
+                    f->done = true;
+                break;
+            case FLOW_CHUNKED: {
+                size_t used = 0;
+                struct moat_str data = MOAT_STR_NULL;
+                enum moat_h1_err err = MOAT_H1_OK;
+                const char *base = moat_buf_rptr(&src->in);
+                int rc = moat_h1_chunked_decode(&f->dec, base, avail, &used, &data, &err);
+                if (rc == MOAT_ERR)
+                    return PUMP_ERR_FRAMING;
+                if (data.len) {
+                    uint32_t pre = (uint32_t)(data.ptr - base);
+                    moat_buf_consume(&src->in, pre);
+                    span = (uint32_t)data.len;
+                    f->skip_after = (uint32_t)(used - pre - data.len);
+                } else {
+                    moat_buf_consume(&src->in, (uint32_t)used);
+                }
+                if (rc == MOAT_DONE)
+                    f->done = true;
+                *progress = true;
+                break;
+            }
+            case FLOW_EOF:
+                span = avail;
+                break;
+            case FLOW_NONE:
+                f->done = true;
+                break;
+            }
+            if (span) {
+                f->bytes += span;
+                if (f->limit && f->bytes > f->limit)
+                    return PUMP_ERR_LIMIT;
+                if (f->tap)
+                    moat_pcache_tap(f->tap, moat_buf_rptr(&src->in), span);
+                if (f->out_chunked)
+                    moat_conn_frame_chunk(f, out, span);
+                f->span = span;
+            }
+            continue;
+        }
         if ((olen || f->span) && dst->sink) {
             /* Nobody to write to (a detached connection): drop it as if written. */
             moat_buf_consume(out, olen);
@@ -174,56 +228,6 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
             }
             return PUMP_DONE;
         }
-        uint32_t avail = moat_buf_len(&src->in);
-        if (avail) {
-            uint32_t span = 0;
-            switch (f->mode) {
-            case FLOW_CL:
-                span = (uint32_t)MOAT_MIN((uint64_t)avail, f->remaining);
-                f->remaining -= span;
-                if (f->remaining == 0)
-                    f->done = true;
-                break;
-            case FLOW_CHUNKED: {
-                size_t used = 0;
-                struct moat_str data = MOAT_STR_NULL;
-                enum moat_h1_err err = MOAT_H1_OK;
-                const char *base = moat_buf_rptr(&src->in);
-                int rc = moat_h1_chunked_decode(&f->dec, base, avail, &used, &data, &err);
-                if (rc == MOAT_ERR)
-                    return PUMP_ERR_FRAMING;
-                if (data.len) {
-                    uint32_t pre = (uint32_t)(data.ptr - base);
-                    moat_buf_consume(&src->in, pre);
-                    span = (uint32_t)data.len;
-                    f->skip_after = (uint32_t)(used - pre - data.len);
-                } else {
-                    moat_buf_consume(&src->in, (uint32_t)used);
-                }
-                if (rc == MOAT_DONE)
-                    f->done = true;
-                *progress = true;
-                break;
-            }
-            case FLOW_EOF:
-                span = avail;
-                break;
-            case FLOW_NONE:
-                f->done = true;
-                break;
-            }
-            if (span) {
-                f->bytes += span;
-                if (f->limit && f->bytes > f->limit)
-                    return PUMP_ERR_LIMIT;
-                if (f->tap)
-                    moat_pcache_tap(f->tap, moat_buf_rptr(&src->in), span);
-                if (f->out_chunked)
-                    moat_conn_frame_chunk(f, out, span);
-                f->span = span;
-            }
-            continue;
-        }
         if (f->mode == FLOW_NONE) {
             f->done = true;
             continue;
@@ -237,6 +241,12 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
         }
         if (!src->readable)
             return PUMP_AGAIN;
+        if (f->bigbuf > src->in.cap && !moat_buf_len(&src->in)) {
+            /* A large body: read it in larger bites (fewer read/writev pairs). The swap
+             * happens while the buffer is empty, so no byte is copied; without memory the
+             * small buffer just stays. */
+            (void)moat_buf_swap_empty(&src->in, f->bigbuf);
+        }
         ssize_t r = side_read(src);
         if (r > 0)
             *progress = true;
@@ -395,6 +405,8 @@ static void exchange_end(struct moat_conn *c)
         x->u = NULL;
     }
     moat_buf_put(&x->uhead);
+    if (c->s.in.cap > c->w->bufsize && !moat_buf_len(&c->s.in))
+        (void)moat_buf_swap_empty(&c->s.in, c->w->bufsize); /* an upload's big buffer back */
     moat_worker_wcfg_put(c->w, x->wcfg);
     bool keep = x->keepalive && !c->w->draining;
     memset(x, 0, sizeof *x);
@@ -592,10 +604,13 @@ static int start_request(struct moat_conn *c, size_t head_len)
     if (r->flags & MOAT_H1_F_CHUNKED) {
         x->reqf.mode = FLOW_CHUNKED;
         x->reqf.out_chunked = true;
+        x->reqf.bigbuf = w->body_bufsize;
         moat_h1_chunked_init(&x->reqf.dec, cfg->h1.head_bytes);
     } else if ((r->flags & MOAT_H1_F_HAS_CL) && r->content_length > 0) {
         x->reqf.mode = FLOW_CL;
         x->reqf.remaining = r->content_length;
+        if (r->content_length > w->bufsize)
+            x->reqf.bigbuf = w->body_bufsize;
     } else {
         x->reqf.mode = FLOW_NONE;
         x->reqf.done = true;
@@ -757,6 +772,7 @@ static int resp_head(struct moat_conn *c)
                     f->done = true;
                 } else if (r.flags & MOAT_H1_F_CHUNKED) {
                     f->mode = FLOW_CHUNKED;
+                    f->bigbuf = c->w->body_bufsize;
                     moat_h1_chunked_init(&f->dec, cfg->h1.head_bytes);
                     f->out_chunked = x->req.minor == 1;
                     if (!f->out_chunked)
@@ -765,8 +781,11 @@ static int resp_head(struct moat_conn *c)
                     f->mode = FLOW_CL;
                     f->remaining = r.content_length;
                     f->done = r.content_length == 0;
+                    if (r.content_length > c->w->bufsize)
+                        f->bigbuf = c->w->body_bufsize;
                 } else {
                     f->mode = FLOW_EOF;
+                    f->bigbuf = c->w->body_bufsize;
                     x->up_reusable = false;
                     f->out_chunked = x->req.minor == 1;
                     if (!f->out_chunked)

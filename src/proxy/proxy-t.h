@@ -53,7 +53,8 @@ struct moat_worker {
     struct moat_conn *conns;      /* all client connections (for drain) */
     bool draining;
     uint64_t drain_deadline;
-    uint32_t bufsize;
+    uint32_t bufsize;             /* heads: limits.header_bytes + room, 4 KiB pages */
+    uint32_t body_bufsize;        /* bodies larger than that: limits.body_buffer */
 };
 
 struct moat_listener {
@@ -83,6 +84,8 @@ struct moat_flow {
     uint64_t limit;               /* max payload (limits.body_bytes on requests), 0 = none */
     struct moat_conn *tap;        /* payload is also stored in this connection's cache
                                      object (the response of a cache miss) */
+    uint32_t bigbuf;              /* a body larger than the head buffer: read it through a
+                                     buffer of this size (limits.body_buffer), 0 = keep */
 };
 
 /* One end of a TCP connection as the body pump sees it: the socket, the bytes read from it

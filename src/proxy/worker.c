@@ -122,6 +122,7 @@ static void worker_adopt(struct moat_worker *w)
     w->gen = gen;
     uint32_t bs = (uint32_t)MOAT_MAX((size_t)16384, wc->cfg->h1.head_bytes + 2048);
     w->bufsize = (bs + 4095u) & ~4095u;
+    w->body_bufsize = (uint32_t)MOAT_MAX((uint64_t)w->bufsize, wc->cfg->body_buffer);
     const char *dest = wc->cfg->access_log;
     if ((dest == NULL) != (w->alog_dest == NULL) || (dest && strcmp(dest, w->alog_dest))) {
         moat_alog_close(&w->alog);

@@ -205,6 +205,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->h1.head_bytes, 16384);
     assert_int_equal(c->h1.max_headers, 100);
     assert_int_equal(c->max_body_bytes, 0);
+    assert_int_equal(c->body_buffer, 65536);
     assert_int_equal(c->max_connections, 10000);
     assert_int_equal(c->client_header_timeout_ms, 10000);
     assert_int_equal(c->client_body_timeout_ms, 60000);
@@ -263,7 +264,7 @@ static const struct err_case err_cases[] = {
     {POOL_SITE "lisen: \":80\"\n", "moat.yaml:5:1: lisen: unknown key (did you mean \"listen\"?)"},
     {POOL_SITE "limits:\n  header_lines: 3\n",
      "moat.yaml:6:3: limits.header_lines: unknown key (known here: request_line, header_bytes, "
-     "header_count, body_bytes, connections)"},
+     "header_count, body_bytes, body_buffer, connections)"},
     {POOL_SITE "via: a\nvia: b\n",
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
@@ -730,6 +731,7 @@ static void test_quick(void **state)
     assert_ptr_equal(moat_config_site(c, MOAT_STR("any.host")), &c->sites[0]);
     assert_ptr_equal(c->sites[0].pool, &c->pools[0]);
     assert_int_equal(c->client_header_timeout_ms, 10000);
+    assert_int_equal(c->body_buffer, 65536);
     assert_false(c->admin.enabled);
     moat_config_release(&c);
 

@@ -30,7 +30,7 @@ static int teardown(void **state)
 
 static struct freelist *list_of(uint32_t cap)
 {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NLISTS; i++)
         if (lists[i].cap == cap)
             return &lists[i];
     return NULL;
@@ -108,16 +108,18 @@ static void test_two_sizes_kept_apart(void **state)
     moat_buf_put(&big);
 }
 
-static void test_third_size_is_not_cached(void **state)
+static void test_fourth_size_is_not_cached(void **state)
 {
     (void)state;
-    struct moat_buf a = {0}, b = {0}, c = {0};
+    struct moat_buf a = {0}, b = {0}, d = {0}, c = {0};
     assert_int_equal(moat_buf_get(&a, 1024), MOAT_OK);
     assert_int_equal(moat_buf_get(&b, 2048), MOAT_OK);
+    assert_int_equal(moat_buf_get(&d, 4096), MOAT_OK);
     moat_buf_put(&a);
     moat_buf_put(&b);
-    /* Both slots taken: a third size is malloc'd and freed directly (ASan would report a
-     * leak or double free otherwise), and does not disturb the two lists. */
+    moat_buf_put(&d);
+    /* All three slots taken: a fourth size is malloc'd and freed directly (ASan would
+     * report a leak or double free otherwise), and does not disturb the three lists. */
     assert_int_equal(moat_buf_get(&c, 8192), MOAT_OK);
     assert_int_equal(c.cap, 8192);
     memset(c.base, 'x', c.cap);
@@ -126,6 +128,20 @@ static void test_third_size_is_not_cached(void **state)
     assert_null(list_of(8192));
     assert_int_equal(list_of(1024)->n, 1);
     assert_int_equal(list_of(2048)->n, 1);
+    assert_int_equal(list_of(4096)->n, 1);
+}
+
+static void test_large_free_list_is_bounded_lower(void **state)
+{
+    (void)state;
+    enum { N = FREE_MAX_LARGE + 8 };
+    static struct moat_buf bs[N];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(moat_buf_get(&bs[i], 128 * 1024), MOAT_OK);
+    for (int i = 0; i < N; i++)
+        moat_buf_put(&bs[i]);
+    /* Large (body) buffers are kept fewer; the rest is freed (ASan checks). */
+    assert_int_equal(list_of(128 * 1024)->n, FREE_MAX_LARGE);
 }
 
 static void test_free_list_is_bounded(void **state)
@@ -248,8 +264,8 @@ static void *thread_body(void *arg)
     moat_buf_put(&b);
     r->n_after_put = list_of(SZ) ? list_of(SZ)->n : 0;
     moat_buf_thread_cleanup();
-    r->n_after_cleanup = lists[0].n + lists[1].n;
-    r->cap_after_cleanup = lists[0].cap | lists[1].cap;
+    r->n_after_cleanup = lists[0].n + lists[1].n + lists[2].n;
+    r->cap_after_cleanup = lists[0].cap | lists[1].cap | lists[2].cap;
     return NULL;
 }
 
@@ -280,9 +296,10 @@ static void test_lists_are_per_thread_and_cleanup_frees(void **state)
 
     /* Cleanup frees everything and releases the size slots for other sizes. */
     moat_buf_thread_cleanup();
-    assert_int_equal(lists[0].n + lists[1].n, 0);
+    assert_int_equal(lists[0].n + lists[1].n + lists[2].n, 0);
     assert_int_equal(lists[0].cap, 0);
     assert_int_equal(lists[1].cap, 0);
+    assert_int_equal(lists[2].cap, 0);
     assert_int_equal(moat_buf_get(&b, 100), MOAT_OK);
     moat_buf_put(&b);
     assert_int_equal(list_of(100)->n, 1);
@@ -295,7 +312,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_then_get_recycles_same_pointer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_of_empty_buf_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_sizes_kept_apart, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_third_size_is_not_cached, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fourth_size_is_not_cached, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_free_list_is_bounded_lower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_list_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_len_room_append, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_resets_positions_when_empty, setup, teardown),
