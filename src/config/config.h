@@ -58,6 +58,10 @@ enum moat_cache_mode {
 };
 enum moat_key_query { MOAT_KEY_QUERY_ALL = 0, MOAT_KEY_QUERY_IGNORE, MOAT_KEY_QUERY_SORT };
 
+/* key.headers and key.cookies name at most this many fields each: every name costs a scan
+ * of the request's fields per request, and bytes in a key that must fit in 1 KiB. */
+#define MOAT_KEY_FIELDS_MAX 8
+
 struct moat_cfg_rule {
     /* match (all given conditions must hold) */
     char *path;                 /* glob on the path: '*' any run, '?' one byte; NULL = any */
@@ -71,6 +75,10 @@ struct moat_cfg_rule {
     uint64_t browser_ttl_ms;    /* Cache-Control: max-age sent to clients; 0 = the origin's */
     uint64_t stale_if_error_ms; /* serve stale this long when the origin fails; 0 = none */
     unsigned key_query;         /* enum moat_key_query */
+    struct moat_str key_headers[MOAT_KEY_FIELDS_MAX]; /* key.headers: request fields whose
+                                   values join the key; lowercase, in the order given */
+    struct moat_str key_cookies[MOAT_KEY_FIELDS_MAX]; /* key.cookies: cookie names, exact */
+    uint8_t nkey_headers, nkey_cookies;
 };
 
 struct moat_cfg_site {

@@ -160,6 +160,7 @@ struct moat_xchg {
     const char *cstatus;          /* Cache-Status parameters after "moat; " (NULL: none) */
     int64_t creq_time;
     uint16_t ckeylen;             /* key in c->ckey */
+    uint16_t ckeyurl;             /* its URL part, before the key.headers / key.cookies parts */
     bool cwriter;                 /* we fill cobj from the origin's response */
     bool has_auth;                /* the request carried Authorization */
     bool cclaimed;                /* we hold cstale's refresh claim (stale-while-revalidate) */
