@@ -1685,6 +1685,13 @@ static const struct key cache_keys[] = {
      .max = 365 * DAY_MS,
      .doc = "freshness for static file types (css, js, images, fonts...) whose origin gives "
             "none, when no rule matches; 0 = off (quick mode)"},
+    {.name = "normalize_accept_encoding",
+     .type = KT_ENUM,
+     AT(struct moat_config, cache.normalize_ae),
+     .def = "true",
+     .names = bool_names,
+     .doc = "cached requests send the origin a canonical Accept-Encoding (gzip, br, zstd or "
+            "identity), so Vary: Accept-Encoding makes few variants"},
 };
 static const struct table cache_table = TABLE(cache_keys, NULL);
 

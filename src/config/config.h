@@ -141,6 +141,8 @@ struct moat_config {
         char *targeted_field;     /* cache.targeted_field: "Moat-Cache-Control" */
         uint64_t static_ttl_ms;   /* cache.static_ttl: 2h (quick mode: 0): freshness for
                                      static file types when the origin gives none */
+        bool normalize_ae;        /* cache.normalize_accept_encoding: true; cached requests
+                                     send the origin a canonical Accept-Encoding */
     } cache;
 
     struct moat_cfg_pool *pools;

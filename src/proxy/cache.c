@@ -589,8 +589,10 @@ static bool variant_key(struct moat_conn *c, const struct moat_hdr *vary, size_t
     c->ckey[k++] = '\n';
     size_t len = 0;
     uint64_t hash;
-    if (moat_cache_vary_key(vary, nvary, req, nreq, c->ckey + k, sizeof c->ckey - k, &len,
-                            &hash) != MOAT_OK)
+    /* The Accept-Encoding the origin was (or will be) sent, not the client's own. */
+    struct moat_str ae = moat_cache_ae_value(x->cae);
+    if (moat_cache_vary_key(vary, nvary, req, nreq, x->cae_norm ? &ae : NULL, c->ckey + k,
+                            sizeof c->ckey - k, &len, &hash) != MOAT_OK)
         return false;
     x->ckeylen = (uint16_t)(k + len);
     return true;
@@ -661,6 +663,15 @@ int moat_pcache_request(struct moat_conn *c)
     if (x->upgrade || !build_key(c)) {
         x->cstatus = "fwd=bypass";
         return MOAT_DECLINED;
+    }
+    if (cfg->cache.normalize_ae) {
+        /* Without this, Vary: Accept-Encoding makes one variant per browser's spelling of
+         * the same few codings. The origin is sent the canonical value (headers.c) and the
+         * variant key is made from it, so a stored variant always answers what the origin
+         * was asked (RFC 9111 4.1); and the canonical set is never wider than the client's,
+         * so whatever coding comes back, the client accepts it. */
+        x->cae_norm = true;
+        x->cae = (uint8_t)moat_cache_ae_accepted(x->req.hdrs, x->req.nhdrs);
     }
     moat_cache_cc_request(&x->creq, x->req.hdrs, x->req.nhdrs);
     x->has_auth = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("authorization")) != NULL;
