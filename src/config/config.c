@@ -1238,6 +1238,7 @@ static const struct table rule_match_table = TABLE(rule_match_keys, NULL);
 
 static const char *const cache_mode_names[] = {"standard", "bypass", "everything", NULL};
 static const char *const key_query_names[] = {"all", "ignore", "sort", NULL};
+static const char *const origin_no_cache_names[] = {"respect", "ignore", NULL};
 
 /* key.headers / key.cookies: names that go into cache keys, so they must be exactly what can
  * appear on the wire: a header field name or a cookie name is a token (RFC 9110 5.1,
@@ -1352,6 +1353,13 @@ static const struct key rule_keys[] = {
      .min = 0,
      .max = 365 * 86400000ull,
      .doc = "serve a stale copy this long past its freshness when the origin fails"},
+    {.name = "origin_no_cache",
+     .type = KT_ENUM,
+     AT(struct moat_cfg_rule, origin_no_cache),
+     .def = "respect",
+     .names = origin_no_cache_names,
+     .doc = "the origin's Cache-Control: no-cache: revalidate on every use (respect), or "
+            "serve for the answer's lifetime (ignore)"},
     {.name = "key",
      .type = KT_MAP,
      .sub = &rule_key_table,

@@ -57,6 +57,9 @@ enum moat_cache_mode {
     MOAT_CACHE_MODE_EVERYTHING,   /* store regardless of the origin's Cache-Control */
 };
 enum moat_key_query { MOAT_KEY_QUERY_ALL = 0, MOAT_KEY_QUERY_IGNORE, MOAT_KEY_QUERY_SORT };
+/* origin_no_cache: does the origin's Cache-Control: no-cache force a revalidation on every use
+ * (respect, RFC 9111 5.2.2.4), or is the answer fresh for its lifetime as if it were absent? */
+enum moat_origin_no_cache { MOAT_ORIGIN_NO_CACHE_RESPECT = 0, MOAT_ORIGIN_NO_CACHE_IGNORE };
 
 /* key.headers and key.cookies name at most this many fields each: every name costs a scan
  * of the request's fields per request, and bytes in a key that must fit in 1 KiB. */
@@ -79,6 +82,7 @@ struct moat_cfg_rule {
                                    values join the key; lowercase, in the order given */
     struct moat_str key_cookies[MOAT_KEY_FIELDS_MAX]; /* key.cookies: cookie names, exact */
     uint8_t nkey_headers, nkey_cookies;
+    unsigned origin_no_cache;   /* enum moat_origin_no_cache */
 };
 
 struct moat_cfg_site {

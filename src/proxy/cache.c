@@ -820,6 +820,20 @@ bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
     return t && strnlen(t, n.len + 1) == n.len && moat_str_ieq(n, moat_str_make(t, n.len));
 }
 
+/* What the matching rule changes in the origin's directives before moat decides on them:
+ * "cache: everything" drops no-store, private and no-cache; "origin_no_cache: ignore" drops
+ * no-cache (with or without a field list) only, so the answer is fresh for its lifetime
+ * instead of revalidated on every use (RFC 9111 5.2.2.4). The client still sees them. Used
+ * on a fresh answer and on a 304's merged headers alike, or a revalidation would bring the
+ * directive back. */
+static void rule_cc(const struct moat_cfg_rule *rule, struct moat_cache_cc *cc)
+{
+    if (rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING)
+        cc->flags &= ~(uint32_t)(MOAT_CC_NO_STORE | MOAT_CC_PRIVATE | MOAT_CC_NO_CACHE);
+    if (rule && rule->origin_no_cache == MOAT_ORIGIN_NO_CACHE_IGNORE)
+        cc->flags &= ~(uint32_t)(MOAT_CC_NO_CACHE | MOAT_CC_NO_CACHE_FIELDS);
+}
+
 /* Gives up the object being fetched (aborting it if we write it) and makes the stale copy
  * the object to answer from, releasing the refresh claim on it. */
 static void fall_back_to_stale(struct moat_xchg *x)
@@ -866,6 +880,7 @@ static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
     struct moat_cache_cc cc;
     const char *tf = cfg->cache.targeted_field;
     moat_cache_cc_response(&cc, merged, n, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
+    rule_cc(x->rule, &cc);
     struct moat_cache_meta meta;
     int64_t now = now_s();
     moat_cache_meta_init(&meta, pc, old->status, &cc, merged, n, x->creq_time, now);
@@ -957,11 +972,9 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
     const struct moat_cfg_rule *rule = x->rule;
     bool everything = rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING;
-    if (everything) {
-        /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
-         * still does (a session must never be shared), and so does the status. */
-        cc.flags &= ~(uint32_t)(MOAT_CC_NO_STORE | MOAT_CC_PRIVATE | MOAT_CC_NO_CACHE);
-    }
+    /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
+     * still does (a session must never be shared), and so does the status. */
+    rule_cc(rule, &cc);
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =

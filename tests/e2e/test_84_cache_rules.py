@@ -185,6 +185,56 @@ def test_unsafe_method_invalidates_own_keyed_object(moat_factory, so, site, http
     assert len(seen(so, "/inv", method="GET")) == 4
 
 
+def test_origin_no_cache_ignore_serves_hits_where_respect_revalidates(moat_factory, so, site,
+                                                                      http):
+    for path in ("/ign", "/resp", "/ign-tf"):
+        site.route(path, [("Cache-Control", 'max-age=60, no-cache="Set-Cookie"'),
+                          ("ETag", '"v1"')])
+    site.route("/ign-tf", [("Moat-Cache-Control", "max-age=60, no-cache"), ("ETag", '"v1"')])
+    site.route("/ign-ns", [("Cache-Control", "max-age=60, no-cache, no-store")])
+    m = start_rules(moat_factory, so, [
+        {"match": {"path": "/ign*"}, "origin_no_cache": "ignore"},
+        {"match": {"path": "/resp"}, "origin_no_cache": "respect"}])
+    for path in ("/ign", "/ign-tf", "/resp"):
+        first = get(http, m, path)
+        assert cs(first) == MISS_STORED, path
+    for path in ("/ign", "/ign-tf"):
+        for _ in range(3):
+            r = get(http, m, path)
+            assert is_hit(r) and 55 <= ttl(r) <= 60, (path, cs(r))
+        assert len(seen(so, path)) == 1, path
+    assert "no-cache" in get(http, m, "/ign").headers["Cache-Control"]  # clients still see it
+    for i in range(3):                                 # respect: checked before every use
+        r = get(http, m, "/resp")
+        assert not is_hit(r), cs(r)
+    reqs = seen(so, "/resp")
+    assert len(reqs) == 4
+    assert all(q.header("If-None-Match") == '"v1"' for q in reqs[1:])
+    # no-store still wins over "ignore".
+    for _ in range(2):
+        assert not is_hit(get(http, m, "/ign-ns"))
+    assert len(seen(so, "/ign-ns")) == 2
+
+
+def test_origin_no_cache_ignore_survives_a_304(moat_factory, so, site, http):
+    def origin(req, o):
+        from origins import response
+        hdrs = [("Cache-Control", "max-age=1, no-cache"), ("ETag", '"v1"')]
+        if req.header("If-None-Match") == '"v1"':
+            return response(304, b"", hdrs, content_length=False)
+        return response(200, b"the body\n", hdrs)
+    so.handler = origin
+    m = start_rules(moat_factory, so, [{"origin_no_cache": "ignore"}])
+    assert cs(get(http, m, "/r304")) == MISS_STORED
+    assert is_hit(get(http, m, "/r304"))
+    time.sleep(2.2)
+    r = get(http, m, "/r304")
+    assert cs(r) == ["moat", "fwd=stale", "fwd-status=304", "stored"]
+    r = get(http, m, "/r304")                           # the 304's no-cache is ignored too
+    assert is_hit(r) and r.content == b"the body\n", cs(r)
+    assert len(seen(so, "/r304")) == 2
+
+
 def test_match_on_method_query_header_cookie(moat_factory, so, site, http):
     m = start_rules(moat_factory, so, [
         {"match": {"query": "preview"}, "cache": "bypass"},

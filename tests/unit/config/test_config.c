@@ -410,6 +410,12 @@ static const struct err_case err_cases[] = {
      "moat.yaml:7:37: sites[0].rules[0].key.cookies[2]: \"sid\" is listed twice"},
     {RULES "      - key: { cookies: [a, b, c, d, e, f, g, h, i] }\n",
      "moat.yaml:7:25: sites[0].rules[0].key.cookies: at most 8 cookies (got 9)"},
+    {RULES "      - origin_no_cache: skip\n",
+     "moat.yaml:7:26: sites[0].rules[0].origin_no_cache: \"skip\" is not one of: respect, "
+     "ignore"},
+    {RULES "      - origin_no_cache: [ignore]\n",
+     "moat.yaml:7:26: sites[0].rules[0].origin_no_cache: expected one of the listed words, got "
+     "a list"},
     {RULES "      - key: { header: [a] }\n",
      "moat.yaml:7:16: sites[0].rules[0].key.header: unknown key (did you mean \"headers\"?)"},
 };
@@ -745,14 +751,16 @@ static void test_site_matching(void **state)
 /* ---- quick mode -------------------------------------------------------------------------- */
 
 /* Cache rules' key options: header names lowercased, cookie names kept as given (they are
- * case-sensitive), a single name for a list, an empty list, the defaults. */
+ * case-sensitive), a single name for a list, an empty list, the defaults; origin_no_cache. */
 static void test_rule_keys(void **state)
 {
     (void)state;
     struct moat_config *c = load(RULES "      - key: { headers: [X-Device, Accept-Language],\n"
                                        "               cookies: [Session, session, lang] }\n"
                                        "      - key: { headers: X-One, cookies: [] }\n"
-                                       "      - match: { path: /x }\n");
+                                       "        origin_no_cache: ignore\n"
+                                       "      - match: { path: /x }\n"
+                                       "        origin_no_cache: respect\n");
     if (!c)
         fail_msg("%s", errbuf);
     const struct moat_cfg_rule *r = c->sites[0].rules;
@@ -770,6 +778,9 @@ static void test_rule_keys(void **state)
     assert_int_equal(r[2].nkey_headers, 0);
     assert_int_equal(r[2].nkey_cookies, 0);
     assert_int_equal(r[2].key_query, MOAT_KEY_QUERY_ALL);
+    assert_int_equal(r[0].origin_no_cache, MOAT_ORIGIN_NO_CACHE_RESPECT); /* the default */
+    assert_int_equal(r[1].origin_no_cache, MOAT_ORIGIN_NO_CACHE_IGNORE);
+    assert_int_equal(r[2].origin_no_cache, MOAT_ORIGIN_NO_CACHE_RESPECT);
     moat_config_release(&c);
 
     /* Eight of each is the most. */
