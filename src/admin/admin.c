@@ -113,8 +113,19 @@ static void handle_purge(const struct moat_httpd_req *req, struct moat_httpd_res
             moat_httpd_error(resp, 400, "url must be an absolute http:// or https:// URL");
             return;
         }
-        purged = moat_cache_purge_key(moat_srv.cache, moat_str_make(key, strlen(key)), flags) ==
-                         MOAT_OK ? 1 : 0;
+        size_t kl = strlen(key);
+        purged =
+            moat_cache_purge_key(moat_srv.cache, moat_str_make(key, kl), flags) == MOAT_OK ? 1 : 0;
+        /* Objects keyed with key.headers / key.cookies live under "url\n...": a prefix
+         * purge finds them (and the URL's Vary variants, already unreachable with their
+         * index). That is a walk over the whole store in slices, so it runs only once
+         * some key had such parts; until then a URL purge stays one lookup. */
+        if (atomic_load(&moat_srv.cache_keyed) && kl + 1 < sizeof key) {
+            key[kl] = '\n';
+            struct moat_cache_purge pg = {
+                .kind = MOAT_CACHE_PURGE_PREFIX, .arg = moat_str_make(key, kl + 1), .flags = flags};
+            purge_run(&pg, &purged);
+        }
     } else if (prefix) {
         if (!url_key(prefix, key, sizeof key)) {
             json_decref(o);

@@ -764,6 +764,96 @@ bool moat_cache_stale_if_error_ok(const struct moat_cache_meta *m, const struct 
     return age - lifetime < window;
 }
 
+/* ---- Accept-Encoding ------------------------------------------------------------------ */
+
+/* qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ) (RFC 9110 12.4.2). Returns 1 for
+ * a weight above 0, 0 for 0, -1 when <q> is not a qvalue. */
+static int qvalue_positive(struct moat_str q)
+{
+    if (q.len == 0 || q.len > 5 || (q.ptr[0] != '0' && q.ptr[0] != '1'))
+        return -1;
+    if (q.len > 1 && (q.ptr[1] != '.'))
+        return -1;
+    bool nonzero = q.ptr[0] == '1';
+    for (size_t i = 2; i < q.len; i++) {
+        if (q.ptr[i] < '0' || q.ptr[i] > '9' || (q.ptr[0] == '1' && q.ptr[i] != '0'))
+            return -1;
+        nonzero |= q.ptr[i] != '0';
+    }
+    return nonzero;
+}
+
+/* The MOAT_AE_* bit of a coding name, MOAT_AE_ALL for "*", 0 for anything else. */
+static unsigned ae_bit(struct moat_str c)
+{
+    if (name_is(c, NAME("gzip")) || name_is(c, NAME("x-gzip")))
+        return MOAT_AE_GZIP;
+    if (name_is(c, NAME("br")))
+        return MOAT_AE_BR;
+    if (name_is(c, NAME("zstd")))
+        return MOAT_AE_ZSTD;
+    return c.len == 1 && c.ptr[0] == '*' ? MOAT_AE_ALL : 0;
+}
+
+/* One pass over the elements, remembering per coding whether it was listed with a positive
+ * weight and whether with a zero (or broken) one; a refusal wins, because sending the
+ * origin fewer codings than the client accepts can only cost compression, never hand the
+ * client a coding it cannot decode. */
+unsigned moat_cache_ae_accepted(const struct moat_hdr *hdrs, size_t n)
+{
+    unsigned yes = 0, no = 0;
+    bool star_yes = false, star_no = false;
+    size_t i = 0;
+    const struct moat_hdr *h;
+    while ((h = hdr_next(hdrs, n, &i, NAME("accept-encoding")))) {
+        size_t pos = 0;
+        struct moat_str e;
+        while (list_next(h->value, &pos, &e, NULL)) {
+            const char *semi = memchr(e.ptr, ';', e.len);
+            size_t cl = semi ? (size_t)(semi - e.ptr) : e.len;
+            unsigned bit = ae_bit(trim(moat_str_make(e.ptr, cl)));
+            if (!bit)
+                continue;
+            int w = 1;
+            for (size_t k = cl; k < e.len;) { /* parameters: ";" OWS name "=" value */
+                const char *next = memchr(e.ptr + k + 1, ';', e.len - k - 1);
+                size_t end = next ? (size_t)(next - e.ptr) : e.len;
+                struct moat_str prm = moat_str_make(e.ptr + k + 1, end - k - 1);
+                const char *eq = memchr(prm.ptr, '=', prm.len);
+                size_t nl = eq ? (size_t)(eq - prm.ptr) : prm.len;
+                /* "q = 0" is not RFC syntax, but a sender that meant "refuse" must not get
+                 * the coding: spaces around '=' are tolerated. */
+                if (eq && name_is(trim(moat_str_make(prm.ptr, nl)), NAME("q")) &&
+                    qvalue_positive(trim(moat_str_make(eq + 1, prm.len - nl - 1))) <= 0)
+                    w = 0;
+                k = end;
+            }
+            if (bit == MOAT_AE_ALL && w)
+                star_yes = true;
+            else if (bit == MOAT_AE_ALL)
+                star_no = true;
+            else if (w)
+                yes |= bit;
+            else
+                no |= bit;
+        }
+    }
+    unsigned out = yes & ~no;
+    if (star_yes && !star_no)
+        out |= MOAT_AE_ALL & ~(yes | no);
+    return out;
+}
+
+struct moat_str moat_cache_ae_value(unsigned codings)
+{
+    /* Indexed by the bits: gzip 1, br 2, zstd 4. */
+    static const char *const v[8] = {"identity", "gzip",       "br",       "gzip, br",
+                                     "zstd",     "gzip, zstd", "br, zstd", "gzip, br, zstd"};
+    static const uint8_t len[8] = {8, 4, 2, 8, 4, 10, 8, 14};
+    codings &= MOAT_AE_ALL;
+    return moat_str_make(v[codings], len[codings]);
+}
+
 /* ---- Vary ----------------------------------------------------------------------------- */
 
 #define VARY_MAX_FIELDS 32
@@ -797,9 +887,11 @@ static void kput(struct kbuf *b, const char *s, size_t n, bool lower)
 }
 
 int moat_cache_vary_key(const struct moat_hdr *resp_hdrs, size_t nresp,
-                        const struct moat_hdr *req_hdrs, size_t nreq, char *buf, size_t cap,
-                        size_t *len, uint64_t *hash)
+                        const struct moat_hdr *req_hdrs, size_t nreq, const struct moat_str *ae,
+                        char *buf, size_t cap, size_t *len, uint64_t *hash)
 {
+    /* The forwarded Accept-Encoding, as if it were the request's only line of that name. */
+    const struct moat_hdr ae_line = {NAME("accept-encoding"), ae ? *ae : MOAT_STR_NULL};
     struct moat_str names[VARY_MAX_FIELDS];
     size_t nn = 0;
     size_t i = 0;
@@ -829,7 +921,9 @@ int moat_cache_vary_key(const struct moat_hdr *resp_hdrs, size_t nresp,
         size_t r = 0;
         const struct moat_hdr *h;
         bool any = false;
-        while ((h = hdr_next(req_hdrs, nreq, &r, names[k]))) {
+        bool own = ae && name_is(names[k], ae_line.name);
+        const struct moat_hdr *src = own ? &ae_line : req_hdrs;
+        while ((h = hdr_next(src, own ? 1 : nreq, &r, names[k]))) {
             kput(&b, any ? "," : ":", 1, false);
             any = true;
             size_t pos = 0, nel = 0;

@@ -224,19 +224,43 @@ enum moat_cache_fresh moat_cache_decide(const struct moat_cache_meta *m,
 bool moat_cache_stale_if_error_ok(const struct moat_cache_meta *m, const struct moat_cache_cc *req,
                                   int64_t now);
 
+/* ---- Accept-Encoding (RFC 9110 12.5.3) ---------------------------------------------- */
+
+/* The content codings moat normalises Accept-Encoding to, as bits. */
+#define MOAT_AE_GZIP 0x1u /* gzip (and its alias x-gzip, RFC 9110 8.4.1.3) */
+#define MOAT_AE_BR   0x2u /* br (RFC 7932) */
+#define MOAT_AE_ZSTD 0x4u /* zstd (RFC 8878) */
+#define MOAT_AE_ALL  0x7u
+
+/* Which of gzip, br and zstd the request's Accept-Encoding lines in <hdrs,n> accept with a
+ * weight above 0, as MOAT_AE_* bits. Several lines are one list; coding names and "q" are
+ * case-insensitive; OWS is allowed around elements and ';'. A coding listed with q=0
+ * anywhere is refused; one whose weight does not parse (not a qvalue: "0" or "1" with at
+ * most three decimals) is refused too, as narrowing is always safe. "*" stands for every
+ * coding not listed by name (refused by "*;q=0"). "identity" and unknown codings add
+ * nothing. No Accept-Encoding, or an empty one, gives 0. */
+unsigned moat_cache_ae_accepted(const struct moat_hdr *hdrs, size_t n);
+
+/* The canonical Accept-Encoding value for the bits <codings>: the accepted codings in the
+ * fixed order "gzip, br, zstd", or "identity" for none. Points to static storage. */
+struct moat_str moat_cache_ae_value(unsigned codings);
+
 /* ---- Vary (RFC 9111 4.1) -------------------------------------------------------------- */
 
 /* Builds the variant key of a request for a response whose Vary lines are in <resp_hdrs>:
  * the named request fields, lowercased names sorted and de-duplicated, each with its
  * values (several lines joined by ",", whitespace around commas removed), an absent field
- * marked distinctly from an empty one. Writes the normalized string into <buf,cap>
- * (*<len> set) and its XXH3 hash into *<hash>; the string is what the store should append
- * to the primary key so that a hash collision can never mix variants. No Vary gives an
- * empty key (hash of ""). Returns MOAT_OK; MOAT_DECLINED for "Vary: *" (not storable);
- * MOAT_ERR when the key does not fit in <cap> or names more than 32 fields (do not store). */
+ * marked distinctly from an empty one. When <ae> is not NULL it is the request's
+ * Accept-Encoding as the integrator forwarded it (moat_cache_ae_value), and it is used in
+ * place of the request's own Accept-Encoding lines. Writes the normalized string into
+ * <buf,cap> (*<len> set) and its XXH3 hash into *<hash>; the string is what the store
+ * should append to the primary key so that a hash collision can never mix variants. No Vary
+ * gives an empty key (hash of ""). Returns MOAT_OK; MOAT_DECLINED for "Vary: *" (not
+ * storable); MOAT_ERR when the key does not fit in <cap> or names more than 32 fields (do
+ * not store). */
 int moat_cache_vary_key(const struct moat_hdr *resp_hdrs, size_t nresp,
-                        const struct moat_hdr *req_hdrs, size_t nreq, char *buf, size_t cap,
-                        size_t *len, uint64_t *hash);
+                        const struct moat_hdr *req_hdrs, size_t nreq, const struct moat_str *ae,
+                        char *buf, size_t cap, size_t *len, uint64_t *hash);
 
 /* ---- Conditional requests against a stored response (RFC 9110 13.2.2) ------------------ */
 

@@ -811,16 +811,27 @@ static int k_trusted(struct ld *ld, const struct key *k, struct fy_node *n, void
     return each_string(ld, n, &cnt, trusted_elem, c, true);
 }
 
-/* Via's pseudonym goes into a header as is, so it must be a token (RFC 9110 5.6.2). */
+/* A token (RFC 9110 5.6.2): what a header field name, a cookie name or Via's pseudonym must
+ * be to go on the wire as is. */
+static bool is_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+            return false;
+    return true;
+}
+
+/* Via's pseudonym goes into a header as is, so it must be a token. */
 static int k_via(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
 {
     struct moat_config *c = base;
     char buf[65];
     if (scalar(ld, n, buf, sizeof(buf), "a name") != MOAT_OK)
         return MOAT_ERR;
-    for (const char *p = buf; *p; p++)
-        if (!isalnum((unsigned char)*p) && !strchr("!#$%&'*+-.^_`|~", *p))
-            return fail(ld, n, "\"%s\" must be a single word (letters, digits, -._)", buf);
+    if (!is_token(buf))
+        return fail(ld, n, "\"%s\" must be a single word (letters, digits, -._)", buf);
     c->via_name = arena_strndup(ld->box, buf, strlen(buf));
     return c->via_name ? MOAT_OK : oom(ld);
 }
@@ -1227,6 +1238,67 @@ static const struct table rule_match_table = TABLE(rule_match_keys, NULL);
 
 static const char *const cache_mode_names[] = {"standard", "bypass", "everything", NULL};
 static const char *const key_query_names[] = {"all", "ignore", "sort", NULL};
+static const char *const origin_no_cache_names[] = {"respect", "ignore", NULL};
+
+/* key.headers / key.cookies: names that go into cache keys, so they must be exactly what can
+ * appear on the wire: a header field name or a cookie name is a token (RFC 9110 5.1,
+ * RFC 6265 4.1.1). Header names are case-insensitive and kept lowercase; cookie names are
+ * case-sensitive and kept as given. A name listed twice would only lengthen every key. */
+struct key_names_ctx {
+    struct moat_str *names;
+    uint8_t *n;
+    bool header;
+};
+
+static int key_name_elem(struct ld *ld, struct fy_node *n, size_t idx, void *ud)
+{
+    struct key_names_ctx *kc = ud;
+    const char *what_ = kc->header ? "a header field name" : "a cookie name";
+    char buf[128];
+    if (scalar(ld, n, buf, sizeof buf, what_) != MOAT_OK)
+        return MOAT_ERR;
+    if (!is_token(buf))
+        return fail(ld, n, "\"%s\" is not %s (letters, digits and !#$%%&'*+-.^_`|~)", buf, what_);
+    size_t len = strlen(buf);
+    if (kc->header)
+        for (size_t i = 0; i < len; i++)
+            buf[i] = (char)tolower((unsigned char)buf[i]);
+    for (size_t i = 0; i < idx; i++)
+        if (kc->names[i].len == len && !memcmp(kc->names[i].ptr, buf, len))
+            return fail(ld, n, "\"%s\" is listed twice%s", buf,
+                        kc->header ? " (header names ignore case)" : "");
+    char *s = arena_strndup(ld->box, buf, len);
+    if (!s)
+        return oom(ld);
+    kc->names[idx] = moat_str_make(s, len);
+    *kc->n = (uint8_t)(idx + 1);
+    return MOAT_OK;
+}
+
+static int key_names(struct ld *ld, struct fy_node *n, struct key_names_ctx *kc)
+{
+    size_t cnt;
+    if (each_string(ld, n, &cnt, NULL, NULL, true) != MOAT_OK)
+        return MOAT_ERR;
+    if (cnt > MOAT_KEY_FIELDS_MAX)
+        return fail(ld, n, "at most %d %s (got %zu)", MOAT_KEY_FIELDS_MAX,
+                    kc->header ? "header fields" : "cookies", cnt);
+    return each_string(ld, n, &cnt, key_name_elem, kc, true);
+}
+
+static int k_key_headers(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    struct moat_cfg_rule *r = base;
+    struct key_names_ctx kc = {r->key_headers, &r->nkey_headers, true};
+    return key_names(ld, n, &kc);
+}
+
+static int k_key_cookies(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    struct moat_cfg_rule *r = base;
+    struct key_names_ctx kc = {r->key_cookies, &r->nkey_cookies, false};
+    return key_names(ld, n, &kc);
+}
 
 static const struct key rule_key_keys[] = {
     {.name = "query",
@@ -1235,6 +1307,16 @@ static const struct key rule_key_keys[] = {
      .def = "all",
      .names = key_query_names,
      .doc = "the query string in the cache key: as sent, ignored, or parameters sorted"},
+    {.name = "headers",
+     .type = KT_CUSTOM,
+     .fn = k_key_headers,
+     .tname = "header name or list (at most 8)",
+     .doc = "request header fields whose values are part of the cache key"},
+    {.name = "cookies",
+     .type = KT_CUSTOM,
+     .fn = k_key_cookies,
+     .tname = "cookie name or list (at most 8)",
+     .doc = "cookies whose values are part of the cache key"},
 };
 static const struct table rule_key_table = TABLE(rule_key_keys, NULL);
 
@@ -1271,6 +1353,13 @@ static const struct key rule_keys[] = {
      .min = 0,
      .max = 365 * 86400000ull,
      .doc = "serve a stale copy this long past its freshness when the origin fails"},
+    {.name = "origin_no_cache",
+     .type = KT_ENUM,
+     AT(struct moat_cfg_rule, origin_no_cache),
+     .def = "respect",
+     .names = origin_no_cache_names,
+     .doc = "the origin's Cache-Control: no-cache: revalidate on every use (respect), or "
+            "serve for the answer's lifetime (ignore)"},
     {.name = "key",
      .type = KT_MAP,
      .sub = &rule_key_table,
@@ -1611,6 +1700,13 @@ static const struct key cache_keys[] = {
      .max = 365 * DAY_MS,
      .doc = "freshness for static file types (css, js, images, fonts...) whose origin gives "
             "none, when no rule matches; 0 = off (quick mode)"},
+    {.name = "normalize_accept_encoding",
+     .type = KT_ENUM,
+     AT(struct moat_config, cache.normalize_ae),
+     .def = "true",
+     .names = bool_names,
+     .doc = "cached requests send the origin a canonical Accept-Encoding (gzip, br, zstd or "
+            "identity), so Vary: Accept-Encoding makes few variants"},
 };
 static const struct table cache_table = TABLE(cache_keys, NULL);
 

@@ -57,6 +57,13 @@ enum moat_cache_mode {
     MOAT_CACHE_MODE_EVERYTHING,   /* store regardless of the origin's Cache-Control */
 };
 enum moat_key_query { MOAT_KEY_QUERY_ALL = 0, MOAT_KEY_QUERY_IGNORE, MOAT_KEY_QUERY_SORT };
+/* origin_no_cache: does the origin's Cache-Control: no-cache force a revalidation on every use
+ * (respect, RFC 9111 5.2.2.4), or is the answer fresh for its lifetime as if it were absent? */
+enum moat_origin_no_cache { MOAT_ORIGIN_NO_CACHE_RESPECT = 0, MOAT_ORIGIN_NO_CACHE_IGNORE };
+
+/* key.headers and key.cookies name at most this many fields each: every name costs a scan
+ * of the request's fields per request, and bytes in a key that must fit in 1 KiB. */
+#define MOAT_KEY_FIELDS_MAX 8
 
 struct moat_cfg_rule {
     /* match (all given conditions must hold) */
@@ -71,6 +78,11 @@ struct moat_cfg_rule {
     uint64_t browser_ttl_ms;    /* Cache-Control: max-age sent to clients; 0 = the origin's */
     uint64_t stale_if_error_ms; /* serve stale this long when the origin fails; 0 = none */
     unsigned key_query;         /* enum moat_key_query */
+    struct moat_str key_headers[MOAT_KEY_FIELDS_MAX]; /* key.headers: request fields whose
+                                   values join the key; lowercase, in the order given */
+    struct moat_str key_cookies[MOAT_KEY_FIELDS_MAX]; /* key.cookies: cookie names, exact */
+    uint8_t nkey_headers, nkey_cookies;
+    unsigned origin_no_cache;   /* enum moat_origin_no_cache */
 };
 
 struct moat_cfg_site {
@@ -135,6 +147,8 @@ struct moat_config {
         char *targeted_field;     /* cache.targeted_field: "Moat-Cache-Control" */
         uint64_t static_ttl_ms;   /* cache.static_ttl: 2h (quick mode: 0): freshness for
                                      static file types when the origin gives none */
+        bool normalize_ae;        /* cache.normalize_accept_encoding: true; cached requests
+                                     send the origin a canonical Accept-Encoding */
     } cache;
 
     struct moat_cfg_pool *pools;

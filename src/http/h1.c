@@ -1127,3 +1127,36 @@ bool moat_h1_list_next(struct moat_str v, size_t *pos, struct moat_str *elem)
     *elem = moat_str_make(v.ptr + s, e - s);
     return true;
 }
+
+static struct moat_str trim_ows(const char *p, size_t n)
+{
+    while (n && IS_WS(p[0]))
+        p++, n--;
+    while (n && IS_WS(p[n - 1]))
+        n--;
+    return moat_str_make(p, n);
+}
+
+/* Cookie values are not quoted-string aware: RFC 6265's cookie-octet excludes ';' even
+ * inside DQUOTEs, so ';' always ends a pair. */
+bool moat_h1_cookie_next(struct moat_str v, size_t *pos, struct moat_str *name,
+                         struct moat_str *val)
+{
+    size_t i = *pos;
+    while (i < v.len) {
+        const char *semi = memchr(v.ptr + i, ';', v.len - i);
+        size_t end = semi ? (size_t)(semi - v.ptr) : v.len;
+        struct moat_str pair = trim_ows(v.ptr + i, end - i);
+        i = semi ? end + 1 : v.len;
+        if (!pair.len)
+            continue;
+        const char *eq = memchr(pair.ptr, '=', pair.len);
+        size_t nl = eq ? (size_t)(eq - pair.ptr) : pair.len;
+        *name = trim_ows(pair.ptr, nl);
+        *val = eq ? trim_ows(eq + 1, pair.len - nl - 1) : moat_str_make(pair.ptr + pair.len, 0);
+        *pos = i;
+        return true;
+    }
+    *pos = v.len;
+    return false;
+}

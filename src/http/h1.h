@@ -178,6 +178,13 @@ const struct moat_hdr *moat_h1_find(const struct moat_hdr *hdrs, size_t n, struc
  * returns true and sets *<elem> (trimmed, never empty) while elements remain. */
 bool moat_h1_list_next(struct moat_str value, size_t *pos, struct moat_str *elem);
 
+/* Iterates the cookies of a Cookie field value <value> ("a=1; b=2", RFC 6265 5.4): call with
+ * *<pos> = 0; returns true and sets *<name> and *<val> while pairs remain. Pairs are split
+ * at ';' and the name at the first '='; OWS around both is dropped, empty pairs are skipped,
+ * and a pair without '=' is a name with an empty value (what browsers make of it). */
+bool moat_h1_cookie_next(struct moat_str value, size_t *pos, struct moat_str *name,
+                         struct moat_str *val);
+
 /* Reason phrase for <status> ("OK", "Not Found", ...); "Unknown" when moat has none. */
 struct moat_str moat_http_reason(int status);
 

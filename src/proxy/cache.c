@@ -91,8 +91,84 @@ static size_t sorted_query(struct moat_str q, char *out)
     return o;
 }
 
-/* "http://" + host (lowercase, port as sent) + path and query as sent. The scheme is fixed
- * until TLS arrives. Returns false when the key does not fit (such requests bypass). */
+struct keyw {
+    char *p;
+    size_t n, cap;
+    bool over;
+};
+
+static void kw_put(struct keyw *w, const char *s, size_t len)
+{
+    if (w->over || w->cap - w->n < len) {
+        w->over = true;
+        return;
+    }
+    memcpy(w->p + w->n, s, len);
+    w->n += len;
+}
+
+/* Starts one part: "\n" <tag> ":" <name>. Its values follow as "=" v1 <sep> v2 ... */
+static void kw_part(struct keyw *w, const char *tag, struct moat_str name)
+{
+    kw_put(w, tag, 3);
+    kw_put(w, name.ptr, name.len);
+}
+
+static void kw_value(struct keyw *w, bool *any, char sep, struct moat_str v)
+{
+    kw_put(w, *any ? &sep : "=", 1);
+    kw_put(w, v.ptr, v.len);
+    *any = true;
+}
+
+/* The rule's key.headers and key.cookies after the URL part at *<n>: "\nh:" name "=" value
+ * per header (several lines of one name joined by ",", which RFC 9110 5.3 makes the same
+ * field), "\nc:" name "=" value per cookie (several cookies of that name joined by ";",
+ * which no cookie value can hold), and a bare "\nh:" name / "\nc:" name when the request
+ * has none, so an absent field and an empty one are two keys. A request target never holds
+ * "\n", so no URL's key looks like a keyed one; a part starts with a letter where a Vary
+ * variant's generation ("\n" digits "\n") starts with a digit; and the names are in the key,
+ * so a reload that changes the list never mixes objects keyed on other fields. The cost is
+ * one pass over the request's fields per name: lists are short (MOAT_KEY_FIELDS_MAX).
+ * Returns false when the key does not fit. */
+static bool key_fields(struct moat_conn *c, size_t *n)
+{
+    const struct moat_cfg_rule *rule = c->x.rule;
+    const struct moat_h1_req *r = &c->x.req;
+    struct keyw w = {c->ckey, *n, sizeof c->ckey, false};
+    for (size_t f = 0; f < rule->nkey_headers; f++) {
+        bool any = false;
+        kw_part(&w, "\nh:", rule->key_headers[f]);
+        for (size_t i = 0; i < r->nhdrs; i++)
+            if (moat_str_ieq(r->hdrs[i].name, rule->key_headers[f]))
+                kw_value(&w, &any, ',', r->hdrs[i].value);
+    }
+    for (size_t f = 0; f < rule->nkey_cookies; f++) {
+        bool any = false;
+        kw_part(&w, "\nc:", rule->key_cookies[f]);
+        for (size_t i = 0; i < r->nhdrs; i++) {
+            if (!MOAT_STR_IEQ_LIT(r->hdrs[i].name, "cookie"))
+                continue;
+            size_t pos = 0;
+            struct moat_str cn, cv;
+            while (moat_h1_cookie_next(r->hdrs[i].value, &pos, &cn, &cv))
+                if (moat_str_eq(cn, rule->key_cookies[f]))
+                    kw_value(&w, &any, ';', cv);
+        }
+    }
+    if (w.over)
+        return false;
+    *n = w.n;
+    /* From now on a URL purge must look for keyed objects too (handle_purge in admin.c).
+     * Sticky: keyed objects outlive a reload that drops the rule. */
+    if (!atomic_load(&moat_srv.cache_keyed))
+        atomic_store(&moat_srv.cache_keyed, true);
+    return true;
+}
+
+/* "http://" + host (lowercase, port as sent) + path and query as sent, then the rule's
+ * key.headers / key.cookies parts (key_fields). The scheme is fixed until TLS arrives.
+ * Returns false when the key does not fit (such requests bypass). */
 static bool build_key(struct moat_conn *c)
 {
     const struct moat_h1_req *r = &c->x.req;
@@ -125,8 +201,11 @@ static bool build_key(struct moat_conn *c)
             n += b.len;
         }
     }
-    c->x.ckeylen = (uint16_t)n;
-    return true;
+    c->x.ckeyurl = (uint16_t)n;
+    const struct moat_cfg_rule *rule = c->x.rule;
+    bool fits = !rule || (!rule->nkey_headers && !rule->nkey_cookies) || key_fields(c, &n);
+    c->x.ckeylen = (uint16_t)(fits ? n : c->x.ckeyurl); /* the URL alone, for invalidation */
+    return fits;
 }
 
 /* --- reading side --------------------------------------------------------------------------- */
@@ -456,9 +535,14 @@ void moat_pcache_invalidate(struct moat_conn *c, const struct moat_h1_resp *r)
         return;
     x->cinvalidate = false;
     moat_cache_purge_key(moat_srv.cache, moat_str_make(c->ckey, x->ckeylen), 0);
+    /* A rule with key.headers / key.cookies: the object keyed with this request's own values
+     * went above; the unkeyed URL goes too. Objects keyed with other clients' values stay
+     * (finding them is a scan of the whole store, not a worker's job: POST /purge does it). */
+    if (x->ckeyurl < x->ckeylen)
+        moat_cache_purge_key(moat_srv.cache, moat_str_make(c->ckey, x->ckeyurl), 0);
     /* Location and Content-Location too, when they name this host (RFC 9111 4.4). */
-    const char *slash = memchr(c->ckey + 7, '/', x->ckeylen - 7);
-    size_t hostlen = slash ? (size_t)(slash - c->ckey) : x->ckeylen; /* "http://host" */
+    const char *slash = memchr(c->ckey + 7, '/', x->ckeyurl - 7);
+    size_t hostlen = slash ? (size_t)(slash - c->ckey) : x->ckeyurl; /* "http://host" */
     static const char *const names[2] = {"location", "content-location"};
     for (int i = 0; i < 2; i++) {
         const struct moat_hdr *h =
@@ -516,8 +600,10 @@ static bool variant_key(struct moat_conn *c, const struct moat_hdr *vary, size_t
     c->ckey[k++] = '\n';
     size_t len = 0;
     uint64_t hash;
-    if (moat_cache_vary_key(vary, nvary, req, nreq, c->ckey + k, sizeof c->ckey - k, &len,
-                            &hash) != MOAT_OK)
+    /* The Accept-Encoding the origin was (or will be) sent, not the client's own. */
+    struct moat_str ae = moat_cache_ae_value(x->cae);
+    if (moat_cache_vary_key(vary, nvary, req, nreq, x->cae_norm ? &ae : NULL, c->ckey + k,
+                            sizeof c->ckey - k, &len, &hash) != MOAT_OK)
         return false;
     x->ckeylen = (uint16_t)(k + len);
     return true;
@@ -578,7 +664,7 @@ int moat_pcache_request(struct moat_conn *c)
         x->cstatus = "fwd=bypass";
         /* RFC 9111 4.4: an unsafe method's success invalidates the target URI. */
         x->cinvalidate = x->req.meth != MOAT_M_OPTIONS && x->req.meth != MOAT_M_TRACE &&
-                         build_key(c);
+                         (build_key(c) || x->ckeyurl);
         return MOAT_DECLINED;
     }
     if (x->rule && x->rule->mode == MOAT_CACHE_MODE_BYPASS) {
@@ -588,6 +674,15 @@ int moat_pcache_request(struct moat_conn *c)
     if (x->upgrade || !build_key(c)) {
         x->cstatus = "fwd=bypass";
         return MOAT_DECLINED;
+    }
+    if (cfg->cache.normalize_ae) {
+        /* Without this, Vary: Accept-Encoding makes one variant per browser's spelling of
+         * the same few codings. The origin is sent the canonical value (headers.c) and the
+         * variant key is made from it, so a stored variant always answers what the origin
+         * was asked (RFC 9111 4.1); and the canonical set is never wider than the client's,
+         * so whatever coding comes back, the client accepts it. */
+        x->cae_norm = true;
+        x->cae = (uint8_t)moat_cache_ae_accepted(x->req.hdrs, x->req.nhdrs);
     }
     moat_cache_cc_request(&x->creq, x->req.hdrs, x->req.nhdrs);
     x->has_auth = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("authorization")) != NULL;
@@ -758,6 +853,20 @@ bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
     return t && strnlen(t, n.len + 1) == n.len && moat_str_ieq(n, moat_str_make(t, n.len));
 }
 
+/* What the matching rule changes in the origin's directives before moat decides on them:
+ * "cache: everything" drops no-store, private and no-cache; "origin_no_cache: ignore" drops
+ * no-cache (with or without a field list) only, so the answer is fresh for its lifetime
+ * instead of revalidated on every use (RFC 9111 5.2.2.4). The client still sees them. Used
+ * on a fresh answer and on a 304's merged headers alike, or a revalidation would bring the
+ * directive back. */
+static void rule_cc(const struct moat_cfg_rule *rule, struct moat_cache_cc *cc)
+{
+    if (rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING)
+        cc->flags &= ~(uint32_t)(MOAT_CC_NO_STORE | MOAT_CC_PRIVATE | MOAT_CC_NO_CACHE);
+    if (rule && rule->origin_no_cache == MOAT_ORIGIN_NO_CACHE_IGNORE)
+        cc->flags &= ~(uint32_t)(MOAT_CC_NO_CACHE | MOAT_CC_NO_CACHE_FIELDS);
+}
+
 /* Gives up the object being fetched (aborting it if we write it) and makes the stale copy
  * the object to answer from, releasing the refresh claim on it. */
 static void fall_back_to_stale(struct moat_xchg *x)
@@ -804,6 +913,7 @@ static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
     struct moat_cache_cc cc;
     const char *tf = cfg->cache.targeted_field;
     moat_cache_cc_response(&cc, merged, n, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
+    rule_cc(x->rule, &cc);
     struct moat_cache_meta meta;
     int64_t now = now_s();
     moat_cache_meta_init(&meta, pc, old->status, &cc, merged, n, x->creq_time, now);
@@ -895,11 +1005,9 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
     const struct moat_cfg_rule *rule = x->rule;
     bool everything = rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING;
-    if (everything) {
-        /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
-         * still does (a session must never be shared), and so does the status. */
-        cc.flags &= ~(uint32_t)(MOAT_CC_NO_STORE | MOAT_CC_PRIVATE | MOAT_CC_NO_CACHE);
-    }
+    /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
+     * still does (a session must never be shared), and so does the status. */
+    rule_cc(rule, &cc);
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =

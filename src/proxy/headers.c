@@ -210,6 +210,8 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
                 had_xff |= trusted; /* folded into one field after the loop */
                 continue;
             }
+            if (x->cae_norm && MOAT_STR_IEQ_LIT(n, "accept-encoding"))
+                continue; /* the canonical value follows the loop (cache.c) */
             break;
         case 3:
             if (MOAT_STR_IEQ_LIT(n, "via")) {
@@ -247,6 +249,11 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
     }
     put(&o, c->peer_text, c->peer_len);
     PUTL(&o, "\r\n");
+    if (x->cae_norm) {
+        PUTL(&o, "Accept-Encoding: ");
+        puts_(&o, moat_cache_ae_value(x->cae));
+        PUTL(&o, "\r\n");
+    }
     if (!had_xfp)
         PUTL(&o, "X-Forwarded-Proto: http\r\n");
     if (!had_fwd) {

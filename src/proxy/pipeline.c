@@ -37,8 +37,8 @@ static bool glob_match(const char *g, struct moat_str s)
     return *p == 0;
 }
 
-/* Does the list <v> (separated by <sep>, e.g. '&' for a query, ';' for cookies) have an
- * element named <name> ("name" or "name=...")? */
+/* Does the list <v> (separated by <sep>, '&' for a query) have an element named <name>
+ * ("name" or "name=...")? */
 static bool has_param(struct moat_str v, const char *name, char sep)
 {
     size_t nl = strlen(name), i = 0;
@@ -58,6 +58,18 @@ static bool has_param(struct moat_str v, const char *name, char sep)
     return false;
 }
 
+/* Does the Cookie field value <v> hold a cookie named <name>? Parsed like the cache key's
+ * cookies (moat_h1_cookie_next), so a rule and its key.cookies agree on what is there. */
+static bool has_cookie(struct moat_str v, const char *name)
+{
+    size_t nl = strlen(name), pos = 0;
+    struct moat_str n, val;
+    while (moat_h1_cookie_next(v, &pos, &n, &val))
+        if (n.len == nl && !memcmp(n.ptr, name, nl))
+            return true;
+    return false;
+}
+
 static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_h1_req *q)
 {
     if (r->methods && !(r->methods & (1u << q->meth)))
@@ -72,7 +84,7 @@ static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_h1_req
         bool found = false;
         for (size_t i = 0; i < q->nhdrs && !found; i++)
             if (MOAT_STR_IEQ_LIT(q->hdrs[i].name, "cookie"))
-                found = has_param(q->hdrs[i].value, r->cookie, ';');
+                found = has_cookie(q->hdrs[i].value, r->cookie);
         if (!found)
             return false;
     }

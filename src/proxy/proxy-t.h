@@ -166,12 +166,16 @@ struct moat_xchg {
     const char *cstatus;          /* Cache-Status parameters after "moat; " (NULL: none) */
     int64_t creq_time;
     uint16_t ckeylen;             /* key in c->ckey */
+    uint16_t ckeyurl;             /* its URL part, before the key.headers / key.cookies parts */
     bool cwriter;                 /* we fill cobj from the origin's response */
     bool has_auth;                /* the request carried Authorization */
     bool cclaimed;                /* we hold cstale's refresh claim (stale-while-revalidate) */
     bool crevalidated;            /* the origin answered 304: answer from the cache */
     bool cinvalidate;             /* unsafe method: invalidate the key on a non-error answer */
     bool cvariant;                /* c->ckey is a Vary variant's key (under an index) */
+    bool cae_norm;                /* cache.normalize_accept_encoding applies: the origin
+                                     is sent, and Vary keys use, moat_cache_ae_value(cae) */
+    uint8_t cae;                  /* MOAT_AE_* codings the client accepts */
     struct moat_hdr *vsnap;       /* a primary key's writer: copy of the request's fields */
     size_t vsnap_n;
     uint64_t crange_left;         /* C_CACHE: body bytes still to send (a Range), or

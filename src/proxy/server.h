@@ -24,6 +24,9 @@ struct moat_server {
     _Atomic unsigned workers_running;
     struct moat_cache_store *cache;        /* shared by all workers, outlives reloads; NULL
                                               when the cache is off at start */
+    _Atomic bool cache_keyed;              /* some cache key had key.headers / key.cookies
+                                              parts since start: a URL purge must look for
+                                              "url\n..." keys too (sticky) */
 };
 
 extern struct moat_server moat_srv;

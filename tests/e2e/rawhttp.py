@@ -163,6 +163,17 @@ def request(port, data, method="GET", timeout=5.0):
     return c.read_response(method), c
 
 
+def fetch(port, path, lines=(), method="GET", host="localhost", timeout=5.0):
+    """One request with exactly the extra header <lines> given ("Name: value" strings: several
+    of one name, empty values, odd spacing), on a fresh connection. Returns the response."""
+    extra = "".join(f"{line}\r\n" for line in lines)
+    body = "Content-Length: 0\r\n" if method in ("POST", "PUT") else ""
+    r, c = request(port, f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}{body}\r\n",
+                   method, timeout)
+    c.close()
+    return r
+
+
 def wait_port(port, timeout=5.0, proc=None):
     """Polls until 127.0.0.1:<port> accepts a connection."""
     deadline = time.monotonic() + timeout

@@ -1,8 +1,11 @@
 """Cache: Vary. The primary key holds an index (the Vary fields); each combination of the
-named request fields is its own object, collapsed and purged like any other."""
+named request fields is its own object, collapsed and purged like any other. Accept-Encoding
+is normalised first (cache.normalize_accept_encoding), so browsers' spellings share variants."""
 import threading
 
-from test_80_cache import MISS_STORED, cs, get, is_hit, purged, seen, start, site, so  # noqa: F401
+from rawhttp import fetch
+from test_80_cache import (COLLAPSED, MISS_STORED, cs, get, is_hit, purged, seen,  # noqa: F401
+                           start, site, so)
 
 
 def lang_body(req, n):
@@ -69,3 +72,80 @@ def test_vary_star_not_stored_and_purge_reaches_variants(moat_factory, so, site,
     assert purged(m, {"url": m.url("/p")}) == 1
     for lang in ("en", "fr"):
         assert cs(get(http, m, "/p", headers={"Accept-Language": lang})) == MISS_STORED
+
+
+# --- Accept-Encoding normalisation ------------------------------------------------------------
+
+def cached(r):
+    """A hit, or collapsed onto the object of the request just before (see test_84)."""
+    return is_hit(r) or cs(r) == COLLAPSED
+
+
+def ae_body(req, n):
+    return f"ae={req.header_all('Accept-Encoding')} #{n}\n"
+
+
+def ae_site(site, path="/ae"):
+    site.route(path, [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")],
+               body=ae_body)
+
+
+def ae_seen(so, path):
+    """The Accept-Encoding lines of each request the origin got for <path>."""
+    return [r.header_all("Accept-Encoding") for r in seen(so, path)]
+
+
+def test_accept_encoding_spellings_share_a_variant(moat_factory, so, site, http):
+    ae_site(site)
+    m = start(moat_factory, so)
+    gz_br = fetch(m.port, "/ae", ["Accept-Encoding: gzip, deflate, br"])
+    assert cs(gz_br) == MISS_STORED
+    for lines in (["Accept-Encoding: br;q=1.0, gzip"], ["Accept-Encoding: GZIP,BR"],
+                  ["Accept-Encoding: gzip", "Accept-Encoding: deflate, br"],
+                  ["Accept-Encoding: br, gzip;q=0.5, zstd;q=0"],
+                  ["Accept-Encoding: \t br , gzip ,"]):
+        r = fetch(m.port, "/ae", lines)
+        assert cached(r) and r.body == gz_br.body, (lines, cs(r))
+    ident = fetch(m.port, "/ae", ["Accept-Encoding: identity"])
+    assert cs(ident) == MISS_STORED
+    for lines in ([], ["Accept-Encoding:"], ["Accept-Encoding: deflate"],
+                  ["Accept-Encoding: gzip;q=0, br;q=0"]):
+        r = fetch(m.port, "/ae", lines)                  # nothing moat knows is accepted
+        assert cached(r) and r.body == ident.body, (lines, cs(r))
+    br = fetch(m.port, "/ae", ["Accept-Encoding: gzip;q=0, br"])
+    assert cs(br) == MISS_STORED
+    assert cs(fetch(m.port, "/ae", ["Accept-Encoding: zstd, br, gzip"])) == MISS_STORED
+    assert cached(fetch(m.port, "/ae", ["Accept-Encoding: *"]))
+    # The origin saw one canonical line per variant: what each stored variant answers.
+    assert ae_seen(so, "/ae") == [["gzip, br"], ["identity"], ["br"], ["gzip, br, zstd"]]
+    assert gz_br.body.startswith(b"ae=['gzip, br']")
+
+
+def test_accept_encoding_normalised_without_vary_too(moat_factory, so, site, http):
+    m = start(moat_factory, so)
+    fetch(m.port, "/plain", ["Accept-Encoding: deflate, gzip;q=0.9, br;q=0.8, zstd"])
+    fetch(m.port, "/plain2")
+    assert ae_seen(so, "/plain") == [["gzip, br, zstd"]]
+    assert ae_seen(so, "/plain2") == [["identity"]]
+
+
+def test_accept_encoding_unchanged_when_not_cached(moat_factory, so, site, http):
+    ae_site(site)
+    ae_site(site, "/bp")
+    m = start(moat_factory, so, sites=[{"hosts": ["*"], "pool": "main", "rules": [
+        {"match": {"path": "/bp"}, "cache": "bypass"}]}])
+    raw = ["Accept-Encoding: br;q=1.0, gzip", "Accept-Encoding: deflate"]
+    assert cs(fetch(m.port, "/bp", raw))[1:] == ["fwd=bypass", "detail=rule"]
+    assert fetch(m.port, "/ae", raw, method="POST").status == 200
+    assert cs(fetch(m.port, "/bp"))[1:] == ["fwd=bypass", "detail=rule"]
+    assert ae_seen(so, "/bp") == [["br;q=1.0, gzip", "deflate"], []]
+    assert ae_seen(so, "/ae") == [["br;q=1.0, gzip", "deflate"]]
+
+
+def test_accept_encoding_normalisation_off(moat_factory, so, site, http):
+    ae_site(site)
+    m = start(moat_factory, so, cache={"normalize_accept_encoding": False})
+    for v in ("gzip, deflate, br", "br;q=1.0, gzip"):
+        assert cs(fetch(m.port, "/ae", [f"Accept-Encoding: {v}"])) == MISS_STORED
+        assert cached(fetch(m.port, "/ae", [f"Accept-Encoding: {v}"]))
+    assert ae_seen(so, "/ae") == [["gzip, deflate, br"], ["br;q=1.0, gzip"]]

@@ -1,10 +1,12 @@
-"""Cache rules (sites[].rules, first match wins, like CDN page rules) and the default for
-static file types."""
+"""Cache rules (sites[].rules, first match wins, like CDN page rules), their cache key options
+(query, headers, cookies) and the default for static file types."""
 import time
 
 import pytest
 
-from test_80_cache import MISS, MISS_STORED, cs, get, is_hit, seen, site, so, ttl  # noqa: F401
+from rawhttp import fetch
+from test_80_cache import (BYPASS, COLLAPSED, MISS, MISS_STORED, cs, get, is_hit,  # noqa: F401
+                           purged, seen, site, so, ttl)
 
 BYPASS_RULE = ["moat", "fwd=bypass", "detail=rule"]
 
@@ -79,6 +81,158 @@ def test_key_query_options(moat_factory, so, site, http, mode, urls, shared):
         if shared:
             assert r.content == first.content
     assert len(so.requests) == (1 if shared else len(urls))
+
+
+def cached(r):
+    """Answered from the cache: a hit, or collapsed onto the object of the request just before
+    (it completes when that exchange ends, a moment after its client has the last byte)."""
+    return is_hit(r) or cs(r) == COLLAPSED
+
+
+def raw_get(m, path, lines=()):
+    """A GET with exactly these extra header lines (several of one name, empty values)."""
+    r = fetch(m.port, path, lines, host="k.example")
+    assert r.status == 200, r
+    return r
+
+
+def test_key_headers_split_objects_by_value(moat_factory, so, site, http):
+    m = start_rules(moat_factory, so, [
+        {"match": {"path": "/k"}, "key": {"headers": ["X-Device", "X-Region"]}}])
+    first = {}
+    for lines in (["X-Device: mobile"], ["X-Device: desktop"], [], ["X-Device:"],
+                  ["X-Device: a", "X-Device: b"], ["X-Device: mobile", "X-Region: eu"]):
+        r = raw_get(m, "/k", lines)
+        assert cs(r) == MISS_STORED, (lines, cs(r))
+        first[tuple(lines)] = r.body
+    # The same values again, however spelled: one hit each, the body first stored for them.
+    for lines, same_as in ((["x-device: mobile"], ["X-Device: mobile"]),
+                           (["X-Device:  desktop "], ["X-Device: desktop"]),
+                           (["X-Other: 1"], []),
+                           (["X-Device: a,b"], ["X-Device: a", "X-Device: b"]),
+                           (["X-Region: eu", "X-Device: mobile"],
+                            ["X-Device: mobile", "X-Region: eu"])):
+        r = raw_get(m, "/k", lines)
+        assert cached(r), (lines, cs(r))
+        assert r.body == first[tuple(same_as)], lines
+    assert len(seen(so, "/k")) == 6
+    # Another path, no key option: the header does not split it.
+    assert cs(raw_get(m, "/other", ["X-Device: mobile"])) == MISS_STORED
+    assert cached(raw_get(m, "/other", ["X-Device: desktop"]))
+    assert len(seen(so, "/other")) == 1
+
+
+def test_key_cookies_split_by_named_cookies_only(moat_factory, so, site, http):
+    m = start_rules(moat_factory, so, [{"match": {"path": "/c"}, "key": {"cookies": ["lang"]}}])
+    en = raw_get(m, "/c", ["Cookie: lang=en; sid=1"])
+    assert cs(en) == MISS_STORED
+    r = raw_get(m, "/c", ["Cookie: sid=2; lang=en"])     # another session, same lang
+    assert cached(r) and r.body == en.body, (cs(r), r.body, en.body)
+    r = raw_get(m, "/c", ["Cookie: sid=3", "Cookie: lang=en"])  # several Cookie lines
+    assert cached(r) and r.body == en.body
+    assert cs(raw_get(m, "/c", ["Cookie: lang=fr"])) == MISS_STORED
+    none = raw_get(m, "/c")
+    assert cs(none) == MISS_STORED
+    assert cs(raw_get(m, "/c", ["Cookie: lang="])) == MISS_STORED  # empty is not absent
+    for lines in (["Cookie: Lang=en"], ["Cookie: sid=4"], ["Cookie: xlang=en"]):
+        r = raw_get(m, "/c", lines)                      # no cookie named exactly "lang"
+        assert cached(r) and r.body == none.body, lines
+    assert cached(raw_get(m, "/c", ["Cookie: lang=fr; a=b"]))
+    assert len(seen(so, "/c")) == 4
+
+
+def test_key_too_long_bypasses(moat_factory, so, site, http):
+    m = start_rules(moat_factory, so, [{"key": {"headers": ["X-Big"]}}])
+    for _ in range(2):
+        assert cs(raw_get(m, "/big", ["X-Big: " + "x" * 1100])) == BYPASS
+    assert len(seen(so, "/big")) == 2
+    assert cs(raw_get(m, "/big", ["X-Big: small"])) == MISS_STORED
+    assert cached(raw_get(m, "/big", ["X-Big: small"]))
+
+
+def test_purge_url_removes_every_keyed_object_of_that_url(moat_factory, so, site, http):
+    m = start_rules(moat_factory, so, [
+        {"match": {"path": "/p*"}, "key": {"headers": ["X-Device"], "cookies": ["lang"]}}])
+    variants = (["X-Device: mobile"], ["X-Device: desktop", "Cookie: lang=fr"], [])
+    for path in ("/p", "/p2", "/p?x=1"):
+        for lines in variants:
+            assert cs(raw_get(m, path, lines)) == MISS_STORED, (path, lines)
+    assert purged(m, {"url": "http://k.example/p"}) == 3
+    for lines in variants:
+        assert cs(raw_get(m, "/p", lines)) == MISS_STORED, lines
+        assert cached(raw_get(m, "/p2", lines)), lines       # other URLs keep theirs
+        assert cached(raw_get(m, "/p?x=1", lines)), lines
+    assert len(seen(so, "/p")) == 6 and len(seen(so, "/p2")) == 3
+    # A soft purge reaches them too: each is refetched once.
+    assert purged(m, {"url": "http://k.example/p2", "soft": True}) == 3
+    for lines in variants:
+        assert not cached(raw_get(m, "/p2", lines)), lines
+    assert len(seen(so, "/p2")) == 6
+
+
+def test_unsafe_method_invalidates_own_keyed_object(moat_factory, so, site, http):
+    m = start_rules(moat_factory, so, [{"match": {"path": "/inv"},
+                                        "key": {"headers": ["X-Device"]}}])
+    for lines in (["X-Device: mobile"], ["X-Device: desktop"], []):
+        assert cs(raw_get(m, "/inv", lines)) == MISS_STORED
+    r = fetch(m.port, "/inv", ["X-Device: mobile"], method="POST", host="k.example")
+    assert r.status == 200
+    assert cs(raw_get(m, "/inv", ["X-Device: mobile"])) == MISS_STORED  # its own object
+    # Objects keyed with other values (an absent field is a value) stay until a purge
+    # (docs/cache.md says why).
+    assert cached(raw_get(m, "/inv", ["X-Device: desktop"]))
+    assert cached(raw_get(m, "/inv"))
+    assert len(seen(so, "/inv", method="GET")) == 4
+
+
+def test_origin_no_cache_ignore_serves_hits_where_respect_revalidates(moat_factory, so, site,
+                                                                      http):
+    for path in ("/ign", "/resp", "/ign-tf"):
+        site.route(path, [("Cache-Control", 'max-age=60, no-cache="Set-Cookie"'),
+                          ("ETag", '"v1"')])
+    site.route("/ign-tf", [("Moat-Cache-Control", "max-age=60, no-cache"), ("ETag", '"v1"')])
+    site.route("/ign-ns", [("Cache-Control", "max-age=60, no-cache, no-store")])
+    m = start_rules(moat_factory, so, [
+        {"match": {"path": "/ign*"}, "origin_no_cache": "ignore"},
+        {"match": {"path": "/resp"}, "origin_no_cache": "respect"}])
+    for path in ("/ign", "/ign-tf", "/resp"):
+        first = get(http, m, path)
+        assert cs(first) == MISS_STORED, path
+    for path in ("/ign", "/ign-tf"):
+        for _ in range(3):
+            r = get(http, m, path)
+            assert is_hit(r) and 55 <= ttl(r) <= 60, (path, cs(r))
+        assert len(seen(so, path)) == 1, path
+    assert "no-cache" in get(http, m, "/ign").headers["Cache-Control"]  # clients still see it
+    for i in range(3):                                 # respect: checked before every use
+        r = get(http, m, "/resp")
+        assert not is_hit(r), cs(r)
+    reqs = seen(so, "/resp")
+    assert len(reqs) == 4
+    assert all(q.header("If-None-Match") == '"v1"' for q in reqs[1:])
+    # no-store still wins over "ignore".
+    for _ in range(2):
+        assert not is_hit(get(http, m, "/ign-ns"))
+    assert len(seen(so, "/ign-ns")) == 2
+
+
+def test_origin_no_cache_ignore_survives_a_304(moat_factory, so, site, http):
+    def origin(req, o):
+        from origins import response
+        hdrs = [("Cache-Control", "max-age=1, no-cache"), ("ETag", '"v1"')]
+        if req.header("If-None-Match") == '"v1"':
+            return response(304, b"", hdrs, content_length=False)
+        return response(200, b"the body\n", hdrs)
+    so.handler = origin
+    m = start_rules(moat_factory, so, [{"origin_no_cache": "ignore"}])
+    assert cs(get(http, m, "/r304")) == MISS_STORED
+    assert is_hit(get(http, m, "/r304"))
+    time.sleep(2.2)
+    r = get(http, m, "/r304")
+    assert cs(r) == ["moat", "fwd=stale", "fwd-status=304", "stored"]
+    r = get(http, m, "/r304")                           # the 304's no-cache is ignored too
+    assert is_hit(r) and r.content == b"the body\n", cs(r)
+    assert len(seen(so, "/r304")) == 2
 
 
 def test_match_on_method_query_header_cookie(moat_factory, so, site, http):

@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <string.h>
+
 #include "cache/policy.h"
 
 #define H(n, v)                                                                                    \
@@ -424,8 +427,8 @@ static void test_vary(void **state)
     struct moat_hdr q1[] = {H("Accept-Encoding", "gzip,  br"), H("Accept-Language", "fr"),
                             H("Host", "x")};
     struct moat_hdr q2[] = {H("accept-language", "fr"), H("ACCEPT-ENCODING", "gzip , br")};
-    assert_int_equal(moat_cache_vary_key(rs, 2, q1, 3, b1, sizeof(b1), &l1, &h1), MOAT_OK);
-    assert_int_equal(moat_cache_vary_key(rs2, 1, q2, 2, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(moat_cache_vary_key(rs, 2, q1, 3, NULL, b1, sizeof(b1), &l1, &h1), MOAT_OK);
+    assert_int_equal(moat_cache_vary_key(rs2, 1, q2, 2, NULL, b2, sizeof(b2), &l2, &h2), MOAT_OK);
     assert_memory_equal(b1, b2, l1);
     assert_int_equal(l1, l2);
     assert_true(h1 == h2);
@@ -435,25 +438,139 @@ static void test_vary(void **state)
     /* absent differs from empty */
     struct moat_hdr q3[] = {H("Accept-Encoding", "gzip,  br"), H("Accept-Language", "fr"),
                             H("Origin", "")};
-    assert_int_equal(moat_cache_vary_key(rs, 2, q3, 3, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(moat_cache_vary_key(rs, 2, q3, 3, NULL, b2, sizeof(b2), &l2, &h2), MOAT_OK);
     assert_true(h1 != h2);
     /* two field lines = one combined value */
     struct moat_hdr q4[] = {H("Accept-Encoding", "gzip"), H("Accept-Encoding", "br"),
                             H("Accept-Language", "fr")};
-    assert_int_equal(moat_cache_vary_key(rs, 2, q4, 3, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(moat_cache_vary_key(rs, 2, q4, 3, NULL, b2, sizeof(b2), &l2, &h2), MOAT_OK);
     assert_true(h1 == h2);
     /* different value, different key */
     struct moat_hdr q5[] = {H("Accept-Encoding", "gzip"), H("Accept-Language", "fr")};
-    assert_int_equal(moat_cache_vary_key(rs, 2, q5, 2, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(moat_cache_vary_key(rs, 2, q5, 2, NULL, b2, sizeof(b2), &l2, &h2), MOAT_OK);
     assert_true(h1 != h2);
     /* Vary: * */
     struct moat_hdr star[] = {H("Vary", "Origin, *")};
-    assert_int_equal(moat_cache_vary_key(star, 1, q1, 3, b2, sizeof(b2), &l2, &h2), MOAT_DECLINED);
+    assert_int_equal(moat_cache_vary_key(star, 1, q1, 3, NULL, b2, sizeof(b2), &l2, &h2),
+                     MOAT_DECLINED);
     /* too small a buffer */
-    assert_int_equal(moat_cache_vary_key(rs, 2, q1, 3, b2, 10, &l2, &h2), MOAT_ERR);
+    assert_int_equal(moat_cache_vary_key(rs, 2, q1, 3, NULL, b2, 10, &l2, &h2), MOAT_ERR);
     /* no Vary */
-    assert_int_equal(moat_cache_vary_key(NULL, 0, q1, 3, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(moat_cache_vary_key(NULL, 0, q1, 3, NULL, b2, sizeof(b2), &l2, &h2), MOAT_OK);
     assert_int_equal(l2, 0);
+    /* The forwarded Accept-Encoding replaces the request's lines; other fields stay. */
+    struct moat_str ae = S("gzip, br");
+    struct moat_hdr q6[] = {H("Accept-Encoding", "br;q=1.0, gzip, deflate"),
+                            H("Accept-Encoding", "zstd;q=0"), H("Accept-Language", "fr")};
+    assert_int_equal(moat_cache_vary_key(rs, 2, q6, 3, &ae, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(l2, sizeof(want) - 1);
+    assert_memory_equal(b2, want, l2);
+    /* ... also when the request had none; absent only when nothing is forwarded. */
+    struct moat_hdr q7[] = {H("Accept-Language", "fr")};
+    struct moat_str id = S("identity");
+    assert_int_equal(moat_cache_vary_key(rs, 2, q7, 1, &id, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    const char want_id[] = "accept-encoding:identity\naccept-language:fr\norigin\x01\n";
+    assert_int_equal(l2, sizeof(want_id) - 1);
+    assert_memory_equal(b2, want_id, l2);
+    /* ... and it does not matter to a Vary without Accept-Encoding. */
+    struct moat_hdr lang[] = {H("Vary", "Accept-Language")};
+    assert_int_equal(moat_cache_vary_key(lang, 1, q6, 3, &id, b2, sizeof(b2), &l2, &h2), MOAT_OK);
+    assert_int_equal(l2, strlen("accept-language:fr\n"));
+    assert_memory_equal(b2, "accept-language:fr\n", l2);
+}
+
+/* What moat_cache_ae_accepted makes of the Accept-Encoding lines, in the canonical form. */
+static const char *ae_of(const struct moat_hdr *h, size_t n)
+{
+    static char out[32];
+    struct moat_str v = moat_cache_ae_value(moat_cache_ae_accepted(h, n));
+    snprintf(out, sizeof out, "%.*s", (int)v.len, v.ptr);
+    return out;
+}
+
+static void test_accept_encoding(void **state)
+{
+    static const struct {
+        const char *in, *want;
+    } one[] = {
+        /* what browsers and tools send */
+        {"gzip, deflate, br", "gzip, br"},
+        {"gzip, deflate, br, zstd", "gzip, br, zstd"},
+        {"br;q=1.0, gzip;q=0.8, *;q=0.1", "gzip, br, zstd"},
+        {"gzip, deflate", "gzip"},
+        {"br;q=1.0, gzip", "gzip, br"},
+        {"deflate, gzip;q=1.0, *;q=0.5", "gzip, br, zstd"},
+        {"identity", "identity"},
+        {"deflate", "identity"},
+        {"", "identity"},
+        /* case, whitespace, empty elements, aliases */
+        {"GZIP, Br", "gzip, br"},
+        {" \tgzip\t ,, ,br ", "gzip, br"},
+        {"x-gzip", "gzip"},
+        {"gzip ; q=0.5 ,br;Q=1", "gzip, br"},
+        {"zstd", "zstd"},
+        {"br", "br"},
+        /* weights: 0 refuses, in any spelling; broken weights refuse too */
+        {"gzip;q=0, br", "br"},
+        {"gzip;q=0.000, br;q=0.001", "br"},
+        {"gzip;q=1.000", "gzip"},
+        {"gzip;q=1.001", "identity"},
+        {"gzip;q=2", "identity"},
+        {"gzip;q=0.5000", "identity"},
+        {"gzip;q=.5", "identity"},
+        {"gzip;q=", "identity"},
+        {"gzip;q=abc, br", "br"},
+        {"gzip;q = 0.5", "gzip"}, /* spaces around '=' are not RFC syntax, but tolerated */
+        {"gzip; Q =0, br", "br"},
+        {"gzip;level=9, br;x=\"a;b\"", "gzip, br"},
+        {"gzip, gzip;q=0", "identity"},
+        {"gzip;q=0, gzip", "identity"},
+        /* "*": every coding not listed by name */
+        {"*", "gzip, br, zstd"},
+        {"*;q=0", "identity"},
+        {"*, gzip;q=0", "br, zstd"},
+        {"br;q=0, *;q=0.3", "gzip, zstd"},
+        {"*;q=0, br", "br"},
+        {"*, *;q=0", "identity"},
+        {"identity;q=0, *", "gzip, br, zstd"},
+        /* junk */
+        {"gzip;", "gzip"},
+        {";q=1, ,", "identity"},
+        {"gzipx, brr, zst", "identity"},
+        {"\"gzip\"", "identity"},
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof(one) / sizeof(one[0]); i++) {
+        struct moat_hdr h[] = {H("Host", "x"),
+                               {S("Accept-Encoding"), moat_str_make(one[i].in, strlen(one[i].in))}};
+        const char *got = ae_of(h, 2);
+        if (strcmp(got, one[i].want) != 0) {
+            print_error("\"%s\": got \"%s\", want \"%s\"\n", one[i].in, got, one[i].want);
+            bad++;
+        }
+    }
+    assert_int_equal(bad, 0);
+    /* No field at all. */
+    struct moat_hdr none[] = {H("Accept", "*/*"), H("X-Accept-Encoding", "gzip")};
+    assert_string_equal(ae_of(none, 2), "identity");
+    assert_string_equal(ae_of(NULL, 0), "identity");
+    /* Several lines are one list, and a refusal on one line wins over the other. */
+    struct moat_hdr two[] = {H("accept-encoding", "gzip"), H("Accept", "*/*"),
+                             H("ACCEPT-ENCODING", "br, zstd;q=0")};
+    assert_string_equal(ae_of(two, 3), "gzip, br");
+    struct moat_hdr refuse[] = {H("Accept-Encoding", "gzip, br"), H("Accept-Encoding", "gzip;q=0")};
+    assert_string_equal(ae_of(refuse, 2), "br");
+    /* The value table. */
+    assert_true(moat_str_eq(moat_cache_ae_value(0), S("identity")));
+    assert_true(moat_str_eq(moat_cache_ae_value(MOAT_AE_ALL), S("gzip, br, zstd")));
+    assert_true(moat_str_eq(moat_cache_ae_value(MOAT_AE_BR | MOAT_AE_ZSTD), S("br, zstd")));
+    assert_true(moat_str_eq(moat_cache_ae_value(MOAT_AE_GZIP | MOAT_AE_ZSTD), S("gzip, zstd")));
+    /* Every canonical value reads back as the codings it was made from. */
+    for (unsigned b = 0; b <= MOAT_AE_ALL; b++) {
+        struct moat_hdr h[] = {{S("Accept-Encoding"), moat_cache_ae_value(b)}};
+        assert_int_equal(moat_cache_ae_accepted(h, 1), b);
+        assert_int_equal(strnlen(h[0].value.ptr, 32), h[0].value.len);
+    }
 }
 
 static int cond(enum moat_method m, const struct moat_hdr *h, size_t n)
@@ -547,8 +664,8 @@ int main(void)
         cmocka_unit_test(test_cc_targeted),   cmocka_unit_test(test_dates),
         cmocka_unit_test(test_storable),      cmocka_unit_test(test_lifetime_precedence),
         cmocka_unit_test(test_age),           cmocka_unit_test(test_decide),
-        cmocka_unit_test(test_vary),          cmocka_unit_test(test_conditional),
-        cmocka_unit_test(test_range),
+        cmocka_unit_test(test_vary),          cmocka_unit_test(test_accept_encoding),
+        cmocka_unit_test(test_conditional),   cmocka_unit_test(test_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

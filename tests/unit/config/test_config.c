@@ -28,6 +28,15 @@ static struct moat_config *load(const char *yaml)
     "sites:\n"                                                                                     \
     "  - { hosts: [\"*\"], pool: p }\n"
 
+/* A site with rules; the rules follow from line 7. */
+#define RULES                                                                                      \
+    "pools:\n"                                                                                     \
+    "  p: { origins: [\"127.0.0.1:8081\"] }\n"                                                     \
+    "sites:\n"                                                                                     \
+    "  - hosts: [\"*\"]\n"                                                                         \
+    "    pool: p\n"                                                                                \
+    "    rules:\n"
+
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -377,6 +386,39 @@ static const struct err_case err_cases[] = {
     {"pools: { p: { origins: [\"127.0.0.1:1\"] } }\nsites: [\"p\"]\n",
      "moat.yaml:2:9: sites[0]: expected a site ({ hosts: [...], pool: NAME }), got a single "
      "value"},
+    /* cache key options (line 7 is the rule) */
+    {RULES "      - key: { headers: [\"X Device\"] }\n",
+     "moat.yaml:7:26: sites[0].rules[0].key.headers[0]: \"X Device\" is not a header field "
+     "name (letters, digits and !#$%&'*+-.^_`|~)"},
+    {RULES "      - key: { headers: [\"\"] }\n",
+     "moat.yaml:7:26: sites[0].rules[0].key.headers[0]: \"\" is not a header field name "
+     "(letters, digits and !#$%&'*+-.^_`|~)"},
+    {RULES "      - key: { headers: [X-Device, x-device] }\n",
+     "moat.yaml:7:36: sites[0].rules[0].key.headers[1]: \"x-device\" is listed twice (header "
+     "names ignore case)"},
+    {RULES "      - key: { headers: [a, b, c, d, e, f, g, h, i] }\n",
+     "moat.yaml:7:25: sites[0].rules[0].key.headers: at most 8 header fields (got 9)"},
+    {RULES "      - key: { headers: { a: 1 } }\n",
+     "moat.yaml:7:25: sites[0].rules[0].key.headers: expected a value or a list of values, got "
+     "a map"},
+    {RULES "      - key: { headers: [[a]] }\n",
+     "moat.yaml:7:26: sites[0].rules[0].key.headers[0]: expected a header field name, got a "
+     "list"},
+    {RULES "      - key: { cookies: [\"a=b\"] }\n",
+     "moat.yaml:7:26: sites[0].rules[0].key.cookies[0]: \"a=b\" is not a cookie name (letters, "
+     "digits and !#$%&'*+-.^_`|~)"},
+    {RULES "      - key: { cookies: [sid, lang, sid] }\n",
+     "moat.yaml:7:37: sites[0].rules[0].key.cookies[2]: \"sid\" is listed twice"},
+    {RULES "      - key: { cookies: [a, b, c, d, e, f, g, h, i] }\n",
+     "moat.yaml:7:25: sites[0].rules[0].key.cookies: at most 8 cookies (got 9)"},
+    {RULES "      - origin_no_cache: skip\n",
+     "moat.yaml:7:26: sites[0].rules[0].origin_no_cache: \"skip\" is not one of: respect, "
+     "ignore"},
+    {RULES "      - origin_no_cache: [ignore]\n",
+     "moat.yaml:7:26: sites[0].rules[0].origin_no_cache: expected one of the listed words, got "
+     "a list"},
+    {RULES "      - key: { header: [a] }\n",
+     "moat.yaml:7:16: sites[0].rules[0].key.header: unknown key (did you mean \"headers\"?)"},
 };
 
 static void test_errors(void **state)
@@ -709,6 +751,50 @@ static void test_site_matching(void **state)
 
 /* ---- quick mode -------------------------------------------------------------------------- */
 
+/* Cache rules' key options: header names lowercased, cookie names kept as given (they are
+ * case-sensitive), a single name for a list, an empty list, the defaults; origin_no_cache. */
+static void test_rule_keys(void **state)
+{
+    (void)state;
+    struct moat_config *c = load(RULES "      - key: { headers: [X-Device, Accept-Language],\n"
+                                       "               cookies: [Session, session, lang] }\n"
+                                       "      - key: { headers: X-One, cookies: [] }\n"
+                                       "        origin_no_cache: ignore\n"
+                                       "      - match: { path: /x }\n"
+                                       "        origin_no_cache: respect\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    const struct moat_cfg_rule *r = c->sites[0].rules;
+    assert_int_equal(c->sites[0].nrules, 3);
+    assert_int_equal(r[0].nkey_headers, 2);
+    assert_true(moat_str_eq(r[0].key_headers[0], MOAT_STR("x-device")));
+    assert_true(moat_str_eq(r[0].key_headers[1], MOAT_STR("accept-language")));
+    assert_int_equal(r[0].nkey_cookies, 3);
+    assert_true(moat_str_eq(r[0].key_cookies[0], MOAT_STR("Session")));
+    assert_true(moat_str_eq(r[0].key_cookies[1], MOAT_STR("session")));
+    assert_true(moat_str_eq(r[0].key_cookies[2], MOAT_STR("lang")));
+    assert_int_equal(r[1].nkey_headers, 1);
+    assert_true(moat_str_eq(r[1].key_headers[0], MOAT_STR("x-one")));
+    assert_int_equal(r[1].nkey_cookies, 0);
+    assert_int_equal(r[2].nkey_headers, 0);
+    assert_int_equal(r[2].nkey_cookies, 0);
+    assert_int_equal(r[2].key_query, MOAT_KEY_QUERY_ALL);
+    assert_int_equal(r[0].origin_no_cache, MOAT_ORIGIN_NO_CACHE_RESPECT); /* the default */
+    assert_int_equal(r[1].origin_no_cache, MOAT_ORIGIN_NO_CACHE_IGNORE);
+    assert_int_equal(r[2].origin_no_cache, MOAT_ORIGIN_NO_CACHE_RESPECT);
+    moat_config_release(&c);
+
+    /* Eight of each is the most. */
+    c = load(RULES "      - key: { headers: [a, b, c, d, e, f, g, h],\n"
+                   "               cookies: [a, b, c, d, e, f, g, \"!#$%&'*+-.^_`|~\"] }\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_int_equal(c->sites[0].rules[0].nkey_headers, 8);
+    assert_int_equal(c->sites[0].rules[0].nkey_cookies, 8);
+    assert_true(moat_str_eq(c->sites[0].rules[0].key_cookies[7], MOAT_STR("!#$%&'*+-.^_`|~")));
+    moat_config_release(&c);
+}
+
 static void test_quick(void **state)
 {
     (void)state;
@@ -873,6 +959,7 @@ int main(void)
         cmocka_unit_test(test_addresses),
         cmocka_unit_test(test_cidr),
         cmocka_unit_test(test_site_matching),
+        cmocka_unit_test(test_rule_keys),
         cmocka_unit_test(test_quick),
         cmocka_unit_test(test_docs_complete),
         cmocka_unit_test(test_defaults_are_valid),

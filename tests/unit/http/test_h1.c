@@ -874,6 +874,29 @@ static void test_list_next(void **state)
     assert_false(moat_h1_list_next(MOAT_STR(""), &pos, &el));
 }
 
+static void test_cookie_next(void **state)
+{
+    /* OWS around pairs, names and values; empty pairs; '=' inside a value; a quoted value
+     * kept with its quotes; a pair without '=' is a name with an empty value. */
+    struct moat_str v = MOAT_STR(" a=1;; b = two=2 ;c=\"q\";flag; =v; e=\t");
+    const char *want[][2] = {{"a", "1"},   {"b", "two=2"}, {"c", "\"q\""},
+                             {"flag", ""}, {"", "v"},      {"e", ""}};
+    size_t pos = 0, i = 0;
+    struct moat_str n, val;
+    while (moat_h1_cookie_next(v, &pos, &n, &val)) {
+        assert_true(i < MOAT_ARRAY_LEN(want));
+        assert_str(n, want[i][0]);
+        assert_str(val, want[i][1]);
+        i++;
+    }
+    assert_int_equal(i, 6);
+    assert_int_equal(pos, v.len);
+    pos = 0;
+    assert_false(moat_h1_cookie_next(MOAT_STR(" ; ;\t"), &pos, &n, &val));
+    pos = 0;
+    assert_false(moat_h1_cookie_next(MOAT_STR(""), &pos, &n, &val));
+}
+
 static void test_reason(void **state)
 {
     assert_str(moat_http_reason(200), "OK");
@@ -896,7 +919,7 @@ int main(void)
         cmocka_unit_test(test_resp_good),        cmocka_unit_test(test_resp_errors),
         cmocka_unit_test(test_chunked_good),     cmocka_unit_test(test_chunked_errors),
         cmocka_unit_test(test_err_table),        cmocka_unit_test(test_list_next),
-        cmocka_unit_test(test_reason),
+        cmocka_unit_test(test_cookie_next),      cmocka_unit_test(test_reason),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
