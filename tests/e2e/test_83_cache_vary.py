@@ -117,7 +117,10 @@ def test_accept_encoding_spellings_share_a_variant(moat_factory, so, site, http)
     assert cs(fetch(m.port, "/ae", ["Accept-Encoding: zstd, br, gzip"])) == MISS_STORED
     assert cached(fetch(m.port, "/ae", ["Accept-Encoding: *"]))
     # The origin saw one canonical line per variant: what each stored variant answers.
-    assert ae_seen(so, "/ae") == [["gzip, br"], ["identity"], ["br"], ["gzip, br, zstd"]]
+    # (so.requests is grouped by origin connection, and each worker has its own pool: the
+    # order across connections is not the order of the requests.)
+    assert sorted(ae_seen(so, "/ae")) == sorted([["gzip, br"], ["identity"], ["br"],
+                                                 ["gzip, br, zstd"]])
     assert gz_br.body.startswith(b"ae=['gzip, br']")
 
 
@@ -138,7 +141,7 @@ def test_accept_encoding_unchanged_when_not_cached(moat_factory, so, site, http)
     assert cs(fetch(m.port, "/bp", raw))[1:] == ["fwd=bypass", "detail=rule"]
     assert fetch(m.port, "/ae", raw, method="POST").status == 200
     assert cs(fetch(m.port, "/bp"))[1:] == ["fwd=bypass", "detail=rule"]
-    assert ae_seen(so, "/bp") == [["br;q=1.0, gzip", "deflate"], []]
+    assert sorted(ae_seen(so, "/bp")) == [[], ["br;q=1.0, gzip", "deflate"]]
     assert ae_seen(so, "/ae") == [["br;q=1.0, gzip", "deflate"]]
 
 
@@ -148,4 +151,4 @@ def test_accept_encoding_normalisation_off(moat_factory, so, site, http):
     for v in ("gzip, deflate, br", "br;q=1.0, gzip"):
         assert cs(fetch(m.port, "/ae", [f"Accept-Encoding: {v}"])) == MISS_STORED
         assert cached(fetch(m.port, "/ae", [f"Accept-Encoding: {v}"]))
-    assert ae_seen(so, "/ae") == [["gzip, deflate, br"], ["br;q=1.0, gzip"]]
+    assert sorted(ae_seen(so, "/ae")) == [["br;q=1.0, gzip"], ["gzip, deflate, br"]]
