@@ -1099,10 +1099,17 @@ void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n)
     struct moat_xchg *x = &c->x;
     if (!x->cobj || !x->cwriter)
         return;
-    if (moat_cache_obj_append(x->cobj, p, n) != MOAT_OK) {
+    if (n && moat_cache_obj_append(x->cobj, p, n) != MOAT_OK) {
         /* Too large or out of memory: the store aborted the object; go on uncached. */
         moat_cache_obj_release(&x->cobj);
         x->cwriter = false;
+        x->respf.tap = NULL;
+        return;
+    }
+    if (x->respf.done) {
+        /* The whole body is in: complete the object now, not when our own client has it
+         * all, so a request that comes meanwhile is a hit rather than a collapsed wait. */
+        moat_cache_obj_complete(x->cobj);
         x->respf.tap = NULL;
     }
 }

@@ -169,6 +169,8 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
                 if (f->out_chunked)
                     moat_conn_frame_chunk(f, out, span);
                 f->span = span;
+            } else if (f->done && f->tap) {
+                moat_pcache_tap(f->tap, NULL, 0); /* the last chunk: the body is complete */
             }
             continue;
         }

@@ -266,7 +266,8 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r);
 static inline bool moat_pcache_revalidated(const struct moat_conn *c);
 /* An unsafe request got a non-error answer <r>: invalidate what it may have changed. */
 void moat_pcache_invalidate(struct moat_conn *c, const struct moat_h1_resp *r);
-/* Appends origin body bytes to the object being written. */
+/* Appends origin body bytes <p,n> (n may be 0) to the object being written; completes the
+ * object once the response body is done (x->respf.done). */
 void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n);
 /* Ends the cache's part of the exchange: complete (ok) or abort the written object, drop
  * every reference and subscription. */

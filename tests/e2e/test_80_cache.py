@@ -7,6 +7,8 @@ received: a cache test that does not count origin requests proves nothing."""
 
 import email.utils
 import json
+import socket
+import struct
 import threading
 import time
 
@@ -629,7 +631,9 @@ def test_writer_client_leaving_does_not_cut_the_waiters(moat_factory, so, site, 
     head = response(200, b"", [("Cache-Control", "max-age=60"),
                                ("Content-Length", str(len(first) + len(second)))],
                     content_length=False)
-    so.handler = lambda req, origin: [head + first, 1.0, second]
+    # The rest comes in two parts: writing the first of them to the gone client fails while
+    # the body is still incomplete, so the fetch must go on without it.
+    so.handler = lambda req, origin: [head + first, 1.0, second[:10000], 0.5, second[10000:]]
     m = start(moat_factory, so)
     before = metric(m.metrics(), "moat_cache_detached_fetches_total")
     req = "GET /left HTTP/1.1\r\nHost: s.example\r\nConnection: close\r\n\r\n"
@@ -640,7 +644,9 @@ def test_writer_client_leaving_does_not_cut_the_waiters(moat_factory, so, site, 
         waiter.send(req)
         got = waiter.read_until(b"FIRST-HALF-")
         assert b"collapsed" in got.split(b"\r\n\r\n")[0].lower(), got[:500]
-        writer.close()  # unread bytes: the kernel resets the connection
+        # Reset, not a FIN: moat's next write to it fails for sure.
+        writer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
         status, hdrs, body = parse_raw(got + waiter.read_all())
     assert status.split(" ")[1] == "200"
     assert body == first + second
