@@ -867,6 +867,32 @@ static void rule_cc(const struct moat_cfg_rule *rule, struct moat_cache_cc *cc)
         cc->flags &= ~(uint32_t)(MOAT_CC_NO_CACHE | MOAT_CC_NO_CACHE_FIELDS);
 }
 
+/* Rules and defaults adjust the freshness the origin's fields <hdrs,n> (with <cc>) gave
+ * <meta>: an edge TTL replaces its lifetime; "everything" and static file types without
+ * freshness get a default one; a rule's stale_if_error extends the grace. Applied to every
+ * stored head, a 304's refreshed one included. */
+static void rule_meta(const struct moat_conn *c, const struct moat_cache_cc *cc,
+                      const struct moat_hdr *hdrs, size_t n, struct moat_cache_meta *meta)
+{
+    const struct moat_xchg *x = &c->x;
+    const struct moat_cfg_rule *rule = x->rule;
+    bool everything = rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING;
+    if (rule && rule->edge_ttl_ms)
+        meta->lifetime = (int32_t)MOAT_MIN(rule->edge_ttl_ms / 1000, (uint64_t)INT32_MAX);
+    else if ((everything || x->static_default) && cc->max_age < 0 && cc->s_maxage < 0 &&
+             !(meta->flags & MOAT_META_HEURISTIC) &&
+             !moat_h1_find(hdrs, n, MOAT_STR("expires"))) {
+        uint64_t ms = x->wcfg->cfg->cache.static_ttl_ms;
+        uint64_t d = ms ? ms : 7200000u;
+        meta->lifetime = (int32_t)MOAT_MIN(d / 1000, (uint64_t)INT32_MAX);
+    }
+    if (everything)
+        meta->flags &= ~(uint32_t)MOAT_META_NO_CACHE;
+    if (rule && rule->stale_if_error_ms)
+        meta->sie = (int32_t)MOAT_MAX((uint64_t)meta->sie,
+                                      MOAT_MIN(rule->stale_if_error_ms / 1000, (uint64_t)INT32_MAX));
+}
+
 /* Gives up the object being fetched (aborting it if we write it) and makes the stale copy
  * the object to answer from, releasing the refresh claim on it. */
 static void fall_back_to_stale(struct moat_xchg *x)
@@ -917,6 +943,7 @@ static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
     struct moat_cache_meta meta;
     int64_t now = now_s();
     moat_cache_meta_init(&meta, pc, old->status, &cc, merged, n, x->creq_time, now);
+    rule_meta(c, &cc, merged, n, &meta);
     if (moat_cache_obj_adopt_body(x->cobj, x->cstale) != MOAT_OK ||
         moat_cache_obj_set_head(x->cobj, old->status, merged, n, &meta, tags) != MOAT_OK) {
         /* Out of memory: the stale copy is still what the origin just confirmed. */
@@ -1003,11 +1030,9 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
         return;
     }
     moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
-    const struct moat_cfg_rule *rule = x->rule;
-    bool everything = rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING;
     /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
      * still does (a session must never be shared), and so does the status. */
-    rule_cc(rule, &cc);
+    rule_cc(x->rule, &cc);
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =
@@ -1040,21 +1065,7 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     }
     struct moat_cache_meta meta;
     moat_cache_meta_init(&meta, &pc, r->status, &cc, r->hdrs, r->nhdrs, x->creq_time, now);
-    /* Rules and defaults adjust what the origin said: an edge TTL replaces its lifetime;
-     * "everything" and static file types without freshness get a default one. */
-    if (rule && rule->edge_ttl_ms)
-        meta.lifetime = (int32_t)MOAT_MIN(rule->edge_ttl_ms / 1000, (uint64_t)INT32_MAX);
-    else if ((everything || x->static_default) && cc.max_age < 0 && cc.s_maxage < 0 &&
-             !(meta.flags & MOAT_META_HEURISTIC) &&
-             !moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("expires"))) {
-        uint64_t d = cfg->cache.static_ttl_ms ? cfg->cache.static_ttl_ms : 7200000u;
-        meta.lifetime = (int32_t)MOAT_MIN(d / 1000, (uint64_t)INT32_MAX);
-    }
-    if (everything)
-        meta.flags &= ~(uint32_t)MOAT_META_NO_CACHE;
-    if (rule && rule->stale_if_error_ms)
-        meta.sie = (int32_t)MOAT_MAX((uint64_t)meta.sie,
-                                     MOAT_MIN(rule->stale_if_error_ms / 1000, (uint64_t)INT32_MAX));
+    rule_meta(c, &cc, r->hdrs, r->nhdrs, &meta);
     if (meta.lifetime <= 0 && !(meta.flags & MOAT_META_HAS_VALIDATOR) && !meta.sie &&
         !meta.swr) {
         /* Nothing to reuse it for: stale at once, no validator, no grace. Not stored, and no

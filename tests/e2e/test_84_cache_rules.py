@@ -55,6 +55,27 @@ def test_edge_ttl_overrides_origin_max_age(moat_factory, so, site, http):
     assert len(seen(so, "/e")) == 1
 
 
+def test_edge_ttl_still_applies_after_a_304(moat_factory, so, site, http):
+    # The head refreshed by a 304 gets the rule's lifetime too, not the 304's max-age.
+    site.route("/e304", [("Cache-Control", "max-age=100"), ("ETag", '"t1"')], body="b\n")
+    m = start_rules(moat_factory, so, [{"match": {"path": "/e304"}, "edge_ttl": "2s"}])
+    assert cs(get(http, m, "/e304")) == MISS_STORED
+    time.sleep(2.3)
+
+    def cond(req, origin):
+        from origins import response
+        if req.header("If-None-Match") == '"t1"':
+            return response(304, b"", [("ETag", '"t1"'), ("Cache-Control", "max-age=100")],
+                            content_length=False)
+        return response(200, b"changed\n", [("Cache-Control", "max-age=100")])
+    so.handler = cond
+    r = get(http, m, "/e304")
+    assert cs(r) == ["moat", "fwd=stale", "fwd-status=304", "stored"] and r.text == "b\n"
+    r = get(http, m, "/e304")
+    assert is_hit(r) and ttl(r) <= 2, cs(r)
+    assert len(so.requests) == 2
+
+
 def test_browser_ttl_rewrites_cache_control_on_miss_and_hit(moat_factory, so, site, http):
     site.route("/b.html", [("Cache-Control", "public, max-age=60")])
     m = start_rules(moat_factory, so, [{"match": {"path": "*.html"}, "browser_ttl": "1h"}])
