@@ -1210,6 +1210,29 @@ static int k_rule_path(struct ld *ld, const struct key *k, struct fy_node *n, vo
     return r->path ? MOAT_OK : oom(ld);
 }
 
+/* match.header / match.cookie: a name that is not a token could never match (a typo would
+ * silently turn the rule off), so it is refused like key.headers / key.cookies. */
+static int rule_token(struct ld *ld, struct fy_node *n, char **out, const char *what_)
+{
+    char buf[128];
+    if (scalar(ld, n, buf, sizeof buf, what_) != MOAT_OK)
+        return MOAT_ERR;
+    if (!is_token(buf))
+        return fail(ld, n, "\"%s\" is not %s (letters, digits and !#$%%&'*+-.^_`|~)", buf, what_);
+    *out = arena_strndup(ld->box, buf, strlen(buf));
+    return *out ? MOAT_OK : oom(ld);
+}
+
+static int k_rule_header(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    return rule_token(ld, n, &((struct moat_cfg_rule *)base)->header, "a header field name");
+}
+
+static int k_rule_cookie(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    return rule_token(ld, n, &((struct moat_cfg_rule *)base)->cookie, "a cookie name");
+}
+
 static const struct key rule_match_keys[] = {
     {.name = "path",
      .type = KT_CUSTOM,
@@ -1226,12 +1249,14 @@ static const struct key rule_match_keys[] = {
      AT(struct moat_cfg_rule, query),
      .doc = "the query string has this parameter"},
     {.name = "header",
-     .type = KT_STRING,
-     AT(struct moat_cfg_rule, header),
+     .type = KT_CUSTOM,
+     .fn = k_rule_header,
+     .tname = "header field name",
      .doc = "the request has this header field"},
     {.name = "cookie",
-     .type = KT_STRING,
-     AT(struct moat_cfg_rule, cookie),
+     .type = KT_CUSTOM,
+     .fn = k_rule_cookie,
+     .tname = "cookie name",
      .doc = "the request has this cookie"},
 };
 static const struct table rule_match_table = TABLE(rule_match_keys, NULL);

@@ -386,6 +386,12 @@ static const struct err_case err_cases[] = {
     {"pools: { p: { origins: [\"127.0.0.1:1\"] } }\nsites: [\"p\"]\n",
      "moat.yaml:2:9: sites[0]: expected a site ({ hosts: [...], pool: NAME }), got a single "
      "value"},
+    {RULES "      - match: { header: \"X Device\" }\n",
+     "moat.yaml:7:26: sites[0].rules[0].match.header: \"X Device\" is not a header field "
+     "name (letters, digits and !#$%&'*+-.^_`|~)"},
+    {RULES "      - match: { cookie: \"a=b\" }\n",
+     "moat.yaml:7:26: sites[0].rules[0].match.cookie: \"a=b\" is not a cookie name "
+     "(letters, digits and !#$%&'*+-.^_`|~)"},
     /* cache key options (line 7 is the rule) */
     {RULES "      - key: { headers: [\"X Device\"] }\n",
      "moat.yaml:7:26: sites[0].rules[0].key.headers[0]: \"X Device\" is not a header field "
