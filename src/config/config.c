@@ -1264,6 +1264,7 @@ static const struct table rule_match_table = TABLE(rule_match_keys, NULL);
 static const char *const cache_mode_names[] = {"standard", "bypass", "everything", NULL};
 static const char *const key_query_names[] = {"all", "ignore", "sort", NULL};
 static const char *const origin_no_cache_names[] = {"respect", "ignore", NULL};
+static const char *const set_cookie_names[] = {"refuse", "strip", NULL};
 
 /* key.headers / key.cookies: names that go into cache keys, so they must be exactly what can
  * appear on the wire: a header field name or a cookie name is a token (RFC 9110 5.1,
@@ -1385,6 +1386,13 @@ static const struct key rule_keys[] = {
      .names = origin_no_cache_names,
      .doc = "the origin's Cache-Control: no-cache: revalidate on every use (respect), or "
             "serve for the answer's lifetime (ignore)"},
+    {.name = "set_cookie",
+     .type = KT_ENUM,
+     AT(struct moat_cfg_rule, set_cookie),
+     .def = "refuse",
+     .names = set_cookie_names,
+     .doc = "a response with Set-Cookie: never stored (refuse), or stored without its "
+            "Set-Cookie fields (strip)"},
     {.name = "key",
      .type = KT_MAP,
      .sub = &rule_key_table,

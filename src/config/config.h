@@ -60,6 +60,10 @@ enum moat_key_query { MOAT_KEY_QUERY_ALL = 0, MOAT_KEY_QUERY_IGNORE, MOAT_KEY_QU
 /* origin_no_cache: does the origin's Cache-Control: no-cache force a revalidation on every use
  * (respect, RFC 9111 5.2.2.4), or is the answer fresh for its lifetime as if it were absent? */
 enum moat_origin_no_cache { MOAT_ORIGIN_NO_CACHE_RESPECT = 0, MOAT_ORIGIN_NO_CACHE_IGNORE };
+/* set_cookie: a response with Set-Cookie is never stored (refuse, the default), or stored
+ * with its Set-Cookie fields removed from the copy (strip: hits never hand out a cookie; the
+ * request that fetched it still gets its own). */
+enum moat_set_cookie { MOAT_SET_COOKIE_REFUSE = 0, MOAT_SET_COOKIE_STRIP };
 
 /* key.headers and key.cookies name at most this many fields each: every name costs a scan
  * of the request's fields per request, and bytes in a key that must fit in 1 KiB. */
@@ -83,6 +87,7 @@ struct moat_cfg_rule {
     struct moat_str key_cookies[MOAT_KEY_FIELDS_MAX]; /* key.cookies: cookie names, exact */
     uint8_t nkey_headers, nkey_cookies;
     unsigned origin_no_cache;   /* enum moat_origin_no_cache */
+    unsigned set_cookie;        /* enum moat_set_cookie */
 };
 
 struct moat_cfg_site {

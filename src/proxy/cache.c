@@ -931,8 +931,10 @@ static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
     struct moat_str tags = moat_cache_head_tags(old);
     for (size_t i = 0; i < r->nhdrs && n < MOAT_ARRAY_LEN(merged); i++) {
         struct moat_str nm = r->hdrs[i].name;
+        /* A Set-Cookie on a 304 was meant for the client that asked: never into the shared
+         * copy (a stored 200 with Set-Cookie is refused or stripped the same way). */
         if (moat_pcache_strip(c, nm) || MOAT_STR_IEQ_LIT(nm, "via") ||
-            MOAT_STR_IEQ_LIT(nm, "content-length"))
+            MOAT_STR_IEQ_LIT(nm, "content-length") || MOAT_STR_IEQ_LIT(nm, "set-cookie"))
             continue;
         merged[n++] = r->hdrs[i];
     }
@@ -1033,6 +1035,9 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
      * still does (a session must never be shared), and so does the status. */
     rule_cc(x->rule, &cc);
+    bool strip_cookies = x->rule && x->rule->set_cookie == MOAT_SET_COOKIE_STRIP;
+    if (strip_cookies)
+        pc.flags |= MOAT_CACHE_CFG_STORE_SET_COOKIE;
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =
@@ -1088,6 +1093,8 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
         }
         if (MOAT_STR_IEQ_LIT(n, "via"))
             continue; /* moat adds its own on every answer */
+        if (strip_cookies && MOAT_STR_IEQ_LIT(n, "set-cookie"))
+            continue; /* the fetching client got its cookie; the copy hands out none */
         keep[nk++] = r->hdrs[i];
     }
     if (moat_cache_obj_set_head(x->cobj, r->status, keep, nk, &meta, tags) != MOAT_OK) {

@@ -45,6 +45,22 @@ def test_everything_never_stores_set_cookie(moat_factory, so, site, http):
     assert len(seen(so, "/s")) == 2
 
 
+def test_set_cookie_strip_stores_without_the_cookie(moat_factory, so, site, http):
+    site.route("/sc", [("Cache-Control", "max-age=60"), ("Set-Cookie", "visitor=abc")])
+    site.route("/other", [("Cache-Control", "max-age=60"), ("Set-Cookie", "visitor=abc")])
+    m = start_rules(moat_factory, so, [{"match": {"path": "/sc"}, "set_cookie": "strip"}])
+    r = get(http, m, "/sc")
+    assert cs(r) == MISS_STORED and r.headers.get("Set-Cookie") == "visitor=abc"
+    r = get(http, m, "/sc")
+    assert is_hit(r) and "Set-Cookie" not in r.headers, r.headers
+    assert len(seen(so, "/sc")) == 1
+    # Without the rule, Set-Cookie still keeps the answer out of the cache.
+    get(http, m, "/other")
+    r = get(http, m, "/other")
+    assert not is_hit(r) and r.headers.get("Set-Cookie") == "visitor=abc"
+    assert len(seen(so, "/other")) == 2
+
+
 def test_edge_ttl_overrides_origin_max_age(moat_factory, so, site, http):
     site.route("/e", [("Cache-Control", "max-age=1")])
     m = start_rules(moat_factory, so, [{"match": {"path": "/e"}, "edge_ttl": "1m"}])

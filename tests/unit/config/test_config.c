@@ -766,6 +766,7 @@ static void test_rule_keys(void **state)
                                        "               cookies: [Session, session, lang] }\n"
                                        "      - key: { headers: X-One, cookies: [] }\n"
                                        "        origin_no_cache: ignore\n"
+                                       "        set_cookie: strip\n"
                                        "      - match: { path: /x }\n"
                                        "        origin_no_cache: respect\n");
     if (!c)
@@ -788,6 +789,8 @@ static void test_rule_keys(void **state)
     assert_int_equal(r[0].origin_no_cache, MOAT_ORIGIN_NO_CACHE_RESPECT); /* the default */
     assert_int_equal(r[1].origin_no_cache, MOAT_ORIGIN_NO_CACHE_IGNORE);
     assert_int_equal(r[2].origin_no_cache, MOAT_ORIGIN_NO_CACHE_RESPECT);
+    assert_int_equal(r[0].set_cookie, MOAT_SET_COOKIE_REFUSE); /* the default */
+    assert_int_equal(r[1].set_cookie, MOAT_SET_COOKIE_STRIP);
     moat_config_release(&c);
 
     /* Eight of each is the most. */
