@@ -131,19 +131,19 @@ size_t moat_json_escape(char *out, size_t room, struct moat_str s)
         unsigned char c = (unsigned char)s.ptr[i];
         if (c == '"' || c == '\\') {
             if (o + 2 > room)
-                return room;
+                return o; /* what was written: an escape that does not fit is left out */
             out[o++] = '\\';
             out[o++] = (char)c;
         } else if (c < 0x20 || c >= 0x7f) {
             if (o + 6 > room)
-                return room;
+                return o; /* what was written: an escape that does not fit is left out */
             memcpy(out + o, "\\u00", 4);
             out[o + 4] = hex[c >> 4];
             out[o + 5] = hex[c & 15];
             o += 6;
         } else {
             if (o + 1 > room)
-                return room;
+                return o; /* what was written: an escape that does not fit is left out */
             out[o++] = (char)c;
         }
     }

@@ -38,8 +38,8 @@ char *moat_alog_reserve(struct moat_alog *a, size_t max);
 void moat_alog_commit(struct moat_alog *a, size_t n);
 void moat_alog_flush(struct moat_alog *a);
 
-/* Appends <s> JSON-escaped (without quotes) to <out> of room <room>; returns bytes written or
- * the room if truncated. */
+/* Appends <s> JSON-escaped (without quotes) to <out> of room <room>; returns the bytes
+ * written. When the room runs out the rest is left out, never half an escape. */
 size_t moat_json_escape(char *out, size_t room, struct moat_str s);
 
 #endif

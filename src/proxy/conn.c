@@ -1018,7 +1018,8 @@ static int do_tunnel(struct moat_conn *c)
         return MOAT_DONE;
     int a = PUMP_DONE, b = PUMP_DONE;
     if (!x->reqf.done || x->reqf.span || moat_buf_len(&x->uhead)) {
-        a = pump(&x->reqf, &c->s, &u->s, &x->uhead, &x->resp_bytes, &progress);
+        uint64_t to_origin = 0; /* counted in reqf.bytes (request bytes), not as response */
+        a = pump(&x->reqf, &c->s, &u->s, &x->uhead, &to_origin, &progress);
         if (a == PUMP_DONE)
             shutdown(u->s.io.fd, SHUT_WR);
     }

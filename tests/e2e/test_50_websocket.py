@@ -49,6 +49,12 @@ def test_websocket_echo(moat_factory, origin_factory):
     assert req.header("Upgrade", "").lower() == "websocket"
     assert "upgrade" in req.header("Connection", "").lower()
     assert req.header("Sec-WebSocket-Key") == key
+    # The access log counts what went to the client (the 101 head and the echoed frames,
+    # about 70 KB), not also what the client sent (as much again).
+    line = m.access_lines(1)[0]
+    assert line["status"] == 101
+    sent = len(r.head_raw) + 70_000 + 300 + 30 + 40
+    assert sent - 200 <= line["bytes"] <= sent + 200, (line["bytes"], sent)
 
 
 def test_websocket_server_speaks_first_and_idle_tunnel(moat_factory, origin_factory):
