@@ -1266,6 +1266,9 @@ struct moat_conn *moat_conn_spawn(struct moat_conn *c)
     x->has_auth = cx->has_auth;
     x->cvariant = cx->cvariant;
     x->ckeylen = cx->ckeylen;
+    x->ckeyurl = cx->ckeyurl;
+    x->cae_norm = cx->cae_norm;
+    x->cae = cx->cae;
     memcpy(b->ckey, c->ckey, cx->ckeylen);
     return b;
 }

@@ -156,7 +156,9 @@ struct moat_xchg {
     const char *err;              /* upstream error name for the log */
     uint64_t resp_bytes;          /* bytes written to the client for this exchange */
     uint32_t head_consumed;       /* request head bytes still at the input's start */
-    /* cache (src/proxy/cache.c) */
+    /* cache (src/proxy/cache.c). What the cache derived from the request (key, rule, the
+     * request's Cache-Control, Accept-Encoding) is copied by moat_conn_spawn for a
+     * background refresh: a new such field must be copied there too. */
     struct moat_cache_obj *cobj;  /* the object we fill (writer) or answer from (reader) */
     struct moat_cache_obj *cstale;/* a stale object kept for stale-if-error while refetching */
     struct moat_cache_cursor ccur;

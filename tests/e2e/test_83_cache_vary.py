@@ -2,6 +2,7 @@
 named request fields is its own object, collapsed and purged like any other. Accept-Encoding
 is normalised first (cache.normalize_accept_encoding), so browsers' spellings share variants."""
 import threading
+import time
 
 from rawhttp import fetch
 from test_80_cache import (COLLAPSED, MISS_STORED, cs, get, is_hit, purged, seen,  # noqa: F401
@@ -152,3 +153,18 @@ def test_accept_encoding_normalisation_off(moat_factory, so, site, http):
         assert cs(fetch(m.port, "/ae", [f"Accept-Encoding: {v}"])) == MISS_STORED
         assert cached(fetch(m.port, "/ae", [f"Accept-Encoding: {v}"]))
     assert sorted(ae_seen(so, "/ae")) == [["br;q=1.0, gzip"], ["gzip, deflate, br"]]
+
+
+def test_background_refresh_of_a_variant_asks_with_the_canonical_value(moat_factory, so, site,
+                                                                      http):
+    site.route("/aeswr", [("Cache-Control", "max-age=1, stale-while-revalidate=30"),
+                          ("Vary", "Accept-Encoding")], body=ae_body)
+    m = start(moat_factory, so)
+    first = fetch(m.port, "/aeswr", ["Accept-Encoding: gzip, deflate, br"])
+    assert cs(first) == MISS_STORED
+    time.sleep(2.2)
+    r = fetch(m.port, "/aeswr", ["Accept-Encoding: br;q=0.9, gzip"])
+    assert cs(r) == ["moat", "hit", "detail=stale-while-revalidate"] and r.body == first.body
+    so.wait_requests(2, timeout=3)
+    # The background copy of the request sent what the variant's key says, like its miss did.
+    assert ae_seen(so, "/aeswr") == [["gzip, br"], ["gzip, br"]]
