@@ -883,7 +883,11 @@ static int do_proxy(struct moat_conn *c)
                 return MOAT_DONE;
         }
 
-        /* 2. request: head, then body */
+        /* 2. request: head, then body. With a body, the pump writes the head (still in
+         * x->uhead, its <out>) together with the first body bytes in one writev; such a
+         * request is never replayed, so the head need not stay for a retry. */
+        if (!x->uhead_done && x->reqf.mode != FLOW_NONE && x->uhead_sent == 0)
+            x->uhead_done = true;
         if (!x->uhead_done) {
             while (x->uhead_sent < x->uhead.wpos) {
                 if (!u->s.writable)
