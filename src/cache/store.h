@@ -274,10 +274,11 @@ enum moat_cache_purge_kind {
 struct moat_cache_purge {
     enum moat_cache_purge_kind kind;
     struct moat_str arg;
-    unsigned flags;  /* MOAT_CACHE_PURGE_SOFT */
-    unsigned shard;  /* internal cursor */
-    size_t bucket;   /* internal cursor */
-    uint64_t purged; /* objects purged so far */
+    unsigned flags;    /* MOAT_CACHE_PURGE_SOFT */
+    unsigned shard;    /* internal cursor */
+    size_t bucket;     /* internal cursor */
+    uint64_t purged;   /* objects purged so far */
+    uint64_t examined; /* objects examined so far (each step adds at most about budget) */
 };
 
 /* Runs <p> for at most about <budget> objects examined, holding one shard lock at a time
