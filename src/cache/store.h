@@ -285,7 +285,9 @@ struct moat_cache_purge {
  * (so a million-object purge never stalls lookups for long: call it from a timer until it
  * is done). Returns MOAT_AGAIN while there is more to do, MOAT_OK when finished. Objects
  * inserted while a purge runs may or may not be visited; every object present when it
- * started is. */
+ * started is. Do not call it back to back: a thread that does is CPU-bound for the whole
+ * purge, and a worker on the same core then waits out whole scheduler time slices; let
+ * the thread sleep between calls (src/admin/admin.c, purge_run). */
 int moat_cache_purge_step(struct moat_cache_store *st, struct moat_cache_purge *p, size_t budget);
 
 /* ---- Counters -------------------------------------------------------------------------- */
