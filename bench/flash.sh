@@ -29,64 +29,16 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 MOAT=${MOAT:-$ROOT/moat}
 SIZE=65536
 
-log() { printf '[flash %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH=flash
+# shellcheck source=bench/lib/common.sh
+. "$HERE/lib/common.sh"
 
 # every server and the client get a generous descriptor limit (1,000 clients + upstreams)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-STARTED=()
-TMP=$(mktemp -d /tmp/moat-flash.XXXXXX)
-chmod 755 "$TMP"
-STAMP=$(date +%Y%m%d-%H%M%S)
-OUT="$HERE/out/flash-$STAMP"
-mkdir -p "$OUT"
-stop_group() {
-  local pid=$1 deadline=$((SECONDS + 5))
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for pid in "${STARTED[@]}"; do stop_group "$pid"; done
-  mkdir -p "$OUT/servers"
-  find "$TMP" -maxdepth 2 -type f \( -name '*.log' -o -name '*.conf' -o -name '*.cfg' -o -name '*.yaml' \) \
-    -exec cp --parents {} "$OUT/servers/" \; 2>/dev/null || true
-  rm -rf "$TMP" "/dev/shm/moat-flash.$$"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  $PY -c '
-import random, socket
-for _ in range(200):
-    p = random.randrange(20000, 32000)
-    try:
-        s = socket.socket(); s.bind(("127.0.0.1", p)); s.close(); print(p); break
-    except OSError:
-        pass'
-}
-start() {   # LOG CPU CMD...: sets LASTPID
-  local logf=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
-  LASTPID=$!
-  STARTED+=("$LASTPID")
-  log "started pid $LASTPID: $*"
-}
-wait_port() {
-  for _ in $(seq 100); do
-    kill -0 "$1" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
+bench_setup flash
+# shellcheck disable=SC2317 # called by bench_cleanup
+bench_on_exit() { rm -rf "/dev/shm/moat-flash.$$"; }
 
 OPORT=$(free_port)
 start "$TMP/origin.log" "$CLIENT_CPU" $PY "$HERE/lib/flash_origin.py" "$OPORT" "$DELAY" "$SIZE"

@@ -28,60 +28,11 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 FILL_CONNS=${FILL_CONNS:-64}
 MOAT=${MOAT:-$ROOT/moat}
 
-log() { printf '[memory %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH=memory
+# shellcheck source=bench/lib/common.sh
+. "$HERE/lib/common.sh"
+bench_setup memory
 
-STARTED=()
-TMP=$(mktemp -d /tmp/moat-mem.XXXXXX)
-chmod 755 "$TMP"
-STAMP=$(date +%Y%m%d-%H%M%S)
-OUT="$HERE/out/memory-$STAMP"
-mkdir -p "$OUT"
-stop_group() { # PID: TERM its process group, wait up to 5s, then KILL
-  local pid=$1 deadline=$((SECONDS + 5))
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for pid in "${STARTED[@]}"; do stop_group "$pid"; done
-  cp -r "$TMP"/. "$OUT/servers/" 2>/dev/null || true
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# a free port below the ephemeral range (client sockets can never collide with it)
-free_port() {
-  $PY -c '
-import random, socket
-for _ in range(200):
-    p = random.randrange(20000, 32000)
-    try:
-        s = socket.socket(); s.bind(("127.0.0.1", p)); s.close(); print(p); break
-    except OSError:
-        pass'
-}
-start() {   # LOG CPU CMD...: sets LASTPID
-  local logf=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
-  LASTPID=$!
-  STARTED+=("$LASTPID")
-  log "started pid $LASTPID: $*"
-}
-wait_port() {  # PID PORT
-  for _ in $(seq 100); do
-    kill -0 "$1" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 # VmRSS in KiB, summed over PID and all its descendants
 rss_kib() {
   $PY - "$1" <<'EOF'
@@ -113,52 +64,14 @@ EOF
 BODY=$($PY -c '
 alpha = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 print("".join(alpha[(i * 7 + i // 61) % len(alpha)] for i in range(1023)), end="")')
-OPORT=$(free_port)
-mkdir -p "$TMP/origin"
-cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes 1;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $TMP/origin/cb; proxy_temp_path $TMP/origin/pt;
-    fastcgi_temp_path $TMP/origin/ft; uwsgi_temp_path $TMP/origin/ut; scgi_temp_path $TMP/origin/st;
-    server {
-        listen 127.0.0.1:$OPORT backlog=4096;
-        location / {
-            default_type application/octet-stream;
-            add_header Cache-Control "public, max-age=3600";
-            return 200 "$BODY\n";
-        }
-        location = /__origin_status { stub_status; }
-    }
-}
-EOF
-start "$TMP/origin/stdout.log" "$CLIENT_CPU" nginx -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf" -g 'daemon off;'
-wait_port "$LASTPID" "$OPORT" || die "origin nginx did not start"
-origin_reqs() { curl -s --max-time 3 "http://127.0.0.1:$OPORT/__origin_status" | awk 'NR == 3 { print $3 }'; }
+start_origin "$BODY"
 
 start_server() {  # NAME DIR: sets SPID SPORT [APORT]
   local name=$1 dir=$2
   SPORT=$(free_port); mkdir -p "$dir"
   case "$name" in
     moat)
-      APORT=$(free_port)
-      cat >"$dir/moat.yaml" <<EOF
-listen: "127.0.0.1:$SPORT"
-workers: 1
-admin: { listen: "127.0.0.1:$APORT" }
-cache: { memory: 2GiB }
-pools:
-  origin:
-    origins: ["127.0.0.1:$OPORT"]
-sites:
-  - hosts: ["*"]
-    pool: origin
-EOF
-      start "$dir/moat.log" "$SERVER_CPU" "$MOAT" -c "$dir/moat.yaml" ;;
+      start_moat "$dir" 2GiB ;;
     varnish)
       start "$dir/varnishd.log" "$SERVER_CPU" varnishd -F -n "$dir/work" -T none \
         -a "127.0.0.1:$SPORT" -b "127.0.0.1:$OPORT" -s malloc,2g \
@@ -168,8 +81,6 @@ EOF
   SPID=$LASTPID
   wait_port "$SPID" "$SPORT" || { tail -n 20 "$dir"/*.log >&2; die "$name did not start"; }
 }
-
-moat_metric() { curl -s --max-time 3 "http://127.0.0.1:$APORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
 fill() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/fill.py" "$SPORT" /obj/ "$1" "$FILL_CONNS"; }
 

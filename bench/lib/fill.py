@@ -1,8 +1,9 @@
-"""Fill a cache with distinct objects: bench/lib/fill.py PORT PREFIX COUNT [CONNS]
+"""Fill a cache with distinct objects: bench/lib/fill.py PORT PREFIX COUNT [CONNS [BODY]]
 
 GETs http://127.0.0.1:PORT{PREFIX}{i} for i in 0..COUNT-1 over CONNS keep-alive connections
 (one request in flight per connection, selectors, no dependencies) and prints one JSON line:
-requests, ok (status 200 with a complete body), bad statuses, short bodies, and how many
+requests, ok (status 200 with a complete body of BODY bytes, default 1024), bad statuses,
+short bodies (any other size), and how many
 responses say they were cache hits (moat: `Cache-Status: moat; hit`; Varnish: `X-Varnish`
 with two transaction ids; anything else: `Age` > 0), plus the elapsed seconds."""
 import json
@@ -15,6 +16,7 @@ import time
 def main() -> None:
     port, prefix, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     conns = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+    body = int(sys.argv[5]) if len(sys.argv) > 5 else 1024
     sel = selectors.DefaultSelector()
     nxt = 0
     st = dict(requests=0, ok=0, bad_status=0, short=0, hits=0, errors=0, sizes={})
@@ -77,7 +79,7 @@ def main() -> None:
             st["hits"] += hit
             if status != "200":
                 st["bad_status"] += 1
-            elif clen != 1024:
+            elif clen != body:
                 st["short"] += 1
             else:
                 st["ok"] += 1

@@ -1146,9 +1146,12 @@ int moat_cache_purge_step(struct moat_cache_store *st, struct moat_cache_purge *
             p->shard++;
             p->bucket = 0;
         }
-        if (examined >= budget)
+        if (examined >= budget) {
+            p->examined += examined;
             return p->shard < st->cfg.shards ? MOAT_AGAIN : MOAT_OK;
+        }
     }
+    p->examined += examined;
     return MOAT_OK;
 }
 

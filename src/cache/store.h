@@ -274,17 +274,20 @@ enum moat_cache_purge_kind {
 struct moat_cache_purge {
     enum moat_cache_purge_kind kind;
     struct moat_str arg;
-    unsigned flags;  /* MOAT_CACHE_PURGE_SOFT */
-    unsigned shard;  /* internal cursor */
-    size_t bucket;   /* internal cursor */
-    uint64_t purged; /* objects purged so far */
+    unsigned flags;    /* MOAT_CACHE_PURGE_SOFT */
+    unsigned shard;    /* internal cursor */
+    size_t bucket;     /* internal cursor */
+    uint64_t purged;   /* objects purged so far */
+    uint64_t examined; /* objects examined so far (each step adds at most about budget) */
 };
 
 /* Runs <p> for at most about <budget> objects examined, holding one shard lock at a time
  * (so a million-object purge never stalls lookups for long: call it from a timer until it
  * is done). Returns MOAT_AGAIN while there is more to do, MOAT_OK when finished. Objects
  * inserted while a purge runs may or may not be visited; every object present when it
- * started is. */
+ * started is. Do not call it back to back: a thread that does is CPU-bound for the whole
+ * purge, and a worker on the same core then waits out whole scheduler time slices; let
+ * the thread sleep between calls (src/admin/admin.c, purge_run). */
 int moat_cache_purge_step(struct moat_cache_store *st, struct moat_cache_purge *p, size_t budget);
 
 /* ---- Counters -------------------------------------------------------------------------- */
