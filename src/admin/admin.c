@@ -1,5 +1,5 @@
 /* admin.c: the admin API. Bearer-token auth (constant-time compare), JSON everywhere, errors
- * as {"error": "..."}. Endpoints: GET /status, POST /reload, GET /metrics. */
+ * as {"error": "..."}. Endpoints: GET /status, POST /reload, GET /metrics, POST /purge. */
 #include <jansson.h>
 #include <strings.h>
 
@@ -15,9 +15,13 @@
 #define MOAT_VERSION "0.1.0"
 #endif
 
+struct purge_task;
+
 struct admin {
     char *token;
     char *config_path;
+    struct moat_loop *loop;
+    struct purge_task *purges; /* purges in progress */
 };
 
 static bool token_ok(const struct admin *a, const struct moat_h1_req *r)
@@ -68,9 +72,9 @@ static bool url_key(const char *url, char *out, size_t cap)
     return true;
 }
 
-#define PURGE_SLICE       1000     /* objects examined per moat_cache_purge_step */
-#define PURGE_PAUSE_RATIO 3        /* pause after a slice: this many times its wall time */
-#define PURGE_PAUSE_MAX   5000000L /* ns: the longest pause after one slice */
+#define PURGE_SLICE       1000 /* objects examined per moat_cache_purge_step */
+#define PURGE_PAUSE_RATIO 3    /* pause after a slice: this many times its wall time */
+#define PURGE_PAUSE_MAX   5    /* ms: the longest pause after one slice */
 
 static int64_t mono_ns(void)
 {
@@ -79,39 +83,111 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void purge_run(struct moat_cache_purge *pg, uint64_t *purged)
+/* A purge too large for one slice runs as a task on the control loop: a slice, then a pause,
+ * driven by a timer, and the HTTP answer is owed until the last slice (moat_httpd_later).
+ *
+ * Slices of 1,000 objects, one shard lock at a time: workers looking up keys wait at most for
+ * one slice on one shard, however large the purge. The pause after each slice, three times as
+ * long as the slice took, is for the CPU, not the locks: the control thread shares a core
+ * with a worker whenever every core has one (and always in the benches, which pin moat to
+ * one core), and a purge that never blocks is, to the scheduler, a CPU-bound thread that
+ * takes turns of a whole time slice with the worker; its requests wait out every turn.
+ * Measured with a million objects (bench/purge.sh; 0.5 s of CPU, mostly free()): p99 0.6 ->
+ * 4.8 ms during a back-to-back purge, 1.3 ms with the pause. A pause as long as the slice
+ * kept p99 near that too but cost a third to a half of the requests/s meanwhile. The price:
+ * a purge takes about four times its CPU time (a million objects: about 3 s). The loop is
+ * free between slices: signals, reloads, metrics and other admin calls go on meanwhile. */
+struct purge_task {
+    struct purge_task *next;
+    struct admin *a;
+    struct moat_timer timer;
+    void *later;                  /* the answer owed */
+    struct moat_cache_purge pg[2];
+    unsigned npg, cur;
+    uint64_t purged;
+    unsigned flags;
+    unsigned slices;
+    int64_t t0;
+    char keys[2][2048];
+};
+
+static void purge_reply(struct purge_task *t, struct moat_httpd_resp *resp)
 {
-    /* Slices of 1,000 objects, one shard lock at a time: workers looking up keys wait at
-     * most for one slice on one shard, however large the purge.
-     *
-     * And after each slice a pause, three times as long as the slice took. The shard locks
-     * were never the problem; the CPU is. This runs on the control thread, which shares a
-     * core with a worker whenever every core has one (and always in the benches, which pin
-     * moat to one core). A purge loop that never blocks is, to the scheduler, a CPU-bound
-     * thread like a busy worker: they take turns of a whole time slice each, several
-     * milliseconds, and the worker's requests wait out every turn of the purge. Measured
-     * with a million objects (bench/purge.sh; 0.5 s of CPU, mostly free()): p99 0.6 ->
-     * 4.8 ms during the 1 s of the purge. With the pause the control thread gives the core
-     * back after every slice (about 0.6 ms of work) and takes at most a quarter of it while
-     * a worker wants the rest: p99 1.3 ms. A pause as long as the slice (half a core) kept
-     * p99 near that too but cost a third to a half of the requests/s meanwhile. The price:
-     * a purge takes about four times its CPU time even on an idle machine (a million
-     * objects took 2.8 s in the bench), and the control loop (admin API, signals) waits
-     * that long, as it waited for the purge before. The pause follows the slice's wall
-     * time, not its CPU time, so a slice that was itself preempted buys a longer pause (at
-     * most PURGE_PAUSE_MAX). */
-    for (;;) {
-        int64_t t0 = mono_ns();
-        if (moat_cache_purge_step(moat_srv.cache, pg, PURGE_SLICE) != MOAT_AGAIN)
-            break;
-        int64_t pause = PURGE_PAUSE_RATIO * (mono_ns() - t0);
-        nanosleep(&(struct timespec){.tv_nsec = (long)MOAT_MIN(pause, PURGE_PAUSE_MAX)}, NULL);
+    moat_log_info("purge: %llu objects%s in %u slice%s, %.1f ms", (unsigned long long)t->purged,
+                  t->flags ? " (soft)" : "", t->slices, t->slices == 1 ? "" : "s",
+                  (double)(mono_ns() - t->t0) / 1e6);
+    json_reply(resp, 200, json_pack("{s:b, s:I, s:b}", "ok", 1, "purged", (json_int_t)t->purged,
+                                    "soft", t->flags != 0));
+}
+
+/* Runs one slice. Returns the pause before the next one in ms, or -1 when the task is done. */
+static int purge_slice(struct purge_task *t)
+{
+    int64_t t0 = mono_ns();
+    struct moat_cache_purge *pg = &t->pg[t->cur];
+    t->slices++;
+    if (moat_cache_purge_step(moat_srv.cache, pg, PURGE_SLICE) != MOAT_AGAIN) {
+        t->purged += pg->purged;
+        if (++t->cur == t->npg)
+            return -1;
     }
-    *purged += pg->purged;
+    int64_t pause_ns = PURGE_PAUSE_RATIO * (mono_ns() - t0);
+    return (int)MOAT_MIN((pause_ns + 999999) / 1000000, (int64_t)PURGE_PAUSE_MAX);
+}
+
+static void purge_unlink(struct purge_task *t)
+{
+    struct purge_task **pp = &t->a->purges;
+    while (*pp && *pp != t)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = t->next;
+}
+
+static void purge_timer(struct moat_loop *loop, struct moat_timer *tm)
+{
+    struct purge_task *t = MOAT_CONTAINER_OF(tm, struct purge_task, timer);
+    int pause = purge_slice(t);
+    if (pause >= 0) {
+        moat_timer_set(loop, &t->timer, (uint64_t)pause);
+        return;
+    }
+    struct moat_httpd_resp resp = {0};
+    purge_reply(t, &resp);
+    purge_unlink(t);
+    moat_httpd_finish(t->later, &resp);
+    free(t);
+}
+
+/* Starts <t> (npg, pg[] and purged set): one slice now; if that was all, the answer is given
+ * at once, else the rest runs from the loop and the answer waits. Takes <t>. */
+static void purge_start(struct admin *a, struct purge_task *t, struct moat_httpd_resp *resp)
+{
+    t->a = a;
+    t->t0 = mono_ns();
+    int pause = t->npg ? purge_slice(t) : -1;
+    if (pause < 0) {
+        purge_reply(t, resp);
+        free(t);
+        return;
+    }
+    t->later = moat_httpd_later(resp);
+    t->timer.cb = purge_timer;
+    t->next = a->purges;
+    a->purges = t;
+    moat_timer_set(a->loop, &t->timer, (uint64_t)pause);
+}
+
+static void purge_add(struct purge_task *t, enum moat_cache_purge_kind kind, size_t keylen)
+{
+    unsigned i = t->npg++;
+    t->pg[i] = (struct moat_cache_purge){
+        .kind = kind, .arg = moat_str_make(t->keys[i], keylen), .flags = t->flags};
 }
 
 /* POST /purge {"url"|"prefix"|"tag"|"host": "...", "all": true, "soft": bool} */
-static void handle_purge(const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
+static void handle_purge(struct admin *a, const struct moat_httpd_req *req,
+                         struct moat_httpd_resp *resp)
 {
     if (!moat_srv.cache) {
         moat_httpd_error(resp, 409, "the cache is not running");
@@ -139,59 +215,71 @@ static void handle_purge(const struct moat_httpd_req *req, struct moat_httpd_res
                          "give exactly one of url, prefix, tag, host (strings) or all: true");
         return;
     }
-    char key[2048];
-    uint64_t purged = 0;
+    struct purge_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        json_decref(o);
+        moat_httpd_error(resp, 500, "out of memory");
+        return;
+    }
+    t->flags = flags;
+    char *key = t->keys[0];
+    size_t cap = sizeof t->keys[0];
     if (url) {
-        if (!url_key(url, key, sizeof key)) {
+        if (!url_key(url, key, cap)) {
             json_decref(o);
+            free(t);
             moat_httpd_error(resp, 400, "url must be an absolute http:// or https:// URL");
             return;
         }
         size_t kl = strlen(key);
-        purged =
+        t->purged =
             moat_cache_purge_key(moat_srv.cache, moat_str_make(key, kl), flags) == MOAT_OK ? 1 : 0;
         /* Objects keyed with key.headers / key.cookies live under "url\n...": a prefix
          * purge finds them (and the URL's Vary variants, already unreachable with their
          * index). That is a walk over the whole store in slices, so it runs only once
          * some key had such parts; until then a URL purge stays one lookup. */
-        if (atomic_load(&moat_srv.cache_keyed) && kl + 1 < sizeof key) {
+        if (atomic_load(&moat_srv.cache_keyed) && kl + 1 < cap) {
             key[kl] = '\n';
-            struct moat_cache_purge pg = {
-                .kind = MOAT_CACHE_PURGE_PREFIX, .arg = moat_str_make(key, kl + 1), .flags = flags};
-            purge_run(&pg, &purged);
+            purge_add(t, MOAT_CACHE_PURGE_PREFIX, kl + 1);
         }
     } else if (prefix) {
-        if (!url_key(prefix, key, sizeof key)) {
+        if (!url_key(prefix, key, cap)) {
             json_decref(o);
+            free(t);
             moat_httpd_error(resp, 400, "prefix must start with http:// or https://");
             return;
         }
-        struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_PREFIX,
-                                      .arg = moat_str_make(key, strlen(key)), .flags = flags};
-        purge_run(&pg, &purged);
+        purge_add(t, MOAT_CACHE_PURGE_PREFIX, strlen(key));
     } else if (host) {
         /* Every key of that host, with or without a port. */
         const char *forms[2] = {"/", ":"};
         for (int i = 0; i < 2; i++) {
-            int n = snprintf(key, sizeof key, "http://%s%s", host, forms[i]);
+            int n = snprintf(t->keys[i], cap, "http://%s%s", host, forms[i]);
+            if (n < 0 || (size_t)n >= cap) {
+                json_decref(o);
+                free(t);
+                moat_httpd_error(resp, 400, "host too long");
+                return;
+            }
             for (int k = 7; k < n; k++)
-                key[k] = (char)tolower((unsigned char)key[k]);
-            struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_PREFIX,
-                                          .arg = moat_str_make(key, (size_t)n), .flags = flags};
-            purge_run(&pg, &purged);
+                t->keys[i][k] = (char)tolower((unsigned char)t->keys[i][k]);
+            purge_add(t, MOAT_CACHE_PURGE_PREFIX, (size_t)n);
         }
     } else if (tag) {
-        struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_TAG,
-                                      .arg = moat_str_make(tag, strlen(tag)), .flags = flags};
-        purge_run(&pg, &purged);
+        size_t tl = strlen(tag);
+        if (tl >= cap) {
+            json_decref(o);
+            free(t);
+            moat_httpd_error(resp, 400, "tag too long");
+            return;
+        }
+        memcpy(key, tag, tl + 1);
+        purge_add(t, MOAT_CACHE_PURGE_TAG, tl);
     } else {
-        struct moat_cache_purge pg = {.kind = MOAT_CACHE_PURGE_ALL, .flags = flags};
-        purge_run(&pg, &purged);
+        purge_add(t, MOAT_CACHE_PURGE_ALL, 0);
     }
     json_decref(o);
-    moat_log_info("purge: %llu objects%s", (unsigned long long)purged, flags ? " (soft)" : "");
-    json_reply(resp, 200, json_pack("{s:b, s:I, s:b}", "ok", 1, "purged", (json_int_t)purged,
-                                    "soft", flags != 0));
+    purge_start(a, t, resp);
 }
 
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
@@ -266,7 +354,7 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
             return;
         }
-        handle_purge(req, resp);
+        handle_purge(a, req, resp);
         return;
     }
     moat_httpd_error(resp, 404,
@@ -281,6 +369,7 @@ struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_co
         return NULL;
     a->token = cfg->admin.token ? strdup(cfg->admin.token) : NULL;
     a->config_path = config_path ? strdup(config_path) : NULL;
+    a->loop = loop;
     struct moat_httpd *s = moat_httpd_start(loop, &cfg->admin.listen, handle, a, err, errlen);
     if (!s) {
         free(a->token);
@@ -296,6 +385,13 @@ void moat_admin_stop(struct moat_httpd *s)
 {
     struct admin *a = moat_httpd_stop(s);
     if (a) {
+        /* Purges still running are dropped with the connections that waited for them. */
+        while (a->purges) {
+            struct purge_task *t = a->purges;
+            a->purges = t->next;
+            moat_timer_stop(a->loop, &t->timer);
+            free(t);
+        }
         free(a->token);
         free(a->config_path);
         free(a);

@@ -22,6 +22,7 @@ struct hconn {
     char *out;
     size_t outlen, outoff;
     bool close_after;
+    bool later, later_head, later_keep; /* an answer is owed (moat_httpd_later) */
     char peer[48];
 };
 
@@ -152,8 +153,16 @@ static bool try_request(struct hconn *c)
         return false;
     struct moat_httpd_req hr = {&req, moat_str_make(c->in + n, (size_t)blen), c->peer};
     bool keep = req.minor == 1 && !(req.flags & MOAT_H1_F_CONN_CLOSE);
+    resp.conn_ = c;
     c->srv->h(c->srv->ctx, &hr, &resp);
-    queue_response(c, &resp, req.meth == MOAT_M_HEAD, keep);
+    if (resp.later_) {
+        c->later = true;
+        c->later_head = req.meth == MOAT_M_HEAD;
+        c->later_keep = keep;
+        moat_timer_stop(c->srv->loop, &c->timer); /* no idle timeout while we owe */
+    } else {
+        queue_response(c, &resp, req.meth == MOAT_M_HEAD, keep);
+    }
     free(resp.body);
     size_t used = (size_t)n + (size_t)blen;
     memmove(c->in, c->in + used, c->inlen - used);
@@ -161,9 +170,29 @@ static bool try_request(struct hconn *c)
     return true;
 }
 
+void *moat_httpd_later(struct moat_httpd_resp *resp)
+{
+    resp->later_ = true;
+    return resp->conn_;
+}
+
+static void hc_drive(struct hconn *c);
+
+void moat_httpd_finish(void *handle, struct moat_httpd_resp *resp)
+{
+    struct hconn *c = handle;
+    c->later = false;
+    queue_response(c, resp, c->later_head, c->later_keep);
+    free(resp->body);
+    resp->body = NULL;
+    hc_drive(c);
+}
+
 static void hc_drive(struct hconn *c)
 {
     for (;;) {
+        if (c->later)
+            return; /* nothing to write yet, and the next request waits its turn */
         while (c->out && c->outoff < c->outlen) {
             ssize_t w = write(c->io.fd, c->out + c->outoff, c->outlen - c->outoff);
             if (w < 0 && errno == EINTR)

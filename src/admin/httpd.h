@@ -19,6 +19,8 @@ struct moat_httpd_resp {
     char *body;            /* malloc'd; freed by the server */
     size_t len;
     char extra[256];       /* extra header lines, each ending in CRLF */
+    void *conn_;           /* internal: the connection asking */
+    bool later_;           /* internal: moat_httpd_later was called */
 };
 
 /* Fills <resp> for <req>. Runs on the control loop's thread. */
@@ -33,6 +35,14 @@ struct moat_httpd *moat_httpd_start(struct moat_loop *loop, const struct moat_ad
 /* Stops listening and closes every connection. Returns the <ctx> given to start, for the
  * owner to free. */
 void *moat_httpd_stop(struct moat_httpd *s);
+
+/* Called by a handler that answers later (work that must not block the control loop): the
+ * handler leaves <resp> empty and returns; the connection reads nothing more until
+ * moat_httpd_finish(<handle>, ...) queues the answer. The handle stays valid until then, or
+ * until moat_httpd_stop (whose owner must then forget it). */
+void *moat_httpd_later(struct moat_httpd_resp *resp);
+/* Answers the request moat_httpd_later put off with <resp> (its body is freed here). */
+void moat_httpd_finish(void *handle, struct moat_httpd_resp *resp);
 
 /* Sets <resp> to a copy of <body> with <status> and <ctype>. */
 void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype,

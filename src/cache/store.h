@@ -287,7 +287,7 @@ struct moat_cache_purge {
  * inserted while a purge runs may or may not be visited; every object present when it
  * started is. Do not call it back to back: a thread that does is CPU-bound for the whole
  * purge, and a worker on the same core then waits out whole scheduler time slices; let
- * the thread sleep between calls (src/admin/admin.c, purge_run). */
+ * the thread rest between calls (src/admin/admin.c, purge_task: a timer paces the slices). */
 int moat_cache_purge_step(struct moat_cache_store *st, struct moat_cache_purge *p, size_t budget);
 
 /* ---- Counters -------------------------------------------------------------------------- */

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from conftest import free_port, metric
 from origins import pattern, response
@@ -790,6 +791,34 @@ def test_purge_prefix(moat_factory, so, site, http):
         assert is_hit(get(http, m, p, host="shop.example")), p
     assert is_hit(get(http, m, "/static/a.css", host="else.example"))
     assert len(seen(so)) == 7
+
+
+def test_purge_larger_than_a_slice(moat_factory, so, site, http):
+    # 2,500 objects: more than one slice of 1,000, so the purge runs from the control loop
+    # in steps and the admin answer waits for the last one (the connection then goes on).
+    m = start(moat_factory, so)
+    with requests.Session() as s:
+        s.trust_env = False
+        for i in range(2500):
+            r = s.get(m.url(f"/bulk/{i}"), headers={"Host": "bulk.example"}, timeout=10)
+            assert cs(r) == MISS_STORED
+        fill(http, m, "bulk.example", ["/keep"])
+        with requests.Session() as a:
+            a.trust_env = False
+            hdr = {"Authorization": f"Bearer {m.token}"} if m.token else {}
+            url = f"http://127.0.0.1:{m.admin_port}"
+            r = a.post(url + "/purge", json={"prefix": "http://bulk.example/bulk/"},
+                       headers=hdr, timeout=10)
+            assert r.status_code == 200 and r.json()["purged"] == 2500, r.text
+            assert a.get(url + "/status", headers=hdr, timeout=5).status_code == 200
+        assert cs(s.get(m.url("/bulk/7"), headers={"Host": "bulk.example"})) == MISS_STORED
+    assert is_hit(get(http, m, "/keep", host="bulk.example"))
+    assert len(seen(so)) == 2502
+    deadline = time.monotonic() + 3
+    while "purge: 2500 objects in" not in m.stderr() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = [l for l in m.stderr().splitlines() if "purge: 2500 objects in" in l]
+    assert line and " 1 slice," not in line[0], m.stderr()[-2000:]
 
 
 def test_purge_tag(moat_factory, so, site, http):
