@@ -1316,18 +1316,20 @@ void moat_conn_accept(struct moat_worker *w, int fd, const struct sockaddr_stora
         inet_ntop(AF_INET6, &s6->sin6_addr, c->peer_text, sizeof c->peer_text);
     }
     c->peer_len = (uint8_t)strlen(c->peer_text);
-    if (moat_loop_add(&w->loop, &c->s.io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != MOAT_OK) {
-        moat_buf_put(&c->s.in);
-        free(c);
-        close(fd);
-        return;
-    }
     conn_link(w, c);
     MOAT_STAT_INC(&w->stats, conn_total);
     MOAT_STAT_INC(&w->stats, conn_active);
     moat_timer_set(&w->loop, &c->timer, ccfg(c)->client_header_timeout_ms);
-    /* With TCP_DEFER_ACCEPT-like behaviour absent, the request is usually already here. */
+    /* Serve first, register later (HAProxy's speculative I/O): the request is usually here
+     * already, and a Connection: close request answered at once (a cache hit, a local
+     * answer) is done before epoll ever hears of the socket, which saves the epoll_ctl and
+     * the epoll bookkeeping of its close. Registering afterwards loses nothing: an
+     * edge-triggered ADD reports readiness the socket already has. */
     c->s.readable = true;
     c->s.writable = true;
     moat_conn_drive(c);
+    if (c->closed)
+        return;
+    if (moat_loop_add(&w->loop, &c->s.io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != MOAT_OK)
+        conn_close(c);
 }
