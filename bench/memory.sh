@@ -4,7 +4,8 @@
 #   bash bench/memory.sh            # COUNTS="10000 100000" SERVERS="moat varnish"
 #
 # For each server and each COUNT, a fresh server (one worker / one thread pool, 2 GiB of cache
-# memory) is started; then
+# memory) is started, one request goes through each of the fill's 64 connections (paths
+# outside /obj/, so per-connection buffers and workspaces are in the baseline); then
 #   1. VmRSS of its processes (summed over the process tree) is read: "before";
 #   2. pass 1 GETs COUNT distinct URLs /obj/0../obj/COUNT-1 (1 KiB each, the origin answers
 #      any path with the same 1 KiB and Cache-Control: public, max-age=3600): every request must
@@ -82,7 +83,7 @@ start_server() {  # NAME DIR: sets SPID SPORT [APORT]
   wait_port "$SPID" "$SPORT" || { tail -n 20 "$dir"/*.log >&2; die "$name did not start"; }
 }
 
-fill() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/fill.py" "$SPORT" /obj/ "$1" "$FILL_CONNS"; }
+fill() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/fill.py" "$SPORT" "${2:-/obj/}" "$1" "$FILL_CONNS"; }
 
 RES="$OUT/results.jsonl"; : >"$RES"
 FAILED=0
@@ -90,9 +91,10 @@ for srv in $SERVERS; do
   for n in $COUNTS; do
     dir="$TMP/$srv-$n"
     start_server "$srv" "$dir"
-    # one request through before the baseline so that lazily set up per-connection/thread
-    # state does not count as cache memory; it uses a path outside /obj/.
-    curl -s -o /dev/null --max-time 5 "http://127.0.0.1:$SPORT/warm" || true
+    # One request on each of the fill's FILL_CONNS connections before the baseline (paths
+    # outside /obj/), so that what the server sets up per connection or thread (buffers,
+    # workspaces) is in "before" and does not count as memory per cached object.
+    fill "$FILL_CONNS" /warm/ >/dev/null
     sleep 1
     rss0=$(rss_kib "$SPID")
     o0=$(origin_reqs)

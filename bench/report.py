@@ -141,6 +141,9 @@ def cache_target_lines(st, wl):
     return [f"Target: **{'MET' if ok else 'NOT MET'}** ({'; '.join(parts)})", ""]
 
 
+MARKER = "<!-- end of the generated tables: what follows is kept by report.py -->"
+
+
 def results_md(meta, body):
     v = meta["versions"]
     out = [
@@ -188,7 +191,14 @@ def main():
     if a.results:
         if meta is None:
             raise SystemExit("report.py: no meta.json, cannot write results")
-        a.results.write_text(results_md(meta, body))
+        # What follows the marker (memory, flash crowd, purge, the reading against the
+        # targets: written by hand from other scripts) is kept across rewrites.
+        kept = MARKER + "\n"
+        if a.results.exists():
+            old = a.results.read_text()
+            if MARKER in old:
+                kept = old[old.index(MARKER):]
+        a.results.write_text(results_md(meta, body) + "\n" + kept)
 
 
 if __name__ == "__main__":
