@@ -37,10 +37,10 @@ static bool glob_match(const char *g, struct moat_str s)
     return *p == 0;
 }
 
-/* Does the list <v> (separated by <sep>, '&' for a query) have an element named <name>
- * ("name" or "name=...")? */
-static bool has_param(struct moat_str v, const char *name, char sep)
+/* Does the query string <v> have a parameter named <name> ("name" or "name=...")? */
+static bool has_param(struct moat_str v, const char *name)
 {
+    const char sep = '&';
     size_t nl = strlen(name), i = 0;
     while (i < v.len) {
         while (i < v.len && (v.ptr[i] == ' ' || v.ptr[i] == sep))
@@ -76,7 +76,7 @@ static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_h1_req
         return false;
     if (r->path && !glob_match(r->path, q->path))
         return false;
-    if (r->query && !has_param(q->query, r->query, '&'))
+    if (r->query && !has_param(q->query, r->query))
         return false;
     if (r->header && !moat_h1_find(q->hdrs, q->nhdrs, moat_str_make(r->header, strlen(r->header))))
         return false;
