@@ -831,11 +831,88 @@ void moat_h1_chunked_init(struct moat_h1_chunked *st, size_t max_trailer)
     st->max_trailer = max_trailer;
 }
 
+/* Validates trailer-section bytes from *<pp> to <end> (states CH_TRL_START .. CH_END_LF),
+ * each counted in trailer_bytes against the limit before it is looked at. Both modes run
+ * this one loop, so a section is judged the same whether it is dropped or kept. Returns
+ * MOAT_DONE with *<pp> just past the final LF, MOAT_AGAIN with *<pp> = <end>, or MOAT_ERR
+ * with *<err> set and *<pp> past the offending byte (at it for the limit). */
+static int trl_scan(struct moat_h1_chunked *st, const char **pp, const char *end,
+                    enum moat_h1_err *err)
+{
+    size_t max_trailer = st->max_trailer ? st->max_trailer : CH_DEFAULT_TRAILER;
+    const char *p = *pp;
+    enum moat_h1_err e = MOAT_H1_BAD_CHUNK;
+    char c = 0;
+
+    while (p < end) {
+        c = 0; /* a limit hit is not about the byte that hit it */
+        if (++st->trailer_bytes > max_trailer) {
+            e = MOAT_H1_TRAILERS_TOO_LARGE;
+            goto fail;
+        }
+        c = *p++;
+        unsigned ct = CT(c);
+        switch (st->state) {
+        case CH_TRL_START:
+            if (c == '\r') {
+                st->state = CH_END_LF;
+            } else if (ct & C_TCHAR) {
+                st->state = CH_TRL_NAME;
+            } else {
+                e = IS_WS(c) ? MOAT_H1_OBS_FOLD : MOAT_H1_BAD_HEADER_NAME;
+                goto fail;
+            }
+            break;
+        case CH_TRL_NAME:
+            if (c == ':') {
+                st->state = CH_TRL_VALUE;
+            } else if (!(ct & C_TCHAR)) {
+                e = MOAT_H1_BAD_HEADER_NAME;
+                goto fail;
+            }
+            break;
+        case CH_TRL_VALUE:
+            if (c == '\r') {
+                st->state = CH_TRL_LF;
+            } else if (!(ct & C_VALUE)) {
+                e = MOAT_H1_BAD_HEADER_VALUE;
+                goto fail;
+            }
+            break;
+        case CH_TRL_LF:
+            if (c != '\n') {
+                e = MOAT_H1_BAD_HEADER_VALUE;
+                goto fail;
+            }
+            st->state = CH_TRL_START;
+            break;
+        case CH_END_LF:
+            if (c != '\n')
+                goto fail;
+            st->state = CH_DONE;
+            *pp = p;
+            return MOAT_DONE;
+        default:
+            goto fail;
+        }
+    }
+    *pp = p;
+    return MOAT_AGAIN;
+
+fail:
+    /* A bare LF is reported as such wherever CRLF was due or LF was simply not allowed. */
+    if (c == '\n')
+        e = MOAT_H1_BARE_LF;
+    st->state = CH_ERROR;
+    *pp = p;
+    *err = e;
+    return MOAT_ERR;
+}
+
 int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t len, size_t *consumed,
                            struct moat_str *data, enum moat_h1_err *err)
 {
     const char *p = in, *end = in + len;
-    size_t max_trailer = st->max_trailer ? st->max_trailer : CH_DEFAULT_TRAILER;
     enum moat_h1_err e = MOAT_H1_BAD_CHUNK;
     char c = 0;
 
@@ -848,6 +925,10 @@ int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t le
     if (st->state == CH_ERROR) {
         *consumed = 0;
         goto fail_noc;
+    }
+    if (st->state >= CH_TRL_START && st->keep_trailers) {
+        *consumed = 0;
+        return MOAT_H1_TRAILERS;
     }
 
     while (p < end) {
@@ -864,16 +945,14 @@ int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t le
             *consumed = (size_t)(p - in);
             return MOAT_OK;
         }
-        c = 0; /* a limit hit below is not about the byte that hit it */
-        if (s < CH_DATA) {
-            if (++st->line_bytes > CH_MAX_LINE)
-                goto fail;
-        } else if (s >= CH_TRL_START) {
-            if (++st->trailer_bytes > max_trailer) {
-                e = MOAT_H1_TRAILERS_TOO_LARGE;
-                goto fail;
-            }
+        if (s >= CH_TRL_START) {
+            int rc = trl_scan(st, &p, end, err);
+            *consumed = (size_t)(p - in);
+            return rc;
         }
+        c = 0; /* a limit hit below is not about the byte that hit it */
+        if (s < CH_DATA && ++st->line_bytes > CH_MAX_LINE)
+            goto fail;
         c = *p++;
         unsigned ct = CT(c);
         switch (s) {
@@ -972,6 +1051,11 @@ int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t le
                 goto fail;
             st->line_bytes = 0;
             st->state = st->remaining ? CH_DATA : CH_TRL_START;
+            if (!st->remaining && st->keep_trailers) {
+                /* The caller takes the section whole (moat_h1_chunked_trailers). */
+                *consumed = (size_t)(p - in);
+                return MOAT_H1_TRAILERS;
+            }
             break;
         case CH_DATA_CR:
             if (c != '\r')
@@ -983,45 +1067,6 @@ int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t le
                 goto fail;
             st->state = CH_SIZE0;
             break;
-        case CH_TRL_START:
-            if (c == '\r') {
-                st->state = CH_END_LF;
-            } else if (ct & C_TCHAR) {
-                st->state = CH_TRL_NAME;
-            } else {
-                e = IS_WS(c) ? MOAT_H1_OBS_FOLD : MOAT_H1_BAD_HEADER_NAME;
-                goto fail;
-            }
-            break;
-        case CH_TRL_NAME:
-            if (c == ':') {
-                st->state = CH_TRL_VALUE;
-            } else if (!(ct & C_TCHAR)) {
-                e = MOAT_H1_BAD_HEADER_NAME;
-                goto fail;
-            }
-            break;
-        case CH_TRL_VALUE:
-            if (c == '\r') {
-                st->state = CH_TRL_LF;
-            } else if (!(ct & C_VALUE)) {
-                e = MOAT_H1_BAD_HEADER_VALUE;
-                goto fail;
-            }
-            break;
-        case CH_TRL_LF:
-            if (c != '\n') {
-                e = MOAT_H1_BAD_HEADER_VALUE;
-                goto fail;
-            }
-            st->state = CH_TRL_START;
-            break;
-        case CH_END_LF:
-            if (c != '\n')
-                goto fail;
-            st->state = CH_DONE;
-            *consumed = (size_t)(p - in);
-            return MOAT_DONE;
         default:
             goto fail;
         }
@@ -1038,6 +1083,31 @@ fail:
 fail_noc:
     *err = e;
     return MOAT_ERR;
+}
+
+int moat_h1_chunked_trailers(struct moat_h1_chunked *st, const char *in, size_t len,
+                             size_t *consumed, struct moat_str *section, enum moat_h1_err *err)
+{
+    *consumed = 0;
+    *section = moat_str_make(in, 0);
+    *err = MOAT_H1_OK;
+    if (st->state == CH_DONE)
+        return MOAT_DONE;
+    if (st->state < CH_TRL_START || st->state == CH_ERROR || !st->keep_trailers) {
+        *err = MOAT_H1_BAD_CHUNK; /* failed before, or not at the trailers at all */
+        return MOAT_ERR;
+    }
+    /* The first trailer_bytes bytes of <in> were validated by earlier calls: resume after
+     * them, so a section that arrives a byte at a time costs linear time, not quadratic. */
+    if (len <= st->trailer_bytes)
+        return MOAT_AGAIN;
+    const char *p = in + st->trailer_bytes;
+    int rc = trl_scan(st, &p, in + len, err);
+    if (rc == MOAT_DONE) {
+        *consumed = (size_t)(p - in);
+        *section = moat_str_make(in, *consumed - 2); /* without the final CRLF */
+    }
+    return rc;
 }
 
 /* ---- helpers ----------------------------------------------------------------------------- */

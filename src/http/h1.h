@@ -143,12 +143,20 @@ int moat_h1_parse_response(const char *buf, size_t len, const struct moat_h1_lim
 struct moat_h1_chunked {
     int state;            /* internal */
     uint64_t remaining;   /* bytes left in the current chunk's data */
-    size_t trailer_bytes; /* trailer bytes seen, bounded by max_trailer */
+    size_t trailer_bytes; /* trailer bytes seen, bounded by max_trailer; with keep_trailers
+                             also how much of the held section is validated already */
     size_t max_trailer;   /* limit for the trailer section (default 8 KiB when 0) */
     size_t line_bytes;    /* bytes of the current size / extension line (bounded) */
+    bool keep_trailers;   /* opt-in, set before the body: hand the trailer section to the
+                             caller (moat_h1_chunked_trailers) instead of dropping it */
 };
 
 void moat_h1_chunked_init(struct moat_h1_chunked *st, size_t max_trailer);
+
+/* moat_h1_chunked_decode's answer with keep_trailers: the last chunk is done and the trailer
+ * section starts right after *<consumed>. It is the project's MOAT_DECLINED ("not mine"):
+ * the section is moat_h1_chunked_trailers' to take, whole. */
+#define MOAT_H1_TRAILERS MOAT_DECLINED
 
 /* Decodes from <in,len>. On return *<consumed> bytes of <in> were used and *<data> is a span
  * of payload (inside <in>) that the caller must pass on: non-empty exactly when the result
@@ -156,14 +164,31 @@ void moat_h1_chunked_init(struct moat_h1_chunked *st, size_t max_trailer);
  * returns MOAT_OK. Returns MOAT_OK (payload in *<data>; more may follow),
  * MOAT_AGAIN (all of <in> consumed, need more input), MOAT_DONE (last chunk and trailers
  * consumed; *<consumed> stops right after the final CRLF, so pipelined bytes that follow
- * are left untouched), or MOAT_ERR with *<err> set. Chunk extensions are validated and
- * dropped (BWS allowed around ';' and '=' as RFC 9112 7.1.1 has it, but not before the
- * CRLF); trailer fields are validated like header fields and dropped. The size is hex
- * without sign, prefix or spaces, at most 2^63-1 (CHUNK_TOO_LARGE beyond); the size line
- * is bounded at 4 KiB (BAD_CHUNK). Bare LF is an error (BARE_LF). After MOAT_DONE further
- * calls return MOAT_DONE consuming nothing; after MOAT_ERR they return MOAT_ERR. */
+ * are left untouched), MOAT_H1_TRAILERS (only with keep_trailers: *<consumed> stops right
+ * after the last-chunk line; later calls return it again consuming nothing), or MOAT_ERR
+ * with *<err> set. Chunk extensions are validated and dropped (BWS allowed around ';' and
+ * '=' as RFC 9112 7.1.1 has it, but not before the CRLF); without keep_trailers, trailer
+ * fields are validated like header fields and dropped. The size is hex without sign, prefix
+ * or spaces, at most 2^63-1 (CHUNK_TOO_LARGE beyond); the size line is bounded at 4 KiB
+ * (BAD_CHUNK). Bare LF is an error (BARE_LF). After MOAT_DONE further calls return
+ * MOAT_DONE consuming nothing; after MOAT_ERR they return MOAT_ERR. */
 int moat_h1_chunked_decode(struct moat_h1_chunked *st, const char *in, size_t len, size_t *consumed,
                            struct moat_str *data, enum moat_h1_err *err);
+
+/* Takes the trailer section after moat_h1_chunked_decode returned MOAT_H1_TRAILERS. <in>
+ * must start at the section's first byte on every call and hold at least what it held on
+ * the previous call (the caller keeps the bytes, adds to them, consumes nothing until
+ * MOAT_DONE); the bytes validated before are not looked at again. Returns MOAT_AGAIN
+ * (incomplete; *<consumed> = 0), MOAT_DONE with *<section> = the field lines, each ending in
+ * CRLF, without the final empty line (empty when there are no trailers; inside <in>) and
+ * *<consumed> through the final CRLF (pipelined bytes after it untouched), or MOAT_ERR with
+ * *<err> set and *<consumed> = 0. Validation and the max_trailer limit are exactly
+ * moat_h1_chunked_decode's for a dropped section: token names, no whitespace before the
+ * colon, field-value bytes, OBS_FOLD, BARE_LF, TRAILERS_TOO_LARGE (the section with its
+ * final CRLF counted). After MOAT_DONE it returns MOAT_DONE with an empty section; called
+ * anywhere but at the trailers, MOAT_ERR (BAD_CHUNK). */
+int moat_h1_chunked_trailers(struct moat_h1_chunked *st, const char *in, size_t len,
+                             size_t *consumed, struct moat_str *section, enum moat_h1_err *err);
 
 /* The HTTP status to answer for <e> on the request side (400, 414, 431, 501, 505; 502 for
  * BAD_STATUS_LINE). On the response side the proxy answers 502 for any error. */

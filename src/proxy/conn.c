@@ -109,6 +109,33 @@ void moat_conn_frame_chunk(struct moat_flow *f, struct moat_buf *out, uint64_t n
                                               out is drained before framing is added */
 }
 
+/* Bytes the end of a chunked body with trailers adds to its section in <out>: the CRLF owed
+ * after the last data, "0\r\n" and the final CRLF. */
+#define TRAILER_FRAMING 7
+
+/* Queues the end of a chunked body that carries the trailer <section> in <out>: the CRLF
+ * owed, the last chunk, the fields moat forwards (moat_fwd_trailers filters them) and the
+ * final CRLF. The caller has checked that <out> has TRAILER_FRAMING + section.len bytes of
+ * room once compacted. */
+static void frame_trailers(struct moat_flow *f, struct moat_buf *out, struct moat_str section)
+{
+    moat_buf_compact(out);
+    char *p = moat_buf_wptr(out);
+    size_t k = 0;
+    if (f->pending_crlf) {
+        memcpy(p, "\r\n", 2);
+        k = 2;
+    }
+    memcpy(p + k, "0\r\n", 3);
+    k += 3;
+    k += moat_fwd_trailers(section, p + k, moat_buf_room(out) - k - 2);
+    memcpy(p + k, "\r\n", 2);
+    k += 2;
+    out->wpos += (uint32_t)k;
+    f->pending_crlf = false;
+    f->fin_queued = true;
+}
+
 /* Moves the body of <f> from <src> to <dst>, writing <out> (heads, framing) first and then
  * payload straight from <src>'s buffer (no copy for Content-Length, EOF or re-chunked data).
  * Returns PUMP_DONE when the body is complete and written, PUMP_AGAIN when blocked, or an
@@ -122,8 +149,15 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
          * chunk framing) and the payload after it leave in one writev. Chunk framing needs
          * room in <out>; without it, <out> is written first. */
         uint32_t avail = moat_buf_len(&src->in);
-        if (avail && !f->span && !f->done &&
-            (!f->out_chunked || !olen || moat_buf_room(out) + out->rpos >= 64)) {
+        uint32_t oroom = moat_buf_room(out) + out->rpos;
+        /* A trailer section waits in <src>->in until it is whole: it is looked at again
+         * only when bytes beyond those the decoder validated arrived, and only when <out>
+         * can take all of it (it fits an empty <out>: the section is at most
+         * limits.header_bytes, <out> at least that + 2 KiB). */
+        bool ready = f->trailers ? avail > f->dec.trailer_bytes &&
+                                       (!olen || oroom >= (uint64_t)avail + TRAILER_FRAMING)
+                                 : !f->out_chunked || !olen || oroom >= 64;
+        if (avail && !f->span && !f->done && ready) {
             uint32_t span = 0;
             switch (f->mode) {
             case FLOW_CL:
@@ -137,9 +171,32 @@ static int pump(struct moat_flow *f, struct moat_side *src, struct moat_side *ds
                 struct moat_str data = MOAT_STR_NULL;
                 enum moat_h1_err err = MOAT_H1_OK;
                 const char *base = moat_buf_rptr(&src->in);
+                if (f->trailers) {
+                    /* Nothing is consumed before the section is whole, so the filter sees
+                     * whole lines; it goes out without counting as payload (f->bytes, the
+                     * body limit) and never into the cache, whose objects have no trailers. */
+                    int rc = moat_h1_chunked_trailers(&f->dec, base, avail, &used, &data, &err);
+                    if (rc == MOAT_ERR)
+                        return PUMP_ERR_FRAMING;
+                    if (rc == MOAT_AGAIN) {
+                        /* A full buffer would never grow: only if it is smaller than the
+                         * limit, which a reload that raised limits.header_bytes can do to a
+                         * connection's older buffer. */
+                        if (avail >= src->in.cap)
+                            return PUMP_ERR_FRAMING;
+                        break;
+                    }
+                    frame_trailers(f, out, data);
+                    moat_buf_consume(&src->in, (uint32_t)used);
+                    f->done = true;
+                    *progress = true;
+                    break;
+                }
                 int rc = moat_h1_chunked_decode(&f->dec, base, avail, &used, &data, &err);
                 if (rc == MOAT_ERR)
                     return PUMP_ERR_FRAMING;
+                if (rc == MOAT_H1_TRAILERS)
+                    f->trailers = true; /* keep_trailers: the section is taken above */
                 if (data.len) {
                     uint32_t pre = (uint32_t)(data.ptr - base);
                     moat_buf_consume(&src->in, pre);
@@ -561,6 +618,9 @@ static bool chunked_prefix_ok(struct moat_conn *c, size_t head_len)
         struct moat_str data;
         enum moat_h1_err err;
         int rc = moat_h1_chunked_decode(&dec, p, left, &used, &data, &err);
+        if (rc == MOAT_H1_TRAILERS) /* kept for the origin: check them as far as they came */
+            return moat_h1_chunked_trailers(&dec, p + used, left - used, &used, &data, &err) !=
+                   MOAT_ERR;
         if (rc == MOAT_ERR)
             return false;
         if (rc == MOAT_DONE || rc == MOAT_AGAIN)
@@ -608,6 +668,7 @@ static int start_request(struct moat_conn *c, size_t head_len)
         x->reqf.out_chunked = true;
         x->reqf.bigbuf = w->body_bufsize;
         moat_h1_chunked_init(&x->reqf.dec, cfg->h1.head_bytes);
+        x->reqf.dec.keep_trailers = true; /* forwarded to the origin, filtered */
     } else if ((r->flags & MOAT_H1_F_HAS_CL) && r->content_length > 0) {
         x->reqf.mode = FLOW_CL;
         x->reqf.remaining = r->content_length;
@@ -777,6 +838,9 @@ static int resp_head(struct moat_conn *c)
                     f->bigbuf = c->w->body_bufsize;
                     moat_h1_chunked_init(&f->dec, cfg->h1.head_bytes);
                     f->out_chunked = x->req.minor == 1;
+                    /* Trailers go on to a chunked client; to HTTP/1.0 (raw payload, then
+                     * close) there is no place for them and the decoder drops them. */
+                    f->dec.keep_trailers = f->out_chunked;
                     if (!f->out_chunked)
                         x->keepalive = false;
                 } else if (r.flags & MOAT_H1_F_HAS_CL) {

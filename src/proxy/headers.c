@@ -1,7 +1,8 @@
 /* headers.c: the heads moat sends: the request head to the origin and the response head to the
- * client. Hop-by-hop fields are dropped both ways (RFC 9110 7.6.1), the body framing is
- * re-stated by moat itself (never copied from the peer, so no framing header can smuggle), and
- * the forwarding fields (X-Forwarded-For, X-Forwarded-Proto, Forwarded, Via) are set. */
+ * client, and the chunked trailer sections forwarded after them. Hop-by-hop fields are dropped
+ * both ways (RFC 9110 7.6.1), the body framing is re-stated by moat itself (never copied from
+ * the peer, so no framing header can smuggle), and the forwarding fields (X-Forwarded-For,
+ * X-Forwarded-Proto, Forwarded, Via) are set. */
 #include <arpa/inet.h>
 
 #include "cache/policy.h"
@@ -41,15 +42,20 @@ static void put_u64(struct out *o, uint64_t v)
     put(o, tmp + i, sizeof tmp - (size_t)i);
 }
 
-/* Hop-by-hop and framing fields moat always drops from what it forwards. The switch on length
- * keeps this to one or two comparisons for ordinary fields. Host is handled by the caller. */
-static bool is_hop(struct moat_str n)
+/* Hop-by-hop and framing fields moat drops from the head it forwards with body flow <f>. The
+ * switch on length keeps this to one or two comparisons for ordinary fields. Host is handled
+ * by the caller. Trailer (the names the trailer section will carry, RFC 9110 6.6.2) is not
+ * hop-by-hop: it goes along when the trailers can, i.e. a chunked body re-framed chunked, and
+ * is dropped otherwise (to an HTTP/1.0 client, or a body that has no trailers to announce). */
+static bool is_hop(struct moat_str n, const struct moat_flow *f)
 {
     switch (n.len) {
     case 2:
         return MOAT_STR_IEQ_LIT(n, "te");
     case 7:
-        return MOAT_STR_IEQ_LIT(n, "trailer") || MOAT_STR_IEQ_LIT(n, "upgrade");
+        if (MOAT_STR_IEQ_LIT(n, "trailer"))
+            return !(f->mode == FLOW_CHUNKED && f->out_chunked);
+        return MOAT_STR_IEQ_LIT(n, "upgrade");
     case 10:
         return MOAT_STR_IEQ_LIT(n, "connection") || MOAT_STR_IEQ_LIT(n, "keep-alive");
     case 14:
@@ -162,7 +168,7 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
     for (size_t i = 0; i < r->nhdrs; i++) {
         const struct moat_hdr *h = &r->hdrs[i];
         struct moat_str n = h->name;
-        if (is_hop(n))
+        if (is_hop(n, &x->reqf))
             continue;
         switch (n.len) {
         case 4:
@@ -321,7 +327,7 @@ int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, st
     struct run rn = {NULL, NULL};
     for (size_t i = 0; i < r->nhdrs; i++) {
         const struct moat_hdr *h = &r->hdrs[i];
-        if (is_hop(h->name)) {
+        if (is_hop(h->name, &x->respf)) {
             /* HEAD and 304 keep the Content-Length the origin stated: it describes the
              * representation, not this message's (absent) body. */
             if (no_body && !is101 && h->name.len == 14 &&
@@ -371,4 +377,85 @@ int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, st
         return MOAT_ERR;
     b->wpos += (uint32_t)o.n;
     return MOAT_OK;
+}
+
+/* Fields a forwarded trailer section never carries, in either direction: framing and
+ * connection fields (they would contradict the framing moat states, or act on the next hop),
+ * and fields that only mean something before the content, so a recipient that merges
+ * trailers into the header fields (many do) must not get them late (RFC 9110 6.5.1):
+ * routing, request modifiers and conditionals, authentication, response controls and caching,
+ * content format, cookies, and the forwarding fields moat sets itself. One list, here;
+ * docs/architecture.md repeats it. */
+static const struct moat_str trailer_deny[] = {
+    /* framing and connection (RFC 9110 6.5.1, 7.6.1) */
+    MOAT_STR("content-length"),
+    MOAT_STR("transfer-encoding"),
+    MOAT_STR("trailer"),
+    MOAT_STR("te"),
+    MOAT_STR("connection"),
+    MOAT_STR("keep-alive"),
+    MOAT_STR("proxy-connection"),
+    MOAT_STR("upgrade"),
+    /* routing and request modifiers */
+    MOAT_STR("host"),
+    MOAT_STR("expect"),
+    MOAT_STR("max-forwards"),
+    MOAT_STR("range"),
+    MOAT_STR("if-range"),
+    MOAT_STR("if-match"),
+    MOAT_STR("if-none-match"),
+    MOAT_STR("if-modified-since"),
+    MOAT_STR("if-unmodified-since"),
+    /* authentication and state */
+    MOAT_STR("authorization"),
+    MOAT_STR("proxy-authorization"),
+    MOAT_STR("www-authenticate"),
+    MOAT_STR("proxy-authenticate"),
+    MOAT_STR("cookie"),
+    MOAT_STR("set-cookie"),
+    /* response controls, caching and content format */
+    MOAT_STR("cache-control"),
+    MOAT_STR("expires"),
+    MOAT_STR("age"),
+    MOAT_STR("vary"),
+    MOAT_STR("pragma"),
+    MOAT_STR("location"),
+    MOAT_STR("content-type"),
+    MOAT_STR("content-encoding"),
+    MOAT_STR("content-range"),
+    /* what moat states about the hop itself */
+    MOAT_STR("via"),
+    MOAT_STR("forwarded"),
+    MOAT_STR("x-forwarded-for"),
+    MOAT_STR("x-forwarded-proto"),
+    MOAT_STR("cache-status"),
+};
+
+static bool trailer_ok(struct moat_str name)
+{
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(trailer_deny); i++)
+        if (moat_str_ieq(name, trailer_deny[i]))
+            return false;
+    return true;
+}
+
+size_t moat_fwd_trailers(struct moat_str section, char *dst, size_t room)
+{
+    /* A linear scan per line: trailer sections are rare and short, and the list is short
+     * enough that a switch on length (is_hop's trick) would not pay for its lines. */
+    const char *p = section.ptr, *end = section.ptr + section.len;
+    size_t n = 0;
+    while (p < end) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        const char *lf = memchr(p, '\n', (size_t)(end - p));
+        if (!colon || !lf || colon > lf)
+            break; /* not what moat_h1_chunked_trailers hands out */
+        size_t len = (size_t)(lf + 1 - p);
+        if (trailer_ok(moat_str_make(p, (size_t)(colon - p))) && len <= room - n) {
+            memcpy(dst + n, p, len);
+            n += len;
+        }
+        p = lf + 1;
+    }
+    return n;
 }

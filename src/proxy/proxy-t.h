@@ -75,7 +75,10 @@ struct moat_flow {
     bool out_chunked;             /* re-encode as chunked on the output side */
     bool pending_crlf;            /* out_chunked: the CRLF after the last data is owed */
     bool done;                    /* input framing complete */
-    bool fin_queued;              /* output terminator queued (chunked "0\r\n\r\n") */
+    bool fin_queued;              /* output terminator queued (chunked "0\r\n\r\n", or
+                                     "0\r\n" + trailers + "\r\n") */
+    bool trailers;                /* FLOW_CHUNKED with dec.keep_trailers: in the trailer
+                                     section, held in the input until it is whole */
     uint64_t remaining;           /* FLOW_CL */
     struct moat_h1_chunked dec;   /* FLOW_CHUNKED */
     uint32_t span;                /* payload bytes at the input's rpos awaiting write */
@@ -290,6 +293,12 @@ static inline bool moat_pcache_revalidated(const struct moat_conn *c)
 void moat_pcache_serve_revalidated(struct moat_conn *c);
 
 /* headers.c */
+/* Copies the lines of trailer <section> (field lines each ending in CRLF, as
+ * moat_h1_chunked_trailers hands them out) to <dst>, at most <room> bytes, leaving out the
+ * fields a forwarded trailer must not carry (framing, hop-by-hop, before-the-content fields:
+ * the list is trailer_deny[] in headers.c) and any line that does not fit. Returns the bytes
+ * written. */
+size_t moat_fwd_trailers(struct moat_str section, char *dst, size_t room);
 /* Writes the request head for the origin into <out>. MOAT_OK or MOAT_ERR (no room). */
 int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *out);
 /* Writes the response head for the client into <out>. MOAT_OK or MOAT_ERR (no room). */

@@ -116,16 +116,59 @@ struct dechunk_result {
     enum moat_h1_err err;
     size_t consumed;
     size_t outlen;
+    size_t sec_off, sec_len; /* keep_trailers: the section handed out, as offsets in buf */
 };
 
+/* keep_trailers: takes the section starting at buf + <ts> as the proxy's pump does, offering
+ * it again with more bytes each time (the same pieces as the body: <cut>, or <step> bytes)
+ * and never consuming before MOAT_DONE. */
+static void take_trailers(struct moat_h1_chunked *st, const char *buf, size_t len, size_t ts,
+                          size_t cut, size_t step, struct dechunk_result *res)
+{
+    size_t have = ts;
+    for (;;) {
+        have = step ? have + step : (have < cut ? cut : len);
+        if (have > len)
+            have = len;
+        size_t c = 1;
+        struct moat_str s;
+        enum moat_h1_err e = MOAT_H1_OK;
+        int rc = moat_h1_chunked_trailers(st, buf + ts, have - ts, &c, &s, &e);
+        res->rc = rc;
+        res->err = e;
+        if (rc == MOAT_DONE) {
+            CHECK(s.ptr == buf + ts && s.len + 2 == c && ts + c <= have);
+            CHECK(buf[ts + s.len] == '\r' && buf[ts + s.len + 1] == '\n');
+            if (s.len) /* whole lines: CRLF-terminated, a name before a colon */
+                CHECK(s.len >= 4 && buf[ts + s.len - 1] == '\n' && buf[ts] != ':' &&
+                      memchr(s.ptr, ':', s.len) != NULL);
+            res->sec_off = ts;
+            res->sec_len = s.len;
+            res->consumed = ts + c;
+            return;
+        }
+        CHECK(c == 0 && s.len == 0);
+        if (rc == MOAT_ERR) {
+            CHECK(e > MOAT_H1_OK && e < MOAT_H1_ERR_COUNT);
+            break;
+        }
+        CHECK(rc == MOAT_AGAIN && e == MOAT_H1_OK);
+        if (have == len)
+            break;
+    }
+    res->consumed = ts;
+}
+
 /* Feeds <buf,len> to a fresh decoder in pieces: cut at <cut> (then the rest), or <step>
- * bytes at a time when step > 0. The payload goes to <out>. */
+ * bytes at a time when step > 0. The payload goes to <out>. With <keep>, the decoder hands
+ * the trailer section out (take_trailers) instead of dropping it. */
 static struct dechunk_result dechunk(const char *buf, size_t len, size_t cut, size_t step,
-                                     char *out)
+                                     bool keep, char *out)
 {
     struct moat_h1_chunked st;
     moat_h1_chunked_init(&st, 64);
-    struct dechunk_result res = {MOAT_AGAIN, MOAT_H1_OK, 0, 0};
+    st.keep_trailers = keep;
+    struct dechunk_result res = {MOAT_AGAIN, MOAT_H1_OK, 0, 0, 0, 0};
     size_t off = 0;
     for (;;) {
         size_t limit = step ? off + step : (off < cut ? cut : len);
@@ -153,6 +196,14 @@ static struct dechunk_result dechunk(const char *buf, size_t len, size_t cut, si
             CHECK(e > MOAT_H1_OK && e < MOAT_H1_ERR_COUNT);
             break;
         }
+        if (rc == MOAT_H1_TRAILERS) {
+            CHECK(keep && e == MOAT_H1_OK);
+            CHECK(moat_h1_chunked_decode(&st, buf + off, len - off, &c, &d, &e) ==
+                      MOAT_H1_TRAILERS &&
+                  c == 0);
+            take_trailers(&st, buf, len, off, cut, step, &res);
+            return res;
+        }
         if (rc == MOAT_DONE)
             break;
         if (rc == MOAT_AGAIN && off == len)
@@ -162,25 +213,33 @@ static struct dechunk_result dechunk(const char *buf, size_t len, size_t cut, si
     return res;
 }
 
+/* The same verdict, payload and end however the input is cut, and in both modes: keeping
+ * the trailers changes where they go, never what is accepted. */
 static void fuzz_chunked(const char *buf, size_t len, size_t cut)
 {
-    char *o1 = malloc(len + 1), *o2 = malloc(len + 1), *o3 = malloc(len + 1);
-    struct dechunk_result a = dechunk(buf, len, len, 0, o1);
-    struct dechunk_result b = dechunk(buf, len, cut, 0, o2);
-    CHECK(a.rc == b.rc && a.err == b.err && a.outlen == b.outlen);
-    CHECK(memcmp(o1, o2, a.outlen) == 0);
-    if (a.rc == MOAT_DONE)
-        CHECK(a.consumed == b.consumed);
-    if (len <= 4096) {
-        struct dechunk_result c = dechunk(buf, len, 0, 1, o3);
-        CHECK(a.rc == c.rc && a.err == c.err && a.outlen == c.outlen);
-        CHECK(memcmp(o1, o3, a.outlen) == 0);
-        if (a.rc == MOAT_DONE)
-            CHECK(a.consumed == c.consumed);
+    char *o1 = malloc(len + 1), *o2 = malloc(len + 1);
+    struct dechunk_result a = dechunk(buf, len, len, 0, false, o1);
+    for (int keep = 0; keep <= 1; keep++) {
+        for (int how = 0; how <= 2; how++) {
+            if (!keep && how == 0)
+                continue; /* that is <a> itself */
+            if (how == 2 && len > 4096)
+                continue;
+            struct dechunk_result b = how == 0   ? dechunk(buf, len, len, 0, keep, o2)
+                                      : how == 1 ? dechunk(buf, len, cut, 0, keep, o2)
+                                                 : dechunk(buf, len, 0, 1, keep, o2);
+            CHECK(a.rc == b.rc && a.err == b.err && a.outlen == b.outlen);
+            CHECK(memcmp(o1, o2, a.outlen) == 0);
+            if (a.rc == MOAT_DONE)
+                CHECK(a.consumed == b.consumed);
+            if (keep && b.rc == MOAT_DONE) {
+                /* the section is what lies between the last-chunk line and the final CRLF */
+                CHECK(b.sec_off + b.sec_len + 2 == b.consumed);
+            }
+        }
     }
     free(o1);
     free(o2);
-    free(o3);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

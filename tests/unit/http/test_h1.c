@@ -676,13 +676,12 @@ static void test_resp_errors(void **state)
 
 /* ---- chunked ----------------------------------------------------------------------------- */
 
-/* Decodes <in> fed in pieces of <step> bytes (0: all at once); returns the last status and
- * the payload in <out>, and the total consumed in *<used>. */
-static int dechunk(const char *in, size_t n, size_t step, size_t max_trailer, char *out,
-                   size_t *outlen, size_t *used, enum moat_h1_err *e)
+/* Feeds <in> to <st> in pieces of <step> bytes (0: all at once) until it is done, fails or
+ * (keep_trailers) reaches the trailers; returns the last status, the payload in <out> and the
+ * total consumed in *<used>. */
+static int feed(struct moat_h1_chunked *st, const char *in, size_t n, size_t step, char *out,
+                size_t *outlen, size_t *used, enum moat_h1_err *e)
 {
-    struct moat_h1_chunked st;
-    moat_h1_chunked_init(&st, max_trailer);
     size_t off = 0, o = 0;
     int rc = MOAT_AGAIN;
     *e = MOAT_H1_OK;
@@ -692,7 +691,7 @@ static int dechunk(const char *in, size_t n, size_t step, size_t max_trailer, ch
             avail = step;
         size_t c = 0;
         struct moat_str d;
-        rc = moat_h1_chunked_decode(&st, in + off, avail, &c, &d, e);
+        rc = moat_h1_chunked_decode(st, in + off, avail, &c, &d, e);
         assert_true(c <= avail);
         memcpy(out + o, d.ptr, d.len);
         o += d.len;
@@ -701,12 +700,22 @@ static int dechunk(const char *in, size_t n, size_t step, size_t max_trailer, ch
             assert_true(d.len > 0);
         else
             assert_int_equal(d.len, 0);
-        if (rc == MOAT_DONE || rc == MOAT_ERR)
+        if (rc == MOAT_DONE || rc == MOAT_ERR || rc == MOAT_H1_TRAILERS)
             break;
     }
     *outlen = o;
     *used = off;
     return rc;
+}
+
+/* Decodes <in> fed in pieces of <step> bytes (0: all at once); returns the last status and
+ * the payload in <out>, and the total consumed in *<used>. */
+static int dechunk(const char *in, size_t n, size_t step, size_t max_trailer, char *out,
+                   size_t *outlen, size_t *used, enum moat_h1_err *e)
+{
+    struct moat_h1_chunked st;
+    moat_h1_chunked_init(&st, max_trailer);
+    return feed(&st, in, n, step, out, outlen, used, e);
 }
 
 static void test_chunked_good(void **state)
@@ -840,6 +849,187 @@ static void test_chunked_errors(void **state)
     assert_int_equal(moat_h1_chunked_decode(&st, "0\r\n\r\n", 5, &c2, &d, &e), MOAT_ERR);
 }
 
+/* ---- chunked, keep_trailers ---------------------------------------------------------------- */
+
+/* Like dechunk() with keep_trailers set: the payload goes to <out>; at MOAT_H1_TRAILERS the
+ * input from there on is offered to moat_h1_chunked_trailers, growing by <step> bytes per
+ * call (0: all at once) and never consumed before MOAT_DONE, as the proxy's pump does. The
+ * section is copied to <sec>; *<used> is the total consumed. */
+static int keepchunk(const char *in, size_t n, size_t step, size_t max_trailer, char *out,
+                     size_t *outlen, char *sec, size_t *seclen, size_t *used, enum moat_h1_err *e)
+{
+    struct moat_h1_chunked st;
+    moat_h1_chunked_init(&st, max_trailer);
+    st.keep_trailers = true;
+    size_t off;
+    *seclen = 0;
+    int rc = feed(&st, in, n, step, out, outlen, &off, e);
+    if (rc == MOAT_H1_TRAILERS) {
+        /* asked again, the decoder says the same and takes nothing */
+        size_t c = 1;
+        struct moat_str d;
+        assert_int_equal(moat_h1_chunked_decode(&st, in + off, n - off, &c, &d, e),
+                         MOAT_H1_TRAILERS);
+        assert_int_equal(c, 0);
+        size_t have = 0;
+        for (;;) {
+            have = step ? MOAT_MIN(have + step, n - off) : n - off;
+            struct moat_str s;
+            rc = moat_h1_chunked_trailers(&st, in + off, have, &c, &s, e);
+            if (rc == MOAT_DONE) {
+                assert_true(s.ptr == in + off && s.len + 2 == c && c <= have);
+                memcpy(sec, s.ptr, s.len);
+                *seclen = s.len;
+                off += c;
+                break;
+            }
+            assert_int_equal(c, 0);
+            assert_int_equal(s.len, 0);
+            if (rc == MOAT_ERR || have == n - off)
+                break;
+        }
+    }
+    *used = off;
+    return rc;
+}
+
+static void test_chunked_keep_good(void **state)
+{
+    static const char body[] = "5\r\nhello\r\n"
+                               "6;name=value\r\n world\r\n"
+                               "000;x=y\r\n"
+                               "Trailer-A: x y\r\nB:\r\nChecksum: \t abc \r\n"
+                               "\r\n"
+                               "GET /next";
+    static const char want[] = "Trailer-A: x y\r\nB:\r\nChecksum: \t abc \r\n";
+    size_t n = strlen(body);
+    size_t end = n - strlen("GET /next");
+    char out[256], sec[256];
+    /* whole, in pieces and byte by byte: the same payload, section and end */
+    for (size_t step = 0; step <= 9; step++) {
+        size_t olen, slen, used;
+        enum moat_h1_err e;
+        int rc = keepchunk(body, n, step, 0, out, &olen, sec, &slen, &used, &e);
+        if (rc != MOAT_DONE)
+            print_error("step %zu: rc %d %s\n", step, rc, moat_h1_err_name(e));
+        assert_int_equal(rc, MOAT_DONE);
+        assert_int_equal(used, end); /* "GET /next" untouched */
+        assert_int_equal(olen, 11);
+        assert_memory_equal(out, "hello world", 11);
+        assert_int_equal(slen, strlen(want));
+        assert_memory_equal(sec, want, slen);
+    }
+    /* no trailers: an empty section, the final CRLF consumed */
+    for (size_t step = 0; step <= 1; step++) {
+        size_t olen, slen, used;
+        enum moat_h1_err e;
+        assert_int_equal(
+            keepchunk("3\r\nabc\r\n0\r\n\r\nX", 14, step, 0, out, &olen, sec, &slen, &used, &e),
+            MOAT_DONE);
+        assert_int_equal(used, 13);
+        assert_int_equal(olen, 3);
+        assert_int_equal(slen, 0);
+    }
+    /* the state machine resumes where it stopped: what was validated is remembered */
+    struct moat_h1_chunked st;
+    moat_h1_chunked_init(&st, 0);
+    st.keep_trailers = true;
+    size_t c;
+    struct moat_str d;
+    enum moat_h1_err e;
+    assert_int_equal(moat_h1_chunked_decode(&st, "0\r\nA: b\r\nC", 11, &c, &d, &e),
+                     MOAT_H1_TRAILERS);
+    assert_int_equal(c, 3);
+    assert_int_equal(moat_h1_chunked_trailers(&st, "A: b\r\nC", 7, &c, &d, &e), MOAT_AGAIN);
+    assert_int_equal(c, 0);
+    assert_int_equal(st.trailer_bytes, 7);
+    assert_int_equal(moat_h1_chunked_trailers(&st, "A: b\r\nC", 7, &c, &d, &e), MOAT_AGAIN);
+    assert_int_equal(st.trailer_bytes, 7);
+    assert_int_equal(moat_h1_chunked_trailers(&st, "A: b\r\nC: d\r\n\r\nGET", 17, &c, &d, &e),
+                     MOAT_DONE);
+    assert_int_equal(c, 14);
+    assert_str(d, "A: b\r\nC: d\r\n");
+    /* after DONE both calls stay DONE and take nothing */
+    assert_int_equal(moat_h1_chunked_trailers(&st, "GET", 3, &c, &d, &e), MOAT_DONE);
+    assert_int_equal(c, 0);
+    assert_int_equal(d.len, 0);
+    assert_int_equal(moat_h1_chunked_decode(&st, "GET", 3, &c, &d, &e), MOAT_DONE);
+    assert_int_equal(c, 0);
+    /* asked for trailers in the middle of the body: a caller's mistake, an error */
+    moat_h1_chunked_init(&st, 0);
+    st.keep_trailers = true;
+    assert_int_equal(moat_h1_chunked_trailers(&st, "A: b\r\n\r\n", 8, &c, &d, &e), MOAT_ERR);
+    assert_int_equal(e, MOAT_H1_BAD_CHUNK);
+}
+
+static void test_chunked_keep_errors(void **state)
+{
+    /* the trailer errors of test_chunked_errors, and the body errors still found before */
+    static const struct errcase c[] = {
+        {"0\r\n\n", MOAT_H1_BARE_LF, 400},
+        {"0\r\nA: b\n\r\n", MOAT_H1_BARE_LF, 400},
+        {"0\r\nA: b\r\n\n", MOAT_H1_BARE_LF, 400},
+        {"0\r\nA: b\r\n c\r\n\r\n", MOAT_H1_OBS_FOLD, 400},
+        {"0\r\nA: b\r\n\tc\r\n\r\n", MOAT_H1_OBS_FOLD, 400},
+        {"0\r\n c: d\r\n\r\n", MOAT_H1_OBS_FOLD, 400},
+        {"0\r\nA : b\r\n\r\n", MOAT_H1_BAD_HEADER_NAME, 400},
+        {"0\r\n: b\r\n\r\n", MOAT_H1_BAD_HEADER_NAME, 400},
+        {"0\r\nA\r\n\r\n", MOAT_H1_BAD_HEADER_NAME, 400},
+        {"0\r\nA: \x7f\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE, 400},
+        {"0\r\nA: b\rc\r\n\r\n", MOAT_H1_BAD_HEADER_VALUE, 400},
+        {"0\r\n\rX", MOAT_H1_BAD_CHUNK, 400},
+        {"5\r\nhello\n0\r\n\r\n", MOAT_H1_BARE_LF, 400},
+        {"5\r\nhel\r\n0\r\n\r\n", MOAT_H1_BAD_CHUNK, 400},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(c); i++) {
+        for (size_t step = 0; step <= 1; step++) {
+            char out[256], sec[256];
+            size_t olen, slen, used;
+            enum moat_h1_err e;
+            int rc =
+                keepchunk(c[i].in, strlen(c[i].in), step, 0, out, &olen, sec, &slen, &used, &e);
+            if (rc != MOAT_ERR || e != c[i].err || moat_h1_err_status(e) != c[i].status) {
+                print_error("case %zu step %zu \"%s\": rc %d %s, want %s\n", i, step, c[i].in, rc,
+                            moat_h1_err_name(e), moat_h1_err_name(c[i].err));
+                fail();
+            }
+            /* the same verdict as the dropping decoder's */
+            assert_int_equal(dechunk(c[i].in, strlen(c[i].in), step, 0, out, &olen, &used, &e),
+                             MOAT_ERR);
+            assert_int_equal(e, c[i].err);
+        }
+    }
+    /* the limit: the section with its final CRLF, as without keep_trailers */
+    const char *t = "0\r\nA: 0123456789\r\n\r\n";
+    for (size_t step = 0; step <= 1; step++) {
+        char out[64], sec[64];
+        size_t olen, slen, used;
+        enum moat_h1_err e;
+        assert_int_equal(keepchunk(t, strlen(t), step, 17, out, &olen, sec, &slen, &used, &e),
+                         MOAT_DONE);
+        assert_int_equal(slen, 15);
+        assert_int_equal(keepchunk(t, strlen(t), step, 16, out, &olen, sec, &slen, &used, &e),
+                         MOAT_ERR);
+        assert_int_equal(e, MOAT_H1_TRAILERS_TOO_LARGE);
+        assert_int_equal(moat_h1_err_status(e), 431);
+        assert_int_equal(
+            keepchunk("0\r\nA: b\r\nC", 12, step, 6, out, &olen, sec, &slen, &used, &e), MOAT_ERR);
+        assert_int_equal(e, MOAT_H1_TRAILERS_TOO_LARGE);
+    }
+    /* after an error both calls stay failed */
+    struct moat_h1_chunked st;
+    moat_h1_chunked_init(&st, 0);
+    st.keep_trailers = true;
+    size_t u;
+    struct moat_str d;
+    enum moat_h1_err e;
+    assert_int_equal(moat_h1_chunked_decode(&st, "0\r\n", 3, &u, &d, &e), MOAT_H1_TRAILERS);
+    assert_int_equal(moat_h1_chunked_trailers(&st, " x", 2, &u, &d, &e), MOAT_ERR);
+    assert_int_equal(e, MOAT_H1_OBS_FOLD);
+    assert_int_equal(moat_h1_chunked_trailers(&st, " x", 2, &u, &d, &e), MOAT_ERR);
+    assert_int_equal(moat_h1_chunked_decode(&st, "\r\n", 2, &u, &d, &e), MOAT_ERR);
+}
+
 /* ---- helpers ----------------------------------------------------------------------------- */
 
 static void test_err_table(void **state)
@@ -910,16 +1100,17 @@ static void test_reason(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_req_browser_get),  cmocka_unit_test(test_req_values_ows),
-        cmocka_unit_test(test_req_forms),        cmocka_unit_test(test_req_versions_methods),
-        cmocka_unit_test(test_req_leading_crlf), cmocka_unit_test(test_req_flags),
-        cmocka_unit_test(test_req_hosts_ok),     cmocka_unit_test(test_req_pipelined),
-        cmocka_unit_test(test_req_prefixes),     cmocka_unit_test(test_req_errors),
-        cmocka_unit_test(test_req_smuggling),    cmocka_unit_test(test_req_limits),
-        cmocka_unit_test(test_resp_good),        cmocka_unit_test(test_resp_errors),
-        cmocka_unit_test(test_chunked_good),     cmocka_unit_test(test_chunked_errors),
-        cmocka_unit_test(test_err_table),        cmocka_unit_test(test_list_next),
-        cmocka_unit_test(test_cookie_next),      cmocka_unit_test(test_reason),
+        cmocka_unit_test(test_req_browser_get),   cmocka_unit_test(test_req_values_ows),
+        cmocka_unit_test(test_req_forms),         cmocka_unit_test(test_req_versions_methods),
+        cmocka_unit_test(test_req_leading_crlf),  cmocka_unit_test(test_req_flags),
+        cmocka_unit_test(test_req_hosts_ok),      cmocka_unit_test(test_req_pipelined),
+        cmocka_unit_test(test_req_prefixes),      cmocka_unit_test(test_req_errors),
+        cmocka_unit_test(test_req_smuggling),     cmocka_unit_test(test_req_limits),
+        cmocka_unit_test(test_resp_good),         cmocka_unit_test(test_resp_errors),
+        cmocka_unit_test(test_chunked_good),      cmocka_unit_test(test_chunked_errors),
+        cmocka_unit_test(test_chunked_keep_good), cmocka_unit_test(test_chunked_keep_errors),
+        cmocka_unit_test(test_err_table),         cmocka_unit_test(test_list_next),
+        cmocka_unit_test(test_cookie_next),       cmocka_unit_test(test_reason),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
