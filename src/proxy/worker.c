@@ -209,6 +209,12 @@ static int open_listener(const struct moat_addr *a, char *err, size_t errlen)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0)
         goto fail;
+    /* No quick ACK for a new connection's first segment (the request): the response, sent
+     * at once, carries the ACK, so each connection costs one packet less on both ends, as
+     * HAProxy does for HTTP listeners. Set after listen(), which resets the ACK state;
+     * accepted sockets inherit it. */
+    int zero = 0;
+    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero);
     return fd;
 fail:
     snprintf(err, errlen, "moat: cannot listen on %s: %s", a->text, strerror(errno));
