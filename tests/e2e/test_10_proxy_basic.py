@@ -294,3 +294,25 @@ def test_access_log_one_line_per_request(moat, origin):
     time.sleep(0.2)
     lines = moat.access_lines(7)
     assert [l["path"] for l in lines] == [f"/n{i}" for i in range(7)]
+
+
+def _unacked(sock):
+    """tcpi_unacked from TCP_INFO: segments sent and not yet acknowledged by the peer."""
+    import socket
+    import struct
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("<I", info, 24)[0]  # after 8 one-byte fields and rto/ato/mss x2
+
+
+def test_request_ack_rides_on_the_response(moat, origin):
+    # moat's listeners turn quick ACKs off: the first request of a new connection is not
+    # acknowledged by a packet of its own (the response carries the ACK; the kernel's delayed
+    # ACK, at least 40 ms, covers a slow origin). With quick ACKs, the request would be
+    # acknowledged at once, in well under the 10 ms we wait here.
+    with Client(moat.port) as c:
+        c.send("GET /delay/300 HTTP/1.1\r\nHost: a\r\n\r\n")
+        time.sleep(0.01)
+        assert _unacked(c.sock) == 1
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"slow main\n"
+        assert _unacked(c.sock) == 0
