@@ -1744,6 +1744,18 @@ static const struct key cache_keys[] = {
 static const struct table cache_table = TABLE(cache_keys, NULL);
 
 /* Table order is parse order: pools come before sites, which refer to them. */
+static const struct key tuning_keys[] = {
+    {.name = "batch_wait_us",
+     .type = KT_UINT,
+     AT(struct moat_config, batch_wait_us),
+     .def = "0",
+     .min = 0,
+     .max = 1000,
+     .doc = "while a worker is busy, pause this long (microseconds) to collect events instead "
+            "of sleeping until each one; 0 = off"},
+};
+static const struct table tuning_table = TABLE(tuning_keys, NULL);
+
 static const struct key root_keys[] = {
     {.name = "listen",
      .type = KT_CUSTOM,
@@ -1813,6 +1825,11 @@ static const struct key root_keys[] = {
      .tname = "list of sites",
      .flags = K_REQUIRED_FILE,
      .doc = "which pool serves which Host; first match as described (required)"},
+    {.name = "tuning",
+     .type = KT_MAP,
+     .sub = &tuning_table,
+     .sub_sep = ".",
+     .doc = "event-loop knobs"},
 };
 static const struct table root_table = TABLE(root_keys, NULL);
 

@@ -128,6 +128,8 @@ struct moat_config {
     uint64_t body_buffer;       /* limits.body_buffer: a large body is read through a buffer
                                    this big (default 64 KiB) */
     unsigned max_connections;   /* limits.connections per worker (default 10000) */
+    unsigned batch_wait_us;     /* tuning.batch_wait_us: a busy worker's pause to collect
+                                   events, 0 = off (default 0) */
 
     uint64_t client_header_timeout_ms; /* timeouts.client_header: 10s */
     uint64_t client_body_timeout_ms;   /* timeouts.client_body: 60s (between reads) */

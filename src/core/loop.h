@@ -3,6 +3,7 @@
 #define MOAT_CORE_LOOP_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 
@@ -58,6 +59,12 @@ struct moat_loop {
     struct moat_post *post_head, *post_tail;
     struct moat_defer *defer_head;
     void *data;            /* owner's pointer (the worker) */
+    /* Batching under load (the owner sets these; 0 / NULL = off). See moat_loop_run. */
+    uint32_t nap_us;       /* pause before polling again while busy */
+    uint64_t slack_ns;     /* the thread's timer slack as last set (0 = never set) */
+    unsigned nap_skip;     /* blocking wake-ups left before the next nap is tried */
+    unsigned nap_window, nap_yield; /* pauses in the current window, events they collected */
+    _Atomic uint64_t *c_wakeups, *c_naps, *c_events; /* counters to bump, if set */
 };
 
 /* Initialises <loop>. Returns MOAT_OK or MOAT_ERR (errno set). */
@@ -90,8 +97,20 @@ static inline void moat_loop_defer(struct moat_loop *loop, struct moat_defer *d)
     loop->defer_head = d;
 }
 
-/* Runs until moat_loop_stop(). */
+/* Runs until moat_loop_stop(). With <nap_us> set, a loop that finds work does not go back to
+ * epoll_wait() to sleep until the next event, which costs a wake-up (an IPI from the core
+ * whose packet arrived) per event or two under load: while busy, it pauses <nap_us>
+ * microseconds after each batch (a timer sleep: no socket wakes it) and then polls without
+ * blocking, so that events come in batches; after a batch of MOAT_NAP_FULL events or more it
+ * polls again at once. A pause that collects fewer
+ * than MOAT_NAP_MIN_EVENTS events means the load is not there: the loop goes back to
+ * blocking and tries again only after MOAT_NAP_BACKOFF blocking wake-ups, so an idle or
+ * lightly loaded loop pays almost nothing (an event arriving during a pause waits for it). */
 void moat_loop_run(struct moat_loop *loop);
+#define MOAT_NAP_MIN_EVENTS 8   /* average events per pause over a window to keep pausing */
+#define MOAT_NAP_WINDOW     64  /* pauses per window */
+#define MOAT_NAP_BACKOFF    256 /* blocking wake-ups without pauses after a poor window */
+#define MOAT_NAP_FULL       32 /* a batch this big polls again at once, without a pause */
 /* Asks the loop to return from moat_loop_run after the current iteration (loop thread). */
 void moat_loop_stop(struct moat_loop *loop);
 

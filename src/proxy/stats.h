@@ -52,7 +52,13 @@
     X(cache_pass, "moat_cache_passes_total", "", "counter",                                     \
       "Cacheable-method requests sent to the origin without the cache (hit-for-pass)")          \
     X(cache_not_modified, "moat_cache_not_modified_total", "", "counter",                       \
-      "Conditional requests answered 304 from the cache")
+      "Conditional requests answered 304 from the cache")                                       \
+    X(loop_wakeups, "moat_loop_wakeups_total", "", "counter",                                   \
+      "Blocking epoll_wait calls that returned events")                              \
+    X(loop_naps, "moat_loop_naps_total", "", "counter",                                         \
+      "Pauses of tuning.batch_wait_us taken by a busy worker to collect events")               \
+    X(loop_events, "moat_loop_events_total", "", "counter",                                     \
+      "Socket events handled by the workers' event loops")
 
 #define MOAT_HIST_BUCKETS 13 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
 

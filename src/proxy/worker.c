@@ -123,6 +123,7 @@ static void worker_adopt(struct moat_worker *w)
     uint32_t bs = (uint32_t)MOAT_MAX((size_t)16384, wc->cfg->h1.head_bytes + 2048);
     w->bufsize = (bs + 4095u) & ~4095u;
     w->body_bufsize = (uint32_t)MOAT_MAX((uint64_t)w->bufsize, wc->cfg->body_buffer);
+    w->loop.nap_us = wc->cfg->batch_wait_us;
     const char *dest = wc->cfg->access_log;
     if ((dest == NULL) != (w->alog_dest == NULL) || (dest && strcmp(dest, w->alog_dest))) {
         moat_alog_close(&w->alog);
@@ -328,6 +329,9 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
             return MOAT_ERR;
         }
         w->loop.data = w;
+        w->loop.c_wakeups = &w->stats.loop_wakeups;
+        w->loop.c_naps = &w->stats.loop_naps;
+        w->loop.c_events = &w->stats.loop_events;
         w->tick.cb = tick;
         worker_adopt(w);
         if (!w->wcfg) {

@@ -278,7 +278,7 @@ static const struct err_case err_cases[] = {
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
      "moat.yaml:5:1: base: unknown key (known here: listen, workers, demo_origin, admin, limits, "
-     "timeouts, trusted_proxies, via, log, cache, pools, sites)"},
+     "timeouts, trusted_proxies, via, log, cache, pools, sites, tuning)"},
     /* wrong types */
     {POOL_SITE "timeouts:\n  send: { a: 1 }\n",
      "moat.yaml:6:9: timeouts.send: expected a duration, got a map"},
@@ -297,6 +297,10 @@ static const struct err_case err_cases[] = {
      "moat.yaml:5:24: timeouts.keepalive: 2d is out of range (1ms to 1d)"},
     {POOL_SITE "timeouts: { send: 0 }\n",
      "moat.yaml:5:19: timeouts.send: 0 is out of range (1ms to 1d)"},
+    {POOL_SITE "tuning: { batch_wait_us: 5000 }\n",
+     "moat.yaml:5:26: tuning.batch_wait_us: 5000 is out of range (0 to 1000)"},
+    {POOL_SITE "tuning: { batch_wait_us: 10us }\n",
+     "moat.yaml:5:26: tuning.batch_wait_us: \"10us\" is not a whole number"},
     {POOL_SITE "limits: { header_bytes: lots }\n",
      "moat.yaml:5:25: limits.header_bytes: \"lots\" is not a size (use e.g. 512, 16KiB, 8MiB)"},
     {POOL_SITE "limits: { header_bytes: 1g }\n",

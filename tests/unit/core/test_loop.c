@@ -1,5 +1,6 @@
 /* test_loop.c: unit tests for the event loop (src/core/loop.c): the timer heap driven by hand,
- * cross-thread posts, deferred work and events for objects closed earlier in the same batch.
+ * cross-thread posts, deferred work, events for objects closed earlier in the same batch, and
+ * batching under load (nap_us).
  *
  * loop.c is included to reach run_timers() and the heap; every symbol it defines is then
  * defined here, so the linker never pulls loop.o out of libmoat.a. */
@@ -525,6 +526,17 @@ static void ev_defer_cb(struct moat_loop *loop, struct moat_io *io, uint32_t eve
     moat_loop_stop(loop); /* the loop finishes the batch and its deferred work first */
 }
 
+static void ev_read_cb(struct moat_loop *loop, struct moat_io *io, uint32_t events)
+{
+    struct ev *e = MOAT_CONTAINER_OF(io, struct ev, io);
+    (void)loop;
+    (void)events;
+    char b[16];
+    while (read(io->fd, b, sizeof b) > 0)
+        ;
+    e->calls++;
+}
+
 static void make_pipe_ev(struct moat_loop *loop, struct ev *e, moat_io_cb cb)
 {
     int fds[2];
@@ -622,6 +634,159 @@ static void test_run_wakes_for_timers(void **state)
     moat_timer_stop(loop, &wd);
 }
 
+/* --- batching under load (nap_us) ------------------------------------------------------- */
+
+/* A level-triggered pipe that always has a byte waiting: every poll reports it again, a
+ * steady load of one event per pipe per poll. The run stops after <stop_after> callbacks. */
+struct load {
+    struct moat_io io;
+    int wfd;
+};
+static int load_calls, load_stop_after;
+static _Atomic uint64_t n_wakeups, n_naps, n_events;
+
+static void load_cb(struct moat_loop *loop, struct moat_io *io, uint32_t events)
+{
+    (void)io;
+    (void)events;
+    if (++load_calls == load_stop_after)
+        moat_loop_stop(loop);
+}
+
+static void make_load(struct moat_loop *loop, struct load *l)
+{
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+    l->io.fd = fds[0];
+    l->io.cb = load_cb;
+    l->wfd = fds[1];
+    assert_int_equal(moat_loop_add(loop, &l->io, EPOLLIN), MOAT_OK);
+    assert_int_equal(write(l->wfd, "x", 1), 1);
+}
+
+static void close_load(struct load *l)
+{
+    close(l->io.fd);
+    close(l->wfd);
+}
+
+static void count_into(struct moat_loop *loop)
+{
+    n_wakeups = n_naps = n_events = 0;
+    loop->c_wakeups = &n_wakeups;
+    loop->c_naps = &n_naps;
+    loop->c_events = &n_events;
+    load_calls = 0;
+}
+
+static void test_nap_off_never_pauses(void **state)
+{
+    struct moat_loop *loop = *state;
+    struct moat_timer wd;
+    arm_watchdog(loop, &wd);
+    struct load l[16];
+    for (int i = 0; i < 16; i++)
+        make_load(loop, &l[i]);
+    count_into(loop);
+    load_stop_after = 16 * 50;
+    moat_loop_run(loop);
+    assert_int_equal(n_naps, 0);
+    assert_int_equal(n_events, 16 * 50);
+    assert_int_equal(n_wakeups, 50); /* every batch came from a (blocking) epoll_wait */
+    moat_timer_stop(loop, &wd);
+    for (int i = 0; i < 16; i++)
+        close_load(&l[i]);
+}
+
+static void test_nap_batches_a_steady_load(void **state)
+{
+    /* 16 events per poll: more than MOAT_NAP_MIN_EVENTS, fewer than MOAT_NAP_FULL, so after
+     * the first wake-up the loop pauses before every poll and never blocks again. */
+    struct moat_loop *loop = *state;
+    struct moat_timer wd;
+    arm_watchdog(loop, &wd);
+    struct load l[16];
+    for (int i = 0; i < 16; i++)
+        make_load(loop, &l[i]);
+    count_into(loop);
+    loop->nap_us = 5;
+    load_stop_after = 16 * 200;
+    moat_loop_run(loop);
+    assert_int_equal(n_events, 16 * 200);
+    assert_int_equal(n_wakeups, 1);
+    assert_int_equal(n_naps, 199);
+    assert_int_equal(loop->slack_ns, 1000); /* the thread's timer slack was cut for the pauses */
+    moat_timer_stop(loop, &wd);
+    for (int i = 0; i < 16; i++)
+        close_load(&l[i]);
+}
+
+static void test_nap_full_batches_poll_at_once(void **state)
+{
+    /* MOAT_NAP_FULL events in a batch: more is surely waiting, no pause before the next. */
+    struct moat_loop *loop = *state;
+    struct moat_timer wd;
+    arm_watchdog(loop, &wd);
+    struct load l[MOAT_NAP_FULL];
+    for (int i = 0; i < MOAT_NAP_FULL; i++)
+        make_load(loop, &l[i]);
+    count_into(loop);
+    loop->nap_us = 5;
+    load_stop_after = MOAT_NAP_FULL * 100;
+    moat_loop_run(loop);
+    assert_int_equal(n_events, MOAT_NAP_FULL * 100);
+    assert_int_equal(n_wakeups, 1);
+    assert_int_equal(n_naps, 0);
+    moat_timer_stop(loop, &wd);
+    for (int i = 0; i < MOAT_NAP_FULL; i++)
+        close_load(&l[i]);
+}
+
+static void test_nap_backs_off_when_it_collects_little(void **state)
+{
+    /* One event per poll: a window of MOAT_NAP_WINDOW pauses collects less than
+     * MOAT_NAP_MIN_EVENTS each, so the loop blocks for the next MOAT_NAP_BACKOFF wake-ups. */
+    struct moat_loop *loop = *state;
+    struct moat_timer wd;
+    arm_watchdog(loop, &wd);
+    struct load l;
+    make_load(loop, &l);
+    count_into(loop);
+    loop->nap_us = 5;
+    load_stop_after = 1 + MOAT_NAP_WINDOW + MOAT_NAP_BACKOFF;
+    moat_loop_run(loop);
+    assert_int_equal(n_naps, MOAT_NAP_WINDOW);
+    assert_int_equal(n_wakeups, 1 + MOAT_NAP_BACKOFF);
+    assert_int_equal(loop->nap_skip, 0);
+    /* the next wake-up tries pausing again */
+    load_stop_after = load_calls + 2;
+    moat_loop_run(loop);
+    assert_int_equal(n_naps, MOAT_NAP_WINDOW + 1);
+    moat_timer_stop(loop, &wd);
+    close_load(&l);
+}
+
+static void test_nap_sleeps_when_idle(void **state)
+{
+    /* One event, then nothing: one pause finds nothing and the loop blocks again until the
+     * timer that ends the run (no spinning in pauses while idle). */
+    struct moat_loop *loop = *state;
+    struct moat_timer wd, stop = {.cb = stop_cb};
+    arm_watchdog(loop, &wd);
+    struct ev e;
+    make_pipe_ev(loop, &e, ev_read_cb);
+    count_into(loop);
+    loop->nap_us = 5;
+    moat_timer_set(loop, &stop, 50);
+    moat_loop_run(loop);
+    assert_int_equal(e.calls, 1);
+    assert_int_equal(n_wakeups, 1);
+    assert_int_equal(n_naps, 1);
+    assert_int_equal(loop->nap_skip, 0);
+    moat_timer_stop(loop, &wd);
+    close_ev(&e);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -643,6 +808,11 @@ int main(void)
         T(test_defer_runs_after_batch),
         T(test_event_on_closed_io_is_skipped),
         T(test_run_wakes_for_timers),
+        T(test_nap_off_never_pauses),
+        T(test_nap_batches_a_steady_load),
+        T(test_nap_full_batches_poll_at_once),
+        T(test_nap_backs_off_when_it_collects_little),
+        T(test_nap_sleeps_when_idle),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
