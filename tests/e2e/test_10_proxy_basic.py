@@ -316,3 +316,17 @@ def test_request_ack_rides_on_the_response(moat, origin):
         r = c.read_response()
         assert r.status == 200 and r.body == b"slow main\n"
         assert _unacked(c.sock) == 0
+
+
+def test_connection_is_accepted_with_its_first_bytes(moat_factory, origin):
+    # TCP_DEFER_ACCEPT on the listeners: the kernel hands a connection over when its first
+    # bytes are in, so a silent connection is not one of moat's yet (the SYN-ACK
+    # retransmission that would hand it over comes after about a second).
+    m = moat_factory(origin, admin=True)
+    with Client(m.port) as c:
+        time.sleep(0.3)
+        assert m.status()["connections_active"] == 0
+        c.send("GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"ok main /first\n"
+        assert m.status()["connections_active"] == 1
