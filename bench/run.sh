@@ -12,6 +12,9 @@
 #   SERVER_CPU [0]  CLIENT_CPU [1]     cores for servers under test / for wrk + origin
 #   SERVERS ["" = every server of the set]  e.g. SERVERS="limit moat"
 #   MOAT [./moat]  MOAT_EXTRA_ARGS [""] (every moat)  MOAT_CACHE_ARGS [""] (moat_cache only)
+#   MOAT_B [""]  a second moat binary: the proxy set also measures it as "moat_b" (an A/B of
+#                two builds in the same rounds; RESULTS.md is not written from such a run)
+#   WORKLOADS ["" = every workload of the set]  e.g. WORKLOADS="1k-keepalive 128k-keepalive"
 #
 # Layout: every server under test has a start_<name> function (writes its config into the run's
 # temp dir, starts it pinned to SERVER_CPU, sets PORT[name] and ROOTPID[name]). A scenario set
@@ -32,12 +35,14 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 SERVERS=${SERVERS:-}
 MOAT=${MOAT:-$ROOT/moat}
 MOAT_EXTRA_ARGS=${MOAT_EXTRA_ARGS:-}
+MOAT_B=${MOAT_B:-}
+WORKLOADS=${WORKLOADS:-}
 WRITE_RESULTS=${WRITE_RESULTS:-0}
 
 ALL_SETS=(proxy cache)
 
 knobs=""
-for v in ROUNDS DURATION WARMUP CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS MOAT_CACHE_ARGS WRITE_RESULTS; do
+for v in ROUNDS DURATION WARMUP CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS MOAT_CACHE_ARGS MOAT_B WORKLOADS WRITE_RESULTS; do
   if printenv "$v" >/dev/null 2>&1; then knobs+="$v=${!v} "; fi
 done
 if [ -n "${MAKELEVEL:-}" ]; then
@@ -336,7 +341,8 @@ start_varnish() {
 }
 
 # moat: quick mode, one worker. Skipped (loudly) until ./moat exists and takes --origin.
-moat_usable() {   # NAME
+moat_usable() {   # NAME [BINARY]
+  local MOAT=${2:-$MOAT}
   if [ ! -x "$MOAT" ]; then
     loud "$1: $MOAT not built (make failed or not yet written): SKIPPING $1." \
          "Peers are still measured; the $1 rows will be missing."
@@ -349,8 +355,9 @@ moat_usable() {   # NAME
     return 1
   fi
 }
-moat_proxy() {   # NAME [EXTRA ARGS...]
+moat_proxy() {   # NAME [EXTRA ARGS...]  (BIN: the binary, default $MOAT)
   local name=$1 port; shift; port=$(free_port); local dir="$TMP/$name"
+  local MOAT=${BIN:-$MOAT}
   mkdir -p "$dir"
   # shellcheck disable=SC2086
   start "$name" "$SERVER_CPU" "$dir/moat.log" "$MOAT" --origin "http://127.0.0.1:${PORT[origin]}" \
@@ -360,6 +367,7 @@ moat_proxy() {   # NAME [EXTRA ARGS...]
 # The proxy set's moat must forward every request (the origin sends a cacheable
 # Cache-Control), so its cache is off.
 start_moat() { moat_usable moat && moat_proxy moat --no-cache; }
+start_moat_b() { moat_usable moat_b "$MOAT_B" && BIN=$MOAT_B moat_proxy moat_b --no-cache; }
 
 # moat_cache: plain quick mode, which caches what the origin's headers allow (RFC 9111).
 # MOAT_CACHE_ARGS: optional extra arguments for this server only.
@@ -375,6 +383,7 @@ start_moat_cache() {
 # forward = every request reached the origin; hit = (almost) none did.
 set_proxy() {
   SET_SERVERS=(limit nginx haproxy moat)
+  [ -z "$MOAT_B" ] || SET_SERVERS+=(moat_b)
   SET_WORKLOADS=(1k-keepalive:/1k:ka 1k-close:/1k:close 128k-keepalive:/128k:ka 128k-close:/128k:close)
   SET_EXPECT=forward
 }
@@ -523,6 +532,7 @@ for set in "${sets[@]}"; do
     log "[$set] round $round/$ROUNDS"
     for w in "${SET_WORKLOADS[@]}"; do
       IFS=: read -r wl path mode <<<"$w"
+      if [ -n "$WORKLOADS" ] && [[ " $WORKLOADS " != *" $wl "* ]]; then continue; fi
       for i in $(seq 0 $((n - 1))); do
         srv=${servers[$(((i + round - 1) % n))]}
         ensure_alive "$srv" "$wl round $round" || continue
@@ -567,6 +577,10 @@ json.dump(meta, open(sys.argv[1], "w"), indent=2)
 EOF
 
 report_args=("$OUT")
+if [ "$WRITE_RESULTS" = 1 ] && { [ -n "$MOAT_B" ] || [ -n "$WORKLOADS" ]; }; then
+  loud "WRITE_RESULTS ignored: an A/B (MOAT_B) or a subset of workloads (WORKLOADS) is not the table"
+  WRITE_RESULTS=0
+fi
 [ "$WRITE_RESULTS" = 1 ] && report_args+=(--results "$HERE/RESULTS.md")
 $PY "$HERE/report.py" "${report_args[@]}" | tee "$OUT/table.md"
 ln -sfn "$STAMP" "$HERE/out/latest"
