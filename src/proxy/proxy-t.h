@@ -101,6 +101,8 @@ struct moat_side {
     bool hup;                     /* epoll reported RDHUP/HUP: always read until EAGAIN */
     bool sink;                    /* no socket (a detached connection): what the pump would
                                      write here is dropped, as if written at once */
+    bool held;                    /* the last write went with MSG_MORE: the kernel may hold
+                                     a partial segment until more comes or it is pushed */
 };
 
 struct moat_upconn {

@@ -135,6 +135,29 @@ def test_response_streams(moat_factory, origin_factory):
     assert t_all >= 0.9
 
 
+def test_response_pause_at_full_buffer_is_not_held(moat_factory, origin_factory):
+    """A body read that exactly fills moat's buffer is written with MSG_MORE (more is known
+    to follow); when the origin then pauses, the bytes the kernel holds back as a partial
+    segment must be pushed at once, not after the zero-window probe timer (200 ms or more)."""
+    bufsize = 20480  # the head buffer with the default limits.header_bytes (16 KiB + 2 KiB, 4 KiB pages)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+    first = bufsize - len(head)
+
+    def h(req, o):
+        return [head + b"a" * first, 1.0, b"b" * (100000 - first)]
+    o = origin_factory(h)
+    m = moat_factory(o)
+    with Client(m.port) as c:
+        t0 = time.monotonic()
+        c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.read_until(b"\r\n\r\n")
+        got = c.read_exactly(first)
+        t_first = time.monotonic() - t0
+        rest = c.read_exactly(100000 - first)
+    assert got == b"a" * first and rest == b"b" * (100000 - first)
+    assert t_first < 0.15, f"the body before the pause took {t_first:.3f}s: held by the kernel"
+
+
 def test_request_streams(moat, origin):
     """The first part of a slow upload reaches the origin before the client finishes."""
     with Client(moat.port) as c:
