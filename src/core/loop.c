@@ -335,8 +335,11 @@ void moat_loop_run(struct moat_loop *loop)
                 loop->nap_window = loop->nap_yield = 0;
             }
             if (poor || n == 0) {
-                busy = false; /* nothing came in a pause: sleep until something does */
-                loop->nap_skip = poor ? MOAT_NAP_BACKOFF : 0;
+                /* Nothing came in a pause: sleep until something does, and let the next
+                 * few wake-ups block without a pause (light load pays a pause per
+                 * MOAT_NAP_IDLE_SKIP + 1 wake-ups, not one each). */
+                busy = false;
+                loop->nap_skip = poor ? MOAT_NAP_BACKOFF : MOAT_NAP_IDLE_SKIP;
                 continue;
             }
         }

@@ -104,13 +104,15 @@ static inline void moat_loop_defer(struct moat_loop *loop, struct moat_defer *d)
  * blocking, so that events come in batches; after a batch of MOAT_NAP_FULL events or more it
  * polls again at once. A pause that collects fewer
  * than MOAT_NAP_MIN_EVENTS events means the load is not there: the loop goes back to
- * blocking and tries again only after MOAT_NAP_BACKOFF blocking wake-ups, so an idle or
- * lightly loaded loop pays almost nothing (an event arriving during a pause waits for it). */
+ * blocking and tries again only after MOAT_NAP_BACKOFF blocking wake-ups; a pause that
+ * collects nothing sends it back to blocking for MOAT_NAP_IDLE_SKIP wake-ups. An idle or
+ * lightly loaded loop so pays almost nothing (an event arriving during a pause waits for it). */
 void moat_loop_run(struct moat_loop *loop);
 #define MOAT_NAP_MIN_EVENTS 8   /* average events per pause over a window to keep pausing */
 #define MOAT_NAP_WINDOW     64  /* pauses per window */
 #define MOAT_NAP_BACKOFF    256 /* blocking wake-ups without pauses after a poor window */
 #define MOAT_NAP_FULL       32 /* a batch this big polls again at once, without a pause */
+#define MOAT_NAP_IDLE_SKIP  16 /* blocking wake-ups without pauses after an empty pause */
 /* Asks the loop to return from moat_loop_run after the current iteration (loop thread). */
 void moat_loop_stop(struct moat_loop *loop);
 

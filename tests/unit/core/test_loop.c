@@ -782,7 +782,43 @@ static void test_nap_sleeps_when_idle(void **state)
     assert_int_equal(e.calls, 1);
     assert_int_equal(n_wakeups, 1);
     assert_int_equal(n_naps, 1);
-    assert_int_equal(loop->nap_skip, 0);
+    assert_int_equal(loop->nap_skip, MOAT_NAP_IDLE_SKIP);
+    moat_timer_stop(loop, &wd);
+    close_ev(&e);
+}
+
+/* Light load: a byte every millisecond, each handled long before the next comes. */
+static struct ev *tick_ev;
+static int ticks_left;
+static void tick_cb(struct moat_loop *loop, struct moat_timer *t)
+{
+    assert_int_equal(write(tick_ev->wfd, "x", 1), 1);
+    if (--ticks_left > 0)
+        moat_timer_set(loop, t, 1);
+    else
+        moat_loop_stop(loop);
+}
+
+static void test_nap_light_load_pauses_rarely(void **state)
+{
+    /* Every pause finds nothing, so only one wake-up in MOAT_NAP_IDLE_SKIP + 1 takes one. */
+    struct moat_loop *loop = *state;
+    struct moat_timer wd, tick = {.cb = tick_cb};
+    arm_watchdog(loop, &wd);
+    struct ev e;
+    make_pipe_ev(loop, &e, ev_read_cb);
+    tick_ev = &e;
+    count_into(loop);
+    loop->nap_us = 5;
+    const int n = 2 * (MOAT_NAP_IDLE_SKIP + 1) + 1;
+    ticks_left = n;
+    moat_timer_set(loop, &tick, 1);
+    moat_loop_run(loop);
+    /* make_pipe_ev's byte and those of the first n - 1 ticks (the last one stops the run),
+     * one wake-up each; wake-ups 1, 1 + 17 and 1 + 2 * 17 pause */
+    assert_int_equal(e.calls, n);
+    assert_int_equal(n_wakeups, n);
+    assert_int_equal(n_naps, 3);
     moat_timer_stop(loop, &wd);
     close_ev(&e);
 }
@@ -813,6 +849,7 @@ int main(void)
         T(test_nap_full_batches_poll_at_once),
         T(test_nap_backs_off_when_it_collects_little),
         T(test_nap_sleeps_when_idle),
+        T(test_nap_light_load_pauses_rarely),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
