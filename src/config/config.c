@@ -1748,7 +1748,7 @@ static const struct key tuning_keys[] = {
     {.name = "batch_wait_us",
      .type = KT_UINT,
      AT(struct moat_config, batch_wait_us),
-     .def = "0",
+     .def = "20",
      .min = 0,
      .max = 1000,
      .doc = "while a worker is busy, pause this long (microseconds) to collect events instead "

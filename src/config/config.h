@@ -129,7 +129,7 @@ struct moat_config {
                                    this big (default 64 KiB) */
     unsigned max_connections;   /* limits.connections per worker (default 10000) */
     unsigned batch_wait_us;     /* tuning.batch_wait_us: a busy worker's pause to collect
-                                   events, 0 = off (default 0) */
+                                   events, 0 = off (default 20) */
 
     uint64_t client_header_timeout_ms; /* timeouts.client_header: 10s */
     uint64_t client_body_timeout_ms;   /* timeouts.client_body: 60s (between reads) */
