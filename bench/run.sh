@@ -26,7 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 PY=/usr/bin/python3
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-4s}
 WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-50}
@@ -465,17 +465,19 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   wrk_cmd "$port" "$path" "$mode" "$WARMUP" >/dev/null 2>&1 || true
   local t0 t1 o0 o1 out json expect=$SET_EXPECT
   [ "$srv" = limit ] && expect=none
+  local q0 q1; q0=$(cpu_ticks "${ROOTPID[origin]}")
   o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) is gone: exited or killed from outside; its last log lines are above"; return 1; }
   out=$(wrk_cmd "$port" "$path" "$mode" "$DURATION" 2>&1) || true
   t1=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) died during the run"; return 1; }; o1=$(origin_reqs)
+  q1=$(cpu_ticks "${ROOTPID[origin]}")
   json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
   [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
   printf '%s\n' "$out" >>"$OUT/wrk.log"
-  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" >>"$RAW" <<'EOF'
+  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" "$((q1 - q0))" >>"$RAW" <<'EOF'
 import json, sys
 w = json.loads(sys.argv[1])
-set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect = sys.argv[2:]
-ticks, hz, size, oreq = int(ticks), int(hz), int(size), int(oreq)
+set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks = sys.argv[2:]
+ticks, hz, size, oreq, oticks = int(ticks), int(hz), int(size), int(oreq), int(oticks)
 req = w["requests"]
 dur = w["duration_us"] / 1e6
 errs = w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["status_errors"] + w["timeouts"]
@@ -494,11 +496,12 @@ row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=s
            p50_us=w["p50_us"], p90_us=w["p90_us"], p99_us=w["p99_us"], max_us=w["max_us"],
            cpu_ticks=ticks, cpu_s=cpu_s, req_per_cpu_s=(req / cpu_s) if cpu_s else None,
            bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect,
+           origin_cpu_s=oticks / hz,
            ok=not why, why="; ".join(why))
 print(json.dumps(row))
 EOF
   local last; last=$(tail -n1 "$RAW")
-  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
+  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
   [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$last")" = True ] \
     || loud "$srv $wl round $round FAILED: $($PY -c 'import json,sys; print(json.loads(sys.argv[1])["why"])' "$last")"
 }
