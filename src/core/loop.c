@@ -324,24 +324,13 @@ void moat_loop_run(struct moat_loop *loop)
                 continue;
             }
             busy = true;
-        } else if (napped) {
-            /* Judge pauses by what they collect over a window, not one by one: batching
-             * takes a few rounds to build up on the other side too. */
-            loop->nap_window++;
-            loop->nap_yield += (unsigned)n;
-            bool poor = false;
-            if (loop->nap_window == MOAT_NAP_WINDOW) {
-                poor = loop->nap_yield < MOAT_NAP_MIN_EVENTS * MOAT_NAP_WINDOW;
-                loop->nap_window = loop->nap_yield = 0;
-            }
-            if (poor || n == 0) {
-                /* Nothing came in a pause: sleep until something does, and let the next
-                 * few wake-ups block without a pause (light load pays a pause per
-                 * MOAT_NAP_IDLE_SKIP + 1 wake-ups, not one each). */
-                busy = false;
-                loop->nap_skip = poor ? MOAT_NAP_BACKOFF : MOAT_NAP_IDLE_SKIP;
-                continue;
-            }
+        } else if (napped && n == 0) {
+            /* Nothing came in a pause: sleep until something does, and let the next few
+             * wake-ups block without a pause (light load pays a pause per
+             * MOAT_NAP_IDLE_SKIP + 1 wake-ups, not one each). */
+            busy = false;
+            loop->nap_skip = MOAT_NAP_IDLE_SKIP;
+            continue;
         }
         pause = n < MOAT_NAP_FULL; /* a full batch: more is surely waiting */
     }

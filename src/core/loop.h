@@ -63,7 +63,6 @@ struct moat_loop {
     uint32_t nap_us;       /* pause before polling again while busy */
     uint64_t slack_ns;     /* the thread's timer slack as last set (0 = never set) */
     unsigned nap_skip;     /* blocking wake-ups left before the next nap is tried */
-    unsigned nap_window, nap_yield; /* pauses in the current window, events they collected */
     _Atomic uint64_t *c_wakeups, *c_naps, *c_events; /* counters to bump, if set */
 };
 
@@ -102,15 +101,13 @@ static inline void moat_loop_defer(struct moat_loop *loop, struct moat_defer *d)
  * whose packet arrived) per event or two under load: while busy, it pauses <nap_us>
  * microseconds after each batch (a timer sleep: no socket wakes it) and then polls without
  * blocking, so that events come in batches; after a batch of MOAT_NAP_FULL events or more it
- * polls again at once. A pause that collects fewer
- * than MOAT_NAP_MIN_EVENTS events means the load is not there: the loop goes back to
- * blocking and tries again only after MOAT_NAP_BACKOFF blocking wake-ups; a pause that
- * collects nothing sends it back to blocking for MOAT_NAP_IDLE_SKIP wake-ups. An idle or
- * lightly loaded loop so pays almost nothing (an event arriving during a pause waits for it). */
+ * polls again at once. It keeps pausing as long as every pause collects something: a pause
+ * costs about what the blocking wake-up it replaces does, so one event per pause already
+ * pays, and the wake-ups it saves are paid on the other cores. A pause that collects nothing
+ * means the load is not there: the loop blocks again, without pauses for the next
+ * MOAT_NAP_IDLE_SKIP wake-ups. An idle or lightly loaded loop so pays almost nothing (an event
+ * arriving during a pause waits for it). */
 void moat_loop_run(struct moat_loop *loop);
-#define MOAT_NAP_MIN_EVENTS 8   /* average events per pause over a window to keep pausing */
-#define MOAT_NAP_WINDOW     64  /* pauses per window */
-#define MOAT_NAP_BACKOFF    256 /* blocking wake-ups without pauses after a poor window */
 #define MOAT_NAP_FULL       32 /* a batch this big polls again at once, without a pause */
 #define MOAT_NAP_IDLE_SKIP  16 /* blocking wake-ups without pauses after an empty pause */
 /* Asks the loop to return from moat_loop_run after the current iteration (loop thread). */
