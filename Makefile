@@ -27,7 +27,7 @@ LIBOBJS  := $(filter-out $(B)/src/main.o,$(OBJS))
 UNIT_SRCS := $(shell find tests/unit -name 'test_*.c' 2>/dev/null | sort)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/unit/%)
 
-.PHONY: all clean deps test unit e2e san fuzz fuzz-run bench demo fmt check-fmt
+.PHONY: all clean deps test unit e2e san fuzz fuzz-run bench demo fmt
 
 all: $(BIN)
 
