@@ -438,8 +438,14 @@ static void write_access_log(struct moat_conn *c, uint64_t now_us)
         double up = x->t_up_start_us ? (double)(now_us - x->t_up_start_us) / 1000.0 : 0.0;
         n += (size_t)snprintf(p + n, 2048 - n, "\"upstream\":\"%s\",\"upstream_ms\":%.3f",
                               x->upool->addr.text, up);
+        if (x->t_up_start_us && x->t_up_first_us >= x->t_up_start_us)
+            n += (size_t)snprintf(p + n, 2048 - n, ",\"upstream_header_ms\":%.3f",
+                                  (double)(x->t_up_first_us - x->t_up_start_us) / 1000.0);
+        else
+            n += (size_t)snprintf(p + n, 2048 - n, ",\"upstream_header_ms\":null");
     } else {
-        n += (size_t)snprintf(p + n, 2048 - n, "\"upstream\":null,\"upstream_ms\":null");
+        n += (size_t)snprintf(p + n, 2048 - n,
+                              "\"upstream\":null,\"upstream_ms\":null,\"upstream_header_ms\":null");
     }
     if (x->err)
         n += (size_t)snprintf(p + n, 2048 - n, ",\"error\":\"%s\"", x->err);
@@ -835,11 +841,11 @@ static int resp_head(struct moat_conn *c)
             if (n == MOAT_ERR)
                 return upstream_fail(c, "bad_response", false);
             if (n > 0) {
-                x->t_up_first_us = moat_wall_us();
                 if (r.status >= 100 && r.status < 200 && r.status != 101) {
                     moat_buf_consume(&u->s.in, (uint32_t)n); /* 100 (we sent ours), 102, 103 */
                     continue;
                 }
+                x->t_up_first_us = moat_wall_us(); /* the final head: upstream_header_ms */
                 if (r.status >= 500 && x->cstale) {
                     /* The origin answers with an error while a stale copy is at hand. */
                     if (moat_pcache_stale_on_error(c)) {

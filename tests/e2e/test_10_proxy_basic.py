@@ -277,6 +277,7 @@ def test_access_log_lines(moat, origin, http):
         assert rec["host"].startswith("127.0.0.1")
         assert rec["upstream"] == origin.addr
         assert rec["duration_ms"] >= 0 and rec["upstream_ms"] >= 0
+        assert 0 <= rec["upstream_header_ms"] <= rec["upstream_ms"]
     by_path = {rec["path"]: rec for rec in lines}
     assert set(by_path) in ({"/one", "/echo", "/status/404"}, {"/one?q=1", "/echo", "/status/404"})
     one = by_path.get("/one") or by_path["/one?q=1"]
@@ -284,6 +285,36 @@ def test_access_log_lines(moat, origin, http):
     assert one["bytes"] >= len("ok main /one?q=1\n")
     assert by_path["/echo"]["method"] == "POST" and by_path["/echo"]["status"] == 200
     assert by_path["/status/404"]["status"] == 404
+
+
+def test_access_log_upstream_header_time(moat_factory, origin_factory):
+    # The origin sends its head after 200 ms and the body 300 ms later: upstream_header_ms
+    # is the wait for the head (nginx's $upstream_header_time, HAProxy's Tr), upstream_ms
+    # runs to the last byte. A 100 Continue does not count as the head; a request moat
+    # answers itself has no upstream times at all.
+    def h(req, o):
+        if req.path == "/interim":
+            return [b"HTTP/1.1 100 Continue\r\n\r\n", 0.2,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+        return [0.2, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 0.3, b"hello"]
+    o = origin_factory(h)
+    m = moat_factory(o, workers=1)
+    with Client(m.port) as c:
+        c.send("GET /slow-body HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"hello"
+        c.send("GET /interim HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"ok"
+        c.send("GET / HTTP/1.1\r\n\r\n")  # no Host: 400 from moat
+        assert c.read_response().status == 400
+    slow, interim, bad = m.access_lines(3)
+    assert slow["path"] == "/slow-body"
+    assert 180 <= slow["upstream_header_ms"] < 450, slow
+    assert slow["upstream_ms"] - slow["upstream_header_ms"] >= 250, slow
+    assert interim["path"] == "/interim" and 180 <= interim["upstream_header_ms"], interim
+    assert bad["status"] == 400
+    assert bad["upstream_ms"] is None and bad["upstream_header_ms"] is None, bad
 
 
 def test_access_log_one_line_per_request(moat, origin):
