@@ -459,6 +459,8 @@ wrk_cmd() {   # PORT PATH MODE DURATION
   args+=("http://127.0.0.1:$1$2")
   timeout "$WRK_TIMEOUT" "${args[@]}"
 }
+# Busy clock ticks of one core (/proc/stat: everything but idle and iowait, softirq included).
+core_busy() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   local set=$1 round=$2 wl=$3 path=$4 mode=$5 srv=$6 port=${PORT[$6]} pid=${ROOTPID[$6]}
@@ -467,17 +469,23 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   [ "$srv" = limit ] && expect=none
   local q0 q1; q0=$(cpu_ticks "${ROOTPID[origin]}")
   o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) is gone: exited or killed from outside; its last log lines are above"; return 1; }
-  out=$(wrk_cmd "$port" "$path" "$mode" "$DURATION" 2>&1) || true
+  local c0 c1 s0 s1 w; c0=$(core_busy "$CLIENT_CPU"); s0=$(core_busy "$SERVER_CPU")
+  # wrk's own CPU: the subshell's cutime+cstime once wrk (under timeout) has been reaped
+  out=$( (wrk_cmd "$port" "$path" "$mode" "$DURATION" 2>&1 || true
+          awk '{ sub(/.*\) /, ""); print "WRKTICKS " $14 + $15 }' "/proc/$BASHPID/stat") )
+  c1=$(core_busy "$CLIENT_CPU"); s1=$(core_busy "$SERVER_CPU")
+  w=$(awk '/^WRKTICKS / { print $2 }' <<<"$out"); w=${w:-0}
   t1=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) died during the run"; return 1; }; o1=$(origin_reqs)
   q1=$(cpu_ticks "${ROOTPID[origin]}")
   json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
   [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
   printf '%s\n' "$out" >>"$OUT/wrk.log"
-  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" "$((q1 - q0))" >>"$RAW" <<'EOF'
+  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" >>"$RAW" <<'EOF'
 import json, sys
 w = json.loads(sys.argv[1])
-set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks = sys.argv[2:]
+set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks = sys.argv[2:]
 ticks, hz, size, oreq, oticks = int(ticks), int(hz), int(size), int(oreq), int(oticks)
+cbusy, sbusy, wticks = int(cbusy), int(sbusy), int(wticks)
 req = w["requests"]
 dur = w["duration_us"] / 1e6
 errs = w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["status_errors"] + w["timeouts"]
@@ -496,12 +504,13 @@ row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=s
            p50_us=w["p50_us"], p90_us=w["p90_us"], p99_us=w["p99_us"], max_us=w["max_us"],
            cpu_ticks=ticks, cpu_s=cpu_s, req_per_cpu_s=(req / cpu_s) if cpu_s else None,
            bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect,
-           origin_cpu_s=oticks / hz,
+           origin_cpu_s=oticks / hz, wrk_cpu_s=wticks / hz,
+           client_core_busy_s=cbusy / hz, server_core_busy_s=sbusy / hz,
            ok=not why, why="; ".join(why))
 print(json.dumps(row))
 EOF
   local last; last=$(tail -n1 "$RAW")
-  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
+  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s  wrk cpu %5.2f s  core busy %4.2f/%4.2f s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], r["wrk_cpu_s"], r["server_core_busy_s"], r["client_core_busy_s"], "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
   [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$last")" = True ] \
     || loud "$srv $wl round $round FAILED: $($PY -c 'import json,sys; print(json.loads(sys.argv[1])["why"])' "$last")"
 }
