@@ -59,32 +59,11 @@ cc -O2 -o "$TMP/flash_client" "$HERE/lib/flash_client.c" || die "cannot build be
 for r in $(seq 1 "$ROUNDS"); do cp "$SHM/body" "$SHM/flash/floor/$r"; done
 chmod -R a+rX "$SHM"
 
-nginx_conf() {   # DIR PORT LOCATION [HTTP_EXTRA]
+# an nginx server on SERVER_CPU (bench/lib/nginx.sh), with file descriptors for 1,000 clients
+# and their origin connections
+serve_nginx() {   # DIR PORT LOCATION [HTTP_EXTRA]
   local dir=$1
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nodelay on;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy_temp;
-    fastcgi_temp_path $dir/fastcgi_temp;
-    uwsgi_temp_path $dir/uwsgi_temp;
-    scgi_temp_path $dir/scgi_temp;
-    ${4:-}
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-        $3
-    }
-}
-EOF
+  nginx_conf "$dir" "$2" "$3" "${4:-}" "worker_rlimit_nofile 20000;"
   nginx -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" || die "nginx config invalid: $dir/nginx.conf"
   start "$dir/stdout.log" "$SERVER_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
 }
@@ -94,7 +73,7 @@ start_server() {  # NAME: sets SPID SPORT
   SPORT=$(free_port); mkdir -p "$dir"
   case "$name" in
     floor)
-      nginx_conf "$dir" "$SPORT" "location / { root $SHM; }" ;;
+      serve_nginx "$dir" "$SPORT" "location / { root $SHM; }" ;;
     moat)
       start "$dir/moat.log" "$SERVER_CPU" "$MOAT" --origin "http://127.0.0.1:$OPORT" \
         --listen "127.0.0.1:$SPORT" --workers 1 ;;
@@ -104,7 +83,7 @@ start_server() {  # NAME: sets SPID SPORT
         -a "127.0.0.1:$SPORT" -b "127.0.0.1:$OPORT" -s malloc,256m \
         -p thread_pools=1 -p thread_pool_min=100 -p thread_pool_max=2000 ;;
     nginx_cache)
-      nginx_conf "$dir" "$SPORT" "
+      serve_nginx "$dir" "$SPORT" "
         location / {
             proxy_pass http://127.0.0.1:$OPORT;
             proxy_http_version 1.1;

@@ -179,36 +179,14 @@ declare -A PORT ROOTPID LOGF
 SKIPPED=()     # servers skipped (not available), with reason
 FAILED=()      # servers that failed their check or a run
 
-# Common nginx http{} preamble. Keep-alive limits raised on every nginx so that wrk's
-# connections are never recycled by the server (HAProxy has no such limit).
-nginx_conf() {   # DIR PORT SERVER_BODY [HTTP_EXTRA]
-  local dir=$1 port=$2 body=$3 extra=${4:-}
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
+# nginx_conf (bench/lib/nginx.sh) plus what every nginx of this script has: tcp_nopush, and
+# an explicit client keep-alive timeout.
+# shellcheck source=bench/lib/nginx.sh
+. "$HERE/lib/nginx.sh"
+run_nginx_conf() {   # DIR PORT SERVER_BODY [HTTP_EXTRA]
+  nginx_conf "$1" "$2" "$3" "tcp_nopush on;
     keepalive_timeout 65s;
-    keepalive_requests 100000000;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy_temp;
-    fastcgi_temp_path $dir/fastcgi_temp;
-    uwsgi_temp_path $dir/uwsgi_temp;
-    scgi_temp_path $dir/scgi_temp;
-    $extra
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        $body
-    }
-}
-EOF
+    ${4:-}"
 }
 
 run_nginx() {    # NAME CPU DIR
@@ -221,7 +199,7 @@ run_nginx() {    # NAME CPU DIR
 # ---- the origin: nginx, one worker, static files, keep-alive; on the client core -----------
 start_origin() {
   local port; port=$(free_port)
-  nginx_conf "$TMP/origin" "$port" "
+  run_nginx_conf "$TMP/origin" "$port" "
         location / {
             root $WWW;
             open_file_cache max=64 inactive=60s;
@@ -239,7 +217,7 @@ start_origin() {
 # open_file_cache and sendfile: no disk, no per-request open().
 start_limit() {
   local port; port=$(free_port)
-  nginx_conf "$TMP/limit" "$port" "
+  run_nginx_conf "$TMP/limit" "$port" "
         location = /1k { return 200 \"${BODY_1K}\n\"; }
         location = /128k {
             root $SHM;
@@ -254,7 +232,7 @@ start_limit() {
 # memory (the defaults, 8 x 4k, would spill it to a temp file on disk on every request).
 nginx_proxy() {   # NAME [LOCATION_EXTRA] [HTTP_EXTRA]
   local name=$1 port; port=$(free_port)
-  nginx_conf "$TMP/$name" "$port" "
+  run_nginx_conf "$TMP/$name" "$port" "
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;

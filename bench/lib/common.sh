@@ -17,6 +17,10 @@
 #                             (set it first), cache.memory MEMORY, the admin API on APORT (set
 #                             here), everything to the origin; sets LASTPID
 #   moat_metric NAME          one value from moat's GET /metrics
+#   nginx_conf ...            from bench/lib/nginx.sh (sourced here)
+
+# shellcheck source=bench/lib/nginx.sh
+. "$(dirname "${BASH_SOURCE[0]}")/nginx.sh"
 
 log() { printf '[%s %(%H:%M:%S)T] %s\n' "$BENCH" -1 "$*" >&2; }
 die() {
@@ -87,29 +91,13 @@ wait_port() {
 
 start_origin() {
   OPORT=$(free_port)
-  mkdir -p "$TMP/origin"
-  cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes 1;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $TMP/origin/cb; proxy_temp_path $TMP/origin/pt;
-    fastcgi_temp_path $TMP/origin/ft; uwsgi_temp_path $TMP/origin/ut; scgi_temp_path $TMP/origin/st;
-    server {
-        listen 127.0.0.1:$OPORT backlog=4096;
-        default_type application/octet-stream;
+  nginx_conf "$TMP/origin" "$OPORT" "
         location / {
-            add_header Cache-Control "public, max-age=3600";
-            return 200 "$1\n";
+            add_header Cache-Control \"public, max-age=3600\";
+            return 200 \"$1\\n\";
         }
         ${2:-}
-        location = /__origin_status { stub_status; }
-    }
-}
-EOF
+        location = /__origin_status { stub_status; }"
   start "$TMP/origin/stdout.log" "$CLIENT_CPU" nginx -p "$TMP/origin" -e "$TMP/origin/error.log" \
     -c "$TMP/origin/nginx.conf" -g 'daemon off;'
   wait_port "$LASTPID" "$OPORT" || die "origin nginx did not start"

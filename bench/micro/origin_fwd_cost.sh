@@ -14,27 +14,11 @@ T=$(mktemp -d /tmp/moat-fwdcost.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$T"' EXIT
 mkdir -p "$T/www"
 head -c 1024 /dev/zero | tr '\0' a >"$T/www/1k"
-cat >"$T/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $T/nginx.pid;
-error_log $T/error.log warn;
-events { worker_connections 64; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_requests 100000000;
-    client_body_temp_path $T/cb; proxy_temp_path $T/pt; fastcgi_temp_path $T/ft;
-    uwsgi_temp_path $T/ut; scgi_temp_path $T/st;
-    server {
-        listen 127.0.0.1:$PORT;
+# shellcheck source=bench/lib/nginx.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/nginx.sh"
+nginx_conf "$T" "$PORT" "
         location / { root $T/www; open_file_cache max=64 inactive=60s;
-                     add_header Cache-Control "public, max-age=3600"; }
-    }
-}
-EOF
+                     add_header Cache-Control \"public, max-age=3600\"; }" "tcp_nopush on;"
 # The request as HAProxy forwards it in the benchmark, and as moat does (same Host).
 cat >"$T/drive.py" <<'EOF'
 import socket, sys
@@ -61,7 +45,7 @@ for _ in range(n):
 EOF
 count() {   # VARIANT N -> instructions of the whole nginx run
   valgrind --tool=callgrind --callgrind-out-file="$T/cg.out" \
-    nginx -p "$T" -c "$T/nginx.conf" >/dev/null 2>&1 &
+    nginx -p "$T" -c "$T/nginx.conf" -g "daemon off; master_process off;" >/dev/null 2>&1 &
   local pid=$!
   $PY "$T/drive.py" "$PORT" "$2" "$1"
   kill -QUIT "$pid"; wait "$pid" || true
