@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -809,6 +810,42 @@ static int k_trusted(struct ld *ld, const struct key *k, struct fy_node *n, void
     }
     c->ntrusted = cnt;
     return each_string(ld, n, &cnt, trusted_elem, c, true);
+}
+
+static int forward_elem(struct ld *ld, struct fy_node *n, size_t idx, void *ud)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } fields[] = {{"x-forwarded-for", MOAT_FWD_XFF},
+                  {"x-forwarded-proto", MOAT_FWD_XFP},
+                  {"forwarded", MOAT_FWD_FORWARDED}};
+    struct moat_config *c = ud;
+    char buf[64];
+    if (scalar(ld, n, buf, sizeof(buf), "a header name") != MOAT_OK)
+        return MOAT_ERR;
+    if (!strcasecmp(buf, "via"))
+        return fail(ld, n, "Via is always sent (RFC 9110 7.6.3); `via:` names moat in it");
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(fields); i++) {
+        if (strcasecmp(buf, fields[i].name))
+            continue;
+        if (c->fwd_fields & fields[i].bit)
+            return fail(ld, n, "\"%s\" is listed twice", buf);
+        c->fwd_fields |= fields[i].bit;
+        return MOAT_OK;
+    }
+    return fail(ld, n,
+                "unknown forwarding header \"%s\" (expected x-forwarded-for, "
+                "x-forwarded-proto or forwarded)",
+                buf);
+}
+
+static int k_forward(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
+{
+    struct moat_config *c = base;
+    size_t cnt;
+    c->fwd_fields = 0;
+    return each_string(ld, n, &cnt, forward_elem, c, true);
 }
 
 /* A token (RFC 9110 5.6.2): what a header field name, a cookie name or Via's pseudonym must
@@ -1798,6 +1835,12 @@ static const struct key root_keys[] = {
      .tname = "CIDR or list",
      .def = "[]",
      .doc = "peers whose X-Forwarded-For is kept and extended"},
+    {.name = "forward_headers",
+     .type = KT_CUSTOM,
+     .fn = k_forward,
+     .tname = "list of header names",
+     .def = "[x-forwarded-for, x-forwarded-proto, forwarded]",
+     .doc = "the forwarding fields moat sets on requests to origins"},
     {.name = "via",
      .type = KT_CUSTOM,
      .fn = k_via,

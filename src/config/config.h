@@ -140,6 +140,7 @@ struct moat_config {
     struct moat_cidr *trusted;  /* trusted_proxies: X-Forwarded-For from these is kept */
     size_t ntrusted;
     char *via_name;             /* via: the pseudonym in Via (default "moat") */
+    unsigned fwd_fields;        /* forward_headers: MOAT_FWD_* bits moat sets (default all) */
 
     char *access_log;           /* log.access: path, "stderr", "stdout" or NULL (off) */
     char *error_log;            /* log.error: path or "stderr" (default) */
@@ -191,6 +192,13 @@ void moat_config_release(struct moat_config **c);
 /* Finds the site for <host> (without port, any case): exact names first, then the longest
  * "*.suffix" match, then "*"; NULL if none. */
 const struct moat_cfg_site *moat_config_site(const struct moat_config *c, struct moat_str host);
+
+/* forward_headers: the fields moat sets on a forwarded request (Via is always set). */
+enum {
+    MOAT_FWD_XFF = 1u << 0,       /* X-Forwarded-For */
+    MOAT_FWD_XFP = 1u << 1,       /* X-Forwarded-Proto */
+    MOAT_FWD_FORWARDED = 1u << 2, /* Forwarded (RFC 7239) */
+};
 
 /* True if the (v4-mapped when IPv4) 16-byte <addr> is inside one of <c>'s trusted CIDRs. */
 bool moat_config_trusted(const struct moat_config *c, const uint8_t addr[16]);

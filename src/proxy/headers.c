@@ -2,7 +2,7 @@
  * client, and the chunked trailer sections forwarded after them. Hop-by-hop fields are dropped
  * both ways (RFC 9110 7.6.1), the body framing is re-stated by moat itself (never copied from
  * the peer, so no framing header can smuggle), and the forwarding fields (X-Forwarded-For,
- * X-Forwarded-Proto, Forwarded, Via) are set. */
+ * X-Forwarded-Proto, Forwarded: those of forward_headers; Via always) are set. */
 #include <arpa/inet.h>
 
 #include "cache/policy.h"
@@ -144,6 +144,7 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
     bool trusted = cfg->ntrusted && moat_config_trusted(cfg, c->peer);
     bool conn_named = r->flags & MOAT_H1_F_CONN_OTHER; /* the parser saw the tokens */
     bool had_xff = false, had_fwd = false, had_xfp = false;
+    unsigned fwd = cfg->fwd_fields; /* forward_headers */
 
     puts_(&o, r->method);
     PUTL(&o, " ");
@@ -204,6 +205,8 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
                 if (!trusted)
                     continue;
                 had_fwd = true;
+                if (!(fwd & MOAT_FWD_FORWARDED))
+                    break; /* passed on as it came */
                 run_flush(&rn, &o);
                 PUTL(&o, "Forwarded: ");
                 puts_(&o, h->value);
@@ -213,7 +216,11 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             break;
         case 15:
             if (MOAT_STR_IEQ_LIT(n, "x-forwarded-for")) {
-                had_xff |= trusted; /* folded into one field after the loop */
+                if (!trusted)
+                    continue;
+                if (!(fwd & MOAT_FWD_XFF))
+                    break;      /* passed on as it came */
+                had_xff = true; /* folded into one field after the loop */
                 continue;
             }
             if (x->cae_norm && MOAT_STR_IEQ_LIT(n, "accept-encoding"))
@@ -243,26 +250,28 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
     run_flush(&rn, &o);
     /* X-Forwarded-For: from a trusted peer, every incoming field folded into one list with
      * the peer last; from anyone else, just the peer. */
-    PUTL(&o, "X-Forwarded-For: ");
-    if (had_xff) {
-        for (size_t i = 0; i < r->nhdrs; i++) {
-            if (r->hdrs[i].name.len == 15 && MOAT_STR_IEQ_LIT(r->hdrs[i].name, "x-forwarded-for") &&
-                r->hdrs[i].value.len) {
-                puts_(&o, r->hdrs[i].value);
-                PUTL(&o, ", ");
+    if (fwd & MOAT_FWD_XFF) {
+        PUTL(&o, "X-Forwarded-For: ");
+        if (had_xff) {
+            for (size_t i = 0; i < r->nhdrs; i++) {
+                if (r->hdrs[i].name.len == 15 &&
+                    MOAT_STR_IEQ_LIT(r->hdrs[i].name, "x-forwarded-for") && r->hdrs[i].value.len) {
+                    puts_(&o, r->hdrs[i].value);
+                    PUTL(&o, ", ");
+                }
             }
         }
+        put(&o, c->peer_text, c->peer_len);
+        PUTL(&o, "\r\n");
     }
-    put(&o, c->peer_text, c->peer_len);
-    PUTL(&o, "\r\n");
     if (x->cae_norm) {
         PUTL(&o, "Accept-Encoding: ");
         puts_(&o, moat_cache_ae_value(x->cae));
         PUTL(&o, "\r\n");
     }
-    if (!had_xfp)
+    if (!had_xfp && (fwd & MOAT_FWD_XFP))
         PUTL(&o, "X-Forwarded-Proto: http\r\n");
-    if (!had_fwd) {
+    if (!had_fwd && (fwd & MOAT_FWD_FORWARDED)) {
         bool v6 = memchr(c->peer_text, ':', c->peer_len) != NULL;
         PUTL(&o, "Forwarded: for=");
         if (v6)

@@ -90,6 +90,19 @@ def test_check_bad_config_points_at_line(tmp_path, line, repl, what):
     assert int(m.group(2)) >= 1
 
 
+def test_check_forward_headers_refused(tmp_path):
+    for value, msg in (("[via]", "Via is always sent"),
+                       ("[x-real-ip]", 'unknown forwarding header "x-real-ip"'),
+                       ("[forwarded, Forwarded]", '"Forwarded" is listed twice')):
+        f = tmp_path / "fwd.yaml"
+        f.write_text("listen: 127.0.0.1:1\npools: { main: { origins: [127.0.0.1:2] } }\n"
+                     "sites: [{ hosts: ['*'], pool: main }]\n"
+                     f"forward_headers: {value}\n")
+        p = run("-t", "-c", str(f))
+        assert p.returncode == 1, p
+        assert f"{f}:4:" in p.stderr and msg in p.stderr, p.stderr
+
+
 def test_check_yaml_syntax_error(tmp_path):
     p = tmp_path / "syntax.yaml"
     p.write_text('listen: ["127.0.0.1:8080"\nworkers: [2\n')

@@ -73,6 +73,37 @@ def test_xff_replaced_for_untrusted_peer(moat_factory, origin):
     assert "203.0.113.7" not in ",".join(req.header_all("Forwarded"))
 
 
+
+def test_forward_headers_subset(moat_factory, origin):
+    """forward_headers: [x-forwarded-for]: only that field is set; a trusted peer's other
+    forwarding fields pass as they came, an untrusted peer's are removed; Via always."""
+    m = moat_factory(origin, forward_headers=["X-Forwarded-For"])  # names case-insensitive
+    with Client(m.port) as c:
+        c.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert c.read_response().status == 200
+        c.send("GET /2 HTTP/1.1\r\nHost: a\r\nForwarded: for=192.0.2.1;proto=https\r\n"
+               "X-Forwarded-Proto: https\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n")
+        assert c.read_response().status == 200
+    plain, relayed = origin.requests
+    assert plain.header_all("X-Forwarded-For") == ["127.0.0.1"]
+    assert not plain.has_header("X-Forwarded-Proto") and not plain.has_header("Forwarded")
+    assert plain.header("Via") == "1.1 moat"
+    # 127.0.0.1 is trusted in the test config: its fields are kept, XFF extended
+    assert relayed.header_all("Forwarded") == ["for=192.0.2.1;proto=https"]
+    assert relayed.header_all("X-Forwarded-Proto") == ["https"]
+    assert relayed.header("X-Forwarded-For").replace(" ", "") == "192.0.2.1,127.0.0.1"
+
+    untrusting = moat_factory(origin, forward_headers=[], trusted_proxies=["10.0.0.0/8"])
+    with Client(untrusting.port) as c:
+        c.send("GET /3 HTTP/1.1\r\nHost: a\r\nForwarded: for=192.0.2.1\r\n"
+               "X-Forwarded-Proto: https\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n")
+        assert c.read_response().status == 200
+    spoofed = origin.requests[2]
+    for h in ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded"):
+        assert not spoofed.has_header(h), f"{h} forwarded: {spoofed.headers}"
+    assert spoofed.header("Via") == "1.1 moat"
+
+
 HOP_FIELDS = ("Connection: keep-alive, X-Secret\r\nX-Secret: do-not-forward\r\n"
               "Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n"
               "Trailer: X-T\r\nUpgrade: h2c\r\nX-End-To-End: keep-me\r\n")

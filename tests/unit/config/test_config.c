@@ -100,6 +100,7 @@ static void test_full_document(void **state)
                     "timeouts: { client_header: 5s, client_body: 30s, keepalive: 2m,\n"
                     "            send: 45s, drain: 0 }\n"
                     "trusted_proxies: [\"10.0.0.0/8\", \"::1/128\", \"192.168.1.7\"]\n"
+                    "forward_headers: [X-Forwarded-For, forwarded]\n"
                     "via: edge-1\n"
                     "log: { access: /var/log/moat/access.log, error: logs/err.log, level: debug }\n"
                     "pools:\n"
@@ -149,6 +150,7 @@ static void test_full_document(void **state)
     assert_int_equal(c->trusted[1].prefix, 128);
     assert_int_equal(c->trusted[2].prefix, 128);
     assert_string_equal(c->via_name, "edge-1");
+    assert_int_equal(c->fwd_fields, MOAT_FWD_XFF | MOAT_FWD_FORWARDED);
     assert_string_equal(c->access_log, "/var/log/moat/access.log");
     char errlog[300];
     snprintf(errlog, sizeof(errlog), "%s/logs/err.log", dir);
@@ -223,6 +225,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->drain_timeout_ms, 30000);
     assert_int_equal(c->ntrusted, 0);
     assert_string_equal(c->via_name, "moat");
+    assert_int_equal(c->fwd_fields, MOAT_FWD_XFF | MOAT_FWD_XFP | MOAT_FWD_FORWARDED);
     assert_null(c->access_log);
     assert_string_equal(c->error_log, "stderr");
     assert_int_equal(c->log_level, MOAT_LOG_INFO);
@@ -252,6 +255,16 @@ static void test_aliases(void **state)
     moat_config_release(&c);
 }
 
+static void test_forward_headers_none(void **state)
+{
+    (void)state;
+    struct moat_config *c = load(POOL_SITE "forward_headers: []\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_int_equal(c->fwd_fields, 0);
+    moat_config_release(&c);
+}
+
 /* ---- errors: exact text, line and column --------------------------------------------------- */
 
 struct err_case {
@@ -278,7 +291,7 @@ static const struct err_case err_cases[] = {
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
      "moat.yaml:5:1: base: unknown key (known here: listen, workers, demo_origin, admin, limits, "
-     "timeouts, trusted_proxies, via, log, cache, pools, sites, tuning)"},
+     "timeouts, trusted_proxies, forward_headers, via, log, cache, pools, sites, tuning)"},
     /* wrong types */
     {POOL_SITE "timeouts:\n  send: { a: 1 }\n",
      "moat.yaml:6:9: timeouts.send: expected a duration, got a map"},
@@ -317,6 +330,12 @@ static const struct err_case err_cases[] = {
      "moat.yaml:5:15: log.level: \"loud\" is not one of: debug, info, warn, error"},
     {POOL_SITE "log: { error: off }\n",
      "moat.yaml:5:15: log.error: the error log cannot be turned off (use stderr or a path)"},
+    {POOL_SITE "forward_headers: [forwarded, via]\n",
+     "moat.yaml:5:30: forward_headers[1]: Via is always sent (RFC 9110 7.6.3); `via:` names moat "
+     "in it"},
+    {POOL_SITE "forward_headers: x-real-ip\n",
+     "moat.yaml:5:18: forward_headers: unknown forwarding header \"x-real-ip\" (expected "
+     "x-forwarded-for, x-forwarded-proto or forwarded)"},
     {POOL_SITE "via: \"my proxy\"\n",
      "moat.yaml:5:6: via: \"my proxy\" must be a single word (letters, digits, -._)"},
     /* addresses and CIDRs */
@@ -964,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_full_document),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_aliases),
+        cmocka_unit_test(test_forward_headers_none),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_token_file),
