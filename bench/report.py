@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-SERVER_ORDER = ["limit", "moat", "moat_b", "haproxy", "nginx",
+SERVER_ORDER = ["limit", "moat", "moat_b", "moat_nofwd", "haproxy", "nginx",
                 "moat_cache", "varnish", "haproxy_cache", "nginx_cache"]
 
 

@@ -346,6 +346,27 @@ moat_proxy() {   # NAME [EXTRA ARGS...]  (BIN: the binary, default $MOAT)
 # Cache-Control), so its cache is off.
 start_moat() { moat_usable moat && moat_proxy moat --no-cache; }
 start_moat_b() { moat_usable moat_b "$MOAT_B" && BIN=$MOAT_B moat_proxy moat_b --no-cache; }
+# moat_nofwd: the same as moat from a config file, with `forward_headers: []`: moat then sends
+# the origin only Via, as HAProxy and nginx here send nothing extra (equal work for the origin;
+# not the verdict row, which is moat's default).
+start_moat_nofwd() {
+  moat_usable moat_nofwd || return 1
+  local port; port=$(free_port); local dir="$TMP/moat_nofwd"
+  mkdir -p "$dir"
+  cat >"$dir/moat.yaml" <<EOF
+listen: ["127.0.0.1:$port"]
+workers: 1
+forward_headers: []
+cache: { enabled: false }
+pools: { origin: { origins: ["127.0.0.1:${PORT[origin]}"], host_header: origin } }
+sites: [{ hosts: ["*"], pool: origin }]
+EOF
+  "$MOAT" -t -c "$dir/moat.yaml" >"$dir/check.log" 2>&1 \
+    || { cat "$dir/check.log" >&2; die "moat_nofwd: config invalid ($dir/moat.yaml)"; }
+  # shellcheck disable=SC2086
+  start moat_nofwd "$SERVER_CPU" "$dir/moat.log" "$MOAT" -c "$dir/moat.yaml" $MOAT_EXTRA_ARGS
+  PORT[moat_nofwd]=$port; ROOTPID[moat_nofwd]=$LASTPID
+}
 
 # moat_cache: plain quick mode, which caches what the origin's headers allow (RFC 9111).
 # MOAT_CACHE_ARGS: optional extra arguments for this server only.
@@ -360,7 +381,7 @@ start_moat_cache() {
 # SET_EXPECT says what the origin's request counter must show during a run (limit is exempt):
 # forward = every request reached the origin; hit = (almost) none did.
 set_proxy() {
-  SET_SERVERS=(limit nginx haproxy moat)
+  SET_SERVERS=(limit nginx haproxy moat moat_nofwd)
   [ -z "$MOAT_B" ] || SET_SERVERS+=(moat_b)
   SET_WORKLOADS=(1k-keepalive:/1k:ka 1k-close:/1k:close 128k-keepalive:/128k:ka 128k-close:/128k:close)
   SET_EXPECT=forward
