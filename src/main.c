@@ -72,22 +72,33 @@ static void on_signal(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
-        {"origin", required_argument, NULL, 'o'}, {"listen", required_argument, NULL, 'l'},
-        {"workers", required_argument, NULL, 'w'}, {"version", no_argument, NULL, 'v'},
-        {"no-cache", no_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"test", no_argument, NULL, 't'},
+                                         {"origin", required_argument, NULL, 'o'},
+                                         {"listen", required_argument, NULL, 'l'},
+                                         {"workers", required_argument, NULL, 'w'},
+                                         {"version", no_argument, NULL, 'v'},
+                                         {"no-cache", no_argument, NULL, 'n'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     const char *path = NULL, *origin = NULL, *listen_addr = NULL;
     bool test = false, no_cache = false;
     long workers = -1;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:tvh", opts, NULL)) != -1) {
         switch (opt) {
-        case 'c': path = optarg; break;
-        case 't': test = true; break;
-        case 'o': origin = optarg; break;
-        case 'l': listen_addr = optarg; break;
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test = true;
+            break;
+        case 'o':
+            origin = optarg;
+            break;
+        case 'l':
+            listen_addr = optarg;
+            break;
         case 'w': {
             char *end;
             workers = strtol(optarg, &end, 10);
@@ -97,10 +108,18 @@ int main(int argc, char **argv)
             }
             break;
         }
-        case 'n': no_cache = true; break;
-        case 'v': printf("moat %s\n", MOAT_VERSION); return 0;
-        case 'h': fputs(usage, stdout); return 0;
-        default: fputs(usage, stderr); return 2;
+        case 'n':
+            no_cache = true;
+            break;
+        case 'v':
+            printf("moat %s\n", MOAT_VERSION);
+            return 0;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        default:
+            fputs(usage, stderr);
+            return 2;
         }
     }
     if (optind < argc || (path && origin) || (listen_addr && !origin) || (no_cache && !origin)) {

@@ -29,7 +29,8 @@ static bool token_ok(const struct admin *a, const struct moat_h1_req *r)
     if (!a->token)
         return true;
     const struct moat_hdr *h = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("authorization"));
-    if (!h || h->value.len < 7 || !moat_str_ieq(moat_str_make(h->value.ptr, 7), MOAT_STR("bearer ")))
+    if (!h || h->value.len < 7 ||
+        !moat_str_ieq(moat_str_make(h->value.ptr, 7), MOAT_STR("bearer ")))
         return false;
     struct moat_str got = moat_str_make(h->value.ptr + 7, h->value.len - 7);
     size_t tl = strlen(a->token);
@@ -59,7 +60,8 @@ static bool url_key(const char *url, char *out, size_t cap)
     if (!p || strlen(url) + 1 > cap)
         return false;
     size_t slen = (size_t)(p - url);
-    if (!((slen == 4 && !strncasecmp(url, "http", 4)) || (slen == 5 && !strncasecmp(url, "https", 5))))
+    if (!((slen == 4 && !strncasecmp(url, "http", 4)) ||
+          (slen == 5 && !strncasecmp(url, "https", 5))))
         return false;
     /* TLS is not there yet: both schemes map to the one key space. */
     size_t n = (size_t)snprintf(out, cap, "http://");
@@ -101,7 +103,7 @@ struct purge_task {
     struct purge_task *next;
     struct admin *a;
     struct moat_timer timer;
-    void *later;                  /* the answer owed */
+    void *later; /* the answer owed */
     struct moat_cache_purge pg[2];
     unsigned npg, cur;
     uint64_t purged;
@@ -116,8 +118,9 @@ static void purge_reply(struct purge_task *t, struct moat_httpd_resp *resp)
     moat_log_info("purge: %llu objects%s in %u slice%s, %.1f ms", (unsigned long long)t->purged,
                   t->flags ? " (soft)" : "", t->slices, t->slices == 1 ? "" : "s",
                   (double)(mono_ns() - t->t0) / 1e6);
-    json_reply(resp, 200, json_pack("{s:b, s:I, s:b}", "ok", 1, "purged", (json_int_t)t->purged,
-                                    "soft", t->flags != 0));
+    json_reply(resp, 200,
+               json_pack("{s:b, s:I, s:b}", "ok", 1, "purged", (json_int_t)t->purged, "soft",
+                         t->flags != 0));
 }
 
 /* Runs one slice. Returns the pause before the next one in ms, or -1 when the task is done. */
@@ -197,7 +200,8 @@ static void handle_purge(struct admin *a, const struct moat_httpd_req *req,
     json_t *o = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
     if (!o || !json_is_object(o)) {
         char msg[300];
-        snprintf(msg, sizeof msg, "body must be a JSON object: %s", o ? "not an object" : jerr.text);
+        snprintf(msg, sizeof msg, "body must be a JSON object: %s",
+                 o ? "not an object" : jerr.text);
         json_decref(o);
         moat_httpd_error(resp, 400, msg);
         return;
@@ -303,11 +307,11 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         moat_server_stats(&st);
         struct moat_config *cfg = moat_server_config();
         json_t *o = json_pack(
-            "{s:s, s:I, s:f, s:I, s:i, s:s?, s:I, s:I, s:b}", "version", MOAT_VERSION,
-            "generation", (json_int_t)atomic_load(&moat_srv.generation), "uptime_seconds",
+            "{s:s, s:I, s:f, s:I, s:i, s:s?, s:I, s:I, s:b}", "version", MOAT_VERSION, "generation",
+            (json_int_t)atomic_load(&moat_srv.generation), "uptime_seconds",
             (double)(moat_wall_us() - moat_srv.started_us) / 1e6, "connections_active",
-            (json_int_t)atomic_load(&st.conn_active), "workers", (int)moat_srv.nworkers,
-            "config", cfg->path, "reloads_ok", (json_int_t)atomic_load(&moat_srv.reloads_ok),
+            (json_int_t)atomic_load(&st.conn_active), "workers", (int)moat_srv.nworkers, "config",
+            cfg->path, "reloads_ok", (json_int_t)atomic_load(&moat_srv.reloads_ok),
             "reloads_failed", (json_int_t)atomic_load(&moat_srv.reloads_failed), "draining",
             atomic_load(&moat_srv.draining) != 0);
         moat_config_release(&cfg);

@@ -16,7 +16,7 @@ void moat_admin_stop(struct moat_httpd *s);
 char *moat_metrics_render(size_t *len);
 
 /* Starts the built-in demo origin on <addr>. */
-struct moat_httpd *moat_demo_start(struct moat_loop *loop, const struct moat_addr *addr,
-                                   char *err, size_t errlen);
+struct moat_httpd *moat_demo_start(struct moat_loop *loop, const struct moat_addr *addr, char *err,
+                                   size_t errlen);
 
 #endif

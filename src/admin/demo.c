@@ -51,8 +51,8 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
     }
 }
 
-struct moat_httpd *moat_demo_start(struct moat_loop *loop, const struct moat_addr *addr,
-                                   char *err, size_t errlen)
+struct moat_httpd *moat_demo_start(struct moat_loop *loop, const struct moat_addr *addr, char *err,
+                                   size_t errlen)
 {
     return moat_httpd_start(loop, addr, handle, NULL, err, errlen);
 }

@@ -8,7 +8,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
-#define HTTPD_BUF (1u << 20)
+#define HTTPD_BUF         (1u << 20)
 #define HTTPD_MAX_HEADERS 64
 
 struct hconn {
@@ -34,8 +34,8 @@ struct moat_httpd {
     struct hconn *conns;
 };
 
-void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype,
-                    const char *body, size_t len)
+void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype, const char *body,
+                    size_t len)
 {
     free(resp->body);
     resp->status = status;
@@ -99,14 +99,13 @@ static void queue_response(struct hconn *c, struct moat_httpd_resp *r, bool head
 {
     struct moat_str reason = moat_http_reason(r->status);
     char hdr[768];
-    int n = snprintf(hdr, sizeof hdr,
-                     "HTTP/1.1 %d %.*s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "%s%s%s\r\n",
-                     r->status, (int)reason.len, reason.ptr,
-                     r->ctype ? r->ctype : "application/json", r->len,
-                     strstr(r->extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
-                     r->extra,
-                     keep ? "" : "Connection: close\r\n");
+    int n =
+        snprintf(hdr, sizeof hdr,
+                 "HTTP/1.1 %d %.*s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "%s%s%s\r\n",
+                 r->status, (int)reason.len, reason.ptr, r->ctype ? r->ctype : "application/json",
+                 r->len, strstr(r->extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
+                 r->extra, keep ? "" : "Connection: close\r\n");
     size_t blen = head ? 0 : r->len;
     char *o = malloc((size_t)n + blen);
     if (!o) {
@@ -270,8 +269,7 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
         if (ss.ss_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->peer, sizeof c->peer);
         else if (ss.ss_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer,
-                      sizeof c->peer);
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer, sizeof c->peer);
         c->io.fd = fd;
         c->io.cb = hc_io;
         c->defer.fn = hc_free;

@@ -15,12 +15,12 @@ struct moat_httpd_req {
 
 struct moat_httpd_resp {
     int status;
-    const char *ctype;     /* default "application/json" */
-    char *body;            /* malloc'd; freed by the server */
+    const char *ctype; /* default "application/json" */
+    char *body;        /* malloc'd; freed by the server */
     size_t len;
-    char extra[256];       /* extra header lines, each ending in CRLF */
-    void *conn_;           /* internal: the connection asking */
-    bool later_;           /* internal: moat_httpd_later was called */
+    char extra[256]; /* extra header lines, each ending in CRLF */
+    void *conn_;     /* internal: the connection asking */
+    bool later_;     /* internal: moat_httpd_later was called */
 };
 
 /* Fills <resp> for <req>. Runs on the control loop's thread. */
@@ -45,8 +45,8 @@ void *moat_httpd_later(struct moat_httpd_resp *resp);
 void moat_httpd_finish(void *handle, struct moat_httpd_resp *resp);
 
 /* Sets <resp> to a copy of <body> with <status> and <ctype>. */
-void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype,
-                    const char *body, size_t len);
+void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype, const char *body,
+                    size_t len);
 /* Sets <resp> to {"error": "<msg>"} with <status>. */
 void moat_httpd_error(struct moat_httpd_resp *resp, int status, const char *msg);
 

@@ -50,14 +50,14 @@ char *moat_metrics_render(size_t *len)
     if (!b.p)
         return NULL;
     const char *last = "";
-#define ROW(f, m, l, t, h)                                                                     \
-    if (strcmp(last, m)) {                                                                     \
-        sbf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                   \
-        last = m;                                                                              \
-    }                                                                                          \
-    sbf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                            \
-        (unsigned long long)atomic_load(&s.f));                                                \
-    if (!strcmp(#f, "bad_timeout"))                                                            \
+#define ROW(f, m, l, t, h)                                                                         \
+    if (strcmp(last, m)) {                                                                         \
+        sbf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                       \
+        last = m;                                                                                  \
+    }                                                                                              \
+    sbf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                                 \
+        (unsigned long long)atomic_load(&s.f));                                                    \
+    if (!strcmp(#f, "bad_timeout"))                                                                \
         bad_parse_rows(&b, &s);
     MOAT_STATS(ROW)
 #undef ROW
@@ -75,31 +75,35 @@ char *moat_metrics_render(size_t *len)
     sbf(&b, "moat_request_duration_seconds_sum %.6f\n", (double)atomic_load(&s.dur_sum_us) / 1e6);
     sbf(&b, "moat_request_duration_seconds_count %llu\n",
         (unsigned long long)atomic_load(&s.dur_count));
-    sbf(&b, "# HELP moat_config_reloads_total Configuration reloads, by result\n"
-            "# TYPE moat_config_reloads_total counter\n"
-            "moat_config_reloads_total{result=\"ok\"} %llu\n"
-            "moat_config_reloads_total{result=\"failed\"} %llu\n",
+    sbf(&b,
+        "# HELP moat_config_reloads_total Configuration reloads, by result\n"
+        "# TYPE moat_config_reloads_total counter\n"
+        "moat_config_reloads_total{result=\"ok\"} %llu\n"
+        "moat_config_reloads_total{result=\"failed\"} %llu\n",
         (unsigned long long)atomic_load(&moat_srv.reloads_ok),
         (unsigned long long)atomic_load(&moat_srv.reloads_failed));
-    sbf(&b, "# HELP moat_config_generation Generation of the configuration in use\n"
-            "# TYPE moat_config_generation gauge\nmoat_config_generation %llu\n",
+    sbf(&b,
+        "# HELP moat_config_generation Generation of the configuration in use\n"
+        "# TYPE moat_config_generation gauge\nmoat_config_generation %llu\n",
         (unsigned long long)atomic_load(&moat_srv.generation));
     if (moat_srv.cache) {
         struct moat_cache_stats cs;
         moat_cache_store_stats(moat_srv.cache, &cs);
-        sbf(&b, "# HELP moat_cache_objects Objects in the cache (in flight and hit-for-pass "
-                "markers included)\n# TYPE moat_cache_objects gauge\nmoat_cache_objects %llu\n"
-                "# HELP moat_cache_bytes Bytes charged to the cache's budget\n"
-                "# TYPE moat_cache_bytes gauge\nmoat_cache_bytes %llu\n"
-                "# HELP moat_cache_evictions_total Objects evicted to stay within cache.memory\n"
-                "# TYPE moat_cache_evictions_total counter\nmoat_cache_evictions_total %llu\n"
-                "# HELP moat_cache_purged_total Objects removed or marked stale by purges\n"
-                "# TYPE moat_cache_purged_total counter\nmoat_cache_purged_total %llu\n",
+        sbf(&b,
+            "# HELP moat_cache_objects Objects in the cache (in flight and hit-for-pass "
+            "markers included)\n# TYPE moat_cache_objects gauge\nmoat_cache_objects %llu\n"
+            "# HELP moat_cache_bytes Bytes charged to the cache's budget\n"
+            "# TYPE moat_cache_bytes gauge\nmoat_cache_bytes %llu\n"
+            "# HELP moat_cache_evictions_total Objects evicted to stay within cache.memory\n"
+            "# TYPE moat_cache_evictions_total counter\nmoat_cache_evictions_total %llu\n"
+            "# HELP moat_cache_purged_total Objects removed or marked stale by purges\n"
+            "# TYPE moat_cache_purged_total counter\nmoat_cache_purged_total %llu\n",
             (unsigned long long)cs.objects, (unsigned long long)cs.bytes,
             (unsigned long long)cs.evictions, (unsigned long long)cs.purged);
     }
-    sbf(&b, "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
-            "moat_uptime_seconds %.3f\n",
+    sbf(&b,
+        "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
+        "moat_uptime_seconds %.3f\n",
         (double)(moat_wall_us() - moat_srv.started_us) / 1e6);
     *len = b.n;
     return b.p;

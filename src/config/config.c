@@ -1211,8 +1211,8 @@ struct rule_ctx {
 
 static int k_rule_methods(struct ld *ld, const struct key *k, struct fy_node *n, void *base)
 {
-    static const char *const names[] = {"", "GET", "HEAD", "POST", "PUT", "DELETE",
-                                        "OPTIONS", "PATCH", "CONNECT", "TRACE"};
+    static const char *const names[] = {"",       "GET",     "HEAD",  "POST",    "PUT",
+                                        "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"};
     struct moat_cfg_rule *r = base;
     size_t cnt;
     if (each_string(ld, n, &cnt, NULL, NULL, false) != MOAT_OK)
@@ -1228,8 +1228,10 @@ static int k_rule_methods(struct ld *ld, const struct key *k, struct fy_node *n,
         while (m < MOAT_ARRAY_LEN(names) && strcmp(buf, names[m]))
             m++;
         if (m == MOAT_ARRAY_LEN(names))
-            return fail(ld, e, "\"%s\" is not a method moat matches on (GET, HEAD, POST, PUT, "
-                               "DELETE, OPTIONS, PATCH, TRACE)", buf);
+            return fail(ld, e,
+                        "\"%s\" is not a method moat matches on (GET, HEAD, POST, PUT, "
+                        "DELETE, OPTIONS, PATCH, TRACE)",
+                        buf);
         r->methods |= 1u << m;
     }
     return MOAT_OK;
@@ -1946,12 +1948,11 @@ static struct moat_config *load_common(const char *yaml, size_t len, const char 
      * no text config has. */
     for (size_t i = 0, line = 1; i < len; i++) {
         /* Line starts: after LF, CR, NEL (C2 85), LS/PS (E2 80 A8/A9), as YAML counts them. */
-        bool bol = i == 0 || yaml[i - 1] == '\n' || yaml[i - 1] == '\r' ||
-                   (i >= 2 && (unsigned char)yaml[i - 2] == 0xc2 &&
-                    (unsigned char)yaml[i - 1] == 0x85) ||
-                   (i >= 3 && (unsigned char)yaml[i - 3] == 0xe2 &&
-                    (unsigned char)yaml[i - 2] == 0x80 &&
-                    ((unsigned char)yaml[i - 1] == 0xa8 || (unsigned char)yaml[i - 1] == 0xa9));
+        bool bol =
+            i == 0 || yaml[i - 1] == '\n' || yaml[i - 1] == '\r' ||
+            (i >= 2 && (unsigned char)yaml[i - 2] == 0xc2 && (unsigned char)yaml[i - 1] == 0x85) ||
+            (i >= 3 && (unsigned char)yaml[i - 3] == 0xe2 && (unsigned char)yaml[i - 2] == 0x80 &&
+             ((unsigned char)yaml[i - 1] == 0xa8 || (unsigned char)yaml[i - 1] == 0xa9));
         if (yaml[i] == '%' && bol) {
             snprintf(err, errlen, "%s:%zu:1: YAML directives (%%...) are not supported", ld.name,
                      line);

@@ -27,26 +27,26 @@ struct moat_cidr {
 };
 
 struct moat_cfg_origin {
-    struct moat_addr addr;      /* resolved at load time */
-    char *host;                 /* host part as written (for the Host header when
-                                   pool.host_header is "origin"); NUL-terminated */
-    unsigned weight;            /* default 1 */
-    char *authority;            /* "host" or "host:port" (port omitted when 80), IPv6 in
-                                   brackets: the Host value when host_header is "origin" */
+    struct moat_addr addr; /* resolved at load time */
+    char *host;            /* host part as written (for the Host header when
+                              pool.host_header is "origin"); NUL-terminated */
+    unsigned weight;       /* default 1 */
+    char *authority;       /* "host" or "host:port" (port omitted when 80), IPv6 in
+                              brackets: the Host value when host_header is "origin" */
 };
 
 struct moat_cfg_pool {
     char *name;
     struct moat_cfg_origin *origins;
     size_t norigins;
-    unsigned keepalive;         /* idle upstream connections kept per origin per worker;
-                                   default 32 */
-    uint64_t connect_timeout_ms;   /* default 5000 */
-    uint64_t first_byte_timeout_ms;/* default 60000: request sent -> response head */
-    uint64_t idle_timeout_ms;      /* default 60000: no bytes either way during a body */
-    uint64_t keepalive_timeout_ms; /* default 30000: idle pooled connection lifetime */
-    bool host_from_origin;      /* host_header: origin -> Host is the origin's host;
-                                   default (client) keeps the client's Host */
+    unsigned keepalive;             /* idle upstream connections kept per origin per worker;
+                                       default 256 */
+    uint64_t connect_timeout_ms;    /* default 5000 */
+    uint64_t first_byte_timeout_ms; /* default 60000: request sent -> response head */
+    uint64_t idle_timeout_ms;       /* default 60000: no bytes either way during a body */
+    uint64_t keepalive_timeout_ms;  /* default 30000: idle pooled connection lifetime */
+    bool host_from_origin;          /* host_header: origin -> Host is the origin's host;
+                                       default (client) keeps the client's Host */
 };
 
 /* A cache rule (sites[].rules[]): the first whose match fits a request decides how the
@@ -71,11 +71,11 @@ enum moat_set_cookie { MOAT_SET_COOKIE_REFUSE = 0, MOAT_SET_COOKIE_STRIP };
 
 struct moat_cfg_rule {
     /* match (all given conditions must hold) */
-    char *path;                 /* glob on the path: '*' any run, '?' one byte; NULL = any */
-    unsigned methods;           /* bit (1 << enum moat_method); 0 = any */
-    char *query;                /* a query parameter that must be present */
-    char *header;               /* a request header that must be present */
-    char *cookie;               /* a cookie that must be present */
+    char *path;       /* glob on the path: '*' any run, '?' one byte; NULL = any */
+    unsigned methods; /* bit (1 << enum moat_method); 0 = any */
+    char *query;      /* a query parameter that must be present */
+    char *header;     /* a request header that must be present */
+    char *cookie;     /* a cookie that must be present */
     /* actions */
     unsigned mode;              /* enum moat_cache_mode */
     uint64_t edge_ttl_ms;       /* moat's freshness lifetime; 0 = the origin's */
@@ -86,15 +86,15 @@ struct moat_cfg_rule {
                                    values join the key; lowercase, in the order given */
     struct moat_str key_cookies[MOAT_KEY_FIELDS_MAX]; /* key.cookies: cookie names, exact */
     uint8_t nkey_headers, nkey_cookies;
-    unsigned origin_no_cache;   /* enum moat_origin_no_cache */
-    unsigned set_cookie;        /* enum moat_set_cookie */
+    unsigned origin_no_cache; /* enum moat_origin_no_cache */
+    unsigned set_cookie;      /* enum moat_set_cookie */
 };
 
 struct moat_cfg_site {
-    char **hosts;               /* lowercase; "*" matches any; "*.example.com" a suffix */
+    char **hosts; /* lowercase; "*" matches any; "*.example.com" a suffix */
     size_t nhosts;
-    struct moat_cfg_pool *pool; /* points into the snapshot's pools[] */
-    struct moat_cfg_rule *rules;/* first match wins */
+    struct moat_cfg_pool *pool;  /* points into the snapshot's pools[] */
+    struct moat_cfg_rule *rules; /* first match wins */
     size_t nrules;
 };
 
@@ -102,34 +102,34 @@ enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERR
 
 struct moat_config {
     atomic_int refs;
-    char *path;                 /* file it came from, or NULL for quick mode */
-    uint64_t generation;        /* set by the owner on install; 0 until then */
+    char *path;          /* file it came from, or NULL for quick mode */
+    uint64_t generation; /* set by the owner on install; 0 until then */
 
     struct moat_addr *listen;
     size_t nlisten;
-    unsigned workers;           /* 0 in YAML means "auto" is resolved: one per core */
+    unsigned workers; /* 0 in YAML means "auto" is resolved: one per core */
 
     struct {
         bool enabled;
         struct moat_addr listen;
-        char *token;            /* read from token_file at load time; NULL = no auth
-                                   (only allowed when listen is loopback) */
+        char *token; /* read from token_file at load time; NULL = no auth
+                        (only allowed when listen is loopback) */
     } admin;
 
     struct {
-        bool enabled;           /* demo_origin: "127.0.0.1:8081" starts moat's built-in demo
-                                   site on that address (the embedded default uses it) */
+        bool enabled; /* demo_origin: "127.0.0.1:8081" starts moat's built-in demo
+                         site on that address (the embedded default uses it) */
         struct moat_addr listen;
     } demo;
 
-    struct moat_h1_limits h1;   /* limits.request_line (8 KiB), limits.header_bytes
-                                   (16 KiB), limits.header_count (100) */
-    uint64_t max_body_bytes;    /* limits.body_bytes; 0 = unlimited (default 0) */
-    uint64_t body_buffer;       /* limits.body_buffer: a large body is read through a buffer
-                                   this big (default 64 KiB) */
-    unsigned max_connections;   /* limits.connections per worker (default 10000) */
-    unsigned batch_wait_us;     /* tuning.batch_wait_us: a busy worker's pause to collect
-                                   events, 0 = off (default 20) */
+    struct moat_h1_limits h1; /* limits.request_line (8 KiB), limits.header_bytes
+                                 (16 KiB), limits.header_count (100) */
+    uint64_t max_body_bytes;  /* limits.body_bytes; 0 = unlimited (default 0) */
+    uint64_t body_buffer;     /* limits.body_buffer: a large body is read through a buffer
+                                 this big (default 64 KiB) */
+    unsigned max_connections; /* limits.connections per worker (default 10000) */
+    unsigned batch_wait_us;   /* tuning.batch_wait_us: a busy worker's pause to collect
+                                 events, 0 = off (default 20) */
 
     uint64_t client_header_timeout_ms; /* timeouts.client_header: 10s */
     uint64_t client_body_timeout_ms;   /* timeouts.client_body: 60s (between reads) */
@@ -137,26 +137,26 @@ struct moat_config {
     uint64_t send_timeout_ms;          /* timeouts.send: 60s without progress writing */
     uint64_t drain_timeout_ms;         /* timeouts.drain: 30s on SIGTERM */
 
-    struct moat_cidr *trusted;  /* trusted_proxies: X-Forwarded-For from these is kept */
+    struct moat_cidr *trusted; /* trusted_proxies: X-Forwarded-For from these is kept */
     size_t ntrusted;
-    char *via_name;             /* via: the pseudonym in Via (default "moat") */
-    unsigned fwd_fields;        /* forward_headers: MOAT_FWD_* bits moat sets (default all) */
+    char *via_name;      /* via: the pseudonym in Via (default "moat") */
+    unsigned fwd_fields; /* forward_headers: MOAT_FWD_* bits moat sets (default all) */
 
-    char *access_log;           /* log.access: path, "stderr", "stdout" or NULL (off) */
-    char *error_log;            /* log.error: path or "stderr" (default) */
+    char *access_log;              /* log.access: path, "stderr", "stdout" or NULL (off) */
+    char *error_log;               /* log.error: path or "stderr" (default) */
     enum moat_log_level log_level; /* log.level: info */
 
     struct {
-        bool enabled;             /* cache.enabled: true */
-        uint64_t memory;          /* cache.memory: 512MiB (read at start; restart to change) */
-        uint64_t max_object;      /* cache.max_object: 32MiB */
-        uint64_t pass_ttl_ms;     /* cache.pass_ttl: 2m, hit-for-pass marker lifetime */
-        uint64_t heuristic_max_ms;/* cache.heuristic_max: 1d */
-        char *targeted_field;     /* cache.targeted_field: "Moat-Cache-Control" */
-        uint64_t static_ttl_ms;   /* cache.static_ttl: 2h (quick mode: 0): freshness for
-                                     static file types when the origin gives none */
-        bool normalize_ae;        /* cache.normalize_accept_encoding: true; cached requests
-                                     send the origin a canonical Accept-Encoding */
+        bool enabled;              /* cache.enabled: true */
+        uint64_t memory;           /* cache.memory: 512MiB (read at start; restart to change) */
+        uint64_t max_object;       /* cache.max_object: 32MiB */
+        uint64_t pass_ttl_ms;      /* cache.pass_ttl: 2m, hit-for-pass marker lifetime */
+        uint64_t heuristic_max_ms; /* cache.heuristic_max: 1d */
+        char *targeted_field;      /* cache.targeted_field: "Moat-Cache-Control" */
+        uint64_t static_ttl_ms;    /* cache.static_ttl: 2h (quick mode: 0): freshness for
+                                      static file types when the origin gives none */
+        bool normalize_ae;         /* cache.normalize_accept_encoding: true; cached requests
+                                      send the origin a canonical Accept-Encoding */
     } cache;
 
     struct moat_cfg_pool *pools;

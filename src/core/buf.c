@@ -6,10 +6,10 @@
 #include <stdlib.h>
 
 #define FREE_MAX 256
-#define NLISTS 3
+#define NLISTS   3
 /* Large (body) buffers are kept fewer: 32 x 64 KiB is 2 MiB per thread at most. */
 #define FREE_MAX_LARGE 32
-#define LARGE (32u * 1024)
+#define LARGE          (32u * 1024)
 
 struct freelist {
     uint32_t cap;

@@ -7,7 +7,7 @@
 #include "core/common.h"
 
 struct moat_buf {
-    char *base;    /* NULL until moat_buf_get */
+    char *base; /* NULL until moat_buf_get */
     uint32_t cap;
     uint32_t rpos; /* next byte to consume */
     uint32_t wpos; /* next byte to fill */

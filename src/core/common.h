@@ -11,18 +11,18 @@
 
 /* One status set for the whole project (nginx's, trimmed). Byte parsers return >0 for bytes
  * consumed, MOAT_AGAIN for incomplete input, or an error. */
-#define MOAT_OK 0
-#define MOAT_ERR (-1)
-#define MOAT_AGAIN (-2)    /* needs input or is blocked; resumes later */
-#define MOAT_DONE (-3)     /* a response exists / the thing is complete */
+#define MOAT_OK       0
+#define MOAT_ERR      (-1)
+#define MOAT_AGAIN    (-2) /* needs input or is blocked; resumes later */
+#define MOAT_DONE     (-3) /* a response exists / the thing is complete */
 #define MOAT_DECLINED (-4) /* not mine, next please */
 
-#define moat_likely(x) __builtin_expect(!!(x), 1)
-#define moat_unlikely(x) __builtin_expect(!!(x), 0)
-#define MOAT_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define MOAT_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define MOAT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MOAT_CONTAINER_OF(p, type, field) ((type *)((char *)(p) - offsetof(type, field)))
+#define moat_likely(x)                    __builtin_expect(!!(x), 1)
+#define moat_unlikely(x)                  __builtin_expect(!!(x), 0)
+#define MOAT_MIN(a, b)                    ((a) < (b) ? (a) : (b))
+#define MOAT_MAX(a, b)                    ((a) > (b) ? (a) : (b))
+#define MOAT_ARRAY_LEN(a)                 (sizeof(a) / sizeof((a)[0]))
+#define MOAT_CONTAINER_OF(p, type, field) ((type *)((char *)(p)-offsetof(type, field)))
 
 /* Wire data: pointer and length, passed by value, never relies on NUL. */
 struct moat_str {

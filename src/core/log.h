@@ -16,15 +16,15 @@ void moat_log_set_level(int level);
 void moat_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define moat_log_debug(...) moat_log(MOAT_L_DEBUG, __VA_ARGS__)
-#define moat_log_info(...) moat_log(MOAT_L_INFO, __VA_ARGS__)
-#define moat_log_warn(...) moat_log(MOAT_L_WARN, __VA_ARGS__)
+#define moat_log_info(...)  moat_log(MOAT_L_INFO, __VA_ARGS__)
+#define moat_log_warn(...)  moat_log(MOAT_L_WARN, __VA_ARGS__)
 #define moat_log_error(...) moat_log(MOAT_L_ERROR, __VA_ARGS__)
 
 /* A per-thread buffered appender for the access log. Lines are gathered and written with one
  * write(2) when the buffer is nearly full or on flush (the worker flushes every 100 ms), so a
  * request costs no syscall for logging. */
 struct moat_alog {
-    int fd;             /* -1 = off */
+    int fd; /* -1 = off */
     char *buf;
     size_t len, cap;
 };

@@ -49,20 +49,20 @@ struct moat_defer {
 
 struct moat_loop {
     int epfd;
-    int evfd;              /* eventfd for cross-thread posts */
+    int evfd; /* eventfd for cross-thread posts */
     struct moat_io evio;
     bool stop;
-    uint64_t now_ms;       /* cached monotonic time in ms, updated each iteration */
+    uint64_t now_ms; /* cached monotonic time in ms, updated each iteration */
     struct moat_timer **heap;
     uint32_t nheap, capheap;
     pthread_mutex_t post_lock;
     struct moat_post *post_head, *post_tail;
     struct moat_defer *defer_head;
-    void *data;            /* owner's pointer (the worker) */
+    void *data; /* owner's pointer (the worker) */
     /* Batching under load (the owner sets these; 0 / NULL = off). See moat_loop_run. */
-    uint32_t nap_us;       /* pause before polling again while busy */
-    uint64_t slack_ns;     /* the thread's timer slack as last set (0 = never set) */
-    unsigned nap_skip;     /* blocking wake-ups left before the next nap is tried */
+    uint32_t nap_us;   /* pause before polling again while busy */
+    uint64_t slack_ns; /* the thread's timer slack as last set (0 = never set) */
+    unsigned nap_skip; /* blocking wake-ups left before the next nap is tried */
     _Atomic uint64_t *c_wakeups, *c_naps, *c_events; /* counters to bump, if set */
 };
 
@@ -108,8 +108,8 @@ static inline void moat_loop_defer(struct moat_loop *loop, struct moat_defer *d)
  * MOAT_NAP_IDLE_SKIP wake-ups. An idle or lightly loaded loop so pays almost nothing (an event
  * arriving during a pause waits for it). */
 void moat_loop_run(struct moat_loop *loop);
-#define MOAT_NAP_FULL       32 /* a batch this big polls again at once, without a pause */
-#define MOAT_NAP_IDLE_SKIP  16 /* blocking wake-ups without pauses after an empty pause */
+#define MOAT_NAP_FULL      32 /* a batch this big polls again at once, without a pause */
+#define MOAT_NAP_IDLE_SKIP 16 /* blocking wake-ups without pauses after an empty pause */
 /* Asks the loop to return from moat_loop_run after the current iteration (loop thread). */
 void moat_loop_stop(struct moat_loop *loop);
 

@@ -83,8 +83,9 @@ struct moat_hdr {
 #define MOAT_H1_F_EXPECT_100   0x0040u /* Expect: 100-continue (case-insensitive) */
 #define MOAT_H1_F_EXPECT_OTHER 0x0080u /* Expect with any other value (caller answers 417) */
 #define MOAT_H1_F_ABSOLUTE     0x0100u /* request-target in absolute-form */
-#define MOAT_H1_F_CONN_OTHER   0x0200u /* Connection names a token other than close,
-                                          keep-alive, upgrade (a field to drop as hop-by-hop) */
+#define MOAT_H1_F_CONN_OTHER                                                                       \
+    0x0200u /* Connection names a token other than close,                                          \
+               keep-alive, upgrade (a field to drop as hop-by-hop) */
 
 struct moat_h1_req {
     struct moat_str method; /* token */

@@ -241,8 +241,7 @@ static int serve_from(struct moat_conn *c, const char *status)
     return MOAT_DONE;
 }
 
-static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int status,
-                       bool body)
+static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int status, bool body)
 {
     struct moat_xchg *x = &c->x;
     const struct moat_config *cfg = x->wcfg->cfg;
@@ -305,8 +304,8 @@ static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int
     int n = snprintf(moat_buf_wptr(o), moat_buf_room(o),
                      "HTTP/1.1 %d %.*s\r\n%.*sAge: %lld\r\nCache-Status: moat; %s\r\n"
                      "Via: 1.1 %s\r\n%s%s\r\n",
-                     status, (int)reason.len, reason.ptr, (int)block.len, block.ptr,
-                     (long long)age, cs, cfg->via_name ? cfg->via_name : "moat", framing, conn);
+                     status, (int)reason.len, reason.ptr, (int)block.len, block.ptr, (long long)age,
+                     cs, cfg->via_name ? cfg->via_name : "moat", framing, conn);
     if (n > 0 && (uint32_t)n < moat_buf_room(o))
         o->wpos += (uint32_t)n;
     else
@@ -365,8 +364,7 @@ int moat_pcache_serve(struct moat_conn *c)
             if (subscribe(x) == MOAT_OK) {
                 st = moat_cache_obj_state(x->cobj);
                 if (st == MOAT_CACHE_OBJ_PENDING) {
-                    moat_timer_set(&w->loop, &c->timer,
-                                   x->site->pool->first_byte_timeout_ms);
+                    moat_timer_set(&w->loop, &c->timer, x->site->pool->first_byte_timeout_ms);
                     return MOAT_AGAIN;
                 }
             } else {
@@ -653,7 +651,8 @@ static void snapshot_request(struct moat_conn *c)
     memcpy(copy, base, hl);
     for (size_t i = 0; i < n; i++) {
         h[i].name = moat_str_make(copy + (x->req.hdrs[i].name.ptr - base), x->req.hdrs[i].name.len);
-        h[i].value = moat_str_make(copy + (x->req.hdrs[i].value.ptr - base), x->req.hdrs[i].value.len);
+        h[i].value =
+            moat_str_make(copy + (x->req.hdrs[i].value.ptr - base), x->req.hdrs[i].value.len);
     }
     x->vsnap = h;
     x->vsnap_n = n;
@@ -886,8 +885,7 @@ static void rule_meta(const struct moat_conn *c, const struct moat_cache_cc *cc,
     if (rule && rule->edge_ttl_ms)
         meta->lifetime = (int32_t)MOAT_MIN(rule->edge_ttl_ms / 1000, (uint64_t)INT32_MAX);
     else if ((everything || x->static_default) && cc->max_age < 0 && cc->s_maxage < 0 &&
-             !(meta->flags & MOAT_META_HEURISTIC) &&
-             !moat_h1_find(hdrs, n, MOAT_STR("expires"))) {
+             !(meta->flags & MOAT_META_HEURISTIC) && !moat_h1_find(hdrs, n, MOAT_STR("expires"))) {
         uint64_t ms = x->wcfg->cfg->cache.static_ttl_ms;
         uint64_t d = ms ? ms : 7200000u;
         meta->lifetime = (int32_t)MOAT_MIN(d / 1000, (uint64_t)INT32_MAX);
@@ -895,8 +893,8 @@ static void rule_meta(const struct moat_conn *c, const struct moat_cache_cc *cc,
     if (everything)
         meta->flags &= ~(uint32_t)MOAT_META_NO_CACHE;
     if (rule && rule->stale_if_error_ms)
-        meta->sie = (int32_t)MOAT_MAX((uint64_t)meta->sie,
-                                      MOAT_MIN(rule->stale_if_error_ms / 1000, (uint64_t)INT32_MAX));
+        meta->sie = (int32_t)MOAT_MAX(
+            (uint64_t)meta->sie, MOAT_MIN(rule->stale_if_error_ms / 1000, (uint64_t)INT32_MAX));
 }
 
 /* Gives up the object being fetched (aborting it if we write it) and makes the stale copy
@@ -991,8 +989,8 @@ static void make_index(struct moat_conn *c, const struct moat_h1_resp *r,
         if (MOAT_STR_IEQ_LIT(r->hdrs[i].name, "vary"))
             idx[n++] = r->hdrs[i];
     char genbuf[24];
-    int gl = snprintf(genbuf, sizeof genbuf, "%llu",
-                      (unsigned long long)atomic_fetch_add(&vary_gen, 1));
+    int gl =
+        snprintf(genbuf, sizeof genbuf, "%llu", (unsigned long long)atomic_fetch_add(&vary_gen, 1));
     struct moat_str gen = moat_str_make(genbuf, (size_t)gl);
     idx[n++] = (struct moat_hdr){MOAT_STR("Moat-Vary-Gen"), gen};
     struct moat_cache_meta meta;
@@ -1037,7 +1035,8 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
         revalidated(c, r, &pc);
         return;
     }
-    moat_cache_cc_response(&cc, r->hdrs, r->nhdrs, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
+    moat_cache_cc_response(&cc, r->hdrs, r->nhdrs,
+                           tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
     /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
      * still does (a session must never be shared), and so does the status. */
     rule_cc(x->rule, &cc);
@@ -1047,16 +1046,14 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     /* The request head was consumed when it was forwarded: its Authorization was noted at
      * request time (x->has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =
-        moat_cache_storable(&pc, x->req.meth, r->status, &x->creq, NULL, 0, &cc, r->hdrs,
-                            r->nhdrs);
+        moat_cache_storable(&pc, x->req.meth, r->status, &x->creq, NULL, 0, &cc, r->hdrs, r->nhdrs);
     if (why == MOAT_NOSTORE_NONE && x->has_auth &&
         !(cc.flags & (MOAT_CC_PUBLIC | MOAT_CC_MUST_REVALIDATE)) && cc.s_maxage < 0)
         why = MOAT_NOSTORE_AUTHORIZATION;
     bool vary = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("vary")) != NULL;
     bool too_big = (r->flags & MOAT_H1_F_HAS_CL) && r->content_length > cfg->cache.max_object;
     int64_t now = now_s();
-    if (vary && !x->cvariant && why == MOAT_NOSTORE_NONE && !too_big &&
-        x->respf.mode != FLOW_EOF) {
+    if (vary && !x->cvariant && why == MOAT_NOSTORE_NONE && !too_big && x->respf.mode != FLOW_EOF) {
         make_index(c, r, &cc, &pc, now);
         if (!x->cobj)
             return;
@@ -1069,7 +1066,8 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
         bool says_no = why == MOAT_NOSTORE_NO_STORE || why == MOAT_NOSTORE_PRIVATE ||
                        why == MOAT_NOSTORE_SET_COOKIE || why == MOAT_NOSTORE_VARY_STAR ||
                        why == MOAT_NOSTORE_AUTHORIZATION || vary;
-        moat_cache_obj_abandon(x->cobj, now, says_no ? (int64_t)(cfg->cache.pass_ttl_ms / 1000) : 0);
+        moat_cache_obj_abandon(x->cobj, now,
+                               says_no ? (int64_t)(cfg->cache.pass_ttl_ms / 1000) : 0);
         moat_cache_obj_release(&x->cobj);
         x->cwriter = false;
         return;
@@ -1077,8 +1075,7 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     struct moat_cache_meta meta;
     moat_cache_meta_init(&meta, &pc, r->status, &cc, r->hdrs, r->nhdrs, x->creq_time, now);
     rule_meta(c, &cc, r->hdrs, r->nhdrs, &meta);
-    if (meta.lifetime <= 0 && !(meta.flags & MOAT_META_HAS_VALIDATOR) && !meta.sie &&
-        !meta.swr) {
+    if (meta.lifetime <= 0 && !(meta.flags & MOAT_META_HAS_VALIDATOR) && !meta.sie && !meta.swr) {
         /* Nothing to reuse it for: stale at once, no validator, no grace. Not stored, and no
          * hit-for-pass either (the next answer may well carry freshness). */
         moat_cache_obj_abandon(x->cobj, now, 0);
@@ -1093,7 +1090,8 @@ void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
     for (size_t i = 0; i < r->nhdrs && nk < MOAT_ARRAY_LEN(keep); i++) {
         struct moat_str n = r->hdrs[i].name;
         if (moat_pcache_strip(c, n)) {
-            if (!tags.len && (MOAT_STR_IEQ_LIT(n, "cache-tag") || MOAT_STR_IEQ_LIT(n, "surrogate-key")))
+            if (!tags.len &&
+                (MOAT_STR_IEQ_LIT(n, "cache-tag") || MOAT_STR_IEQ_LIT(n, "surrogate-key")))
                 tags = r->hdrs[i].value;
             continue;
         }

@@ -18,8 +18,14 @@
 #include "proxy/server.h"
 
 /* Results of the body pump. */
-enum { PUMP_DONE = 1, PUMP_AGAIN = 2, PUMP_ERR_SRC = 3, PUMP_ERR_DST = 4, PUMP_ERR_LIMIT = 5,
-       PUMP_ERR_FRAMING = 6 };
+enum {
+    PUMP_DONE = 1,
+    PUMP_AGAIN = 2,
+    PUMP_ERR_SRC = 3,
+    PUMP_ERR_DST = 4,
+    PUMP_ERR_LIMIT = 5,
+    PUMP_ERR_FRAMING = 6
+};
 
 static void conn_free(struct moat_defer *d);
 
@@ -416,12 +422,12 @@ static void write_access_log(struct moat_conn *c, uint64_t now_us)
     time_t sec = (time_t)(now_us / 1000000);
     struct tm tm;
     gmtime_r(&sec, &tm);
-    size_t n = (size_t)snprintf(p, 2048,
-                                "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"client\":\"%s\","
-                                "\"method\":\"",
-                                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                                tm.tm_min, tm.tm_sec, (unsigned)(now_us % 1000000 / 1000),
-                                c->peer_text);
+    size_t n =
+        (size_t)snprintf(p, 2048,
+                         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"client\":\"%s\","
+                         "\"method\":\"",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec, (unsigned)(now_us % 1000000 / 1000), c->peer_text);
     const char *m = x->logf + x->log_method, *h = x->logf + x->log_host,
                *pa = x->logf + x->log_path;
     n += moat_json_escape(p + n, 300, moat_str_make(m, strlen(m)));
@@ -466,11 +472,21 @@ static void account(struct moat_conn *c)
     struct moat_xchg *x = &c->x;
     uint64_t now = moat_wall_us();
     switch (x->status / 100) {
-    case 1: MOAT_STAT_INC(st, req_1xx); break;
-    case 2: MOAT_STAT_INC(st, req_2xx); break;
-    case 3: MOAT_STAT_INC(st, req_3xx); break;
-    case 4: MOAT_STAT_INC(st, req_4xx); break;
-    default: MOAT_STAT_INC(st, req_5xx); break;
+    case 1:
+        MOAT_STAT_INC(st, req_1xx);
+        break;
+    case 2:
+        MOAT_STAT_INC(st, req_2xx);
+        break;
+    case 3:
+        MOAT_STAT_INC(st, req_3xx);
+        break;
+    case 4:
+        MOAT_STAT_INC(st, req_4xx);
+        break;
+    default:
+        MOAT_STAT_INC(st, req_5xx);
+        break;
     }
     MOAT_STAT_ADD(st, resp_bytes, x->resp_bytes);
     MOAT_STAT_ADD(st, req_bytes, x->reqf.bytes);
@@ -545,8 +561,8 @@ static bool detach(struct moat_conn *c)
 {
     struct moat_xchg *x = &c->x;
     struct moat_worker *w = c->w;
-    if (c->detached || c->state != C_PROXY || !x->respf.tap || !x->cwriter || !x->cobj ||
-        !x->u || !x->reqf.done || w->draining)
+    if (c->detached || c->state != C_PROXY || !x->respf.tap || !x->cwriter || !x->cobj || !x->u ||
+        !x->reqf.done || w->draining)
         return false;
     moat_timer_stop(&w->loop, &c->timer);
     close(c->s.io.fd);
@@ -716,8 +732,8 @@ static int start_request(struct moat_conn *c, size_t head_len)
         moat_local_response(c, 413, "request body too large\n");
         return MOAT_OK;
     }
-    x->upgrade = (r->flags & MOAT_H1_F_CONN_UPGRADE) && (r->flags & MOAT_H1_F_UPGRADE) &&
-                 r->minor == 1;
+    x->upgrade =
+        (r->flags & MOAT_H1_F_CONN_UPGRADE) && (r->flags & MOAT_H1_F_UPGRADE) && r->minor == 1;
     if (x->reqf.mode == FLOW_CHUNKED && !chunked_prefix_ok(c, head_len)) {
         MOAT_STAT_INC(&w->stats, bad_parse[MOAT_H1_BAD_CHUNK]);
         x->keepalive = false;
@@ -774,7 +790,8 @@ int moat_conn_forward(struct moat_conn *c)
     x->uhead_len = x->uhead.wpos;
     c->state = C_PROXY;
     const struct moat_cfg_pool *p = &cfg->pools[x->pool_idx];
-    moat_timer_set(&w->loop, &x->u->timer, reused ? p->first_byte_timeout_ms : p->connect_timeout_ms);
+    moat_timer_set(&w->loop, &x->u->timer,
+                   reused ? p->first_byte_timeout_ms : p->connect_timeout_ms);
     return MOAT_OK;
 }
 
@@ -987,8 +1004,8 @@ static int do_proxy(struct moat_conn *c)
             while (x->uhead_sent < x->uhead.wpos) {
                 if (!u->s.writable)
                     break;
-                ssize_t n = write(u->s.io.fd, x->uhead.base + x->uhead_sent,
-                                  x->uhead.wpos - x->uhead_sent);
+                ssize_t n =
+                    write(u->s.io.fd, x->uhead.base + x->uhead_sent, x->uhead.wpos - x->uhead_sent);
                 if (n < 0 && errno == EINTR)
                     continue;
                 if (n < 0 && errno == EAGAIN) {

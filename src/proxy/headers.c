@@ -122,7 +122,6 @@ static inline void run_flush(struct run *rn, struct out *o)
     rn->start = rn->end = NULL;
 }
 
-
 static void put_flow_framing(struct out *o, const struct moat_flow *f)
 {
     if (f->mode == FLOW_CL) {
@@ -237,7 +236,7 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             continue;
         run_add(&rn, &o, h);
         continue;
-    forwarded_tail: {
+    forwarded_tail : {
         bool v6 = memchr(c->peer_text, ':', c->peer_len) != NULL;
         if (v6)
             PUTL(&o, "\"[");

@@ -95,11 +95,12 @@ static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_h1_req
 static bool static_type(struct moat_str path)
 {
     static const char *const ext[] = {
-        "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "bmp",
-        "tif", "tiff", "woff", "woff2", "ttf", "otf", "eot", "mp4", "webm", "ogg", "mp3",
-        "wav", "flac", "m4a", "avi", "mov", "pdf", "zip", "gz", "tar", "7z", "rar", "bz2",
-        "doc", "docx", "xls", "xlsx", "ppt", "pptx", "csv", "txt", "swf", "apk", "dmg",
-        "iso", "bin", "exe", "jar", "class", "ps", "eps", "pict", "midi", "mid", "map"};
+        "css",   "js",  "mjs", "png",  "jpg",  "jpeg",  "gif",  "webp", "avif", "svg",
+        "ico",   "bmp", "tif", "tiff", "woff", "woff2", "ttf",  "otf",  "eot",  "mp4",
+        "webm",  "ogg", "mp3", "wav",  "flac", "m4a",   "avi",  "mov",  "pdf",  "zip",
+        "gz",    "tar", "7z",  "rar",  "bz2",  "doc",   "docx", "xls",  "xlsx", "ppt",
+        "pptx",  "csv", "txt", "swf",  "apk",  "dmg",   "iso",  "bin",  "exe",  "jar",
+        "class", "ps",  "eps", "pict", "midi", "mid",   "map"};
     size_t dot = path.len;
     while (dot > 0 && path.ptr[dot - 1] != '.' && path.ptr[dot - 1] != '/')
         dot--;

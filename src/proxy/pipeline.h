@@ -6,10 +6,10 @@
 
 /* The phases, in order. docs/architecture.md draws them; a unit test pins the order. */
 enum moat_phase {
-    MOAT_PH_SHIELD,   /* access rules, rate limits, challenge (shield issue) */
-    MOAT_PH_ROUTE,    /* Host -> site */
-    MOAT_PH_CACHE,    /* cache lookup, collapse (cache issue) */
-    MOAT_PH_BALANCE,  /* site -> pool -> origin */
+    MOAT_PH_SHIELD,  /* access rules, rate limits, challenge (shield issue) */
+    MOAT_PH_ROUTE,   /* Host -> site */
+    MOAT_PH_CACHE,   /* cache lookup, collapse (cache issue) */
+    MOAT_PH_BALANCE, /* site -> pool -> origin */
     MOAT_PH_COUNT
 };
 

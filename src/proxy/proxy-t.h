@@ -19,9 +19,9 @@ struct moat_conn;
  * keyed by the origin's address text and outlive configuration snapshots, so a reload that
  * keeps an origin keeps its warm connections. */
 struct moat_upool {
-    struct moat_upool *next;      /* worker's list */
+    struct moat_upool *next; /* worker's list */
     struct moat_addr addr;
-    struct moat_upconn *idle;     /* LIFO: the most recently used is warmest */
+    struct moat_upconn *idle; /* LIFO: the most recently used is warmest */
     unsigned nidle;
 };
 
@@ -29,10 +29,10 @@ struct moat_upool {
  * -> upool, round-robin positions). Counted by the worker's own requests without atomics. */
 struct moat_wcfg {
     struct moat_config *cfg;
-    unsigned users;               /* requests holding it + 1 while it is the worker's current */
-    struct moat_upool ***omap;    /* [pool][origin] */
-    unsigned *rr;                 /* [pool] round-robin position */
-    unsigned *wsum;               /* [pool] total weight */
+    unsigned users;            /* requests holding it + 1 while it is the worker's current */
+    struct moat_upool ***omap; /* [pool][origin] */
+    unsigned *rr;              /* [pool] round-robin position */
+    unsigned *wsum;            /* [pool] total weight */
     const struct moat_cfg_site *only_site; /* the one site, when it is just "*" */
 };
 
@@ -42,19 +42,19 @@ struct moat_worker {
     struct moat_loop loop;
     struct moat_listener *listeners;
     size_t nlisteners;
-    struct moat_wcfg *wcfg;       /* current */
+    struct moat_wcfg *wcfg; /* current */
     uint64_t gen;
     struct moat_upool *upools;
     struct moat_stats stats;
     struct moat_alog alog;
-    char *alog_dest;              /* what alog was opened with, to reopen on change */
-    struct moat_timer tick;       /* 100 ms: access log flush, config poll, drain checks */
+    char *alog_dest;        /* what alog was opened with, to reopen on change */
+    struct moat_timer tick; /* 100 ms: access log flush, config poll, drain checks */
     unsigned nconns;
-    struct moat_conn *conns;      /* all client connections (for drain) */
+    struct moat_conn *conns; /* all client connections (for drain) */
     bool draining;
     uint64_t drain_deadline;
-    uint32_t bufsize;             /* heads: limits.header_bytes + room, 4 KiB pages */
-    uint32_t body_bufsize;        /* bodies larger than that: limits.body_buffer */
+    uint32_t bufsize;      /* heads: limits.header_bytes + room, 4 KiB pages */
+    uint32_t body_bufsize; /* bodies larger than that: limits.body_buffer */
 };
 
 struct moat_listener {
@@ -72,23 +72,23 @@ enum moat_flow_mode {
 
 struct moat_flow {
     enum moat_flow_mode mode;
-    bool out_chunked;             /* re-encode as chunked on the output side */
-    bool pending_crlf;            /* out_chunked: the CRLF after the last data is owed */
-    bool done;                    /* input framing complete */
-    bool fin_queued;              /* output terminator queued (chunked "0\r\n\r\n", or
-                                     "0\r\n" + trailers + "\r\n") */
-    bool trailers;                /* FLOW_CHUNKED with dec.keep_trailers: in the trailer
-                                     section, held in the input until it is whole */
-    uint64_t remaining;           /* FLOW_CL */
-    struct moat_h1_chunked dec;   /* FLOW_CHUNKED */
-    uint32_t span;                /* payload bytes at the input's rpos awaiting write */
-    uint32_t skip_after;          /* framing bytes to consume after the span is written */
-    uint64_t bytes;               /* payload bytes forwarded */
-    uint64_t limit;               /* max payload (limits.body_bytes on requests), 0 = none */
-    struct moat_conn *tap;        /* payload is also stored in this connection's cache
-                                     object (the response of a cache miss) */
-    uint32_t bigbuf;              /* a body larger than the head buffer: read it through a
-                                     buffer of this size (limits.body_buffer), 0 = keep */
+    bool out_chunked;           /* re-encode as chunked on the output side */
+    bool pending_crlf;          /* out_chunked: the CRLF after the last data is owed */
+    bool done;                  /* input framing complete */
+    bool fin_queued;            /* output terminator queued (chunked "0\r\n\r\n", or
+                                   "0\r\n" + trailers + "\r\n") */
+    bool trailers;              /* FLOW_CHUNKED with dec.keep_trailers: in the trailer
+                                   section, held in the input until it is whole */
+    uint64_t remaining;         /* FLOW_CL */
+    struct moat_h1_chunked dec; /* FLOW_CHUNKED */
+    uint32_t span;              /* payload bytes at the input's rpos awaiting write */
+    uint32_t skip_after;        /* framing bytes to consume after the span is written */
+    uint64_t bytes;             /* payload bytes forwarded */
+    uint64_t limit;             /* max payload (limits.body_bytes on requests), 0 = none */
+    struct moat_conn *tap;      /* payload is also stored in this connection's cache
+                                   object (the response of a cache miss) */
+    uint32_t bigbuf;            /* a body larger than the head buffer: read it through a
+                                   buffer of this size (limits.body_buffer), 0 = keep */
 };
 
 /* One end of a TCP connection as the body pump sees it: the socket, the bytes read from it
@@ -97,12 +97,12 @@ struct moat_side {
     struct moat_io io;
     struct moat_buf in;
     bool readable, writable;
-    bool eof;                     /* read returned 0 (or a timeout/error ended input) */
-    bool hup;                     /* epoll reported RDHUP/HUP: always read until EAGAIN */
-    bool sink;                    /* no socket (a detached connection): what the pump would
-                                     write here is dropped, as if written at once */
-    bool held;                    /* the last write went with MSG_MORE: the kernel may hold
-                                     a partial segment until more comes or it is pushed */
+    bool eof;  /* read returned 0 (or a timeout/error ended input) */
+    bool hup;  /* epoll reported RDHUP/HUP: always read until EAGAIN */
+    bool sink; /* no socket (a detached connection): what the pump would
+                  write here is dropped, as if written at once */
+    bool held; /* the last write went with MSG_MORE: the kernel may hold
+                  a partial segment until more comes or it is pushed */
 };
 
 struct moat_upconn {
@@ -111,21 +111,21 @@ struct moat_upconn {
     struct moat_timer timer;
     struct moat_worker *w;
     struct moat_upool *pool;
-    struct moat_conn *client;     /* NULL while idle in the pool */
+    struct moat_conn *client; /* NULL while idle in the pool */
     struct moat_upconn *next_idle;
     bool connected;
     bool timed_out;
-    unsigned requests;            /* exchanges completed on this connection */
+    unsigned requests; /* exchanges completed on this connection */
 };
 
 enum moat_cstate {
-    C_HEAD,      /* reading / parsing a request head */
-    C_PROXY,     /* exchange with an origin in progress */
-    C_LOCAL,     /* writing a locally made response, then next request or close */
-    C_TUNNEL,    /* upgraded: bytes both ways until either side closes */
-    C_CACHE,     /* answering from a cache object (a hit, or collapsed onto a fetch) */
-    C_CLOSING,   /* flushing the last bytes, then a lingering close */
-    C_LINGER,    /* write side shut; reading and dropping until EOF or 2 s */
+    C_HEAD,    /* reading / parsing a request head */
+    C_PROXY,   /* exchange with an origin in progress */
+    C_LOCAL,   /* writing a locally made response, then next request or close */
+    C_TUNNEL,  /* upgraded: bytes both ways until either side closes */
+    C_CACHE,   /* answering from a cache object (a hit, or collapsed onto a fetch) */
+    C_CLOSING, /* flushing the last bytes, then a lingering close */
+    C_LINGER,  /* write side shut; reading and dropping until EOF or 2 s */
 };
 
 /* The request/response exchange now on a client connection (one at a time; pipelined
@@ -137,62 +137,62 @@ struct moat_xchg {
     uint64_t t_up_start_us, t_up_first_us;
     const struct moat_cfg_site *site;
     const struct moat_cfg_rule *rule; /* the site's cache rule that matched, or NULL */
-    bool static_default;          /* no rule matched and the path is a static file type */
+    bool static_default;              /* no rule matched and the path is a static file type */
     unsigned pool_idx;
     const struct moat_cfg_origin *origin;
     struct moat_upool *upool;
     struct moat_upconn *u;
-    struct moat_buf uhead;        /* serialized request head (kept for a retry), then the
-                                     chunk framing of the request body */
+    struct moat_buf uhead; /* serialized request head (kept for a retry), then the
+                              chunk framing of the request body */
     uint32_t uhead_sent;
     uint32_t uhead_len;
     bool uhead_done;
     struct moat_flow reqf, respf;
     int status;
-    bool head_sent;               /* response head queued to the client */
+    bool head_sent; /* response head queued to the client */
     bool resp_head_parsed;
-    bool keepalive;               /* client connection may serve another request */
-    bool client_close;            /* the request itself asked to close the connection */
-    bool upgrade;                 /* request asked for an upgrade */
+    bool keepalive;    /* client connection may serve another request */
+    bool client_close; /* the request itself asked to close the connection */
+    bool upgrade;      /* request asked for an upgrade */
     bool is_head;
     bool expect100;
     bool retried;
     bool up_reusable;
-    const char *err;              /* upstream error name for the log */
-    uint64_t resp_bytes;          /* bytes written to the client for this exchange */
-    uint32_t head_consumed;       /* request head bytes still at the input's start */
+    const char *err;        /* upstream error name for the log */
+    uint64_t resp_bytes;    /* bytes written to the client for this exchange */
+    uint32_t head_consumed; /* request head bytes still at the input's start */
     /* cache (src/proxy/cache.c). What the cache derived from the request (key, rule, the
      * request's Cache-Control, Accept-Encoding) is copied by moat_conn_spawn for a
      * background refresh: a new such field must be copied there too. */
-    struct moat_cache_obj *cobj;  /* the object we fill (writer) or answer from (reader) */
-    struct moat_cache_obj *cstale;/* a stale object kept for stale-if-error while refetching */
+    struct moat_cache_obj *cobj;   /* the object we fill (writer) or answer from (reader) */
+    struct moat_cache_obj *cstale; /* a stale object kept for stale-if-error while refetching */
     struct moat_cache_cursor ccur;
     struct moat_cache_waiter cwait;
-    struct moat_cache_cc creq;    /* the request's Cache-Control */
-    struct moat_str cspan;        /* body bytes of cobj awaiting write */
-    const char *cstatus;          /* Cache-Status parameters after "moat; " (NULL: none) */
+    struct moat_cache_cc creq; /* the request's Cache-Control */
+    struct moat_str cspan;     /* body bytes of cobj awaiting write */
+    const char *cstatus;       /* Cache-Status parameters after "moat; " (NULL: none) */
     int64_t creq_time;
-    uint16_t ckeylen;             /* key in c->ckey */
-    uint16_t ckeyurl;             /* its URL part, before the key.headers / key.cookies parts */
-    bool cwriter;                 /* we fill cobj from the origin's response */
-    bool has_auth;                /* the request carried Authorization */
-    bool cclaimed;                /* we hold cstale's refresh claim (stale-while-revalidate) */
-    bool crevalidated;            /* the origin answered 304: answer from the cache */
-    bool cinvalidate;             /* unsafe method: invalidate the key on a non-error answer */
-    bool cvariant;                /* c->ckey is a Vary variant's key (under an index) */
-    bool cae_norm;                /* cache.normalize_accept_encoding applies: the origin
-                                     is sent, and Vary keys use, moat_cache_ae_value(cae) */
-    uint8_t cae;                  /* MOAT_AE_* codings the client accepts */
-    struct moat_hdr *vsnap;       /* a primary key's writer: copy of the request's fields */
+    uint16_t ckeylen;       /* key in c->ckey */
+    uint16_t ckeyurl;       /* its URL part, before the key.headers / key.cookies parts */
+    bool cwriter;           /* we fill cobj from the origin's response */
+    bool has_auth;          /* the request carried Authorization */
+    bool cclaimed;          /* we hold cstale's refresh claim (stale-while-revalidate) */
+    bool crevalidated;      /* the origin answered 304: answer from the cache */
+    bool cinvalidate;       /* unsafe method: invalidate the key on a non-error answer */
+    bool cvariant;          /* c->ckey is a Vary variant's key (under an index) */
+    bool cae_norm;          /* cache.normalize_accept_encoding applies: the origin
+                               is sent, and Vary keys use, moat_cache_ae_value(cae) */
+    uint8_t cae;            /* MOAT_AE_* codings the client accepts */
+    struct moat_hdr *vsnap; /* a primary key's writer: copy of the request's fields */
     size_t vsnap_n;
-    uint64_t crange_left;         /* C_CACHE: body bytes still to send (a Range), or
-                                     UINT64_MAX for the whole body */
+    uint64_t crange_left;                  /* C_CACHE: body bytes still to send (a Range), or
+                                              UINT64_MAX for the whole body */
     struct moat_str head_consumed_range;   /* Range / If-Range of a request answered from */
     struct moat_str head_consumed_ifrange; /* the cache (point into the request head) */
-    char crange_hdr[64];          /* Content-Range value of a 206 or 416 */
-    bool chead_done;              /* C_CACHE: response head queued */
-    bool cstale_serving;          /* C_CACHE: serving a stale object for stale-if-error */
-    char logf[384];               /* method \0 host \0 path \0, copied for the access log */
+    char crange_hdr[64];                   /* Content-Range value of a 206 or 416 */
+    bool chead_done;                       /* C_CACHE: response head queued */
+    bool cstale_serving;                   /* C_CACHE: serving a stale object for stale-if-error */
+    char logf[384]; /* method \0 host \0 path \0, copied for the access log */
     uint16_t log_method, log_host, log_path;
 };
 
@@ -202,25 +202,25 @@ struct moat_conn {
     struct moat_timer timer;
     struct moat_worker *w;
     struct moat_conn *prev, *next; /* worker's list */
-    struct moat_buf out;          /* heads, chunk framing and local responses to write */
-    struct moat_hdr *hdrs;        /* header array (limits.header_count), requests and
-                                     responses in turn */
+    struct moat_buf out;           /* heads, chunk framing and local responses to write */
+    struct moat_hdr *hdrs;         /* header array (limits.header_count), requests and
+                                      responses in turn */
     size_t hdrs_cap;
     enum moat_cstate state;
-    bool in_drive;                /* re-entrancy guard */
+    bool in_drive; /* re-entrancy guard */
     bool drive_again;
     unsigned nreq;
-    _Atomic bool wake_pending;    /* a cache wake-up is posted to this worker's loop */
-    bool zombie;                  /* closed while a wake-up was posted: freed by it */
-    bool closed;                  /* conn_close ran; freed after the loop's batch */
-    bool detached;                /* no client socket (s.sink): a background refresh, or a
-                                     cache fill whose client left and that goes on for the
-                                     requests waiting on the object; ends with its exchange */
-    bool bg;                      /* made by moat_conn_spawn (never had a client socket) */
-    char ckey[1024];              /* cache key of the current request */
-    uint8_t peer[16];             /* v4-mapped when IPv4 */
+    _Atomic bool wake_pending; /* a cache wake-up is posted to this worker's loop */
+    bool zombie;               /* closed while a wake-up was posted: freed by it */
+    bool closed;               /* conn_close ran; freed after the loop's batch */
+    bool detached;             /* no client socket (s.sink): a background refresh, or a
+                                  cache fill whose client left and that goes on for the
+                                  requests waiting on the object; ends with its exchange */
+    bool bg;                   /* made by moat_conn_spawn (never had a client socket) */
+    char ckey[1024];           /* cache key of the current request */
+    uint8_t peer[16];          /* v4-mapped when IPv4 */
     char peer_text[48];
-    uint8_t peer_len;             /* strlen(peer_text) */
+    uint8_t peer_len; /* strlen(peer_text) */
     struct moat_xchg x;
 };
 
@@ -238,8 +238,8 @@ void moat_worker_wcfg_put(struct moat_worker *w, struct moat_wcfg *wc);
 /* upstream.c */
 /* Gets a connection to <pool>'s origin for <c>: a pooled idle one, or a new connect in
  * progress. NULL with errno on immediate failure. */
-struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool,
-                                struct moat_conn *c, bool fresh, bool *reused);
+struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool, struct moat_conn *c,
+                                bool fresh, bool *reused);
 /* Gives <u> back to its pool if it may be reused, else closes it. */
 void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms,
                      unsigned keepalive_max);
@@ -304,7 +304,6 @@ size_t moat_fwd_trailers(struct moat_str section, char *dst, size_t room);
 /* Writes the request head for the origin into <out>. MOAT_OK or MOAT_ERR (no room). */
 int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *out);
 /* Writes the response head for the client into <out>. MOAT_OK or MOAT_ERR (no room). */
-int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r,
-                           struct moat_buf *out);
+int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, struct moat_buf *out);
 
 #endif

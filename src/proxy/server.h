@@ -13,20 +13,20 @@ struct moat_worker;
 struct moat_cache_store;
 
 struct moat_server {
-    pthread_mutex_t cfg_lock;              /* guards cfg swaps (rare) */
-    struct moat_config *cfg;               /* current snapshot (one reference held here) */
-    _Atomic uint64_t generation;           /* bumped on each install; workers poll it */
+    pthread_mutex_t cfg_lock;    /* guards cfg swaps (rare) */
+    struct moat_config *cfg;     /* current snapshot (one reference held here) */
+    _Atomic uint64_t generation; /* bumped on each install; workers poll it */
     struct moat_worker *workers;
     unsigned nworkers;
-    uint64_t started_us;                   /* wall clock */
+    uint64_t started_us; /* wall clock */
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic int draining;
     _Atomic unsigned workers_running;
-    struct moat_cache_store *cache;        /* shared by all workers, outlives reloads; NULL
-                                              when the cache is off at start */
-    _Atomic bool cache_keyed;              /* some cache key had key.headers / key.cookies
-                                              parts since start: a URL purge must look for
-                                              "url\n..." keys too (sticky) */
+    struct moat_cache_store *cache; /* shared by all workers, outlives reloads; NULL
+                                       when the cache is off at start */
+    _Atomic bool cache_keyed;       /* some cache key had key.headers / key.cookies
+                                       parts since start: a URL purge must look for
+                                       "url\n..." keys too (sticky) */
 };
 
 extern struct moat_server moat_srv;

@@ -10,57 +10,59 @@
 #include "http/h1.h"
 
 /* X(field, metric, labels, type, help) */
-#define MOAT_STATS(X)                                                                          \
-    X(req_1xx, "moat_requests_total", "class=\"1xx\"", "counter", "Requests answered, by status class") \
-    X(req_2xx, "moat_requests_total", "class=\"2xx\"", "counter", "")                           \
-    X(req_3xx, "moat_requests_total", "class=\"3xx\"", "counter", "")                           \
-    X(req_4xx, "moat_requests_total", "class=\"4xx\"", "counter", "")                           \
-    X(req_5xx, "moat_requests_total", "class=\"5xx\"", "counter", "")                           \
-    X(req_bytes, "moat_request_bytes_total", "", "counter", "Bytes received from clients")       \
-    X(resp_bytes, "moat_response_bytes_total", "", "counter", "Bytes sent to clients")           \
-    X(conn_active, "moat_connections_active", "", "gauge", "Client connections open now")        \
-    X(conn_total, "moat_connections_total", "", "counter", "Client connections accepted")        \
-    X(conn_rejected, "moat_connections_rejected_total", "", "counter",                           \
-      "Connections closed at accept because limits.connections was reached")                     \
-    X(up_err_connect, "moat_upstream_errors_total", "kind=\"connect\"", "counter",               \
-      "Origin failures, by kind")                                                              \
-    X(up_err_timeout, "moat_upstream_errors_total", "kind=\"timeout\"", "counter", "")          \
-    X(up_err_reset, "moat_upstream_errors_total", "kind=\"reset\"", "counter", "")              \
-    X(up_err_bad_response, "moat_upstream_errors_total", "kind=\"bad_response\"", "counter", "") \
-    X(up_conn_opened, "moat_upstream_connections_opened_total", "", "counter",                   \
-      "New connections to origins")                                                            \
-    X(up_conn_reused, "moat_upstream_connections_reused_total", "", "counter",                   \
-      "Requests sent on a pooled keep-alive connection")                                         \
-    X(up_retries, "moat_upstream_retries_total", "", "counter",                                  \
-      "Requests retried on a fresh connection after a reused one failed")                        \
-    X(bad_expect, "moat_bad_requests_total", "reason=\"expectation_failed\"", "counter",         \
-      "Requests refused before reaching an origin, by reason")                                   \
-    X(bad_body_too_large, "moat_bad_requests_total", "reason=\"body_too_large\"", "counter", "") \
-    X(bad_no_site, "moat_bad_requests_total", "reason=\"no_site\"", "counter", "")              \
-    X(bad_timeout, "moat_bad_requests_total", "reason=\"client_timeout\"", "counter", "")      \
-    X(cache_hit, "moat_cache_hits_total", "", "counter", "Responses served fresh from the cache") \
-    X(cache_miss, "moat_cache_misses_total", "", "counter",                                      \
-      "Requests that fetched from the origin to fill the cache (misses and stale refetches)")    \
-    X(cache_collapsed, "moat_cache_collapsed_total", "", "counter",                             \
-      "Requests that waited for another request's fetch of the same object")                     \
-    X(cache_stale, "moat_cache_stale_total", "", "counter",                                     \
-      "Stale responses served (stale-while-revalidate, stale-if-error)")                         \
-    X(cache_bg_refresh, "moat_cache_background_refreshes_total", "", "counter",                 \
-      "Stale objects refreshed by a background fetch (stale-while-revalidate)")                 \
-    X(cache_detached, "moat_cache_detached_fetches_total", "", "counter",                      \
-      "Cache fills that went on after their client left, to finish the object")                \
-    X(cache_pass, "moat_cache_passes_total", "", "counter",                                     \
-      "Cacheable-method requests sent to the origin without the cache (hit-for-pass)")          \
-    X(cache_not_modified, "moat_cache_not_modified_total", "", "counter",                       \
-      "Conditional requests answered 304 from the cache")                                       \
-    X(loop_wakeups, "moat_loop_wakeups_total", "", "counter",                                   \
-      "Blocking epoll_wait calls that returned events")                              \
-    X(loop_naps, "moat_loop_naps_total", "", "counter",                                         \
-      "Pauses of tuning.batch_wait_us taken by a busy worker to collect events")               \
-    X(loop_events, "moat_loop_events_total", "", "counter",                                     \
+#define MOAT_STATS(X)                                                                              \
+    X(req_1xx, "moat_requests_total", "class=\"1xx\"", "counter",                                  \
+      "Requests answered, by status class")                                                        \
+    X(req_2xx, "moat_requests_total", "class=\"2xx\"", "counter", "")                              \
+    X(req_3xx, "moat_requests_total", "class=\"3xx\"", "counter", "")                              \
+    X(req_4xx, "moat_requests_total", "class=\"4xx\"", "counter", "")                              \
+    X(req_5xx, "moat_requests_total", "class=\"5xx\"", "counter", "")                              \
+    X(req_bytes, "moat_request_bytes_total", "", "counter", "Bytes received from clients")         \
+    X(resp_bytes, "moat_response_bytes_total", "", "counter", "Bytes sent to clients")             \
+    X(conn_active, "moat_connections_active", "", "gauge", "Client connections open now")          \
+    X(conn_total, "moat_connections_total", "", "counter", "Client connections accepted")          \
+    X(conn_rejected, "moat_connections_rejected_total", "", "counter",                             \
+      "Connections closed at accept because limits.connections was reached")                       \
+    X(up_err_connect, "moat_upstream_errors_total", "kind=\"connect\"", "counter",                 \
+      "Origin failures, by kind")                                                                  \
+    X(up_err_timeout, "moat_upstream_errors_total", "kind=\"timeout\"", "counter", "")             \
+    X(up_err_reset, "moat_upstream_errors_total", "kind=\"reset\"", "counter", "")                 \
+    X(up_err_bad_response, "moat_upstream_errors_total", "kind=\"bad_response\"", "counter", "")   \
+    X(up_conn_opened, "moat_upstream_connections_opened_total", "", "counter",                     \
+      "New connections to origins")                                                                \
+    X(up_conn_reused, "moat_upstream_connections_reused_total", "", "counter",                     \
+      "Requests sent on a pooled keep-alive connection")                                           \
+    X(up_retries, "moat_upstream_retries_total", "", "counter",                                    \
+      "Requests retried on a fresh connection after a reused one failed")                          \
+    X(bad_expect, "moat_bad_requests_total", "reason=\"expectation_failed\"", "counter",           \
+      "Requests refused before reaching an origin, by reason")                                     \
+    X(bad_body_too_large, "moat_bad_requests_total", "reason=\"body_too_large\"", "counter", "")   \
+    X(bad_no_site, "moat_bad_requests_total", "reason=\"no_site\"", "counter", "")                 \
+    X(bad_timeout, "moat_bad_requests_total", "reason=\"client_timeout\"", "counter", "")          \
+    X(cache_hit, "moat_cache_hits_total", "", "counter", "Responses served fresh from the cache")  \
+    X(cache_miss, "moat_cache_misses_total", "", "counter",                                        \
+      "Requests that fetched from the origin to fill the cache (misses and stale refetches)")      \
+    X(cache_collapsed, "moat_cache_collapsed_total", "", "counter",                                \
+      "Requests that waited for another request's fetch of the same object")                       \
+    X(cache_stale, "moat_cache_stale_total", "", "counter",                                        \
+      "Stale responses served (stale-while-revalidate, stale-if-error)")                           \
+    X(cache_bg_refresh, "moat_cache_background_refreshes_total", "", "counter",                    \
+      "Stale objects refreshed by a background fetch (stale-while-revalidate)")                    \
+    X(cache_detached, "moat_cache_detached_fetches_total", "", "counter",                          \
+      "Cache fills that went on after their client left, to finish the object")                    \
+    X(cache_pass, "moat_cache_passes_total", "", "counter",                                        \
+      "Cacheable-method requests sent to the origin without the cache (hit-for-pass)")             \
+    X(cache_not_modified, "moat_cache_not_modified_total", "", "counter",                          \
+      "Conditional requests answered 304 from the cache")                                          \
+    X(loop_wakeups, "moat_loop_wakeups_total", "", "counter",                                      \
+      "Blocking epoll_wait calls that returned events")                                            \
+    X(loop_naps, "moat_loop_naps_total", "", "counter",                                            \
+      "Pauses of tuning.batch_wait_us taken by a busy worker to collect events")                   \
+    X(loop_events, "moat_loop_events_total", "", "counter",                                        \
       "Socket events handled by the workers' event loops")
 
-#define MOAT_HIST_BUCKETS 13 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
+#define MOAT_HIST_BUCKETS 13 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf   \
+                              */
 
 struct moat_stats {
 #define MOAT_STATS_FIELD(f, m, l, t, h) _Atomic uint64_t f;
@@ -73,9 +75,9 @@ struct moat_stats {
 };
 
 /* Single-writer increment: a relaxed load and store, no locked instruction. */
-#define MOAT_STAT_ADD(st, field, n)                                                            \
-    atomic_store_explicit(&(st)->field,                                                         \
-                          atomic_load_explicit(&(st)->field, memory_order_relaxed) + (n),       \
+#define MOAT_STAT_ADD(st, field, n)                                                                \
+    atomic_store_explicit(&(st)->field,                                                            \
+                          atomic_load_explicit(&(st)->field, memory_order_relaxed) + (n),          \
                           memory_order_relaxed)
 #define MOAT_STAT_INC(st, field) MOAT_STAT_ADD(st, field, 1)
 

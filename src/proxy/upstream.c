@@ -88,8 +88,8 @@ struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_ad
     return p;
 }
 
-struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool,
-                                struct moat_conn *c, bool fresh, bool *reused)
+struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool, struct moat_conn *c,
+                                bool fresh, bool *reused)
 {
     struct moat_upconn *u = fresh ? NULL : pool->idle;
     if (u) {
@@ -144,8 +144,7 @@ void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms
     struct moat_worker *w = u->w;
     u->client = NULL;
     if (!reusable || u->s.eof || u->s.hup || u->timed_out || moat_buf_len(&u->s.in) != 0 ||
-        w->draining ||
-        u->pool->nidle >= keepalive_max) {
+        w->draining || u->pool->nidle >= keepalive_max) {
         moat_up_close(u);
         return;
     }

@@ -17,9 +17,9 @@ static uint64_t drain_timeout_ms;
 
 void moat_stats_observe(struct moat_stats *st, uint64_t us)
 {
-    static const uint64_t le_us[MOAT_HIST_BUCKETS - 1] = {
-        1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
-        10000000};
+    static const uint64_t le_us[MOAT_HIST_BUCKETS - 1] = {1000,    5000,    10000,   25000,
+                                                          50000,   100000,  250000,  500000,
+                                                          1000000, 2500000, 5000000, 10000000};
     unsigned i = 0;
     while (i < MOAT_HIST_BUCKETS - 1 && us > le_us[i])
         i++;
@@ -33,7 +33,11 @@ void moat_server_stats(struct moat_stats *out)
     memset(out, 0, sizeof *out);
     for (unsigned i = 0; i < moat_srv.nworkers; i++) {
         const struct moat_stats *s = &moat_srv.workers[i].stats;
-#define SUM(f) atomic_store_explicit(&out->f, atomic_load_explicit(&out->f, memory_order_relaxed) + atomic_load_explicit(&s->f, memory_order_relaxed), memory_order_relaxed);
+#define SUM(f)                                                                                     \
+    atomic_store_explicit(&out->f,                                                                 \
+                          atomic_load_explicit(&out->f, memory_order_relaxed) +                    \
+                              atomic_load_explicit(&s->f, memory_order_relaxed),                   \
+                          memory_order_relaxed);
 #define SUM_ROW(f, m, l, t, h) SUM(f)
         MOAT_STATS(SUM_ROW)
         for (int k = 0; k < MOAT_H1_ERR_COUNT; k++)

@@ -16,8 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     char err[MOAT_CONFIG_ERRLEN];
     err[0] = 0;
-    struct moat_config *c = moat_config_load_string((const char *)data, size, "fuzz.yaml", err,
-                                                    sizeof err);
+    struct moat_config *c =
+        moat_config_load_string((const char *)data, size, "fuzz.yaml", err, sizeof err);
     if (c) {
         assert(c->nsites > 0 && c->npools > 0);
         for (size_t i = 0; i < c->nsites; i++)

@@ -69,7 +69,9 @@ static void test_escape_high_bytes(void **state)
     ESC("\x80", "\\u0080");
     ESC("\xff", "\\u00ff");
     ESC("\xc3\xa9", "\\u00c3\\u00a9");
-    ESC("a\xfe" "b", "a\\u00feb");
+    ESC("a\xfe"
+        "b",
+        "a\\u00feb");
 }
 
 static void test_escape_every_byte(void **state)

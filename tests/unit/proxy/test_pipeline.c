@@ -44,8 +44,7 @@ static void test_docs_chart_matches(void **state)
     snprintf(path, sizeof path, "%s/docs/architecture.md", dir ? dir : ".");
     FILE *f = fopen(path, "r");
     if (!f) {
-        print_message("(%s not found: run from the repository root or set MOAT_SRCDIR)\n",
-                      path);
+        print_message("(%s not found: run from the repository root or set MOAT_SRCDIR)\n", path);
         skip();
     }
     char want[256];
@@ -67,21 +66,20 @@ static void test_docs_chart_matches(void **state)
 
 /* --- the phases at work on a hand-built connection ---------------------------------------- */
 
-static const char yaml[] =
-    "listen: \"127.0.0.1:18080\"\n"
-    "workers: 1\n"
-    "pools:\n"
-    "  shop:\n"
-    "    origins:\n"
-    "      - \"127.0.0.1:9001\"\n"
-    "      - { addr: \"127.0.0.1:9002\", weight: 3 }\n"
-    "  blog:\n"
-    "    origins: [\"127.0.0.1:9003\"]\n"
-    "sites:\n"
-    "  - hosts: [\"shop.example\", \"*.shop.example\"]\n"
-    "    pool: shop\n"
-    "  - hosts: [\"blog.example\"]\n"
-    "    pool: blog\n";
+static const char yaml[] = "listen: \"127.0.0.1:18080\"\n"
+                           "workers: 1\n"
+                           "pools:\n"
+                           "  shop:\n"
+                           "    origins:\n"
+                           "      - \"127.0.0.1:9001\"\n"
+                           "      - { addr: \"127.0.0.1:9002\", weight: 3 }\n"
+                           "  blog:\n"
+                           "    origins: [\"127.0.0.1:9003\"]\n"
+                           "sites:\n"
+                           "  - hosts: [\"shop.example\", \"*.shop.example\"]\n"
+                           "    pool: shop\n"
+                           "  - hosts: [\"blog.example\"]\n"
+                           "    pool: blog\n";
 
 struct fixture {
     struct moat_config *cfg;
@@ -117,8 +115,8 @@ static int setup(void **state)
     fx->omap[blog] = fx->omap_blog;
     fx->wsum[shop] = 4;
     fx->wsum[blog] = 1;
-    fx->wc = (struct moat_wcfg){.cfg = fx->cfg, .users = 1, .omap = fx->omap, .rr = fx->rr,
-                                .wsum = fx->wsum};
+    fx->wc = (struct moat_wcfg){
+        .cfg = fx->cfg, .users = 1, .omap = fx->omap, .rr = fx->rr, .wsum = fx->wsum};
     fx->w.wcfg = &fx->wc;
     fx->w.bufsize = 16384;
     fx->c.w = &fx->w;
