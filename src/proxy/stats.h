@@ -61,8 +61,8 @@
     X(loop_events, "moat_loop_events_total", "", "counter",                                        \
       "Socket events handled by the workers' event loops")
 
-#define MOAT_HIST_BUCKETS 13 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf   \
-                              */
+/* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
+#define MOAT_HIST_BUCKETS 13
 
 struct moat_stats {
 #define MOAT_STATS_FIELD(f, m, l, t, h) _Atomic uint64_t f;
