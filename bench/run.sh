@@ -8,7 +8,7 @@
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
 # Environment knobs (defaults in brackets):
-#   ROUNDS [3]  DURATION [4s]  WARMUP [1s]  CONNS [50]
+#   ROUNDS [5]  DURATION [4s]  WARMUP [1s]  CONNS [50]
 #   SERVER_CPU [0]  CLIENT_CPU [1]     cores for servers under test / for wrk + origin
 #   SERVERS ["" = every server of the set]  e.g. SERVERS="limit moat"
 #   MOAT [./moat]  MOAT_EXTRA_ARGS [""] (every moat)  MOAT_CACHE_ARGS [""] (moat_cache only)
