@@ -14,6 +14,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import paired
+
 SERVER_ORDER = ["limit", "moat", "moat_b", "moat_nofwd", "haproxy", "nginx",
                 "moat_cache", "varnish", "haproxy_cache", "nginx_cache"]
 
@@ -138,9 +140,12 @@ def target_lines(set_, st, wl=""):
              if m["rounds"][r]["p99_us"] and h["rounds"][r]["p99_us"]]
     if pairs:
         wins = sum(1 for x in pairs if x <= 1.0)
+        ci = paired.median_ci(pairs)
+        ci_txt = (f" (95% interval {ci[0]:.2f}-{ci[1]:.2f})" if ci else
+                  " (too few rounds for a 95% interval: 6 at least; pool runs with bench/paired.py)")
         lines[-1:-1] = ["", f"Round by round (not the verdict): moat's p99 ≤ HAProxy's in {wins} of "
                         f"{len(pairs)} rounds; median of moat's p99 / HAProxy's in the same round "
-                        f"{med(pairs):.2f}."]
+                        f"{med(pairs):.2f}{ci_txt}."]
     return lines
 
 

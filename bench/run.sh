@@ -8,7 +8,7 @@
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
 # Environment knobs (defaults in brackets):
-#   ROUNDS [5]  DURATION [4s]  WARMUP [1s]  CONNS [50]
+#   ROUNDS [6]  DURATION [4s]  WARMUP [1s]  CONNS [50]
 #   SERVER_CPU [0]  CLIENT_CPU [1]     cores for servers under test / for wrk + origin
 #   SERVERS ["" = every server of the set]  e.g. SERVERS="limit moat"
 #   MOAT [./moat]  MOAT_EXTRA_ARGS [""] (every moat)  MOAT_CACHE_ARGS [""] (moat_cache only)
@@ -26,7 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 PY=/usr/bin/python3
 
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-4s}
 WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-50}
@@ -479,10 +479,10 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
   [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
   printf '%s\n' "$out" >>"$OUT/wrk.log"
-  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" >>"$RAW" <<'EOF'
+  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" "$AFTER" >>"$RAW" <<'EOF'
 import json, sys
 w = json.loads(sys.argv[1])
-set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks = sys.argv[2:]
+set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks, after = sys.argv[2:]
 ticks, hz, size, oreq, oticks = int(ticks), int(hz), int(size), int(oreq), int(oticks)
 cbusy, sbusy, wticks = int(cbusy), int(sbusy), int(wticks)
 req = w["requests"]
@@ -505,7 +505,7 @@ row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=s
            bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect,
            origin_cpu_s=oticks / hz, wrk_cpu_s=wticks / hz,
            client_core_busy_s=cbusy / hz, server_core_busy_s=sbusy / hz,
-           ok=not why, why="; ".join(why))
+           after=after, ok=not why, why="; ".join(why))
 print(json.dumps(row))
 EOF
   local last; last=$(tail -n1 "$RAW")
@@ -539,15 +539,27 @@ for set in "${sets[@]}"; do
   done
   [[ " ${servers[*]} " == *" limit "* ]] || die "the limit server is not available; ratios impossible"
   n=${#servers[@]}
+  AFTER=none
   for round in $(seq 1 "$ROUNDS"); do
-    log "[$set] round $round/$ROUNDS"
+    # The order of a round: the server list rotated by (round - 1) / 2, reversed in even
+    # rounds. A plain rotation keeps the cyclic order, so each server would always run right
+    # after the same one (HAProxy's run before moat's, say) and whatever one run leaves
+    # behind for the next (connections in TIME_WAIT, the origin's state, the host's
+    # scheduling) would count for one server every time. Reversing every other round puts
+    # each server after and before each neighbour equally often over an even number of rounds.
+    order=()
+    for i in $(seq 0 $((n - 1))); do order+=("${servers[$(((i + (round - 1) / 2) % n))]}"); done
+    if [ $((round % 2)) -eq 0 ]; then
+      rev=(); for ((i = n - 1; i >= 0; i--)); do rev+=("${order[$i]}"); done; order=("${rev[@]}")
+    fi
+    log "[$set] round $round/$ROUNDS: ${order[*]}"
     for w in "${SET_WORKLOADS[@]}"; do
       IFS=: read -r wl path mode <<<"$w"
       if [ -n "$WORKLOADS" ] && [[ " $WORKLOADS " != *" $wl "* ]]; then continue; fi
-      for i in $(seq 0 $((n - 1))); do
-        srv=${servers[$(((i + round - 1) % n))]}
+      for srv in "${order[@]}"; do
         ensure_alive "$srv" "$wl round $round" || continue
         measure "$set" "$round" "$wl" "$path" "$mode" "$srv" || FAILED+=("$srv: $wl round $round")
+        AFTER=$srv
       done
     done
   done
@@ -569,6 +581,7 @@ meta = {
   "command": """$ORIG_CMD""".strip(),
   "sets": "${sets[*]}".split(),
   "rounds": $ROUNDS, "duration": "$DURATION", "warmup": "$WARMUP", "conns": $CONNS,
+  "order": "rotated by (round - 1) / 2, reversed in even rounds",
   "server_cpu": "$SERVER_CPU", "client_cpu": "$CLIENT_CPU",
   "nproc": "$(nproc)",
   "cpu_model": """$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')""",
