@@ -134,7 +134,7 @@ def target_lines(set_, st, wl=""):
              f"{m['p99_us_ratio']:.2f}x vs HAProxy {h['p99_us_ratio']:.2f}x of limit "
              f"{'✓' if p99_ok else '✗'})", ""]
     # Not the verdict, a reading aid: the same comparison round by round, moat against the
-    # HAProxy run next to it in time instead of each against its own limit run.
+    # HAProxy run of the same round instead of each against its own limit run.
     both = sorted(set(m.get("rounds", {})) & set(h.get("rounds", {})))
     pairs = [m["rounds"][r]["p99_us"] / h["rounds"][r]["p99_us"] for r in both
              if m["rounds"][r]["p99_us"] and h["rounds"][r]["p99_us"]]
