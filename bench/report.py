@@ -136,16 +136,14 @@ def target_lines(set_, st, wl=""):
     # Not the verdict, a reading aid: the same comparison round by round, moat against the
     # HAProxy run of the same round instead of each against its own limit run.
     both = sorted(set(m.get("rounds", {})) & set(h.get("rounds", {})))
-    pairs = [m["rounds"][r]["p99_us"] / h["rounds"][r]["p99_us"] for r in both
-             if m["rounds"][r]["p99_us"] and h["rounds"][r]["p99_us"]]
-    if pairs:
-        wins = sum(1 for x in pairs if x <= 1.0)
-        ci = paired.median_ci(pairs)
+    c = paired.compare([(m["rounds"][r], h["rounds"][r]) for r in both], "p99_us", -1)
+    if c["n"]:
+        ci = c["ci"]
         ci_txt = (f" (95% interval {ci[0]:.2f}-{ci[1]:.2f})" if ci else
                   " (too few rounds for a 95% interval: 6 at least; pool runs with bench/paired.py)")
-        lines[-1:-1] = ["", f"Round by round (not the verdict): moat's p99 ≤ HAProxy's in {wins} of "
-                        f"{len(pairs)} rounds; median of moat's p99 / HAProxy's in the same round "
-                        f"{med(pairs):.2f}{ci_txt}."]
+        lines[-1:-1] = ["", f"Round by round (not the verdict): moat's p99 ≤ HAProxy's in {c['wins']} of "
+                        f"{c['n']} rounds; median of moat's p99 / HAProxy's in the same round "
+                        f"{c['median']:.2f}{ci_txt}."]
     return lines
 
 
