@@ -668,11 +668,11 @@ static int parse_addr_node(struct ld *ld, struct fy_node *n, struct moat_addr *o
 static int listen_elem(struct ld *ld, struct fy_node *n, size_t idx, void *ud)
 {
     struct moat_config *c = ud;
-    if (parse_addr_node(ld, n, &c->listen[idx], NULL, 0, NULL) != MOAT_OK)
+    if (parse_addr_node(ld, n, &c->listen[idx].addr, NULL, 0, NULL) != MOAT_OK)
         return MOAT_ERR;
     for (size_t i = 0; i < idx; i++)
-        if (strcmp(c->listen[i].text, c->listen[idx].text) == 0)
-            return fail(ld, n, "%s is listed twice", c->listen[idx].text);
+        if (strcmp(c->listen[i].addr.text, c->listen[idx].addr.text) == 0)
+            return fail(ld, n, "%s is listed twice", c->listen[idx].addr.text);
     return MOAT_OK;
 }
 
@@ -2128,7 +2128,7 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
     /* Quick mode obeys the origin's headers only: no default freshness for static files. */
     c->cache.static_ttl_ms = 0;
     if (listen) {
-        if (moat_addr_parse(listen, &c->listen[0], msg, sizeof(msg)) != MOAT_OK) {
+        if (moat_addr_parse(listen, &c->listen[0].addr, msg, sizeof(msg)) != MOAT_OK) {
             fail(&ld, NULL, "listen: %s", msg);
             goto out;
         }
@@ -2201,8 +2201,11 @@ void moat_config_release(struct moat_config **cp)
         return;
     /* acq_rel: the last releaser must see every other thread's reads finished before it
      * frees (the usual refcount pairing, as in the kernel's refcount_dec_and_test). */
-    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+        if (c->rt_free)
+            c->rt_free(c->rt);
         box_free(box_of(c));
+    }
 }
 
 static const struct host_ent *find_ent(const struct host_ent *v, size_t n, const char *s,

@@ -35,6 +35,18 @@ struct moat_cfg_origin {
                               brackets: the Host value when host_header is "origin" */
 };
 
+/* pools.*.tls: TLS to the pool's origins (OpenSSL 3, src/tls/). */
+struct moat_cfg_pool_tls {
+    bool enabled;  /* tls: given (a map, or `true`); quick mode: an https:// origin */
+    bool verify;   /* verify: on (default): the origin's chain against ca_file or the system
+                      store, and its name against sni (or the origin's host) */
+    char *ca_file; /* ca_file: PEM bundle to trust instead of the system store; NULL = system */
+    char *sni;     /* sni: the name sent and verified; NULL = the origin's host name (none
+                      for an IP literal, which is then verified as an IP address) */
+    char *cert;    /* cert, key: a client certificate for mutual TLS; both or neither */
+    char *key;
+};
+
 struct moat_cfg_pool {
     char *name;
     struct moat_cfg_origin *origins;
@@ -47,6 +59,9 @@ struct moat_cfg_pool {
     uint64_t keepalive_timeout_ms;  /* default 30000: idle pooled connection lifetime */
     bool host_from_origin;          /* host_header: origin -> Host is the origin's host;
                                        default (client) keeps the client's Host */
+    struct moat_cfg_pool_tls tls;   /* tls: TLS to the origins (default off) */
+    void *tls_client;               /* runtime: the pool's client context, built by
+                                       src/tls/ (moat_tls_build) and freed with the snapshot */
 };
 
 /* A cache rule (sites[].rules[]): the first whose match fits a request decides how the
@@ -96,16 +111,64 @@ struct moat_cfg_site {
     struct moat_cfg_pool *pool;  /* points into the snapshot's pools[] */
     struct moat_cfg_rule *rules; /* first match wins */
     size_t nrules;
+    /* https: { redirect, hsts, hsts_subdomains, hsts_preload, same_cache } */
+    bool https_redirect;   /* a request over plain http gets 301 to https:// (GET/HEAD; 308
+                              for other methods) */
+    uint64_t hsts_ms;      /* Strict-Transport-Security max-age on https answers; 0 = off */
+    bool hsts_subdomains;  /* ...; includeSubDomains */
+    bool hsts_preload;     /* ...; preload */
+    bool https_same_cache; /* http and https share cache objects (the key has no scheme);
+                              default false: kept apart */
+    /* upgrades: the Upgrade tokens forwarded to the origin (lowercase); default
+       ["websocket"]; [] forwards none. "h2c" is refused at load: it would let a client
+       speak HTTP/2 to the origin past every rule moat enforces. */
+    char **upgrades;
+    size_t nupgrades;
 };
 
 enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERROR };
+
+/* listen: ["HOST:PORT", { addr: HOST:PORT, tls: true }] */
+struct moat_cfg_listen {
+    struct moat_addr addr;
+    bool tls; /* TLS on this listener (needs tls.certificates) */
+};
+
+/* tls.certificates[] */
+struct moat_cfg_cert {
+    char *cert; /* PEM: the certificate, then its chain (leaf first); path as resolved */
+    char *key;  /* PEM private key (RSA or EC) */
+};
+
+/* tls.protocols */
+#define MOAT_TLS_V12 0x1u
+#define MOAT_TLS_V13 0x2u
+
+/* tls: the server side of TLS (src/tls/ builds OpenSSL contexts from it). */
+struct moat_cfg_tls {
+    struct moat_cfg_cert *certs; /* the first is the default (no SNI, unknown name) */
+    size_t ncerts;
+    unsigned protocols;            /* MOAT_TLS_V* bits; default both */
+    char *ciphers;                 /* TLS 1.2 cipher list (OpenSSL syntax); default Mozilla
+                                      "intermediate" without DHE */
+    char *ciphersuites;            /* TLS 1.3 suites; default OpenSSL's */
+    char *groups;                  /* key exchange groups; default "X25519:P-256:P-384" */
+    bool session_tickets;          /* default true: RFC 5077/8446 tickets, keys shared by all
+                                      workers and rotated */
+    uint64_t ticket_rotation_ms;   /* default 12h: a new ticket key this often; the previous
+                                      one still decrypts for one more period */
+    unsigned session_cache;        /* server-side session cache entries, shared by all workers;
+                                      default 20480; 0 = off */
+    uint64_t session_timeout_ms;   /* default 1h: how long a session can be resumed */
+    uint64_t handshake_timeout_ms; /* default 10s: accept to handshake done */
+};
 
 struct moat_config {
     atomic_int refs;
     char *path;          /* file it came from, or NULL for quick mode */
     uint64_t generation; /* set by the owner on install; 0 until then */
 
-    struct moat_addr *listen;
+    struct moat_cfg_listen *listen;
     size_t nlisten;
     unsigned workers; /* 0 in YAML means "auto" is resolved: one per core */
 
@@ -159,10 +222,18 @@ struct moat_config {
                                       send the origin a canonical Accept-Encoding */
     } cache;
 
+    struct moat_cfg_tls tls;
+
     struct moat_cfg_pool *pools;
     size_t npools;
     struct moat_cfg_site *sites;
     size_t nsites;
+
+    /* Runtime objects higher layers build from this snapshot (the TLS contexts of
+     * src/tls/), owned by it: moat_config_release calls rt_free(rt) before freeing the
+     * snapshot. Set once, before the snapshot is installed. */
+    void *rt;
+    void (*rt_free)(void *rt);
 };
 
 /* Error text is "FILE:LINE:COL: what is wrong" (or "moat: what is wrong" for errors that

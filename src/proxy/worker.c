@@ -329,7 +329,7 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
         return MOAT_ERR;
     }
     for (size_t k = 0; k < cfg->nlisten; k++)
-        if (probe_free(&cfg->listen[k], err, errlen) != MOAT_OK)
+        if (probe_free(&cfg->listen[k].addr, err, errlen) != MOAT_OK)
             return MOAT_ERR;
     for (unsigned i = 0; i < n; i++) {
         struct moat_worker *w = &moat_srv.workers[i];
@@ -352,11 +352,11 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
         w->listeners = calloc(cfg->nlisten, sizeof *w->listeners);
         w->nlisteners = cfg->nlisten;
         for (size_t k = 0; k < cfg->nlisten; k++) {
-            int fd = open_listener(&cfg->listen[k], err, errlen);
+            int fd = open_listener(&cfg->listen[k].addr, err, errlen);
             if (fd < 0)
                 return MOAT_ERR;
             if (i == 0) /* the line scripts wait for: printed as soon as the port accepts */
-                fprintf(stderr, "moat: listening on %s\n", cfg->listen[k].text);
+                fprintf(stderr, "moat: listening on %s\n", cfg->listen[k].addr.text);
             w->listeners[k].io.fd = fd;
             w->listeners[k].io.cb = on_accept;
             w->listeners[k].w = w;
@@ -364,7 +364,7 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
         }
     }
     for (size_t k = 0; k < cfg->nlisten; k++)
-        moat_log_info("listening on %s (%u workers)", cfg->listen[k].text, n);
+        moat_log_info("listening on %s (%u workers)", cfg->listen[k].addr.text, n);
     for (unsigned i = 0; i < n; i++) {
         atomic_fetch_add(&moat_srv.workers_running, 1);
         if (pthread_create(&moat_srv.workers[i].thread, NULL, worker_main, &moat_srv.workers[i])) {
@@ -375,12 +375,13 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
     return MOAT_OK;
 }
 
-static bool addrs_equal(const struct moat_addr *a, size_t na, const struct moat_addr *b, size_t nb)
+static bool addrs_equal(const struct moat_cfg_listen *a, size_t na, const struct moat_cfg_listen *b,
+                        size_t nb)
 {
     if (na != nb)
         return false;
     for (size_t i = 0; i < na; i++)
-        if (strcmp(a[i].text, b[i].text))
+        if (strcmp(a[i].addr.text, b[i].addr.text) || a[i].tls != b[i].tls)
             return false;
     return true;
 }

@@ -54,7 +54,7 @@ static void test_default_loads(void **state)
     if (!c)
         fail_msg("%s", errbuf);
     assert_int_equal(c->nlisten, 1);
-    assert_string_equal(c->listen[0].text, "127.0.0.1:8080");
+    assert_string_equal(c->listen[0].addr.text, "127.0.0.1:8080");
     assert_true(c->demo.enabled);
     assert_string_equal(c->demo.listen.text, "127.0.0.1:8081");
     assert_true(c->admin.enabled);
@@ -126,10 +126,10 @@ static void test_full_document(void **state)
         fail_msg("%s", errbuf);
     assert_string_equal(c->path, yml);
     assert_int_equal(c->nlisten, 3);
-    assert_string_equal(c->listen[0].text, "127.0.0.1:8080");
-    assert_string_equal(c->listen[1].text, "[::1]:8443");
-    assert_int_equal(c->listen[1].ss.ss_family, AF_INET6);
-    assert_string_equal(c->listen[2].text, "0.0.0.0:8090");
+    assert_string_equal(c->listen[0].addr.text, "127.0.0.1:8080");
+    assert_string_equal(c->listen[1].addr.text, "[::1]:8443");
+    assert_int_equal(c->listen[1].addr.ss.ss_family, AF_INET6);
+    assert_string_equal(c->listen[2].addr.text, "0.0.0.0:8090");
     assert_int_equal(c->workers, 3);
     assert_true(c->demo.enabled);
     assert_true(c->admin.enabled);
@@ -208,7 +208,7 @@ static void test_defaults(void **state)
     if (!c)
         fail_msg("%s", errbuf);
     assert_int_equal(c->nlisten, 1);
-    assert_string_equal(c->listen[0].text, "0.0.0.0:8080");
+    assert_string_equal(c->listen[0].addr.text, "0.0.0.0:8080");
     assert_false(c->demo.enabled);
     assert_false(c->admin.enabled);
     assert_null(c->admin.token);
@@ -836,7 +836,7 @@ static void test_quick(void **state)
         fail_msg("%s", errbuf);
     assert_null(c->path);
     assert_int_equal(c->nlisten, 1);
-    assert_string_equal(c->listen[0].text, "127.0.0.1:8088");
+    assert_string_equal(c->listen[0].addr.text, "127.0.0.1:8088");
     assert_int_equal(c->npools, 1);
     assert_string_equal(c->pools[0].name, "origin");
     assert_string_equal(c->pools[0].origins[0].addr.text, "127.0.0.1:3000");
@@ -856,7 +856,7 @@ static void test_quick(void **state)
     c = moat_config_quick("http://localhost", NULL, errbuf, sizeof(errbuf));
     if (!c)
         fail_msg("%s", errbuf);
-    assert_string_equal(c->listen[0].text, "0.0.0.0:8080");
+    assert_string_equal(c->listen[0].addr.text, "0.0.0.0:8080");
     assert_string_equal(c->pools[0].origins[0].addr.text, "localhost:80");
     assert_string_equal(c->pools[0].origins[0].authority, "localhost");
     moat_config_release(&c);
