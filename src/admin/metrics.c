@@ -42,6 +42,17 @@ static void bad_parse_rows(struct sb *b, const struct moat_stats *s)
             (unsigned long long)atomic_load(&s->bad_parse[e]));
 }
 
+/* Origin failures, from the error table (src/proxy/errors.h). */
+static void xerr_rows(struct sb *b, const struct moat_stats *s)
+{
+    sbf(b, "# HELP moat_upstream_errors_total Origin failures, by kind\n"
+           "# TYPE moat_upstream_errors_total counter\n");
+    for (int e = 1; e < MOAT_XERR_COUNT; e++)
+        if (moat_xerr_defs[e].src == MOAT_ERR_SRC_ORIGIN)
+            sbf(b, "moat_upstream_errors_total{kind=\"%s\"} %llu\n", moat_xerr_defs[e].name,
+                (unsigned long long)atomic_load(&s->xerr[e]));
+}
+
 char *moat_metrics_render(size_t *len)
 {
     struct moat_stats s;
@@ -58,8 +69,18 @@ char *moat_metrics_render(size_t *len)
     sbf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                                 \
         (unsigned long long)atomic_load(&s.f));                                                    \
     if (!strcmp(#f, "bad_timeout"))                                                                \
-        bad_parse_rows(&b, &s);
+        bad_parse_rows(&b, &s);                                                                    \
+    if (!strcmp(#f, "conn_rejected"))                                                              \
+        xerr_rows(&b, &s);
     MOAT_STATS(ROW)
+#define TLS_ROW(f, m, l, t, h)                                                                     \
+    if (strcmp(last, m)) {                                                                         \
+        sbf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                       \
+        last = m;                                                                                  \
+    }                                                                                              \
+    sbf(&b, "%s{%s} %llu\n", m, l, (unsigned long long)atomic_load(&s.tls.f));
+    MOAT_TLS_STATS(TLS_ROW)
+#undef TLS_ROW
 #undef ROW
     static const char *le[MOAT_HIST_BUCKETS] = {"0.001", "0.005", "0.01", "0.025", "0.05",
                                                 "0.1",   "0.25",  "0.5",  "1",     "2.5",

@@ -63,6 +63,7 @@ struct moat_sock {
     bool pending;           /* the transport holds bytes to send (TLS records) */
     bool rd_wants_w;        /* TLS: a read waits for writability */
     bool wr_wants_r;        /* TLS: a write waits for readability */
+    bool verify_failed;     /* TLS client: the peer's certificate did not verify */
     const char *err_reason; /* why the handshake or I/O failed (static string), or NULL */
 };
 

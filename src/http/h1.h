@@ -197,6 +197,13 @@ int moat_h1_err_status(enum moat_h1_err e);
 /* A short stable snake_case name for <e> ("bare_lf", "cl_and_te", ...). */
 const char *moat_h1_err_name(enum moat_h1_err e);
 
+/* Is <name> a hop-by-hop field (RFC 9110 7.6.1): Connection, Keep-Alive, Proxy-Connection,
+ * TE, Transfer-Encoding or Upgrade? moat's one list of them; the framing fields
+ * (Content-Length, Trailer) are each caller's to decide. */
+bool moat_http_hop(struct moat_str name);
+/* Does a Connection field among <hdrs> name <name> (making it hop-by-hop too)? */
+bool moat_http_conn_names(const struct moat_hdr *hdrs, size_t n, struct moat_str name);
+
 /* Finds the first header named <name> (case-insensitive); NULL if none. */
 const struct moat_hdr *moat_h1_find(const struct moat_hdr *hdrs, size_t n, struct moat_str name);
 

@@ -32,24 +32,24 @@ static int64_t now_s(void)
 
 static void wake_post(struct moat_loop *loop, void *arg)
 {
-    struct moat_conn *c = arg;
+    struct moat_req *r = arg;
     (void)loop;
-    atomic_store(&c->wake_pending, false);
-    if (c->zombie) {
-        moat_conn_free_now(c);
+    atomic_store(&r->wake_pending, false);
+    if (r->zombie) {
+        moat_req_free_zombie(r);
         return;
     }
-    if (!c->closed)
-        moat_conn_drive(c);
+    if (r->state != R_DONE)
+        moat_req_drive(r);
 }
 
 /* Runs on the writer's thread with the object locked: post, nothing else. */
 static void wake_cb(void *arg)
 {
-    struct moat_conn *c = arg;
-    if (!atomic_exchange(&c->wake_pending, true))
-        if (moat_loop_post(&c->w->loop, wake_post, c) != MOAT_OK)
-            atomic_store(&c->wake_pending, false); /* lost: the send timeout ends it */
+    struct moat_req *r = arg;
+    if (!atomic_exchange(&r->wake_pending, true))
+        if (moat_loop_post(&r->w->loop, wake_post, r) != MOAT_OK)
+            atomic_store(&r->wake_pending, false); /* lost: the send timeout ends it */
 }
 
 /* --- keys --------------------------------------------------------------------------------- */
@@ -131,11 +131,10 @@ static void kw_value(struct keyw *w, bool *any, char sep, struct moat_str v)
  * so a reload that changes the list never mixes objects keyed on other fields. The cost is
  * one pass over the request's fields per name: lists are short (MOAT_KEY_FIELDS_MAX).
  * Returns false when the key does not fit. */
-static bool key_fields(struct moat_conn *c, size_t *n)
+static bool key_fields(struct moat_req *r, size_t *n)
 {
-    const struct moat_cfg_rule *rule = c->x.rule;
-    const struct moat_h1_req *r = &c->x.req;
-    struct keyw w = {c->ckey, *n, sizeof c->ckey, false};
+    const struct moat_cfg_rule *rule = r->rule;
+    struct keyw w = {r->c.key, *n, sizeof r->c.key, false};
     for (size_t f = 0; f < rule->nkey_headers; f++) {
         bool any = false;
         kw_part(&w, "\nh:", rule->key_headers[f]);
@@ -169,20 +168,19 @@ static bool key_fields(struct moat_conn *c, size_t *n)
 /* "http://" + host (lowercase, port as sent) + path and query as sent, then the rule's
  * key.headers / key.cookies parts (key_fields). The scheme is fixed until TLS arrives.
  * Returns false when the key does not fit (such requests bypass). */
-static bool build_key(struct moat_conn *c)
+static bool build_key(struct moat_req *r)
 {
-    const struct moat_h1_req *r = &c->x.req;
-    char *k = c->ckey;
-    size_t cap = sizeof c->ckey, n = 7;
+    char *k = r->c.key;
+    size_t cap = sizeof r->c.key, n = 7;
     memcpy(k, "http://", 7);
-    if (r->host.len + 7 >= cap)
+    if (r->authority.len + 7 >= cap)
         return false;
-    for (size_t i = 0; i < r->host.len; i++) {
-        char ch = r->host.ptr[i];
+    for (size_t i = 0; i < r->authority.len; i++) {
+        char ch = r->authority.ptr[i];
         k[n++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
     }
     struct moat_str a = r->target, b = MOAT_STR_NULL;
-    unsigned kq = c->x.rule ? c->x.rule->key_query : MOAT_KEY_QUERY_ALL;
+    unsigned kq = r->rule ? r->rule->key_query : MOAT_KEY_QUERY_ALL;
     if ((r->flags & MOAT_H1_F_ABSOLUTE) || kq != MOAT_KEY_QUERY_ALL) {
         a = r->path;
         if (r->query.len && kq != MOAT_KEY_QUERY_IGNORE)
@@ -201,205 +199,176 @@ static bool build_key(struct moat_conn *c)
             n += b.len;
         }
     }
-    c->x.ckeyurl = (uint16_t)n;
-    const struct moat_cfg_rule *rule = c->x.rule;
-    bool fits = !rule || (!rule->nkey_headers && !rule->nkey_cookies) || key_fields(c, &n);
-    c->x.ckeylen = (uint16_t)(fits ? n : c->x.ckeyurl); /* the URL alone, for invalidation */
+    r->c.keyurl = (uint16_t)n;
+    const struct moat_cfg_rule *rule = r->rule;
+    bool fits = !rule || (!rule->nkey_headers && !rule->nkey_cookies) || key_fields(r, &n);
+    r->c.keylen = (uint16_t)(fits ? n : r->c.keyurl); /* the URL alone, for invalidation */
     return fits;
 }
 
 /* --- reading side --------------------------------------------------------------------------- */
 
-static int to_variant(struct moat_conn *c, int64_t now);
+static int to_variant(struct moat_req *r, int64_t now);
 
-static void unsubscribe(struct moat_xchg *x)
+static void unsubscribe(struct moat_req *r)
 {
-    moat_cache_obj_unsubscribe(&x->cwait);
+    moat_cache_obj_unsubscribe(&r->c.wait);
 }
 
 /* Subscribes once: linking the same waiter twice would make a cycle in the object's list.
  * Returns MOAT_OK (subscribed now or before) or MOAT_DONE (the object is final). */
-static int subscribe(struct moat_xchg *x)
+static int subscribe(struct moat_req *r)
 {
-    if (atomic_load(&x->cwait.obj) != NULL)
+    if (atomic_load(&r->c.wait.obj) != NULL)
         return MOAT_OK;
-    return moat_cache_obj_subscribe(x->cobj, &x->cwait);
+    return moat_cache_obj_subscribe(r->c.obj, &r->c.wait);
 }
 
-/* Starts answering <c> from x->cobj (a reader's reference). */
-static int serve_from(struct moat_conn *c, const char *status)
+/* Starts answering <c> from r->c.obj (a reader's reference). */
+static int serve_from(struct moat_req *r, const char *status)
 {
-    struct moat_xchg *x = &c->x;
-    x->cstatus = status;
-    x->chead_done = false;
-    memset(&x->ccur, 0, sizeof x->ccur);
-    memset(&x->respf, 0, sizeof x->respf);
-    x->cspan = MOAT_STR_NULL;
-    x->cwait.cb = wake_cb;
-    x->cwait.arg = c;
-    c->state = C_CACHE;
+    r->c.status = status;
+    r->c.head_done = false;
+    memset(&r->c.cur, 0, sizeof r->c.cur);
+    memset(&r->respf, 0, sizeof r->respf);
+    r->c.span = MOAT_STR_NULL;
+    r->c.wait.cb = wake_cb;
+    r->c.wait.arg = r;
+    r->state = R_CACHE;
     return MOAT_DONE;
 }
 
-static void queue_head(struct moat_conn *c, const struct moat_cache_head *h, int status, bool body)
+/* The cached answer's head: the stored fields (a clean block: hop-by-hop fields were left
+ * out when it was stored), Age, Cache-Status, and the framing the downstream derives from
+ * the length: known (a complete object, or the writer's Content-Length) or streaming. */
+static int queue_head(struct moat_req *r, const struct moat_cache_head *h, int status, bool body)
 {
-    struct moat_xchg *x = &c->x;
-    const struct moat_config *cfg = x->wcfg->cfg;
-    struct moat_buf *o = &c->out;
-    moat_buf_compact(o);
     int64_t now = now_s();
     int64_t age = moat_cache_current_age(&h->meta, now);
     if (age < 0)
         age = 0;
-    struct moat_str reason = moat_http_reason(status);
-    struct moat_str block = moat_cache_head_block(h);
-    char bbuf[8192];
-    if (x->rule && x->rule->browser_ttl_ms) {
-        /* The rule's browser_ttl replaces the stored Cache-Control toward the client. */
+    struct moat_hdr f[64];
+    struct moat_resp rs = {
+        .status = status,
+        .via_minor = 1,
+        .age = age,
+        .cache_status = r->c.status,
+        .cache_ttl = -1,
+        .no_body = !body,
+        .keep_cl = status != 304, /* a HEAD's Content-Length is the object's */
+        .length = moat_cache_obj_expected_len(r->c.obj),
+    };
+    if (r->rule && r->rule->browser_ttl_ms) {
+        /* The rule's browser_ttl replaces the stored Cache-Control (moat_resp_keep): the
+         * fields go one by one. */
         size_t pos = 0, n = 0;
         struct moat_hdr l;
-        while (moat_cache_head_next(h, &pos, &l)) {
-            if (MOAT_STR_IEQ_LIT(l.name, "cache-control"))
-                continue;
-            int k = snprintf(bbuf + n, sizeof bbuf - n, "%.*s: %.*s\r\n", (int)l.name.len,
-                             l.name.ptr, (int)l.value.len, l.value.ptr);
-            if (k < 0 || (size_t)k >= sizeof bbuf - n)
-                break;
-            n += (size_t)k;
-        }
-        int k = snprintf(bbuf + n, sizeof bbuf - n, "Cache-Control: max-age=%llu\r\n",
-                         (unsigned long long)(x->rule->browser_ttl_ms / 1000));
-        if (k > 0 && (size_t)k < sizeof bbuf - n)
-            n += (size_t)k;
-        block = moat_str_make(bbuf, n);
-    }
-    uint64_t len = moat_cache_obj_expected_len(x->cobj);
-    char cs[64];
-    if (!strcmp(x->cstatus, "hit")) {
-        int64_t ttl = (int64_t)h->meta.lifetime - age;
-        snprintf(cs, sizeof cs, "hit; ttl=%lld", (long long)(ttl > 0 ? ttl : 0));
+        while (n < MOAT_ARRAY_LEN(f) && moat_cache_head_next(h, &pos, &l))
+            f[n++] = l;
+        rs.fields = f;
+        rs.nfields = n;
+        rs.fields_h1 = true;
+        rs.origin = true;
     } else {
-        snprintf(cs, sizeof cs, "%s", x->cstatus);
+        rs.block = moat_cache_head_block(h);
     }
-    /* Framing: a known length is stated; a body still streaming in with no length is
-     * chunked (HTTP/1.1) or ends with the connection (HTTP/1.0). A 304 has no body and
-     * states no length. */
-    x->respf.mode = FLOW_NONE;
-    x->respf.out_chunked = false;
-    char framing[128] = "";
+    if (!strcmp(r->c.status, "hit")) {
+        int64_t ttl = (int64_t)h->meta.lifetime - age;
+        rs.cache_ttl = ttl > 0 ? ttl : 0;
+    }
     if (status == 206) {
-        snprintf(framing, sizeof framing, "Content-Range: %s\r\nContent-Length: %llu\r\n",
-                 x->crange_hdr, (unsigned long long)x->crange_left);
-    } else if (status != 304) {
-        if (len != UINT64_MAX)
-            snprintf(framing, sizeof framing, "Content-Length: %llu\r\n", (unsigned long long)len);
-        else if (body && x->req.minor == 1) {
-            snprintf(framing, sizeof framing, "Transfer-Encoding: chunked\r\n");
-            x->respf.out_chunked = true;
-        } else if (body)
-            x->keepalive = false;
+        rs.content_range = moat_str_make(r->c.range_hdr, strlen(r->c.range_hdr));
+        rs.length = r->c.range_left;
+    } else if (status == 304) {
+        rs.length = MOAT_LEN_UNKNOWN; /* a 304 has no body and states no length */
+        rs.no_body = true;
     }
-    const char *conn = x->keepalive ? (x->req.minor == 0 ? "Connection: keep-alive\r\n" : "")
-                                    : "Connection: close\r\n";
-    int n = snprintf(moat_buf_wptr(o), moat_buf_room(o),
-                     "HTTP/1.1 %d %.*s\r\n%.*sAge: %lld\r\nCache-Status: moat; %s\r\n"
-                     "Via: 1.1 %s\r\n%s%s\r\n",
-                     status, (int)reason.len, reason.ptr, (int)block.len, block.ptr, (long long)age,
-                     cs, cfg->via_name ? cfg->via_name : "moat", framing, conn);
-    if (n > 0 && (uint32_t)n < moat_buf_room(o))
-        o->wpos += (uint32_t)n;
-    else
-        x->keepalive = false; /* a stored head is bounded well below the buffer; be safe */
-    x->status = status;
+    r->status = status;
+    if (r->ds->send_head(r, &rs) != MOAT_OK)
+        return MOAT_ERR;
+    r->head_sent = true;
+    return MOAT_OK;
 }
 
-/* Sets x->cspan to the next body bytes of x->cobj to write (framed when chunked), or marks
- * the body done (queuing the last chunk). Returns 1 when there is something to write or the
- * body is done, 0 when the reader caught up with a writer still filling the object, -1 when
- * the object was aborted or passed mid-body. */
-static int next_span(struct moat_conn *c)
+/* Sets r->c.span to the next body bytes of r->c.obj to write, or marks the body done.
+ * Returns 1 when there is something to write or the body is done, 0 when the reader caught
+ * up with a writer still filling the object, -1 when the object was aborted or passed
+ * mid-body. */
+static int next_span(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
     struct moat_str span = MOAT_STR_NULL;
-    if (x->crange_left != 0) {
-        moat_cache_obj_read(x->cobj, &x->ccur, &span);
+    if (r->c.range_left != 0) {
+        moat_cache_obj_read(r->c.obj, &r->c.cur, &span);
         if (!span.len) {
-            enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
+            enum moat_cache_obj_state st = moat_cache_obj_state(r->c.obj);
             if (st == MOAT_CACHE_OBJ_ABORTED || st == MOAT_CACHE_OBJ_PASS)
                 return -1;
             if (st != MOAT_CACHE_OBJ_COMPLETE)
                 return 0;
             /* Re-read once: bytes may have landed between the read and the state check. */
-            moat_cache_obj_read(x->cobj, &x->ccur, &span);
+            moat_cache_obj_read(r->c.obj, &r->c.cur, &span);
         }
-        if (span.len > x->crange_left)
-            span.len = (size_t)x->crange_left;
-        if (x->crange_left != UINT64_MAX)
-            x->crange_left -= span.len;
+        if (span.len > r->c.range_left)
+            span.len = (size_t)r->c.range_left;
+        if (r->c.range_left != UINT64_MAX)
+            r->c.range_left -= span.len;
     }
     if (span.len) {
-        if (x->respf.out_chunked)
-            moat_conn_frame_chunk(&x->respf, &c->out, span.len);
-        x->cspan = span;
+        r->c.span = span;
         return 1;
     }
-    x->respf.done = true;
-    if (x->respf.out_chunked && !x->respf.fin_queued) {
-        x->respf.fin_queued = true;
-        moat_conn_frame_chunk(&x->respf, &c->out, 0);
-    }
+    r->c.body_done = true;
     return 1;
 }
 
-int moat_pcache_serve(struct moat_conn *c)
+int moat_pcache_serve(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    struct moat_worker *w = c->w;
-    if (moat_conn_ensure_buf(&c->out, w->bufsize) != MOAT_OK)
-        return MOAT_DONE;
-    if (!x->chead_done) {
+    struct moat_worker *w = r->w;
+    if (!r->c.head_done) {
         /* Subscribe first, then look: a change between the two wakes us, none is lost. */
-        enum moat_cache_obj_state st = moat_cache_obj_state(x->cobj);
+        enum moat_cache_obj_state st = moat_cache_obj_state(r->c.obj);
         if (st == MOAT_CACHE_OBJ_PENDING) {
-            if (subscribe(x) == MOAT_OK) {
-                st = moat_cache_obj_state(x->cobj);
+            if (subscribe(r) == MOAT_OK) {
+                st = moat_cache_obj_state(r->c.obj);
                 if (st == MOAT_CACHE_OBJ_PENDING) {
-                    moat_timer_set(&w->loop, &c->timer, x->site->pool->first_byte_timeout_ms);
+                    moat_timer_set(&w->loop, &r->timer, r->site->pool->first_byte_timeout_ms);
                     return MOAT_AGAIN;
                 }
             } else {
-                st = moat_cache_obj_state(x->cobj);
+                st = moat_cache_obj_state(r->c.obj);
             }
         }
         if (st == MOAT_CACHE_OBJ_PASS || st == MOAT_CACHE_OBJ_ABORTED) {
             /* The fetch we waited for is uncacheable or failed: go to the origin ourselves
              * (as Varnish's waiting list does after a hit-for-pass). */
-            unsubscribe(x);
-            moat_cache_obj_release(&x->cobj);
-            if (x->cstale && moat_pcache_stale_on_error(c))
+            unsubscribe(r);
+            moat_cache_obj_release(&r->c.obj);
+            if (r->c.stale && moat_pcache_stale_on_error(r))
                 return MOAT_OK;
-            x->cstatus = "fwd=uri-miss";
+            r->c.status = "fwd=uri-miss";
             if (st == MOAT_CACHE_OBJ_PASS)
                 MOAT_STAT_INC(&w->stats, cache_pass);
-            c->state = C_PROXY;
-            return moat_conn_forward(c);
+            moat_timer_stop(&w->loop, &r->timer);
+            moat_xchg_forward(r);
+            return MOAT_OK;
         }
-        const struct moat_cache_head *h = moat_cache_obj_head(x->cobj);
-        if (!x->cvariant && h->vary_len && x->head_consumed && !x->cstale_serving) {
+        const struct moat_cache_head *h = moat_cache_obj_head(r->c.obj);
+        if (!r->c.variant && h->vary_len && r->c.fresh_lookup && !r->c.stale_serving) {
             /* We waited on a primary key whose answer turned out to vary: look our own
              * variant up now (we may collapse on the writer's variant, or fetch ours). */
-            int rc = to_variant(c, now_s());
+            moat_timer_stop(&w->loop, &r->timer);
+            int rc = to_variant(r, now_s());
             if (rc == MOAT_DONE)
-                return MOAT_OK; /* answering from the cache (C_CACHE) or a local response */
-            c->state = C_PROXY;
-            return moat_conn_forward(c);
+                return MOAT_OK; /* answering from the cache (R_CACHE) or a local response */
+            moat_xchg_forward(r);
+            return MOAT_OK;
         }
         int status = h->status;
         int cond = 0;
-        if (x->head_consumed && !x->cstale_serving) {
+        if (r->c.fresh_lookup && !r->c.stale_serving) {
             int64_t lm = h->meta.last_modified;
-            cond = moat_cache_conditional(x->req.meth, x->req.hdrs, x->req.nhdrs,
-                                          moat_cache_head_etag(h), lm, h->meta.date);
+            cond = moat_cache_conditional(r->meth, r->hdrs, r->nhdrs, moat_cache_head_etag(h), lm,
+                                          h->meta.date);
         }
         if (cond == 304) {
             MOAT_STAT_INC(&w->stats, cache_not_modified);
@@ -407,113 +376,99 @@ int moat_pcache_serve(struct moat_conn *c)
         } else if (cond == 412) {
             status = 412;
         }
-        if (x->head_consumed) {
-            moat_buf_consume(&c->s.in, x->head_consumed); /* request head no longer needed */
-            x->head_consumed = 0;
-        }
-        bool body = !x->is_head && status != 304 && status != 412 && status != 204;
+        r->c.fresh_lookup = false;
+        bool body = !r->is_head && status != 304 && status != 412 && status != 204;
         uint64_t first = 0, last = 0, total = 0;
         int range = MOAT_RANGE_NONE;
-        x->crange_left = UINT64_MAX;
-        if (status == 200 && x->head_consumed_range.len &&
-            moat_cache_obj_state(x->cobj) == MOAT_CACHE_OBJ_COMPLETE) {
+        r->c.range_left = UINT64_MAX;
+        if (status == 200 && r->c.range.len &&
+            moat_cache_obj_state(r->c.obj) == MOAT_CACHE_OBJ_COMPLETE) {
             /* A single byte range of a complete object (RFC 9110 14): 206, or 416. A
              * failing If-Range, several ranges or another unit get the whole 200. */
-            total = moat_cache_obj_body_len(x->cobj);
-            if (!x->head_consumed_ifrange.len ||
-                moat_cache_if_range_ok(x->head_consumed_ifrange, moat_cache_head_etag(h),
-                                       h->meta.last_modified))
-                range = moat_cache_range_parse(x->head_consumed_range, total, &first, &last);
+            total = moat_cache_obj_body_len(r->c.obj);
+            if (!r->c.if_range.len || moat_cache_if_range_ok(r->c.if_range, moat_cache_head_etag(h),
+                                                             h->meta.last_modified))
+                range = moat_cache_range_parse(r->c.range, total, &first, &last);
         }
+        moat_timer_stop(&w->loop, &r->timer);
         if (range == MOAT_RANGE_UNSATISFIABLE) {
             char body416[96];
-            snprintf(x->crange_hdr, sizeof x->crange_hdr, "bytes */%llu",
+            snprintf(r->c.range_hdr, sizeof r->c.range_hdr, "bytes */%llu",
                      (unsigned long long)total);
             snprintf(body416, sizeof body416, "range not satisfiable (length %llu)\n",
                      (unsigned long long)total);
-            x->cstatus = "hit";
-            unsubscribe(x);
-            moat_cache_obj_release(&x->cobj);
-            moat_local_response(c, 416, body416);
+            r->c.status = "hit";
+            unsubscribe(r);
+            moat_cache_obj_release(&r->c.obj);
+            moat_local_response(r, 416, body416);
             return MOAT_OK;
         }
         if (status == 412) {
-            x->cstatus = "hit";
-            moat_local_response(c, 412, "precondition failed\n");
-            unsubscribe(x);
-            moat_cache_obj_release(&x->cobj);
+            r->c.status = "hit";
+            unsubscribe(r);
+            moat_cache_obj_release(&r->c.obj);
+            moat_local_response(r, 412, "precondition failed\n");
             return MOAT_OK;
         }
         if (range == MOAT_RANGE_OK) {
             status = 206;
-            snprintf(x->crange_hdr, sizeof x->crange_hdr, "bytes %llu-%llu/%llu",
+            snprintf(r->c.range_hdr, sizeof r->c.range_hdr, "bytes %llu-%llu/%llu",
                      (unsigned long long)first, (unsigned long long)last,
                      (unsigned long long)total);
-            x->crange_left = last - first + 1;
-            moat_cache_cursor_seek(x->cobj, &x->ccur, first);
+            r->c.range_left = last - first + 1;
+            moat_cache_cursor_seek(r->c.obj, &r->c.cur, first);
         }
-        queue_head(c, h, status, body);
-        x->chead_done = true;
-        x->respf.done = !body;
-        if (body && moat_cache_obj_state(x->cobj) != MOAT_CACHE_OBJ_COMPLETE)
-            subscribe(x);
+        if (queue_head(r, h, status, body) != MOAT_OK) {
+            r->close = true;
+            r->ds->abort(r);
+            return MOAT_DONE;
+        }
+        r->c.head_done = true;
+        r->c.body_done = !body;
+        if (body && moat_cache_obj_state(r->c.obj) != MOAT_CACHE_OBJ_COMPLETE)
+            subscribe(r);
     }
     for (int rounds = 0; rounds < 256; rounds++) {
         /* Take the next body span before writing, so the head and the first span (for a
          * small hit: the whole body) leave in one writev. */
-        if (!x->cspan.len && !x->respf.done) {
-            int r = next_span(c);
-            if (r < 0)
+        if (!r->c.span.len && !r->c.body_done) {
+            int k = next_span(r);
+            if (k < 0) {
+                r->ds->abort(r);
                 return MOAT_DONE; /* the origin failed mid-body: cut the response */
-            if (r == 0 && !moat_buf_len(&c->out)) {
-                moat_timer_set(&w->loop, &c->timer, x->site->pool->idle_timeout_ms);
+            }
+            if (k == 0) {
+                if (r->ds->send_data(r, NULL, 0, false) < 0) /* the head, if still queued */
+                    return MOAT_DONE;
+                moat_timer_set(&w->loop, &r->timer, r->site->pool->idle_timeout_ms);
                 return MOAT_AGAIN; /* subscribed: the writer wakes us */
             }
         }
-        uint32_t olen = moat_buf_len(&c->out);
-        if (olen || x->cspan.len) {
-            if (!c->s.writable) {
-                moat_timer_set(&w->loop, &c->timer, x->wcfg->cfg->send_timeout_ms);
-                return MOAT_AGAIN;
-            }
-            struct iovec iov[2];
-            int n = 0;
-            if (olen)
-                iov[n++] = (struct iovec){moat_buf_rptr(&c->out), olen};
-            /* At most limits.body_buffer of body per writev: one write of a whole large object
+        if (r->c.span.len) {
+            /* At most limits.body_buffer of body per write: one write of a whole large object
              * costs the kernel far more per byte than a few of 64 KiB (128 KiB hits: +35%
              * requests per CPU-second with the cap, bench/RESULTS.md), likely because it
              * outruns the socket's send buffer and is taken in pieces under memory pressure
              * anyway. The proxy's pump is bounded the same way by its body buffer. */
-            size_t take = MOAT_MIN(x->cspan.len, (size_t)w->body_bufsize);
-            if (take)
-                iov[n++] = (struct iovec){(void *)x->cspan.ptr, take};
-            ssize_t wr = writev(c->s.io.fd, iov, n);
-            if (wr < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN) {
-                    c->s.writable = false;
-                    continue;
-                }
+            size_t take = MOAT_MIN(r->c.span.len, (size_t)w->body_bufsize);
+            ssize_t n = r->ds->send_data(r, r->c.span.ptr, take, false);
+            if (n < 0)
                 return MOAT_DONE;
-            }
-            x->resp_bytes += (uint64_t)wr;
-            uint32_t from_out = (uint32_t)MOAT_MIN((size_t)wr, olen);
-            moat_buf_consume(&c->out, from_out);
-            size_t rest = (size_t)wr - from_out;
-            x->cspan.ptr += rest;
-            x->cspan.len -= rest;
-            if ((size_t)wr < olen + take)
-                c->s.writable = false; /* short: the socket is full */
+            r->c.span.ptr += n;
+            r->c.span.len -= (size_t)n;
+            if ((size_t)n < take)
+                return MOAT_AGAIN;
             continue;
         }
-        if (x->respf.done) {
+        if (r->c.body_done) {
+            int rc = r->ds->finish(r, MOAT_STR_NULL);
+            if (rc == MOAT_AGAIN)
+                return MOAT_AGAIN;
             /* The whole response is written. */
-            unsubscribe(x);
-            moat_timer_stop(&w->loop, &c->timer);
-            c->state = x->keepalive ? C_LOCAL : C_CLOSING;
-            return MOAT_OK;
+            unsubscribe(r);
+            moat_timer_stop(&w->loop, &r->timer);
+            r->fin_done = rc == MOAT_OK;
+            return MOAT_DONE;
         }
     }
     return MOAT_OK;
@@ -523,45 +478,43 @@ int moat_pcache_serve(struct moat_conn *c)
 
 /* Range and If-Range point into the request head, which stays in the input buffer until the
  * cached answer's head is queued. */
-static void note_range(struct moat_conn *c)
+static void note_range(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    const struct moat_hdr *r = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("range"));
-    const struct moat_hdr *ir = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("if-range"));
-    x->head_consumed_range = r ? r->value : MOAT_STR_NULL;
-    x->head_consumed_ifrange = ir ? ir->value : MOAT_STR_NULL;
+    const struct moat_hdr *rg = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("range"));
+    const struct moat_hdr *ir = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("if-range"));
+    r->c.range = rg ? rg->value : MOAT_STR_NULL;
+    r->c.if_range = ir ? ir->value : MOAT_STR_NULL;
 }
 
-void moat_pcache_invalidate(struct moat_conn *c, const struct moat_h1_resp *r)
+void moat_pcache_invalidate(struct moat_req *r, const struct moat_h1_resp *q)
 {
-    struct moat_xchg *x = &c->x;
-    if (!x->cinvalidate || !moat_srv.cache || r->status < 200 || r->status >= 400)
+    if (!r->c.invalidate || !moat_srv.cache || q->status < 200 || q->status >= 400)
         return;
-    x->cinvalidate = false;
-    moat_cache_purge_key(moat_srv.cache, moat_str_make(c->ckey, x->ckeylen), 0);
+    r->c.invalidate = false;
+    moat_cache_purge_key(moat_srv.cache, moat_str_make(r->c.key, r->c.keylen), 0);
     /* A rule with key.headers / key.cookies: the object keyed with this request's own values
      * went above; the unkeyed URL goes too. Objects keyed with other clients' values stay
      * (finding them is a scan of the whole store, not a worker's job: POST /purge does it). */
-    if (x->ckeyurl < x->ckeylen)
-        moat_cache_purge_key(moat_srv.cache, moat_str_make(c->ckey, x->ckeyurl), 0);
+    if (r->c.keyurl < r->c.keylen)
+        moat_cache_purge_key(moat_srv.cache, moat_str_make(r->c.key, r->c.keyurl), 0);
     /* Location and Content-Location too, when they name this host (RFC 9111 4.4). */
-    const char *slash = memchr(c->ckey + 7, '/', x->ckeyurl - 7);
-    size_t hostlen = slash ? (size_t)(slash - c->ckey) : x->ckeyurl; /* "http://host" */
+    const char *slash = memchr(r->c.key + 7, '/', r->c.keyurl - 7);
+    size_t hostlen = slash ? (size_t)(slash - r->c.key) : r->c.keyurl; /* "http://host" */
     static const char *const names[2] = {"location", "content-location"};
     for (int i = 0; i < 2; i++) {
         const struct moat_hdr *h =
-            moat_h1_find(r->hdrs, r->nhdrs, moat_str_make(names[i], strlen(names[i])));
+            moat_h1_find(q->hdrs, q->nhdrs, moat_str_make(names[i], strlen(names[i])));
         if (!h || !h->value.len)
             continue;
-        char key[sizeof c->ckey];
+        char key[sizeof r->c.key];
         struct moat_str v = h->value;
         if (v.ptr[0] == '/' && (v.len < 2 || v.ptr[1] != '/') && hostlen + v.len < sizeof key) {
-            memcpy(key, c->ckey, hostlen);
+            memcpy(key, r->c.key, hostlen);
             memcpy(key + hostlen, v.ptr, v.len);
             moat_cache_purge_key(moat_srv.cache, moat_str_make(key, hostlen + v.len), 0);
-        } else if (v.len > hostlen && !strncasecmp(v.ptr, c->ckey, hostlen) &&
+        } else if (v.len > hostlen && !strncasecmp(v.ptr, r->c.key, hostlen) &&
                    (v.ptr[hostlen] == '/' || v.ptr[hostlen] == '?')) {
-            memcpy(key, c->ckey, hostlen); /* lowercase scheme and host */
+            memcpy(key, r->c.key, hostlen); /* lowercase scheme and host */
             memcpy(key + hostlen, v.ptr + hostlen, v.len - hostlen);
             moat_cache_purge_key(moat_srv.cache, moat_str_make(key, v.len), 0);
         }
@@ -590,94 +543,69 @@ static bool index_spec(const struct moat_cache_head *h, struct moat_hdr *vary, s
     return n && gen->len;
 }
 
-/* Appends "\n" gen "\n" normalized-fields to the key in c->ckey. False when it won't fit. */
-static bool variant_key(struct moat_conn *c, const struct moat_hdr *vary, size_t nvary,
+/* Appends "\n" gen "\n" normalized-fields to the key in r->c.key. False when it won't fit. */
+static bool variant_key(struct moat_req *r, const struct moat_hdr *vary, size_t nvary,
                         struct moat_str gen, const struct moat_hdr *req, size_t nreq)
 {
-    struct moat_xchg *x = &c->x;
-    size_t k = x->ckeylen;
-    if (k + gen.len + 2 >= sizeof c->ckey)
+    size_t k = r->c.keylen;
+    if (k + gen.len + 2 >= sizeof r->c.key)
         return false;
-    c->ckey[k++] = '\n';
-    memcpy(c->ckey + k, gen.ptr, gen.len);
+    r->c.key[k++] = '\n';
+    memcpy(r->c.key + k, gen.ptr, gen.len);
     k += gen.len;
-    c->ckey[k++] = '\n';
+    r->c.key[k++] = '\n';
     size_t len = 0;
     uint64_t hash;
     /* The Accept-Encoding the origin was (or will be) sent, not the client's own. */
-    struct moat_str ae = moat_cache_ae_value(x->cae);
-    if (moat_cache_vary_key(vary, nvary, req, nreq, x->cae_norm ? &ae : NULL, c->ckey + k,
-                            sizeof c->ckey - k, &len, &hash) != MOAT_OK)
+    struct moat_str ae = moat_cache_ae_value(r->c.ae);
+    if (moat_cache_vary_key(vary, nvary, req, nreq, r->c.ae_norm ? &ae : NULL, r->c.key + k,
+                            sizeof r->c.key - k, &len, &hash) != MOAT_OK)
         return false;
-    x->ckeylen = (uint16_t)(k + len);
+    r->c.keylen = (uint16_t)(k + len);
     return true;
 }
 
-static int lookup_flow(struct moat_conn *c, int64_t now);
+static int lookup_flow(struct moat_req *r, int64_t now);
 
-/* <idx> (a reference we hold, x->cobj) is a fresh index: look the request's variant up. */
-static int to_variant(struct moat_conn *c, int64_t now)
+/* <idx> (a reference we hold, r->c.obj) is a fresh index: look the request's variant up. */
+static int to_variant(struct moat_req *r, int64_t now)
 {
-    struct moat_xchg *x = &c->x;
     struct moat_hdr vary[16];
     size_t nvary;
     struct moat_str gen;
-    const struct moat_cache_head *h = moat_cache_obj_head(x->cobj);
+    const struct moat_cache_head *h = moat_cache_obj_head(r->c.obj);
     bool ok = index_spec(h, vary, MOAT_ARRAY_LEN(vary), &nvary, &gen) &&
-              variant_key(c, vary, nvary, gen, x->req.hdrs, x->req.nhdrs);
-    unsubscribe(x);
-    moat_cache_obj_release(&x->cobj);
+              variant_key(r, vary, nvary, gen, r->hdrs, r->nhdrs);
+    unsubscribe(r);
+    moat_cache_obj_release(&r->c.obj);
     if (!ok) {
-        x->cstatus = "fwd=uri-miss";
+        r->c.status = "fwd=uri-miss";
         return MOAT_DECLINED;
     }
-    x->cvariant = true;
-    return lookup_flow(c, now);
+    r->c.variant = true;
+    return lookup_flow(r, now);
 }
 
-/* Keeps a copy of the request's fields for the writer of a primary key: if the answer
- * carries Vary, the variant key is made from them, and by then the request head has left
- * the input buffer. A miss pays one allocation; hits pay nothing. */
-static void snapshot_request(struct moat_conn *c)
+int moat_pcache_request(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    const char *base = moat_buf_rptr(&c->s.in);
-    size_t hl = x->req.head_len, n = x->req.nhdrs;
-    char *mem = malloc(hl + n * sizeof(struct moat_hdr));
-    if (!mem)
-        return;
-    struct moat_hdr *h = (struct moat_hdr *)(void *)mem;
-    char *copy = mem + n * sizeof(struct moat_hdr);
-    memcpy(copy, base, hl);
-    for (size_t i = 0; i < n; i++) {
-        h[i].name = moat_str_make(copy + (x->req.hdrs[i].name.ptr - base), x->req.hdrs[i].name.len);
-        h[i].value =
-            moat_str_make(copy + (x->req.hdrs[i].value.ptr - base), x->req.hdrs[i].value.len);
-    }
-    x->vsnap = h;
-    x->vsnap_n = n;
-}
-
-int moat_pcache_request(struct moat_conn *c)
-{
-    struct moat_xchg *x = &c->x;
-    const struct moat_config *cfg = x->wcfg->cfg;
+    const struct moat_config *cfg = r->wcfg->cfg;
     struct moat_cache_store *st = moat_srv.cache;
+    r->c.fresh_lookup = true; /* the request's own fields decide, until it is forwarded */
     if (!cfg->cache.enabled || !st)
         return MOAT_DECLINED;
-    if (x->req.meth != MOAT_M_GET && x->req.meth != MOAT_M_HEAD) {
-        x->cstatus = "fwd=bypass";
+    if (r->meth != MOAT_M_GET && r->meth != MOAT_M_HEAD) {
+        r->c.status = "fwd=bypass";
         /* RFC 9111 4.4: an unsafe method's success invalidates the target URI. */
-        x->cinvalidate = x->req.meth != MOAT_M_OPTIONS && x->req.meth != MOAT_M_TRACE &&
-                         (build_key(c) || x->ckeyurl);
+        r->c.invalidate =
+            r->meth != MOAT_M_OPTIONS && r->meth != MOAT_M_TRACE && (build_key(r) || r->c.keyurl);
         return MOAT_DECLINED;
     }
-    if (x->rule && x->rule->mode == MOAT_CACHE_MODE_BYPASS) {
-        x->cstatus = "fwd=bypass; detail=rule";
+    if (r->rule && r->rule->mode == MOAT_CACHE_MODE_BYPASS) {
+        r->c.status = "fwd=bypass; detail=rule";
         return MOAT_DECLINED;
     }
-    if (x->upgrade || !build_key(c)) {
-        x->cstatus = "fwd=bypass";
+    if (r->upgrade || !build_key(r)) {
+        r->c.status = "fwd=bypass";
         return MOAT_DECLINED;
     }
     if (cfg->cache.normalize_ae) {
@@ -686,24 +614,23 @@ int moat_pcache_request(struct moat_conn *c)
          * variant key is made from it, so a stored variant always answers what the origin
          * was asked (RFC 9111 4.1); and the canonical set is never wider than the client's,
          * so whatever coding comes back, the client accepts it. */
-        x->cae_norm = true;
-        x->cae = (uint8_t)moat_cache_ae_accepted(x->req.hdrs, x->req.nhdrs);
+        r->c.ae_norm = true;
+        r->c.ae = (uint8_t)moat_cache_ae_accepted(r->hdrs, r->nhdrs);
     }
-    moat_cache_cc_request(&x->creq, x->req.hdrs, x->req.nhdrs);
-    x->has_auth = moat_h1_find(x->req.hdrs, x->req.nhdrs, MOAT_STR("authorization")) != NULL;
+    moat_cache_cc_request(&r->c.creq, r->hdrs, r->nhdrs);
+    r->c.has_auth = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("authorization")) != NULL;
     int64_t now = now_s();
-    x->creq_time = now;
-    note_range(c);
-    return lookup_flow(c, now);
+    r->c.req_time = now;
+    note_range(r);
+    return lookup_flow(r, now);
 }
 
 /* <c> holds the refresh claim on the stale <obj>: make it the writer of the object that
  * replaces <obj> once its head is in (lookups find <obj> until then). Takes its own reference
  * on <obj> (kept for the validators and stale-if-error). Returns false, claim released, when
  * another request replaced <obj> meanwhile: then nothing is to be fetched. */
-static bool start_refresh(struct moat_conn *c, struct moat_cache_obj *obj, int64_t now)
+static bool start_refresh(struct moat_req *r, struct moat_cache_obj *obj, int64_t now)
 {
-    struct moat_xchg *x = &c->x;
     struct moat_cache_obj *nobj = NULL;
     int rc = moat_cache_replace(moat_srv.cache, obj, now, MOAT_CACHE_R_DEFERRED, &nobj);
     if (rc != MOAT_CACHE_MISS) {
@@ -711,109 +638,104 @@ static bool start_refresh(struct moat_conn *c, struct moat_cache_obj *obj, int64
         moat_cache_obj_unclaim_refresh(obj);
         return false;
     }
-    MOAT_STAT_INC(&c->w->stats, cache_miss);
-    x->cclaimed = true;
-    x->cstale = moat_cache_obj_ref(obj);
-    x->cobj = nobj;
-    x->cwriter = true;
-    x->cstatus = "fwd=stale";
-    if (!x->cvariant)
-        snapshot_request(c);
+    MOAT_STAT_INC(&r->w->stats, cache_miss);
+    r->c.claimed = true;
+    r->c.stale = moat_cache_obj_ref(obj);
+    r->c.obj = nobj;
+    r->c.writer = true;
+    r->c.status = "fwd=stale";
     return true;
 }
 
-/* Looks the key in c->ckey up and decides: answer from the cache (MOAT_DONE), or go to the
- * origin (MOAT_DECLINED), maybe as the writer of x->cobj. */
-static int lookup_flow(struct moat_conn *c, int64_t now)
+/* Looks the key in r->c.key up and decides: answer from the cache (MOAT_DONE), or go to the
+ * origin (MOAT_DECLINED), maybe as the writer of r->c.obj. */
+static int lookup_flow(struct moat_req *r, int64_t now)
 {
-    struct moat_xchg *x = &c->x;
-    struct moat_worker *w = c->w;
+    struct moat_worker *w = r->w;
     struct moat_cache_store *st = moat_srv.cache;
-    struct moat_str key = moat_str_make(c->ckey, x->ckeylen);
+    struct moat_str key = moat_str_make(r->c.key, r->c.keylen);
     struct moat_cache_obj *obj = NULL;
-    int rc = x->is_head ? moat_cache_lookup(st, key, now, &obj)
+    int rc = r->is_head ? moat_cache_lookup(st, key, now, &obj)
                         : moat_cache_lookup_or_insert(st, key, now, &obj);
     if (rc == MOAT_ERR || rc == MOAT_CACHE_NOT_FOUND) {
-        x->cstatus = "fwd=uri-miss";
+        r->c.status = "fwd=uri-miss";
         return MOAT_DECLINED;
     }
     if (rc == MOAT_CACHE_PASS) {
         MOAT_STAT_INC(&w->stats, cache_pass);
-        x->cstatus = "fwd=bypass";
+        r->c.status = "fwd=bypass";
         return MOAT_DECLINED;
     }
     if (rc == MOAT_CACHE_MISS) {
         MOAT_STAT_INC(&w->stats, cache_miss);
-        x->cobj = obj;
-        x->cwriter = true;
-        x->cstatus = "fwd=uri-miss";
-        if (!x->cvariant)
-            snapshot_request(c);
+        r->c.obj = obj;
+        r->c.writer = true;
+        r->c.status = "fwd=uri-miss";
         return MOAT_DECLINED;
     }
     /* A hit: an object complete or in flight. */
-    x->cobj = obj;
+    r->c.obj = obj;
     enum moat_cache_obj_state os = moat_cache_obj_state(obj);
     if (os == MOAT_CACHE_OBJ_PENDING || os == MOAT_CACHE_OBJ_STREAMING) {
         MOAT_STAT_INC(&w->stats, cache_collapsed);
-        return serve_from(c, "fwd=uri-miss; collapsed");
+        return serve_from(r, "fwd=uri-miss; collapsed");
     }
     if (os != MOAT_CACHE_OBJ_COMPLETE) { /* PASS/ABORTED seen through a race: just fetch */
-        moat_cache_obj_release(&x->cobj);
-        x->cstatus = "fwd=uri-miss";
+        moat_cache_obj_release(&r->c.obj);
+        r->c.status = "fwd=uri-miss";
         return MOAT_DECLINED;
     }
     const struct moat_cache_head *oh = moat_cache_obj_head(obj);
-    bool index = !x->cvariant && oh->vary_len;
-    enum moat_cache_fresh f = moat_cache_obj_decide(obj, &x->creq, now);
+    bool index = !r->c.variant && oh->vary_len;
+    enum moat_cache_fresh f = moat_cache_obj_decide(obj, &r->c.creq, now);
     if (index && (f == MOAT_CACHE_FRESH || f == MOAT_CACHE_STALE_OK || f == MOAT_CACHE_STALE_SWR))
-        return to_variant(c, now);
+        return to_variant(r, now);
     switch (index ? MOAT_CACHE_MUST_FORWARD : f) {
     case MOAT_CACHE_FRESH:
     case MOAT_CACHE_STALE_OK:
         MOAT_STAT_INC(&w->stats, cache_hit);
-        return serve_from(c, "hit");
+        return serve_from(r, "hit");
     case MOAT_CACHE_ONLY_IF_CACHED:
-        moat_cache_obj_release(&x->cobj);
-        moat_local_response(c, 504, "not in cache (only-if-cached)\n");
+        moat_cache_obj_release(&r->c.obj);
+        moat_local_response(r, 504, "not in cache (only-if-cached)\n");
         return MOAT_DONE;
     case MOAT_CACHE_STALE_SWR:
         /* RFC 5861 3: served stale at once, and one request (the one that claims the
          * refresh) starts a background fetch that replaces the object once its head is in.
          * The fetch runs on a detached copy of this request, so nobody waits for it. */
-        if (!x->is_head && moat_cache_obj_claim_refresh(obj)) {
-            struct moat_conn *b = moat_conn_spawn(c);
+        if (!r->is_head && moat_cache_obj_claim_refresh(obj)) {
+            struct moat_req *b = moat_req_spawn(r);
             if (!b) {
                 /* A request with a body (or no memory for the copy): this one refreshes in
                  * the foreground; everybody else is still served stale meanwhile. */
-                x->cobj = NULL;
-                bool writer = start_refresh(c, obj, now);
+                r->c.obj = NULL;
+                bool writer = start_refresh(r, obj, now);
                 if (writer) {
                     moat_cache_obj_release(&obj);
                     return MOAT_DECLINED;
                 }
-                x->cobj = obj;
+                r->c.obj = obj;
             } else {
                 bool go = start_refresh(b, obj, now);
                 if (go)
                     MOAT_STAT_INC(&w->stats, cache_bg_refresh);
-                moat_conn_spawn_start(b, go);
+                moat_req_spawn_start(b, go);
             }
         }
         MOAT_STAT_INC(&w->stats, cache_stale);
-        return serve_from(c, "hit; detail=stale-while-revalidate");
+        return serve_from(r, "hit; detail=stale-while-revalidate");
     default:
         break;
     }
     /* Stale (or must revalidate): fetch anew, collapsing with other refetches, and keep the
      * stale copy for stale-if-error and its validators for a conditional refetch. A stale
      * Vary index is not kept: it has no body to fall back on. */
-    x->cstale = index ? NULL : obj;
-    x->cobj = NULL;
-    if (x->is_head) {
+    r->c.stale = index ? NULL : obj;
+    r->c.obj = NULL;
+    if (r->is_head) {
         if (index)
             moat_cache_obj_release(&obj);
-        x->cstatus = "fwd=stale";
+        r->c.status = "fwd=stale";
         return MOAT_DECLINED;
     }
     struct moat_cache_obj *fresh = NULL;
@@ -822,27 +744,25 @@ static int lookup_flow(struct moat_conn *c, int64_t now)
         moat_cache_obj_release(&obj);
     if (rc == MOAT_CACHE_MISS) {
         MOAT_STAT_INC(&w->stats, cache_miss);
-        x->cobj = fresh;
-        x->cwriter = true;
-        x->cstatus = "fwd=stale";
-        if (!x->cvariant)
-            snapshot_request(c);
+        r->c.obj = fresh;
+        r->c.writer = true;
+        r->c.status = "fwd=stale";
         return MOAT_DECLINED;
     }
     if (rc == MOAT_CACHE_HIT) {
         MOAT_STAT_INC(&w->stats, cache_collapsed);
-        x->cobj = fresh;
-        return serve_from(c, "fwd=stale; collapsed");
+        r->c.obj = fresh;
+        return serve_from(r, "fwd=stale; collapsed");
     }
-    x->cstatus = "fwd=stale";
+    r->c.status = "fwd=stale";
     return MOAT_DECLINED;
 }
 
 /* --- the writing side ----------------------------------------------------------------------- */
 
-bool moat_pcache_strip(const struct moat_conn *c, struct moat_str n)
+bool moat_pcache_strip(const struct moat_req *r, struct moat_str n)
 {
-    const struct moat_config *cfg = c->x.wcfg->cfg;
+    const struct moat_config *cfg = r->wcfg->cfg;
     if (!cfg->cache.enabled)
         return false;
     switch (n.len) {
@@ -876,17 +796,16 @@ static void rule_cc(const struct moat_cfg_rule *rule, struct moat_cache_cc *cc)
  * <meta>: an edge TTL replaces its lifetime; "everything" and static file types without
  * freshness get a default one; a rule's stale_if_error extends the grace. Applied to every
  * stored head, a 304's refreshed one included. */
-static void rule_meta(const struct moat_conn *c, const struct moat_cache_cc *cc,
+static void rule_meta(const struct moat_req *r, const struct moat_cache_cc *cc,
                       const struct moat_hdr *hdrs, size_t n, struct moat_cache_meta *meta)
 {
-    const struct moat_xchg *x = &c->x;
-    const struct moat_cfg_rule *rule = x->rule;
+    const struct moat_cfg_rule *rule = r->rule;
     bool everything = rule && rule->mode == MOAT_CACHE_MODE_EVERYTHING;
     if (rule && rule->edge_ttl_ms)
         meta->lifetime = (int32_t)MOAT_MIN(rule->edge_ttl_ms / 1000, (uint64_t)INT32_MAX);
-    else if ((everything || x->static_default) && cc->max_age < 0 && cc->s_maxage < 0 &&
+    else if ((everything || r->static_default) && cc->max_age < 0 && cc->s_maxage < 0 &&
              !(meta->flags & MOAT_META_HEURISTIC) && !moat_h1_find(hdrs, n, MOAT_STR("expires"))) {
-        uint64_t ms = x->wcfg->cfg->cache.static_ttl_ms;
+        uint64_t ms = r->wcfg->cfg->cache.static_ttl_ms;
         uint64_t d = ms ? ms : 7200000u;
         meta->lifetime = (int32_t)MOAT_MIN(d / 1000, (uint64_t)INT32_MAX);
     }
@@ -899,277 +818,269 @@ static void rule_meta(const struct moat_conn *c, const struct moat_cache_cc *cc,
 
 /* Gives up the object being fetched (aborting it if we write it) and makes the stale copy
  * the object to answer from, releasing the refresh claim on it. */
-static void fall_back_to_stale(struct moat_xchg *x)
+static void fall_back_to_stale(struct moat_req *r)
 {
-    if (x->cobj) {
-        unsubscribe(x);
-        if (x->cwriter)
-            moat_cache_obj_abort(x->cobj);
-        moat_cache_obj_release(&x->cobj);
+    if (r->c.obj) {
+        unsubscribe(r);
+        if (r->c.writer)
+            moat_cache_obj_abort(r->c.obj);
+        moat_cache_obj_release(&r->c.obj);
     }
-    x->cwriter = false;
-    if (x->cclaimed)
-        moat_cache_obj_unclaim_refresh(x->cstale);
-    x->cclaimed = false;
-    x->cobj = x->cstale;
-    x->cstale = NULL;
+    r->c.writer = false;
+    if (r->c.claimed)
+        moat_cache_obj_unclaim_refresh(r->c.stale);
+    r->c.claimed = false;
+    r->c.obj = r->c.stale;
+    r->c.stale = NULL;
 }
 
 /* The origin answered our conditional refetch with 304: the stale object's body is still
  * good. RFC 9111 4.3.4: the stored header fields are updated with those of the 304, the
  * freshness is computed anew, and the client is answered from the refreshed object. The new
  * object shares the old one's body (no copy). */
-static void revalidated(struct moat_conn *c, const struct moat_h1_resp *r,
+static void revalidated(struct moat_req *r, const struct moat_h1_resp *q,
                         const struct moat_cache_policy_cfg *pc)
 {
-    struct moat_xchg *x = &c->x;
-    const struct moat_config *cfg = x->wcfg->cfg;
-    const struct moat_cache_head *old = moat_cache_obj_head(x->cstale);
+    const struct moat_config *cfg = r->wcfg->cfg;
+    const struct moat_cache_head *old = moat_cache_obj_head(r->c.stale);
     struct moat_hdr merged[256];
     size_t n = 0, pos = 0;
     struct moat_hdr h;
     while (n < MOAT_ARRAY_LEN(merged) && moat_cache_head_next(old, &pos, &h)) {
-        if (!moat_h1_find(r->hdrs, r->nhdrs, h.name))
+        if (!moat_h1_find(q->hdrs, q->nhdrs, h.name))
             merged[n++] = h;
     }
     struct moat_str tags = moat_cache_head_tags(old);
-    for (size_t i = 0; i < r->nhdrs && n < MOAT_ARRAY_LEN(merged); i++) {
-        struct moat_str nm = r->hdrs[i].name;
+    for (size_t i = 0; i < q->nhdrs && n < MOAT_ARRAY_LEN(merged); i++) {
+        struct moat_str nm = q->hdrs[i].name;
         /* A Set-Cookie on a 304 was meant for the client that asked: never into the shared
          * copy (a stored 200 with Set-Cookie is refused or stripped the same way). */
-        if (moat_pcache_strip(c, nm) || MOAT_STR_IEQ_LIT(nm, "via") ||
+        if (moat_pcache_strip(r, nm) || MOAT_STR_IEQ_LIT(nm, "via") ||
             MOAT_STR_IEQ_LIT(nm, "content-length") || MOAT_STR_IEQ_LIT(nm, "set-cookie"))
             continue;
-        merged[n++] = r->hdrs[i];
+        merged[n++] = q->hdrs[i];
     }
     struct moat_cache_cc cc;
     const char *tf = cfg->cache.targeted_field;
     moat_cache_cc_response(&cc, merged, n, tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
-    rule_cc(x->rule, &cc);
+    rule_cc(r->rule, &cc);
     struct moat_cache_meta meta;
     int64_t now = now_s();
-    moat_cache_meta_init(&meta, pc, old->status, &cc, merged, n, x->creq_time, now);
-    rule_meta(c, &cc, merged, n, &meta);
-    if (moat_cache_obj_adopt_body(x->cobj, x->cstale) != MOAT_OK ||
-        moat_cache_obj_set_head(x->cobj, old->status, merged, n, &meta, tags) != MOAT_OK) {
+    moat_cache_meta_init(&meta, pc, old->status, &cc, merged, n, r->c.req_time, now);
+    rule_meta(r, &cc, merged, n, &meta);
+    if (moat_cache_obj_adopt_body(r->c.obj, r->c.stale) != MOAT_OK ||
+        moat_cache_obj_set_head(r->c.obj, old->status, merged, n, &meta, tags) != MOAT_OK) {
         /* Out of memory: the stale copy is still what the origin just confirmed. */
-        fall_back_to_stale(x);
-        x->crevalidated = true;
+        fall_back_to_stale(r);
+        r->c.revalidated = true;
         return;
     }
-    moat_cache_obj_complete(x->cobj);
-    x->cwriter = false;
-    x->crevalidated = true;
+    moat_cache_obj_complete(r->c.obj);
+    r->c.writer = false;
+    r->c.revalidated = true;
 }
 
-void moat_pcache_serve_revalidated(struct moat_conn *c)
+void moat_pcache_serve_revalidated(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    if (x->cclaimed && x->cstale)
-        moat_cache_obj_unclaim_refresh(x->cstale);
-    x->cclaimed = false;
-    moat_cache_obj_release(&x->cstale);
-    x->crevalidated = false;
-    serve_from(c, "fwd=stale; fwd-status=304; stored");
+    if (r->c.claimed && r->c.stale)
+        moat_cache_obj_unclaim_refresh(r->c.stale);
+    r->c.claimed = false;
+    moat_cache_obj_release(&r->c.stale);
+    r->c.revalidated = false;
+    serve_from(r, "fwd=stale; fwd-status=304; stored");
 }
 
 /* The writer of a primary key got an answer with Vary: the primary object becomes an index
  * (the Vary lines and a fresh generation, no body, the response's freshness) and the writer
- * goes on as the writer of its own variant. On return x->cobj is the variant object, or
+ * goes on as the writer of its own variant. On return r->c.obj is the variant object, or
  * NULL when nothing is to be stored. */
-static void make_index(struct moat_conn *c, const struct moat_h1_resp *r,
+static void make_index(struct moat_req *r, const struct moat_h1_resp *q,
                        const struct moat_cache_cc *cc, const struct moat_cache_policy_cfg *pc,
                        int64_t now)
 {
-    struct moat_xchg *x = &c->x;
     struct moat_cache_store *st = moat_srv.cache;
     struct moat_hdr idx[17];
     size_t n = 0;
-    for (size_t i = 0; i < r->nhdrs && n < 16; i++)
-        if (MOAT_STR_IEQ_LIT(r->hdrs[i].name, "vary"))
-            idx[n++] = r->hdrs[i];
+    for (size_t i = 0; i < q->nhdrs && n < 16; i++)
+        if (MOAT_STR_IEQ_LIT(q->hdrs[i].name, "vary"))
+            idx[n++] = q->hdrs[i];
     char genbuf[24];
     int gl =
         snprintf(genbuf, sizeof genbuf, "%llu", (unsigned long long)atomic_fetch_add(&vary_gen, 1));
     struct moat_str gen = moat_str_make(genbuf, (size_t)gl);
     idx[n++] = (struct moat_hdr){MOAT_STR("Moat-Vary-Gen"), gen};
     struct moat_cache_meta meta;
-    moat_cache_meta_init(&meta, pc, r->status, cc, r->hdrs, r->nhdrs, x->creq_time, now);
+    moat_cache_meta_init(&meta, pc, q->status, cc, q->hdrs, q->nhdrs, r->c.req_time, now);
     struct moat_cache_obj *v = NULL;
     int rc = MOAT_ERR;
     /* The variant first, then the index: waiters woken by the index must find this
      * variant already being written, or they would fetch it a second time. */
-    if (x->vsnap && variant_key(c, idx, n - 1, gen, x->vsnap, x->vsnap_n))
-        rc = moat_cache_lookup_or_insert(st, moat_str_make(c->ckey, x->ckeylen), now, &v);
+    if (variant_key(r, idx, n - 1, gen, r->hdrs, r->nhdrs))
+        rc = moat_cache_lookup_or_insert(st, moat_str_make(r->c.key, r->c.keylen), now, &v);
     if ((rc != MOAT_CACHE_MISS && rc != MOAT_CACHE_HIT) ||
-        moat_cache_obj_set_head(x->cobj, r->status, idx, n, &meta, MOAT_STR_NULL) != MOAT_OK) {
+        moat_cache_obj_set_head(r->c.obj, q->status, idx, n, &meta, MOAT_STR_NULL) != MOAT_OK) {
         if (v && rc == MOAT_CACHE_MISS)
             moat_cache_obj_abandon(v, now, 0);
         moat_cache_obj_release(&v);
-        moat_cache_obj_abandon(x->cobj, now, 0);
-        moat_cache_obj_release(&x->cobj);
-        x->cwriter = false;
+        moat_cache_obj_abandon(r->c.obj, now, 0);
+        moat_cache_obj_release(&r->c.obj);
+        r->c.writer = false;
         return;
     }
-    moat_cache_obj_complete(x->cobj);
-    moat_cache_obj_release(&x->cobj);
+    moat_cache_obj_complete(r->c.obj);
+    moat_cache_obj_release(&r->c.obj);
     if (rc == MOAT_CACHE_MISS) {
-        x->cobj = v;
-        x->cvariant = true;
+        r->c.obj = v;
+        r->c.variant = true;
         return;
     }
     moat_cache_obj_release(&v); /* someone writes this variant already: pass through */
-    x->cwriter = false;
+    r->c.writer = false;
 }
 
-void moat_pcache_response(struct moat_conn *c, const struct moat_h1_resp *r)
+void moat_pcache_response(struct moat_req *r, const struct moat_h1_resp *q)
 {
-    struct moat_xchg *x = &c->x;
-    const struct moat_config *cfg = x->wcfg->cfg;
-    if (!x->cwriter || !x->cobj)
+    const struct moat_config *cfg = r->wcfg->cfg;
+    if (!r->c.writer || !r->c.obj)
         return;
     struct moat_cache_cc cc;
     const char *tf = cfg->cache.targeted_field;
     struct moat_cache_policy_cfg pc = policy_cfg(cfg);
-    if (r->status == 304 && x->cstale) {
-        revalidated(c, r, &pc);
+    if (q->status == 304 && r->c.stale) {
+        revalidated(r, q, &pc);
         return;
     }
-    moat_cache_cc_response(&cc, r->hdrs, r->nhdrs,
+    moat_cache_cc_response(&cc, q->hdrs, q->nhdrs,
                            tf ? moat_str_make(tf, strlen(tf)) : MOAT_STR_NULL);
     /* "Cache everything": the origin's Cache-Control does not decide for moat. Set-Cookie
      * still does (a session must never be shared), and so does the status. */
-    rule_cc(x->rule, &cc);
-    bool strip_cookies = x->rule && x->rule->set_cookie == MOAT_SET_COOKIE_STRIP;
+    rule_cc(r->rule, &cc);
+    bool strip_cookies = r->rule && r->rule->set_cookie == MOAT_SET_COOKIE_STRIP;
     if (strip_cookies)
         pc.flags |= MOAT_CACHE_CFG_STORE_SET_COOKIE;
     /* The request head was consumed when it was forwarded: its Authorization was noted at
-     * request time (x->has_auth) and is checked here as moat_cache_storable would. */
+     * request time (r->c.has_auth) and is checked here as moat_cache_storable would. */
     enum moat_cache_nostore why =
-        moat_cache_storable(&pc, x->req.meth, r->status, &x->creq, NULL, 0, &cc, r->hdrs, r->nhdrs);
-    if (why == MOAT_NOSTORE_NONE && x->has_auth &&
+        moat_cache_storable(&pc, r->meth, q->status, &r->c.creq, NULL, 0, &cc, q->hdrs, q->nhdrs);
+    if (why == MOAT_NOSTORE_NONE && r->c.has_auth &&
         !(cc.flags & (MOAT_CC_PUBLIC | MOAT_CC_MUST_REVALIDATE)) && cc.s_maxage < 0)
         why = MOAT_NOSTORE_AUTHORIZATION;
-    bool vary = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("vary")) != NULL;
-    bool too_big = (r->flags & MOAT_H1_F_HAS_CL) && r->content_length > cfg->cache.max_object;
+    bool vary = moat_h1_find(q->hdrs, q->nhdrs, MOAT_STR("vary")) != NULL;
+    bool too_big = (q->flags & MOAT_H1_F_HAS_CL) && q->content_length > cfg->cache.max_object;
     int64_t now = now_s();
-    if (vary && !x->cvariant && why == MOAT_NOSTORE_NONE && !too_big && x->respf.mode != FLOW_EOF) {
-        make_index(c, r, &cc, &pc, now);
-        if (!x->cobj)
+    if (vary && !r->c.variant && why == MOAT_NOSTORE_NONE && !too_big &&
+        r->respf.mode != FLOW_EOF) {
+        make_index(r, q, &cc, &pc, now);
+        if (!r->c.obj)
             return;
         vary = false; /* now writing the variant */
     }
-    if (why != MOAT_NOSTORE_NONE || (vary && !x->cvariant) || too_big ||
-        x->respf.mode == FLOW_EOF) {
+    if (why != MOAT_NOSTORE_NONE || (vary && !r->c.variant) || too_big ||
+        r->respf.mode == FLOW_EOF) {
         /* Mark the URL hit-for-pass only when the origin said "not cacheable"; an error or a
          * size limit is no reason to stop collapsing later requests. */
         bool says_no = why == MOAT_NOSTORE_NO_STORE || why == MOAT_NOSTORE_PRIVATE ||
                        why == MOAT_NOSTORE_SET_COOKIE || why == MOAT_NOSTORE_VARY_STAR ||
                        why == MOAT_NOSTORE_AUTHORIZATION || vary;
-        moat_cache_obj_abandon(x->cobj, now,
+        moat_cache_obj_abandon(r->c.obj, now,
                                says_no ? (int64_t)(cfg->cache.pass_ttl_ms / 1000) : 0);
-        moat_cache_obj_release(&x->cobj);
-        x->cwriter = false;
+        moat_cache_obj_release(&r->c.obj);
+        r->c.writer = false;
         return;
     }
     struct moat_cache_meta meta;
-    moat_cache_meta_init(&meta, &pc, r->status, &cc, r->hdrs, r->nhdrs, x->creq_time, now);
-    rule_meta(c, &cc, r->hdrs, r->nhdrs, &meta);
+    moat_cache_meta_init(&meta, &pc, q->status, &cc, q->hdrs, q->nhdrs, r->c.req_time, now);
+    rule_meta(r, &cc, q->hdrs, q->nhdrs, &meta);
     if (meta.lifetime <= 0 && !(meta.flags & MOAT_META_HAS_VALIDATOR) && !meta.sie && !meta.swr) {
         /* Nothing to reuse it for: stale at once, no validator, no grace. Not stored, and no
          * hit-for-pass either (the next answer may well carry freshness). */
-        moat_cache_obj_abandon(x->cobj, now, 0);
-        moat_cache_obj_release(&x->cobj);
-        x->cwriter = false;
+        moat_cache_obj_abandon(r->c.obj, now, 0);
+        moat_cache_obj_release(&r->c.obj);
+        r->c.writer = false;
         return;
     }
     /* Stored heads leave out what moat consumes (targeted fields, tags). */
     struct moat_hdr keep[256];
     size_t nk = 0;
     struct moat_str tags = MOAT_STR_NULL;
-    for (size_t i = 0; i < r->nhdrs && nk < MOAT_ARRAY_LEN(keep); i++) {
-        struct moat_str n = r->hdrs[i].name;
-        if (moat_pcache_strip(c, n)) {
+    for (size_t i = 0; i < q->nhdrs && nk < MOAT_ARRAY_LEN(keep); i++) {
+        struct moat_str n = q->hdrs[i].name;
+        if (moat_pcache_strip(r, n)) {
             if (!tags.len &&
                 (MOAT_STR_IEQ_LIT(n, "cache-tag") || MOAT_STR_IEQ_LIT(n, "surrogate-key")))
-                tags = r->hdrs[i].value;
+                tags = q->hdrs[i].value;
             continue;
         }
         if (MOAT_STR_IEQ_LIT(n, "via"))
             continue; /* moat adds its own on every answer */
         if (strip_cookies && MOAT_STR_IEQ_LIT(n, "set-cookie"))
             continue; /* the fetching client got its cookie; the copy hands out none */
-        keep[nk++] = r->hdrs[i];
+        keep[nk++] = q->hdrs[i];
     }
-    if (moat_cache_obj_set_head(x->cobj, r->status, keep, nk, &meta, tags) != MOAT_OK) {
-        moat_cache_obj_abort(x->cobj);
-        moat_cache_obj_release(&x->cobj);
-        x->cwriter = false;
+    if (moat_cache_obj_set_head(r->c.obj, q->status, keep, nk, &meta, tags) != MOAT_OK) {
+        moat_cache_obj_abort(r->c.obj);
+        moat_cache_obj_release(&r->c.obj);
+        r->c.writer = false;
         return;
     }
-    if (r->flags & MOAT_H1_F_HAS_CL)
-        moat_cache_obj_size_hint(x->cobj, r->content_length);
-    x->cstatus = !strcmp(x->cstatus ? x->cstatus : "", "fwd=stale") ? "fwd=stale; stored"
-                                                                    : "fwd=uri-miss; stored";
-    x->respf.tap = c;
-    if (x->respf.done)
-        moat_cache_obj_complete(x->cobj);
+    if (q->flags & MOAT_H1_F_HAS_CL)
+        moat_cache_obj_size_hint(r->c.obj, q->content_length);
+    r->c.status = !strcmp(r->c.status ? r->c.status : "", "fwd=stale") ? "fwd=stale; stored"
+                                                                       : "fwd=uri-miss; stored";
+    r->c.tap = true;
+    if (r->respf.done)
+        moat_cache_obj_complete(r->c.obj);
 }
 
-void moat_pcache_tap(struct moat_conn *c, const char *p, uint32_t n)
+void moat_pcache_tap(struct moat_req *r, const char *p, uint32_t n)
 {
-    struct moat_xchg *x = &c->x;
-    if (!x->cobj || !x->cwriter)
+    if (!r->c.obj || !r->c.writer)
         return;
-    if (n && moat_cache_obj_append(x->cobj, p, n) != MOAT_OK) {
+    if (n && moat_cache_obj_append(r->c.obj, p, n) != MOAT_OK) {
         /* Too large or out of memory: the store aborted the object; go on uncached. */
-        moat_cache_obj_release(&x->cobj);
-        x->cwriter = false;
-        x->respf.tap = NULL;
+        moat_cache_obj_release(&r->c.obj);
+        r->c.writer = false;
+        r->c.tap = false;
         return;
     }
-    if (x->respf.done) {
+    if (r->respf.done) {
         /* The whole body is in: complete the object now, not when our own client has it
          * all, so a request that comes meanwhile is a hit rather than a collapsed wait. */
-        moat_cache_obj_complete(x->cobj);
-        x->respf.tap = NULL;
+        moat_cache_obj_complete(r->c.obj);
+        r->c.tap = false;
     }
 }
 
-void moat_pcache_end(struct moat_conn *c, bool ok)
+void moat_pcache_end(struct moat_req *r, bool ok)
 {
-    struct moat_xchg *x = &c->x;
-    if (x->cobj) {
-        unsubscribe(x);
-        if (x->cwriter) {
-            if (ok && moat_cache_obj_state(x->cobj) == MOAT_CACHE_OBJ_STREAMING)
-                moat_cache_obj_complete(x->cobj);
-            else if (moat_cache_obj_state(x->cobj) != MOAT_CACHE_OBJ_COMPLETE)
-                moat_cache_obj_abort(x->cobj);
+    if (r->c.obj) {
+        unsubscribe(r);
+        if (r->c.writer) {
+            if (ok && moat_cache_obj_state(r->c.obj) == MOAT_CACHE_OBJ_STREAMING)
+                moat_cache_obj_complete(r->c.obj);
+            else if (moat_cache_obj_state(r->c.obj) != MOAT_CACHE_OBJ_COMPLETE)
+                moat_cache_obj_abort(r->c.obj);
         }
-        moat_cache_obj_release(&x->cobj);
+        moat_cache_obj_release(&r->c.obj);
     }
-    if (x->cclaimed && x->cstale)
-        moat_cache_obj_unclaim_refresh(x->cstale);
-    x->cclaimed = false;
-    moat_cache_obj_release(&x->cstale);
-    x->cwriter = false;
-    x->respf.tap = NULL;
-    free(x->vsnap);
-    x->vsnap = NULL;
+    if (r->c.claimed && r->c.stale)
+        moat_cache_obj_unclaim_refresh(r->c.stale);
+    r->c.claimed = false;
+    moat_cache_obj_release(&r->c.stale);
+    r->c.writer = false;
+    r->c.tap = false;
 }
 
-bool moat_pcache_stale_on_error(struct moat_conn *c)
+bool moat_pcache_stale_on_error(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    if (!x->cstale || x->head_sent)
+    if (!r->c.stale || r->head_sent)
         return false;
-    const struct moat_cache_head *h = moat_cache_obj_head(x->cstale);
-    if (!h || !moat_cache_stale_if_error_ok(&h->meta, &x->creq, now_s()))
+    const struct moat_cache_head *h = moat_cache_obj_head(r->c.stale);
+    if (!h || !moat_cache_stale_if_error_ok(&h->meta, &r->c.creq, now_s()))
         return false;
-    fall_back_to_stale(x);
-    x->cstale_serving = true;
-    MOAT_STAT_INC(&c->w->stats, cache_stale);
-    serve_from(c, "hit; detail=stale-if-error");
+    fall_back_to_stale(r);
+    r->c.stale_serving = true;
+    MOAT_STAT_INC(&r->w->stats, cache_stale);
+    serve_from(r, "hit; detail=stale-if-error");
     return true;
 }

@@ -1,149 +1,36 @@
-/* headers.c: the heads moat sends: the request head to the origin and the response head to the
- * client, and the chunked trailer sections forwarded after them. Hop-by-hop fields are dropped
- * both ways (RFC 9110 7.6.1), the body framing is re-stated by moat itself (never copied from
- * the peer, so no framing header can smuggle), and the forwarding fields (X-Forwarded-For,
- * X-Forwarded-Proto, Forwarded: those of forward_headers; Via always) are set. */
+/* headers.c: the request head moat sends to the origin, and the chunked trailer sections
+ * forwarded both ways. Hop-by-hop fields are dropped (RFC 9110 7.6.1; moat_http_hop is the
+ * one list), the body framing is re-stated by moat itself (never copied from the peer, so no
+ * framing header can smuggle), and the forwarding fields (X-Forwarded-For,
+ * X-Forwarded-Proto, Forwarded: those of forward_headers; Via always) are set, with the
+ * scheme the client used. The response head is respond.c's. */
 #include <arpa/inet.h>
 
 #include "cache/policy.h"
-#include "proxy/proxy-t.h"
+#include "proxy/hwrite.h"
+#include "proxy/req.h"
 
-struct out {
-    char *p;
-    size_t n, cap;
-    bool overflow;
-};
-
-static inline void put(struct out *o, const char *s, size_t n)
+static void put_peer(struct out *o, const struct moat_req *r)
 {
-    if (n == 0)
-        return;
-    if (moat_unlikely(o->n + n > o->cap)) {
-        o->overflow = true;
-        return;
-    }
-    memcpy(o->p + o->n, s, n);
-    o->n += n;
-}
-#define PUTL(o, lit) put((o), (lit), sizeof(lit) - 1)
-static inline void puts_(struct out *o, struct moat_str s)
-{
-    put(o, s.ptr, s.len);
+    bool v6 = memchr(r->peer_text, ':', r->peer_len) != NULL;
+    if (v6)
+        PUTL(o, "\"[");
+    put(o, r->peer_text, r->peer_len);
+    if (v6)
+        PUTL(o, "]\"");
 }
 
-static void put_u64(struct out *o, uint64_t v)
+int moat_fwd_request_head(struct moat_req *r, struct moat_buf *b)
 {
-    char tmp[24];
-    int i = (int)sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    put(o, tmp + i, sizeof tmp - (size_t)i);
-}
-
-/* Hop-by-hop and framing fields moat drops from the head it forwards with body flow <f>. The
- * switch on length keeps this to one or two comparisons for ordinary fields. Host is handled
- * by the caller. Trailer (the names the trailer section will carry, RFC 9110 6.6.2) is not
- * hop-by-hop: it goes along when the trailers can, i.e. a chunked body re-framed chunked, and
- * is dropped otherwise (to an HTTP/1.0 client, or a body that has no trailers to announce). */
-static bool is_hop(struct moat_str n, const struct moat_flow *f)
-{
-    switch (n.len) {
-    case 2:
-        return MOAT_STR_IEQ_LIT(n, "te");
-    case 7:
-        if (MOAT_STR_IEQ_LIT(n, "trailer"))
-            return !(f->mode == FLOW_CHUNKED && f->out_chunked);
-        return MOAT_STR_IEQ_LIT(n, "upgrade");
-    case 10:
-        return MOAT_STR_IEQ_LIT(n, "connection") || MOAT_STR_IEQ_LIT(n, "keep-alive");
-    case 14:
-        return MOAT_STR_IEQ_LIT(n, "content-length");
-    case 16:
-        return MOAT_STR_IEQ_LIT(n, "proxy-connection");
-    case 17:
-        return MOAT_STR_IEQ_LIT(n, "transfer-encoding");
-    default:
-        return false;
-    }
-}
-
-/* Fields named in Connection (other than close / keep-alive / upgrade) are hop-by-hop too. */
-static bool named_in_connection(const struct moat_hdr *hdrs, size_t n, struct moat_str name)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (hdrs[i].name.len != 10 || !MOAT_STR_IEQ_LIT(hdrs[i].name, "connection"))
-            continue;
-        size_t pos = 0;
-        struct moat_str tok;
-        while (moat_h1_list_next(hdrs[i].value, &pos, &tok))
-            if (moat_str_ieq(tok, name))
-                return true;
-    }
-    return false;
-}
-
-/* Header lines kept unchanged are copied in runs: the parser's fields lie one after the
- * other in the input buffer, so consecutive kept lines are one contiguous span, copied with
- * one memcpy instead of four small copies per field. A run ends at a field moat drops or
- * rewrites. */
-struct run {
-    const char *start, *end;
-};
-
-/* End of the line holding <h> (just after its LF): validated by the parser, so only
- * optional whitespace, CR and LF follow the value. */
-static inline const char *line_end(const struct moat_hdr *h)
-{
-    const char *p = h->value.len ? h->value.ptr + h->value.len : h->name.ptr + h->name.len + 1;
-    while (*p != '\n')
-        p++;
-    return p + 1;
-}
-
-static inline void run_add(struct run *rn, struct out *o, const struct moat_hdr *h)
-{
-    const char *e = line_end(h);
-    if (rn->start && rn->end == h->name.ptr) {
-        rn->end = e;
-        return;
-    }
-    if (rn->start)
-        put(o, rn->start, (size_t)(rn->end - rn->start));
-    rn->start = h->name.ptr;
-    rn->end = e;
-}
-
-static inline void run_flush(struct run *rn, struct out *o)
-{
-    if (rn->start)
-        put(o, rn->start, (size_t)(rn->end - rn->start));
-    rn->start = rn->end = NULL;
-}
-
-static void put_flow_framing(struct out *o, const struct moat_flow *f)
-{
-    if (f->mode == FLOW_CL) {
-        PUTL(o, "Content-Length: ");
-        put_u64(o, f->remaining + f->bytes);
-        PUTL(o, "\r\n");
-    } else if (f->out_chunked) {
-        PUTL(o, "Transfer-Encoding: chunked\r\n");
-    }
-}
-
-int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
-{
-    struct moat_xchg *x = &c->x;
-    const struct moat_h1_req *r = &x->req;
-    const struct moat_config *cfg = x->wcfg->cfg;
-    const struct moat_cfg_pool *pool = &cfg->pools[x->pool_idx];
+    const struct moat_config *cfg = r->wcfg->cfg;
+    const struct moat_cfg_pool *pool = &cfg->pools[r->pool_idx];
     struct out o = {moat_buf_wptr(b), 0, moat_buf_room(b), false};
-    bool trusted = cfg->ntrusted && moat_config_trusted(cfg, c->peer);
+    bool trusted = cfg->ntrusted && moat_config_trusted(cfg, r->peer);
     bool conn_named = r->flags & MOAT_H1_F_CONN_OTHER; /* the parser saw the tokens */
     bool had_xff = false, had_fwd = false, had_xfp = false;
-    unsigned fwd = cfg->fwd_fields; /* forward_headers */
+    unsigned fwd = cfg->fwd_fields;                 /* forward_headers */
+    bool chunked = r->body_len == MOAT_LEN_UNKNOWN; /* re-chunked: trailers can follow */
+    bool h1 = r->hdrs_h1;
 
     puts_(&o, r->method);
     PUTL(&o, " ");
@@ -158,17 +45,17 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
     }
     PUTL(&o, " HTTP/1.1\r\nHost: ");
     /* An HTTP/1.0 request may come without Host: the origin still gets one (its own). */
-    if ((pool->host_from_origin || r->host.len == 0) && x->origin && x->origin->authority)
-        put(&o, x->origin->authority, strlen(x->origin->authority));
+    if ((pool->host_from_origin || r->authority.len == 0) && r->origin && r->origin->authority)
+        put(&o, r->origin->authority, strlen(r->origin->authority));
     else
-        puts_(&o, r->host);
+        puts_(&o, r->authority);
     PUTL(&o, "\r\n");
 
     struct run rn = {NULL, NULL};
     for (size_t i = 0; i < r->nhdrs; i++) {
         const struct moat_hdr *h = &r->hdrs[i];
         struct moat_str n = h->name;
-        if (is_hop(n, &x->reqf))
+        if (moat_http_hop(n))
             continue;
         switch (n.len) {
         case 4:
@@ -179,6 +66,16 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             if (MOAT_STR_IEQ_LIT(n, "expect"))
                 continue; /* moat answers 100-continue itself */
             break;
+        case 7:
+            /* Trailer (the names the trailer section will carry, RFC 9110 6.6.2) is not
+             * hop-by-hop: it goes along when the trailers can (a chunked body, re-chunked). */
+            if (!chunked && MOAT_STR_IEQ_LIT(n, "trailer"))
+                continue;
+            break;
+        case 14:
+            if (MOAT_STR_IEQ_LIT(n, "content-length"))
+                continue; /* framing is moat's own */
+            break;
         case 5:
         case 8:
         case 13:
@@ -187,7 +84,7 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             /* A request that fills the cache asks for the whole representation: the
              * client's own conditions and ranges are answered by the cache later, and a 304
              * or 206 here would leave nothing to store. */
-            if (x->cwriter &&
+            if (r->c.writer &&
                 (MOAT_STR_IEQ_LIT(n, "range") || MOAT_STR_IEQ_LIT(n, "if-range") ||
                  MOAT_STR_IEQ_LIT(n, "if-match") || MOAT_STR_IEQ_LIT(n, "if-none-match") ||
                  MOAT_STR_IEQ_LIT(n, "if-modified-since") ||
@@ -210,7 +107,11 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
                 PUTL(&o, "Forwarded: ");
                 puts_(&o, h->value);
                 PUTL(&o, ", for=");
-                goto forwarded_tail;
+                put_peer(&o, r);
+                PUTL(&o, ";proto=");
+                puts_(&o, r->scheme);
+                PUTL(&o, "\r\n");
+                continue;
             }
             break;
         case 15:
@@ -222,29 +123,13 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
                 had_xff = true; /* folded into one field after the loop */
                 continue;
             }
-            if (x->cae_norm && MOAT_STR_IEQ_LIT(n, "accept-encoding"))
+            if (r->c.ae_norm && MOAT_STR_IEQ_LIT(n, "accept-encoding"))
                 continue; /* the canonical value follows the loop (cache.c) */
             break;
-        case 3:
-            if (MOAT_STR_IEQ_LIT(n, "via")) {
-                run_add(&rn, &o, h);
-                continue;
-            }
-            break;
         }
-        if (conn_named && named_in_connection(r->hdrs, r->nhdrs, n))
+        if (conn_named && moat_http_conn_names(r->hdrs, r->nhdrs, n))
             continue;
-        run_add(&rn, &o, h);
-        continue;
-    forwarded_tail : {
-        bool v6 = memchr(c->peer_text, ':', c->peer_len) != NULL;
-        if (v6)
-            PUTL(&o, "\"[");
-        put(&o, c->peer_text, c->peer_len);
-        if (v6)
-            PUTL(&o, "]\"");
-        PUTL(&o, ";proto=http\r\n");
-    }
+        run_add(&rn, &o, h, h1);
     }
     run_flush(&rn, &o);
     /* X-Forwarded-For: from a trusted peer, every incoming field folded into one list with
@@ -260,43 +145,44 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
                 }
             }
         }
-        put(&o, c->peer_text, c->peer_len);
+        put(&o, r->peer_text, r->peer_len);
         PUTL(&o, "\r\n");
     }
-    if (x->cae_norm) {
+    if (r->c.ae_norm) {
         PUTL(&o, "Accept-Encoding: ");
-        puts_(&o, moat_cache_ae_value(x->cae));
+        puts_(&o, moat_cache_ae_value(r->c.ae));
         PUTL(&o, "\r\n");
     }
-    if (!had_xfp && (fwd & MOAT_FWD_XFP))
-        PUTL(&o, "X-Forwarded-Proto: http\r\n");
+    if (!had_xfp && (fwd & MOAT_FWD_XFP)) {
+        PUTL(&o, "X-Forwarded-Proto: ");
+        puts_(&o, r->scheme);
+        PUTL(&o, "\r\n");
+    }
     if (!had_fwd && (fwd & MOAT_FWD_FORWARDED)) {
-        bool v6 = memchr(c->peer_text, ':', c->peer_len) != NULL;
         PUTL(&o, "Forwarded: for=");
-        if (v6)
-            PUTL(&o, "\"[");
-        put(&o, c->peer_text, c->peer_len);
-        if (v6)
-            PUTL(&o, "]\"");
-        PUTL(&o, ";proto=http;host=\"");
-        puts_(&o, r->host);
+        put_peer(&o, r);
+        PUTL(&o, ";proto=");
+        puts_(&o, r->scheme);
+        PUTL(&o, ";host=\"");
+        puts_(&o, r->authority);
         PUTL(&o, "\"\r\n");
     }
     PUTL(&o, "Via: 1.");
     put(&o, r->minor ? "1 " : "0 ", 2);
     put(&o, cfg->via_name ? cfg->via_name : "moat", strlen(cfg->via_name ? cfg->via_name : "moat"));
     PUTL(&o, "\r\n");
-    if (x->upgrade) {
+    if (r->upgrade) {
+        /* Only the tokens the site allows (pipeline.c, pick_upgrade) go on. */
         const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
         PUTL(&o, "Connection: upgrade\r\nUpgrade: ");
         if (up)
             puts_(&o, up->value);
         PUTL(&o, "\r\n");
     }
-    if (x->cwriter && x->cstale) {
+    if (r->c.writer && r->c.stale) {
         /* Refetching a stale object: ask with its validators, so an unchanged resource
          * costs the origin a 304 (RFC 9111 4.3.1). */
-        const struct moat_cache_head *h = moat_cache_obj_head(x->cstale);
+        const struct moat_cache_head *h = moat_cache_obj_head(r->c.stale);
         struct moat_str etag = h ? moat_cache_head_etag(h) : MOAT_STR_NULL;
         if (etag.len) {
             PUTL(&o, "If-None-Match: ");
@@ -310,75 +196,12 @@ int moat_fwd_request_head(struct moat_conn *c, struct moat_buf *b)
             PUTL(&o, "\r\n");
         }
     }
-    put_flow_framing(&o, &x->reqf);
-    PUTL(&o, "\r\n");
-    if (o.overflow)
-        return MOAT_ERR;
-    b->wpos += (uint32_t)o.n;
-    return MOAT_OK;
-}
-
-int moat_fwd_response_head(struct moat_conn *c, const struct moat_h1_resp *r, struct moat_buf *b)
-{
-    struct moat_xchg *x = &c->x;
-    const struct moat_config *cfg = x->wcfg->cfg;
-    struct out o = {moat_buf_wptr(b), 0, moat_buf_room(b), false};
-    bool conn_named = r->flags & MOAT_H1_F_CONN_OTHER;
-    bool no_body = x->respf.mode == FLOW_NONE;
-    bool is101 = r->status == 101;
-
-    PUTL(&o, "HTTP/1.1 ");
-    put_u64(&o, (uint64_t)r->status);
-    PUTL(&o, " ");
-    puts_(&o, r->reason.len ? r->reason : moat_http_reason(r->status));
-    PUTL(&o, "\r\n");
-    struct run rn = {NULL, NULL};
-    for (size_t i = 0; i < r->nhdrs; i++) {
-        const struct moat_hdr *h = &r->hdrs[i];
-        if (is_hop(h->name, &x->respf)) {
-            /* HEAD and 304 keep the Content-Length the origin stated: it describes the
-             * representation, not this message's (absent) body. */
-            if (no_body && !is101 && h->name.len == 14 &&
-                MOAT_STR_IEQ_LIT(h->name, "content-length"))
-                run_add(&rn, &o, h);
-            continue;
-        }
-        if (conn_named && named_in_connection(r->hdrs, r->nhdrs, h->name))
-            continue;
-        if (x->cstatus && moat_pcache_strip(c, h->name))
-            continue; /* targeted cache fields and cache tags are for moat, not clients */
-        if (x->rule && x->rule->browser_ttl_ms && h->name.len == 13 &&
-            MOAT_STR_IEQ_LIT(h->name, "cache-control"))
-            continue; /* replaced below (the rule's browser_ttl) */
-        run_add(&rn, &o, h);
-    }
-    run_flush(&rn, &o);
-    if (x->rule && x->rule->browser_ttl_ms) {
-        PUTL(&o, "Cache-Control: max-age=");
-        put_u64(&o, x->rule->browser_ttl_ms / 1000);
+    if (r->body_len == MOAT_LEN_UNKNOWN) {
+        PUTL(&o, "Transfer-Encoding: chunked\r\n");
+    } else if (r->body_len) {
+        PUTL(&o, "Content-Length: ");
+        put_u64(&o, r->body_len);
         PUTL(&o, "\r\n");
-    }
-    if (x->cstatus) {
-        PUTL(&o, "Cache-Status: moat; ");
-        put(&o, x->cstatus, strlen(x->cstatus));
-        PUTL(&o, "\r\n");
-    }
-    PUTL(&o, "Via: 1.");
-    put(&o, r->minor ? "1 " : "0 ", 2);
-    put(&o, cfg->via_name ? cfg->via_name : "moat", strlen(cfg->via_name ? cfg->via_name : "moat"));
-    PUTL(&o, "\r\n");
-    if (is101) {
-        const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
-        PUTL(&o, "Connection: upgrade\r\nUpgrade: ");
-        if (up)
-            puts_(&o, up->value);
-        PUTL(&o, "\r\n");
-    } else {
-        put_flow_framing(&o, &x->respf);
-        if (!x->keepalive)
-            PUTL(&o, "Connection: close\r\n");
-        else if (x->req.minor == 0)
-            PUTL(&o, "Connection: keep-alive\r\n");
     }
     PUTL(&o, "\r\n");
     if (o.overflow)

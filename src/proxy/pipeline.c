@@ -4,9 +4,9 @@
 #include "proxy/pipeline.h"
 
 /* --- shield: nothing yet; the shield issue adds ACLs, rate limits and the challenge ------ */
-static int phase_shield(struct moat_conn *c)
+static int phase_shield(struct moat_req *r)
 {
-    (void)c;
+    (void)r;
     return MOAT_DECLINED;
 }
 
@@ -70,7 +70,7 @@ static bool has_cookie(struct moat_str v, const char *name)
     return false;
 }
 
-static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_h1_req *q)
+static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_req *q)
 {
     if (r->methods && !(r->methods & (1u << q->meth)))
         return false;
@@ -113,32 +113,66 @@ static bool static_type(struct moat_str path)
     return false;
 }
 
-static void pick_rule(struct moat_conn *c)
+static void pick_rule(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    x->rule = NULL;
-    x->static_default = false;
-    for (size_t i = 0; i < x->site->nrules; i++) {
-        if (rule_matches(&x->site->rules[i], &x->req)) {
-            x->rule = &x->site->rules[i];
+    r->rule = NULL;
+    r->static_default = false;
+    for (size_t i = 0; i < r->site->nrules; i++) {
+        if (rule_matches(&r->site->rules[i], r)) {
+            r->rule = &r->site->rules[i];
             return;
         }
     }
-    x->static_default = x->wcfg->cfg->cache.static_ttl_ms > 0 && static_type(x->req.path);
+    r->static_default = r->wcfg->cfg->cache.static_ttl_ms > 0 && static_type(r->path);
+}
+
+/* Upgrades only where asked: the request's Upgrade tokens are checked against the site's
+ * list (websocket by default). Anything else, h2c above all (it would let a client speak
+ * HTTP/2 to the origin past every rule moat enforces), is not forwarded: the request goes
+ * on as a plain HTTP/1.1 request without Upgrade. */
+static void pick_upgrade(struct moat_req *r)
+{
+    r->upgrade = false;
+    if (!(r->flags & MOAT_H1_F_CONN_UPGRADE) || !(r->flags & MOAT_H1_F_UPGRADE) || r->minor != 1)
+        return;
+    const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
+    if (!up)
+        return;
+    size_t pos = 0;
+    struct moat_str tok;
+    while (moat_h1_list_next(up->value, &pos, &tok)) {
+        /* a protocol may carry a version: "websocket", "foo/2" */
+        const char *slash = memchr(tok.ptr, '/', tok.len);
+        struct moat_str name = slash ? moat_str_make(tok.ptr, (size_t)(slash - tok.ptr)) : tok;
+        if (!r->site->upgrades) { /* the default: websocket */
+            if (MOAT_STR_IEQ_LIT(name, "websocket")) {
+                r->upgrade = true;
+                return;
+            }
+            continue;
+        }
+        for (size_t i = 0; i < r->site->nupgrades; i++)
+            if (moat_str_ieq(name,
+                             moat_str_make(r->site->upgrades[i], strlen(r->site->upgrades[i])))) {
+                r->upgrade = true;
+                return;
+            }
+    }
 }
 
 /* --- route: Host -> site. No site for the host is a 421 Misdirected Request: this moat
  * serves no such site, which is what RFC 9110 15.5.20 says. */
-static int phase_route(struct moat_conn *c)
+static int phase_route(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    if (x->wcfg->only_site) {
-        x->site = x->wcfg->only_site;
-        if (x->site->nrules || x->wcfg->cfg->cache.static_ttl_ms)
-            pick_rule(c);
+    if (r->wcfg->only_site) {
+        r->site = r->wcfg->only_site;
+        if (r->site->nrules || r->wcfg->cfg->cache.static_ttl_ms)
+            pick_rule(r);
+        if (r->flags & MOAT_H1_F_UPGRADE)
+            pick_upgrade(r);
         return MOAT_OK;
     }
-    struct moat_str host = x->req.host;
+    struct moat_str host = r->authority;
     /* Strip the port: "[v6]:port" or "name:port". */
     if (host.len && host.ptr[0] == '[') {
         const char *e = memchr(host.ptr, ']', host.len);
@@ -149,31 +183,32 @@ static int phase_route(struct moat_conn *c)
         if (colon)
             host.len = (size_t)(colon - host.ptr);
     }
-    x->site = moat_config_site(x->wcfg->cfg, host);
-    if (!x->site) {
-        MOAT_STAT_INC(&c->w->stats, bad_no_site);
-        moat_local_response(c, 421, "no site is configured for this host\n");
+    r->site = moat_config_site(r->wcfg->cfg, host);
+    if (!r->site) {
+        MOAT_STAT_INC(&r->w->stats, bad_no_site);
+        moat_local_response(r, 421, "no site is configured for this host\n");
         return MOAT_DONE;
     }
-    pick_rule(c);
+    pick_rule(r);
+    if (r->flags & MOAT_H1_F_UPGRADE)
+        pick_upgrade(r);
     return MOAT_OK;
 }
 
 /* --- cache: lookup, collapsing, answering hits (src/proxy/cache.c) ----------------------- */
-static int phase_cache(struct moat_conn *c)
+static int phase_cache(struct moat_req *r)
 {
-    return moat_pcache_request(c);
+    return moat_pcache_request(r);
 }
 
 /* --- balance: site -> pool -> origin, smooth enough weighted round-robin. The load-balancing
  * issue replaces this with pools, health and steering. */
-static int phase_balance(struct moat_conn *c)
+static int phase_balance(struct moat_req *r)
 {
-    struct moat_xchg *x = &c->x;
-    const struct moat_config *cfg = x->wcfg->cfg;
-    unsigned pi = (unsigned)(x->site->pool - cfg->pools);
+    const struct moat_config *cfg = r->wcfg->cfg;
+    unsigned pi = (unsigned)(r->site->pool - cfg->pools);
     const struct moat_cfg_pool *pool = &cfg->pools[pi];
-    unsigned pos = x->wcfg->rr[pi]++ % x->wcfg->wsum[pi];
+    unsigned pos = r->wcfg->rr[pi]++ % r->wcfg->wsum[pi];
     size_t oi = 0;
     for (; oi + 1 < pool->norigins; oi++) {
         unsigned wgt = pool->origins[oi].weight ? pool->origins[oi].weight : 1;
@@ -181,9 +216,9 @@ static int phase_balance(struct moat_conn *c)
             break;
         pos -= wgt;
     }
-    x->pool_idx = pi;
-    x->origin = &pool->origins[oi];
-    x->upool = x->wcfg->omap[pi][oi];
+    r->pool_idx = pi;
+    r->origin = &pool->origins[oi];
+    r->upool = r->wcfg->omap[pi][oi];
     return MOAT_OK;
 }
 
@@ -194,10 +229,10 @@ const struct moat_phase_def moat_phases[MOAT_PH_COUNT] = {
     {MOAT_PH_BALANCE, "balance", phase_balance},
 };
 
-int moat_pipeline_request(struct moat_conn *c)
+int moat_pipeline_request(struct moat_req *r)
 {
     for (size_t i = 0; i < MOAT_PH_COUNT; i++) {
-        int rc = moat_phases[i].fn(c);
+        int rc = moat_phases[i].fn(r);
         if (rc == MOAT_DONE || rc == MOAT_ERR)
             return MOAT_DONE;
     }

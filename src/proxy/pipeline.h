@@ -2,7 +2,7 @@
 #ifndef MOAT_PROXY_PIPELINE_H
 #define MOAT_PROXY_PIPELINE_H
 
-#include "proxy/proxy-t.h"
+#include "proxy/req.h"
 
 /* The phases, in order. docs/architecture.md draws them; a unit test pins the order. */
 enum moat_phase {
@@ -13,9 +13,10 @@ enum moat_phase {
     MOAT_PH_COUNT
 };
 
-/* A phase returns MOAT_DECLINED / MOAT_OK to go on, or MOAT_DONE when it has queued a
- * response itself (moat_local_response) and the request goes no further. */
-typedef int (*moat_phase_fn)(struct moat_conn *c);
+/* A phase returns MOAT_DECLINED / MOAT_OK to go on, or MOAT_DONE when it has started an
+ * answer itself (moat_req_respond, the cache) and the request goes no further. A phase that
+ * fails answers too (an error status) and returns MOAT_DONE. */
+typedef int (*moat_phase_fn)(struct moat_req *r);
 
 /* The phase table, in order, for tests and docs. */
 extern const struct moat_phase_def {
@@ -24,12 +25,8 @@ extern const struct moat_phase_def {
     moat_phase_fn fn;
 } moat_phases[MOAT_PH_COUNT];
 
-/* Runs the request phases for the head just parsed on <c>. MOAT_OK: an origin is chosen
- * (c->x.upool, c->x.pool_idx), forward it. MOAT_DONE: a local response is queued. */
-int moat_pipeline_request(struct moat_conn *c);
-
-/* Queues a complete local response (<status>, text <body>) on <c>. Used by phases and by the
- * connection code for errors. */
-void moat_local_response(struct moat_conn *c, int status, const char *body);
+/* Runs the request phases for <r>. MOAT_OK: an origin is chosen (r->upool, r->pool_idx),
+ * forward it. MOAT_DONE: an answer is under way (R_CACHE, R_LOCAL). */
+int moat_pipeline_request(struct moat_req *r);
 
 #endif

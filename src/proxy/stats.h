@@ -8,6 +8,8 @@
 #include <stdint.h>
 
 #include "http/h1.h"
+#include "proxy/errors.h"
+#include "tls/tls.h"
 
 /* X(field, metric, labels, type, help) */
 #define MOAT_STATS(X)                                                                              \
@@ -23,11 +25,6 @@
     X(conn_total, "moat_connections_total", "", "counter", "Client connections accepted")          \
     X(conn_rejected, "moat_connections_rejected_total", "", "counter",                             \
       "Connections closed at accept because limits.connections was reached")                       \
-    X(up_err_connect, "moat_upstream_errors_total", "kind=\"connect\"", "counter",                 \
-      "Origin failures, by kind")                                                                  \
-    X(up_err_timeout, "moat_upstream_errors_total", "kind=\"timeout\"", "counter", "")             \
-    X(up_err_reset, "moat_upstream_errors_total", "kind=\"reset\"", "counter", "")                 \
-    X(up_err_bad_response, "moat_upstream_errors_total", "kind=\"bad_response\"", "counter", "")   \
     X(up_conn_opened, "moat_upstream_connections_opened_total", "", "counter",                     \
       "New connections to origins")                                                                \
     X(up_conn_reused, "moat_upstream_connections_reused_total", "", "counter",                     \
@@ -69,6 +66,9 @@ struct moat_stats {
     MOAT_STATS(MOAT_STATS_FIELD)
 #undef MOAT_STATS_FIELD
     _Atomic uint64_t bad_parse[MOAT_H1_ERR_COUNT]; /* by moat_h1_err */
+    _Atomic uint64_t xerr[MOAT_XERR_COUNT];        /* by moat_xerr (origin failures:
+                                                      moat_upstream_errors_total{kind}) */
+    struct moat_tls_stats tls;
     _Atomic uint64_t dur_bucket[MOAT_HIST_BUCKETS];
     _Atomic uint64_t dur_sum_us;
     _Atomic uint64_t dur_count;

@@ -6,7 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "proxy/proxy-t.h"
+#include "proxy/req.h"
+#include "tls/tls.h"
 
 static void up_free(struct moat_defer *d)
 {
@@ -17,11 +18,10 @@ static void up_free(struct moat_defer *d)
 
 void moat_up_close(struct moat_upconn *u)
 {
-    if (u->s.io.fd < 0)
+    if (u->s.sk.io.fd < 0)
         return;
     moat_timer_stop(&u->w->loop, &u->timer);
-    close(u->s.io.fd);
-    u->s.io.fd = -1;
+    moat_sock_close(&u->s.sk);
     moat_loop_defer(&u->w->loop, &u->defer);
 }
 
@@ -42,20 +42,22 @@ static void unlink_idle(struct moat_upconn *u)
  * closed it or sent bytes nobody asked for: either way it is no longer usable. */
 static void up_io(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
 {
-    struct moat_upconn *u = MOAT_CONTAINER_OF(io, struct moat_upconn, s.io);
+    struct moat_upconn *u = MOAT_CONTAINER_OF(io, struct moat_upconn, s.sk.io);
     (void)loop;
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        u->s.readable = true;
-    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        u->s.hup = true;
-    if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-        u->s.writable = true;
-    if (u->client) {
-        moat_conn_drive(u->client);
+    moat_sock_events(&u->s.sk, ev);
+    if (u->req) {
+        moat_req_drive(u->req);
         return;
     }
     if (!(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
         return; /* a late "writable" edge on an idle connection means nothing */
+    if (u->pool->tls && !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+        /* TLS sends more than responses: a TLS 1.3 server's session tickets may come after
+         * the exchange. A read takes them in; only application data or a close end it. */
+        char b;
+        if (moat_sock_read(&u->s.sk, &b, 1) == MOAT_AGAIN)
+            return;
+    }
     unlink_idle(u);
     moat_up_close(u);
 }
@@ -64,39 +66,41 @@ static void up_timeout(struct moat_loop *loop, struct moat_timer *t)
 {
     struct moat_upconn *u = MOAT_CONTAINER_OF(t, struct moat_upconn, timer);
     (void)loop;
-    if (u->client) {
-        /* The exchange's timeouts are the client connection's business: it reads the flag. */
+    if (u->req) {
+        /* The exchange's timeouts are the request's business: it reads the flag. */
         u->timed_out = true;
-        moat_conn_drive(u->client);
+        moat_req_drive(u->req);
         return;
     }
     unlink_idle(u);
     moat_up_close(u);
 }
 
-struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr)
+struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr, bool tls)
 {
     for (struct moat_upool *p = w->upools; p; p = p->next)
-        if (p->addr.len == addr->len && !memcmp(&p->addr.ss, &addr->ss, addr->len))
+        if (p->addr.len == addr->len && p->tls == tls && !memcmp(&p->addr.ss, &addr->ss, addr->len))
             return p;
     struct moat_upool *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->addr = *addr;
+    p->tls = tls;
     p->next = w->upools;
     w->upools = p;
     return p;
 }
 
-struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool, struct moat_conn *c,
-                                bool fresh, bool *reused)
+struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool,
+                                const struct moat_cfg_pool *pcfg, const struct moat_cfg_origin *o,
+                                struct moat_req *r, bool fresh, bool *reused)
 {
     struct moat_upconn *u = fresh ? NULL : pool->idle;
     if (u) {
         pool->idle = u->next_idle;
         pool->nidle--;
         u->next_idle = NULL;
-        u->client = c;
+        u->req = r;
         moat_timer_stop(&w->loop, &u->timer);
         *reused = true;
         return u;
@@ -120,16 +124,28 @@ struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool, 
         errno = ENOMEM;
         return NULL;
     }
-    u->s.io.fd = fd;
-    u->s.io.cb = up_io;
+    moat_sock_init_tcp(&u->s.sk, fd, up_io);
     u->w = w;
     u->pool = pool;
-    u->client = c;
+    u->req = r;
     u->timer.cb = up_timeout;
     u->defer.fn = up_free;
     u->connected = rc == 0;
-    if (moat_loop_add(&w->loop, &u->s.io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) != MOAT_OK) {
-        close(fd);
+    u->handshaken = true;
+    if (pool->tls) {
+        /* TLS to the origin: the handshake follows the connect (exchange.c); the session of
+         * the last connection to this origin is offered for resumption. */
+        if (moat_tls_connect(pcfg, o ? o->host : NULL, &u->s.sk, &w->stats.tls) != MOAT_OK) {
+            close(fd);
+            free(u);
+            errno = ENOMEM;
+            return NULL;
+        }
+        u->handshaken = false;
+    }
+    if (moat_loop_add(&w->loop, &u->s.sk.io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) !=
+        MOAT_OK) {
+        moat_sock_close(&u->s.sk);
         free(u);
         errno = ENOMEM;
         return NULL;
@@ -142,18 +158,18 @@ void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms
                      unsigned keepalive_max)
 {
     struct moat_worker *w = u->w;
-    u->client = NULL;
-    if (!reusable || u->s.eof || u->s.hup || u->timed_out || moat_buf_len(&u->s.in) != 0 ||
-        w->draining || u->pool->nidle >= keepalive_max) {
+    u->req = NULL;
+    if (!reusable || u->s.sk.eof || u->s.sk.hup || u->timed_out || moat_buf_len(&u->s.in) != 0 ||
+        moat_sock_pending(&u->s.sk) || w->draining || u->pool->nidle >= keepalive_max) {
         moat_up_close(u);
         return;
     }
-    if (u->s.readable) {
+    if (u->s.sk.readable && !u->pool->tls) {
         /* Not known to be drained (edge-triggered: no new event would tell us about bytes
          * already queued). Anything queued after a complete response is an origin bug or a
          * close; either way the connection must not carry another request. */
         char b;
-        ssize_t n = recv(u->s.io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        ssize_t n = recv(u->s.sk.io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n >= 0 || errno != EAGAIN) {
             moat_up_close(u);
             return;
@@ -162,7 +178,7 @@ void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms
     u->requests++;
     /* Keep the buffer only while busy: an idle pooled connection holds no buffer. */
     moat_buf_put(&u->s.in);
-    u->s.readable = false;
+    u->s.sk.readable = false;
     u->next_idle = u->pool->idle;
     u->pool->idle = u;
     u->pool->nidle++;

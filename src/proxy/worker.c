@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "cache/store.h"
-#include "proxy/proxy-t.h"
+#include "proxy/req.h"
 #include "proxy/server.h"
 
 struct moat_server moat_srv = {.cfg_lock = PTHREAD_MUTEX_INITIALIZER};
@@ -42,6 +42,11 @@ void moat_server_stats(struct moat_stats *out)
         MOAT_STATS(SUM_ROW)
         for (int k = 0; k < MOAT_H1_ERR_COUNT; k++)
             SUM(bad_parse[k])
+        for (int k = 0; k < MOAT_XERR_COUNT; k++)
+            SUM(xerr[k])
+#define SUM_TLS(f, m, l, t, h) SUM(tls.f)
+        MOAT_TLS_STATS(SUM_TLS)
+#undef SUM_TLS
         for (int k = 0; k < MOAT_HIST_BUCKETS; k++)
             SUM(dur_bucket[k])
         SUM(dur_sum_us)
@@ -89,7 +94,7 @@ static struct moat_wcfg *wcfg_build(struct moat_worker *w, struct moat_config *c
         /* Start each worker at a different origin so N workers don't all hit origin 0. */
         wc->rr[p] = w->id;
         for (size_t o = 0; o < pool->norigins; o++) {
-            wc->omap[p][o] = moat_up_pool_find(w, &pool->origins[o].addr);
+            wc->omap[p][o] = moat_up_pool_find(w, &pool->origins[o].addr, pool->tls.enabled);
             if (!wc->omap[p][o])
                 goto fail;
             wc->wsum[p] += pool->origins[o].weight ? pool->origins[o].weight : 1;
@@ -127,6 +132,13 @@ static void worker_adopt(struct moat_worker *w)
     uint32_t bs = (uint32_t)MOAT_MAX((size_t)16384, wc->cfg->h1.head_bytes + 2048);
     w->bufsize = (bs + 4095u) & ~4095u;
     w->body_bufsize = (uint32_t)MOAT_MAX((uint64_t)w->bufsize, wc->cfg->body_buffer);
+    if (w->rhdrs_cap < wc->cfg->h1.max_headers) {
+        struct moat_hdr *nh = realloc(w->rhdrs, wc->cfg->h1.max_headers * sizeof *nh);
+        if (nh) {
+            w->rhdrs = nh;
+            w->rhdrs_cap = wc->cfg->h1.max_headers;
+        }
+    }
     w->loop.nap_us = wc->cfg->batch_wait_us;
     const char *dest = wc->cfg->access_log;
     if ((dest == NULL) != (w->alog_dest == NULL) || (dest && strcmp(dest, w->alog_dest))) {
@@ -173,7 +185,7 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
             close(fd);
             continue;
         }
-        moat_conn_accept(w, fd, &ss);
+        moat_h1_accept(w, fd, &ss, l->tls);
     }
     /* More may wait: the listener is level-triggered, so epoll reports it again next turn;
      * the cap keeps one busy listener from starving established connections. */
@@ -261,17 +273,19 @@ static void tick(struct moat_loop *loop, struct moat_timer *t)
         close_listeners(w);
     }
     if (w->draining) {
-        struct moat_conn *c = w->conns;
+        struct moat_h1conn *c = w->conns;
         bool late = loop->now_ms >= w->drain_deadline;
         while (c) {
-            struct moat_conn *next = c->next;
+            struct moat_h1conn *next = c->next;
             if (late)
-                moat_conn_close_any(c);
+                moat_h1_close_any(c);
             else
-                moat_conn_close_idle(c);
+                moat_h1_close_idle(c);
             c = next;
         }
-        if (w->nconns == 0) {
+        while (late && w->orphans)
+            moat_req_abort(w->orphans);
+        if (w->nconns == 0 && w->norphans == 0) {
             moat_loop_stop(loop);
             return;
         }
@@ -287,7 +301,9 @@ static void *worker_main(void *arg)
     /* Drained: close what is left and free per-thread state. */
     close_listeners(w);
     while (w->conns)
-        moat_conn_close_any(w->conns);
+        moat_h1_close_any(w->conns);
+    while (w->orphans)
+        moat_req_abort(w->orphans);
     for (struct moat_upool *p = w->upools; p; p = p->next)
         while (p->idle) {
             struct moat_upconn *u = p->idle;
@@ -301,6 +317,7 @@ static void *worker_main(void *arg)
         d->fn(d);
     }
     moat_alog_close(&w->alog);
+    moat_req_thread_cleanup();
     moat_buf_thread_cleanup();
     atomic_fetch_sub(&moat_srv.workers_running, 1);
     return NULL;
@@ -360,6 +377,7 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
             w->listeners[k].io.fd = fd;
             w->listeners[k].io.cb = on_accept;
             w->listeners[k].w = w;
+            w->listeners[k].tls = cfg->listen[k].tls;
             moat_loop_add(&w->loop, &w->listeners[k].io, EPOLLIN);
         }
     }
@@ -460,6 +478,7 @@ void moat_server_join(void)
         }
         free(w->listeners);
         free(w->alog_dest);
+        free(w->rhdrs);
         moat_loop_destroy(&w->loop);
     }
     free(moat_srv.workers);

@@ -64,7 +64,50 @@ static void test_docs_chart_matches(void **state)
     }
 }
 
-/* --- the phases at work on a hand-built connection ---------------------------------------- */
+/* --- the phases at work on a hand-built request ------------------------------------------- */
+
+/* A downstream that encodes heads with the HTTP/1.1 encoder into <out>, as h1conn.c does,
+ * and takes every body byte. */
+static struct moat_buf test_out;
+
+static int t_send_head(struct moat_req *r, const struct moat_resp *resp)
+{
+    if (moat_buf_ensure(&test_out, 16384) != MOAT_OK)
+        return MOAT_ERR;
+    return moat_resp_h1(r, resp, MOAT_STR_NULL, true, false, &test_out);
+}
+static ssize_t t_send_data(struct moat_req *r, const char *p, size_t n, bool more)
+{
+    return (ssize_t)n;
+}
+static int t_finish(struct moat_req *r, struct moat_str t)
+{
+    return MOAT_OK;
+}
+static void t_nop(struct moat_req *r)
+{
+}
+static int t_body(struct moat_req *r, struct moat_str *span)
+{
+    *span = MOAT_STR_NULL;
+    return MOAT_DONE;
+}
+static void t_consume(struct moat_req *r, size_t n)
+{
+}
+static const struct moat_ds test_ds = {
+    .name = "test",
+    .send_head = t_send_head,
+    .send_interim = t_send_head,
+    .send_data = t_send_data,
+    .push = t_nop,
+    .finish = t_finish,
+    .abort = t_nop,
+    .body = t_body,
+    .body_consume = t_consume,
+    .done = t_nop,
+    .detach = t_nop,
+};
 
 static const char yaml[] = "listen: \"127.0.0.1:18080\"\n"
                            "workers: 1\n"
@@ -89,7 +132,7 @@ struct fixture {
     struct moat_upool *omap_shop[2], *omap_blog[1];
     struct moat_upool **omap[2];
     unsigned rr[2], wsum[2];
-    struct moat_conn c;
+    struct moat_req r;
 };
 
 static int setup(void **state)
@@ -119,10 +162,10 @@ static int setup(void **state)
         .cfg = fx->cfg, .users = 1, .omap = fx->omap, .rr = fx->rr, .wsum = fx->wsum};
     fx->w.wcfg = &fx->wc;
     fx->w.bufsize = 16384;
-    fx->c.w = &fx->w;
-    fx->c.x.wcfg = &fx->wc;
-    fx->c.x.keepalive = true;
-    fx->c.state = C_HEAD;
+    fx->r.w = &fx->w;
+    fx->r.wcfg = &fx->wc;
+    fx->r.ds = &test_ds;
+    fx->r.state = R_NEW;
     *state = fx;
     return 0;
 }
@@ -130,7 +173,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *fx = *state;
-    moat_buf_put(&fx->c.out);
+    moat_buf_put(&test_out);
+    moat_buf_put(&fx->r.lbody); /* the local answer's body: the request never ran to its end */
     moat_config_release(&fx->cfg);
     moat_buf_thread_cleanup();
     free(fx);
@@ -139,43 +183,44 @@ static int teardown(void **state)
 
 static int run(struct fixture *fx, const char *host)
 {
-    fx->c.x.req.host = moat_str_make(host, strlen(host));
-    fx->c.x.site = NULL;
-    fx->c.x.upool = NULL;
-    return moat_pipeline_request(&fx->c);
+    fx->r.authority = moat_str_make(host, strlen(host));
+    fx->r.site = NULL;
+    fx->r.upool = NULL;
+    return moat_pipeline_request(&fx->r);
 }
 
 static void test_route_picks_site_by_host(void **state)
 {
     struct fixture *fx = *state;
     assert_int_equal(run(fx, "shop.example"), MOAT_OK);
-    assert_non_null(fx->c.x.site);
-    assert_string_equal(fx->c.x.site->pool->name, "shop");
-    assert_true(fx->c.x.upool == &fx->up[0] || fx->c.x.upool == &fx->up[1]);
+    assert_non_null(fx->r.site);
+    assert_string_equal(fx->r.site->pool->name, "shop");
+    assert_true(fx->r.upool == &fx->up[0] || fx->r.upool == &fx->up[1]);
     /* The port is not part of the name; case does not matter; wildcards match subdomains. */
     assert_int_equal(run(fx, "SHOP.example:8080"), MOAT_OK);
-    assert_string_equal(fx->c.x.site->pool->name, "shop");
+    assert_string_equal(fx->r.site->pool->name, "shop");
     assert_int_equal(run(fx, "www.shop.example"), MOAT_OK);
-    assert_string_equal(fx->c.x.site->pool->name, "shop");
+    assert_string_equal(fx->r.site->pool->name, "shop");
     assert_int_equal(run(fx, "blog.example:80"), MOAT_OK);
-    assert_string_equal(fx->c.x.site->pool->name, "blog");
-    assert_ptr_equal(fx->c.x.upool, &fx->up[2]);
-    assert_ptr_equal(fx->c.x.origin, &fx->c.x.site->pool->origins[0]);
-    assert_int_equal(fx->c.state, C_HEAD); /* nothing queued */
-    assert_null(fx->c.out.base);
+    assert_string_equal(fx->r.site->pool->name, "blog");
+    assert_ptr_equal(fx->r.upool, &fx->up[2]);
+    assert_ptr_equal(fx->r.origin, &fx->r.site->pool->origins[0]);
+    assert_int_equal(fx->r.state, R_NEW); /* nothing answered */
+    assert_null(test_out.base);
 }
 
 static void test_unknown_host_is_421(void **state)
 {
     struct fixture *fx = *state;
     assert_int_equal(run(fx, "other.example"), MOAT_DONE);
-    assert_null(fx->c.x.upool); /* balance never ran */
-    assert_int_equal(fx->c.x.status, 421);
+    assert_null(fx->r.upool); /* balance never ran */
+    assert_int_equal(fx->r.status, 421);
     assert_int_equal(atomic_load(&fx->w.stats.bad_no_site), 1);
-    assert_int_equal(fx->c.state, C_LOCAL); /* keep-alive: the head was fine */
+    assert_int_equal(fx->r.state, R_LOCAL);
+    assert_false(fx->r.close); /* keep-alive: the head was fine */
     const char *want = "HTTP/1.1 421 Misdirected Request\r\n";
-    assert_true(moat_buf_len(&fx->c.out) > strlen(want));
-    assert_memory_equal(moat_buf_rptr(&fx->c.out), want, strlen(want));
+    assert_true(moat_buf_len(&test_out) > strlen(want));
+    assert_memory_equal(moat_buf_rptr(&test_out), want, strlen(want));
 }
 
 static void test_route_ipv6_literal_host(void **state)
@@ -183,7 +228,7 @@ static void test_route_ipv6_literal_host(void **state)
     struct fixture *fx = *state;
     /* "[::1]:8080" is stripped to "[::1]", which no site serves. */
     assert_int_equal(run(fx, "[::1]:8080"), MOAT_DONE);
-    assert_int_equal(fx->c.x.status, 421);
+    assert_int_equal(fx->r.status, 421);
 }
 
 static void test_balance_weighted_round_robin(void **state)
@@ -192,9 +237,9 @@ static void test_balance_weighted_round_robin(void **state)
     unsigned hits[2] = {0, 0};
     for (int i = 0; i < 400; i++) {
         assert_int_equal(run(fx, "shop.example"), MOAT_OK);
-        if (fx->c.x.upool == &fx->up[0])
+        if (fx->r.upool == &fx->up[0])
             hits[0]++;
-        else if (fx->c.x.upool == &fx->up[1])
+        else if (fx->r.upool == &fx->up[1])
             hits[1]++;
         else
             fail_msg("upool outside the shop pool");
