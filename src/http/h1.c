@@ -1231,25 +1231,6 @@ bool moat_h1_cookie_next(struct moat_str v, size_t *pos, struct moat_str *name,
     return false;
 }
 
-/* The switch on length keeps this to one or two comparisons for ordinary fields. */
-bool moat_http_hop(struct moat_str n)
-{
-    switch (n.len) {
-    case 2:
-        return MOAT_STR_IEQ_LIT(n, "te");
-    case 7:
-        return MOAT_STR_IEQ_LIT(n, "upgrade");
-    case 10:
-        return MOAT_STR_IEQ_LIT(n, "connection") || MOAT_STR_IEQ_LIT(n, "keep-alive");
-    case 16:
-        return MOAT_STR_IEQ_LIT(n, "proxy-connection");
-    case 17:
-        return MOAT_STR_IEQ_LIT(n, "transfer-encoding");
-    default:
-        return false;
-    }
-}
-
 bool moat_http_conn_names(const struct moat_hdr *hdrs, size_t n, struct moat_str name)
 {
     for (size_t i = 0; i < n; i++) {

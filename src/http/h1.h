@@ -197,10 +197,27 @@ int moat_h1_err_status(enum moat_h1_err e);
 /* A short stable snake_case name for <e> ("bare_lf", "cl_and_te", ...). */
 const char *moat_h1_err_name(enum moat_h1_err e);
 
-/* Is <name> a hop-by-hop field (RFC 9110 7.6.1): Connection, Keep-Alive, Proxy-Connection,
- * TE, Transfer-Encoding or Upgrade? moat's one list of them; the framing fields
- * (Content-Length, Trailer) are each caller's to decide. */
-bool moat_http_hop(struct moat_str name);
+/* Is <n> a hop-by-hop field (RFC 9110 7.6.1): Connection, Keep-Alive, Proxy-Connection, TE,
+ * Transfer-Encoding or Upgrade? moat's one list of them; the framing fields (Content-Length,
+ * Trailer) are each caller's to decide. Inline, and a switch on length: it runs for every
+ * field of every request and response, and costs one or two comparisons for most. */
+static inline bool moat_http_hop(struct moat_str n)
+{
+    switch (n.len) {
+    case 2:
+        return MOAT_STR_IEQ_LIT(n, "te");
+    case 7:
+        return MOAT_STR_IEQ_LIT(n, "upgrade");
+    case 10:
+        return MOAT_STR_IEQ_LIT(n, "connection") || MOAT_STR_IEQ_LIT(n, "keep-alive");
+    case 16:
+        return MOAT_STR_IEQ_LIT(n, "proxy-connection");
+    case 17:
+        return MOAT_STR_IEQ_LIT(n, "transfer-encoding");
+    default:
+        return false;
+    }
+}
 /* Does a Connection field among <hdrs> name <name> (making it hop-by-hop too)? */
 bool moat_http_conn_names(const struct moat_hdr *hdrs, size_t n, struct moat_str name);
 

@@ -103,23 +103,21 @@ static int h1_send_head(struct moat_req *r, const struct moat_resp *resp)
         return MOAT_ERR;
     moat_buf_compact(&c->out);
     char fr[64];
-    size_t fl = 0;
+    struct out f = {fr, 0, sizeof fr, false};
     c->out_none = resp->no_body;
     c->out_raw = resp->upgrade;
     c->out_chunked = false;
     c->close_after = false;
     if (resp->upgrade) {
         /* Connection: upgrade comes from the encoder */
+    } else if (resp->length != MOAT_LEN_UNKNOWN && (!resp->no_body || resp->keep_cl)) {
+        PUTL(&f, "Content-Length: ");
+        put_u64(&f, resp->length);
+        PUTL(&f, "\r\n");
     } else if (resp->no_body) {
-        if (resp->keep_cl && resp->length != MOAT_LEN_UNKNOWN)
-            fl = (size_t)snprintf(fr, sizeof fr, "Content-Length: %llu\r\n",
-                                  (unsigned long long)resp->length);
-    } else if (resp->length != MOAT_LEN_UNKNOWN) {
-        fl = (size_t)snprintf(fr, sizeof fr, "Content-Length: %llu\r\n",
-                              (unsigned long long)resp->length);
+        /* no length to state */
     } else if (r->minor == 1) {
-        memcpy(fr, "Transfer-Encoding: chunked\r\n", 28);
-        fl = 28;
+        PUTL(&f, "Transfer-Encoding: chunked\r\n");
         c->out_chunked = true;
     } else {
         c->close_after = true; /* HTTP/1.0: the body ends with the connection */
@@ -127,7 +125,7 @@ static int h1_send_head(struct moat_req *r, const struct moat_resp *resp)
     bool keep = c->keepalive && !r->close && !c->close_after && !c->w->draining;
     struct moat_resp rs = *resp;
     rs.trailers_ok = resp->trailers_ok && c->out_chunked;
-    if (moat_resp_h1(r, &rs, moat_str_make(fr, fl), keep, keep && r->minor == 0, &c->out) !=
+    if (moat_resp_h1(r, &rs, moat_str_make(fr, f.n), keep, keep && r->minor == 0, &c->out) !=
         MOAT_OK)
         return MOAT_ERR;
     if (!keep)

@@ -16,6 +16,8 @@ bool moat_resp_keep(const struct moat_req *r, const struct moat_resp *resp,
                     const struct moat_hdr *h, bool *had_date)
 {
     struct moat_str n = h->name;
+    if (moat_http_hop(n))
+        return false;
     switch (n.len) {
     case 4:
         if (MOAT_STR_IEQ_LIT(n, "date"))
@@ -25,17 +27,15 @@ bool moat_resp_keep(const struct moat_req *r, const struct moat_resp *resp,
         if (MOAT_STR_IEQ_LIT(n, "trailer"))
             return false; /* the encoder keeps it when trailers can follow */
         break;
-    case 14:
-        if (MOAT_STR_IEQ_LIT(n, "content-length"))
-            return false; /* framing is the encoder's */
-        break;
     case 13:
         if (r->rule && r->rule->browser_ttl_ms && MOAT_STR_IEQ_LIT(n, "cache-control"))
             return false; /* replaced (the rule's browser_ttl) */
         break;
+    case 14:
+        if (MOAT_STR_IEQ_LIT(n, "content-length"))
+            return false; /* framing is the encoder's */
+        break;
     }
-    if (moat_http_hop(n))
-        return false;
     if (resp->conn_named && moat_http_conn_names(resp->fields, resp->nfields, n))
         return false;
     if (r->c.status && moat_pcache_strip(r, n))
