@@ -6,10 +6,10 @@
 
 #include "config/config-int.h"
 
-struct site_ctx {
-    struct moat_config *c;
-    struct moat_cfg_site *site;
-    size_t site_idx;
+/* The host index being built while the sites are parsed (ld->ctx during cfg_k_sites): the
+ * site rows themselves parse into the site, like any other table. */
+struct site_index {
+    size_t site_idx;           /* the site being parsed */
     struct cfg_host_ent *ents; /* all hosts of all sites, filled as parsed */
     size_t nents;
 };
@@ -42,7 +42,8 @@ static bool valid_site_host(const char *h)
 
 static int host_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *ud)
 {
-    struct site_ctx *sc = ud;
+    struct moat_cfg_site *site = ud;
+    struct site_index *si = ld->ctx;
     char buf[300];
     if (cfg_scalar(ld, n, buf, sizeof(buf), "a host name") != MOAT_OK)
         return MOAT_ERR;
@@ -60,52 +61,54 @@ static int host_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *ud)
     char *s = cfg_strndup(ld->box, buf, len);
     if (!s)
         return cfg_oom(ld);
-    sc->site->hosts[idx] = s;
-    struct cfg_host_ent *e = &sc->ents[sc->nents++];
+    site->hosts[idx] = s;
+    struct cfg_host_ent *e = &si->ents[si->nents++];
     e->name = s;
     e->len = len;
-    e->site_idx = sc->site_idx;
+    e->site_idx = si->site_idx;
     cfg_node_pos(ld, n, &e->line, &e->col);
     return MOAT_OK;
 }
 
 static int k_hosts(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
-    struct site_ctx *sc = base;
+    struct moat_cfg_site *site = base;
+    struct site_index *si = ld->ctx;
     size_t cnt;
     if (cfg_each_string(ld, n, &cnt, NULL, NULL, false) != MOAT_OK)
         return MOAT_ERR;
-    sc->site->hosts = cfg_alloc(ld->box, cnt * sizeof(char *));
-    struct cfg_host_ent *ne = cfg_alloc(ld->box, (sc->nents + cnt) * sizeof(*ne));
-    if (!sc->site->hosts || !ne)
+    site->hosts = cfg_alloc(ld->box, cnt * sizeof(char *));
+    struct cfg_host_ent *ne = cfg_alloc(ld->box, (si->nents + cnt) * sizeof(*ne));
+    if (!site->hosts || !ne)
         return cfg_oom(ld);
     /* The entry array grows per site; the arena keeps the old copy, which costs a little
      * memory at load time but keeps the allocator trivial. */
-    if (sc->nents)
-        memcpy(ne, sc->ents, sc->nents * sizeof(*ne));
-    sc->ents = ne;
-    sc->site->nhosts = cnt;
-    return cfg_each_string(ld, n, &cnt, host_elem, sc, false);
+    if (si->nents)
+        memcpy(ne, si->ents, si->nents * sizeof(*ne));
+    si->ents = ne;
+    site->nhosts = cnt;
+    return cfg_each_string(ld, n, &cnt, host_elem, site, false);
 }
 
 static int k_site_pool(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
-    struct site_ctx *sc = base;
+    struct moat_cfg_site *site = base;
+    const struct moat_config *c = &ld->box->cfg;
     char name[128], list[256];
     if (cfg_scalar(ld, n, name, sizeof(name), "a pool name") != MOAT_OK)
         return MOAT_ERR;
     size_t used = 0;
     list[0] = '\0';
-    for (size_t i = 0; i < sc->c->npools; i++) {
-        if (strcmp(sc->c->pools[i].name, name) == 0) {
-            sc->site->pool = &sc->c->pools[i];
+    for (size_t i = 0; i < c->npools; i++) {
+        if (strcmp(c->pools[i].name, name) == 0) {
+            site->pool = &c->pools[i];
             return MOAT_OK;
         }
         used += (size_t)snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
-                                 sc->c->pools[i].name);
+                                 c->pools[i].name);
         used = MOAT_MIN(used, sizeof(list) - 1);
     }
-    if (sc->c->npools == 0)
+    if (c->npools == 0)
         return cfg_fail(ld, n, "no pool named \"%s\" (no pools are defined)", name);
     return cfg_fail(ld, n, "no pool named \"%s\" (defined: %s)", name, list);
 }
@@ -345,14 +348,13 @@ static const struct cfg_table rule_table = CFG_TABLE(rule_keys, NULL);
 
 static int k_rules(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
-    struct site_ctx *sc = base;
+    struct moat_cfg_site *site = base;
     if (cfg_is_null(n) || fy_node_get_type(n) != FYNT_SEQUENCE)
         return cfg_fail(ld, n, "expected a list of rules, got %s", cfg_what(n));
     size_t cnt = (size_t)MOAT_MAX(fy_node_sequence_item_count(n), 0);
-    sc->site->rules = cfg_alloc(ld->box, (cnt ? cnt : 1) * sizeof(*sc->site->rules));
-    if (!sc->site->rules)
+    site->rules = cfg_alloc(ld->box, (cnt ? cnt : 1) * sizeof(*site->rules));
+    if (!site->rules)
         return cfg_oom(ld);
-    memset(sc->site->rules, 0, (cnt ? cnt : 1) * sizeof(*sc->site->rules));
     void *it = NULL;
     struct fy_node *e;
     size_t i = 0;
@@ -364,13 +366,13 @@ static int k_rules(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n
             rc = cfg_fail(ld, v, "expected a rule ({ match: {...}, cache: ... }), got %s",
                           cfg_what(v));
         else
-            rc = cfg_walk(ld, &rule_table, v, &sc->site->rules[i], false);
+            rc = cfg_walk(ld, &rule_table, v, &site->rules[i], false);
         cfg_path_pop(ld, old);
         if (rc != MOAT_OK)
             return rc;
         i++;
     }
-    sc->site->nrules = i;
+    site->nrules = i;
     return MOAT_OK;
 }
 
@@ -413,8 +415,7 @@ static int cmp_ent(const void *a, const void *b)
 
 /* Splits the parsed hosts into the exact and suffix indexes and refuses a host given twice:
  * with first-match semantics the second one could never be reached. */
-static int build_site_index(struct cfg_ld *ld, struct fy_node *sites_node,
-                            struct cfg_host_ent *ents, size_t n)
+static int build_site_index(struct cfg_ld *ld, struct cfg_host_ent *ents, size_t n)
 {
     struct cfg_box *b = ld->box;
     struct moat_config *c = &b->cfg;
@@ -459,7 +460,6 @@ static int build_site_index(struct cfg_ld *ld, struct fy_node *sites_node,
             b->exact[ne++] = ents[i];
         }
     }
-    (void)sites_node;
     return MOAT_OK;
 }
 
@@ -474,24 +474,25 @@ int cfg_k_sites(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, v
     c->sites = cfg_alloc(ld->box, cnt * sizeof(*c->sites));
     if (!c->sites)
         return cfg_oom(ld);
-    struct site_ctx sc = {.c = c};
+    struct site_index si = {0};
     void *it = NULL;
     struct fy_node *e;
+    int rc = MOAT_OK;
+    ld->ctx = &si;
     while ((e = fy_node_sequence_iterate(n, &it)) != NULL) {
-        sc.site = &c->sites[sc.site_idx];
-        size_t old = cfg_path_push(ld, "[%zu]", sc.site_idx);
+        size_t old = cfg_path_push(ld, "[%zu]", si.site_idx);
         struct fy_node *v = cfg_deref(e);
-        int rc = MOAT_OK;
         if (cfg_is_null(v) || fy_node_get_type(v) != FYNT_MAPPING)
             rc = cfg_fail(ld, v, "expected a site ({ hosts: [...], pool: NAME }), got %s",
                           cfg_what(v));
         else
-            rc = cfg_walk(ld, &cfg_site_table, v, &sc, false);
+            rc = cfg_walk(ld, &cfg_site_table, v, &c->sites[si.site_idx], false);
         cfg_path_pop(ld, old);
         if (rc != MOAT_OK)
-            return rc;
-        sc.site_idx++;
-        c->nsites = sc.site_idx;
+            break;
+        si.site_idx++;
+        c->nsites = si.site_idx;
     }
-    return build_site_index(ld, n, sc.ents, sc.nents);
+    ld->ctx = NULL;
+    return rc == MOAT_OK ? build_site_index(ld, si.ents, si.nents) : rc;
 }

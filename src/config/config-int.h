@@ -83,6 +83,7 @@ struct cfg_ld {
     struct fy_node *cur_key; /* the key whose value is being parsed, for empty values */
     char path[512];          /* the dotted key path being parsed, for messages */
     size_t pathlen;
+    void *ctx; /* an area's own state while its rows parse (sites: the host index) */
 };
 
 /* Appends to the key path ("%s%s" with a "." when not at the start, or "[%zu]"); returns the
