@@ -1,4 +1,5 @@
 /* cfg_pools.c: the directive tables of pools and their origins (pools.*). */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
 
@@ -6,10 +7,10 @@
 
 /* Host and authority are kept ready-made for the Host header (host_header: origin). */
 int cfg_fill_origin_names(struct cfg_ld *ld, struct moat_cfg_origin *o, const char *host,
-                          unsigned port)
+                          unsigned port, unsigned default_port)
 {
     char auth[320];
-    if (port == 80)
+    if (port == default_port)
         snprintf(auth, sizeof(auth), "%s", host);
     else
         snprintf(auth, sizeof(auth), "%s:%u", host, port);
@@ -24,7 +25,7 @@ static int set_origin_addr(struct cfg_ld *ld, struct fy_node *n, struct moat_cfg
     unsigned port;
     if (cfg_parse_addr_node(ld, n, &o->addr, host, sizeof(host), &port) != MOAT_OK)
         return MOAT_ERR;
-    return cfg_fill_origin_names(ld, o, host, port);
+    return cfg_fill_origin_names(ld, o, host, port, 80);
 }
 
 static int k_origin_addr(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
@@ -130,8 +131,36 @@ static const struct cfg_key pool_keys[] = {
      .def = "client",
      .names = host_header_names,
      .doc = "Host sent upstream: the client's (client) or the origin's host (origin)"},
+    {.name = "tls",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_pool_tls,
+     .sub = &cfg_pool_tls_table,
+     .sub_sep = ".",
+     .tname = "true|false or map",
+     .doc = "speak TLS to the origins (off when absent; true = verified against the system "
+            "store)"},
 };
-const struct cfg_table cfg_pool_table = CFG_TABLE(pool_keys, NULL);
+
+/* The origins were read before tls, with the authority of plain HTTP ("host" for port 80);
+ * over TLS the port that goes without saying is 443 (RFC 9110 4.2.2), so a TLS pool's origin
+ * on 443 sends Host: host, and one on 80 says so. */
+static int pool_post(struct cfg_ld *ld, struct fy_node *map, void *base)
+{
+    struct moat_cfg_pool *p = base;
+    if (!p->tls.enabled)
+        return MOAT_OK;
+    for (size_t i = 0; i < p->norigins; i++) {
+        struct moat_cfg_origin *o = &p->origins[i];
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&o->addr.ss;
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&o->addr.ss;
+        unsigned port = ntohs(o->addr.ss.ss_family == AF_INET6 ? sin6->sin6_port : sin->sin_port);
+        if (cfg_fill_origin_names(ld, o, o->host, port, 443) != MOAT_OK)
+            return MOAT_ERR;
+    }
+    return MOAT_OK;
+}
+
+const struct cfg_table cfg_pool_table = CFG_TABLE(pool_keys, pool_post);
 _Static_assert(MOAT_ARRAY_LEN(pool_keys) <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
 
 /* Pool names key runtime state (health, counters) across reloads and appear in metrics, so

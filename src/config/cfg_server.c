@@ -9,11 +9,43 @@
 
 #include "config/config-int.h"
 
+static int k_listen_addr(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
+{
+    return cfg_parse_addr_node(ld, n, &((struct moat_cfg_listen *)base)->addr, NULL, 0, NULL);
+}
+
+/* listen[]: { addr, tls }. Whether a tls listener has certificates is checked once the whole
+ * file is read (load.c), since tls comes after listen. */
+static const struct cfg_key listen_keys[] = {
+    {.name = "addr",
+     .type = KT_CUSTOM,
+     .fn = k_listen_addr,
+     .tname = "address",
+     .flags = K_REQUIRED,
+     .doc = "HOST:PORT clients connect to (required in the map form)"},
+    {.name = "tls",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_listen, tls),
+     .def = "false",
+     .names = cfg_bool_names,
+     .doc = "clients speak TLS on this address (needs tls.certificates)"},
+};
+const struct cfg_table cfg_listen_table = CFG_TABLE(listen_keys, NULL);
+
 static int listen_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *ud)
 {
     struct moat_config *c = ud;
-    if (cfg_parse_addr_node(ld, n, &c->listen[idx].addr, NULL, 0, NULL) != MOAT_OK)
+    struct moat_cfg_listen *l = &c->listen[idx];
+    if (fy_node_get_type(n) == FYNT_MAPPING) {
+        if (cfg_walk(ld, &cfg_listen_table, n, l, false) != MOAT_OK)
+            return MOAT_ERR;
+    } else if (fy_node_get_type(n) != FYNT_SCALAR || cfg_is_null(n)) {
+        return cfg_fail(ld, n, "expected \"HOST:PORT\" or { addr: HOST:PORT, tls: true }, got %s",
+                        cfg_what(n));
+    } else if (cfg_walk(ld, &cfg_listen_table, NULL, l, true) != MOAT_OK ||
+               cfg_parse_addr_node(ld, n, &l->addr, NULL, 0, NULL) != MOAT_OK) {
         return MOAT_ERR;
+    }
     for (size_t i = 0; i < idx; i++)
         if (strcmp(c->listen[i].addr.text, c->listen[idx].addr.text) == 0)
             return cfg_fail(ld, n, "%s is listed twice", c->listen[idx].addr.text);

@@ -376,6 +376,135 @@ static int k_rules(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n
     return MOAT_OK;
 }
 
+/* --- https and upgrades (sites[].https, sites[].upgrades) ------------------------------------ */
+
+static bool any_tls_listener(const struct moat_config *c)
+{
+    for (size_t i = 0; i < c->nlisten; i++)
+        if (c->listen[i].tls)
+            return true;
+    return false;
+}
+
+/* Settings that could never take effect are refused rather than ignored: a redirect or HSTS
+ * with no https:// listener to send clients to, HSTS options without a max-age, and the
+ * preload flag on a policy the preload list (hstspreload.org) would turn down, which only
+ * asks browsers for something that will not happen. */
+static int https_post(struct cfg_ld *ld, struct fy_node *map, void *base)
+{
+    const struct moat_cfg_site *s = base;
+    bool tls = any_tls_listener(&ld->box->cfg);
+    const char *key, *msg;
+    if (s->https_redirect && !tls) {
+        key = "redirect";
+        msg = "needs a listener with tls: true (there is no https:// to redirect to)";
+    } else if (s->hsts_ms && !tls) {
+        key = "hsts";
+        msg = "needs a listener with tls: true (Strict-Transport-Security is only sent over "
+              "https)";
+    } else if (s->hsts_subdomains && !s->hsts_ms) {
+        key = "hsts_subdomains";
+        msg = "has no effect without hsts (a max-age, e.g. hsts: 365d)";
+    } else if (s->hsts_preload && !s->hsts_ms) {
+        key = "hsts_preload";
+        msg = "has no effect without hsts (a max-age, e.g. hsts: 365d)";
+    } else if (s->hsts_preload && (s->hsts_ms < 365 * DAY_MS || !s->hsts_subdomains)) {
+        key = "hsts_preload";
+        msg = "the preload list takes only hsts: 365d or more with hsts_subdomains: true "
+              "(hstspreload.org)";
+    } else {
+        return MOAT_OK;
+    }
+    struct fy_node *n = cfg_map_lookup(map, key);
+    size_t old = cfg_path_push(ld, ".%s", key);
+    cfg_fail(ld, n ? n : map, "%s", msg);
+    cfg_path_pop(ld, old);
+    return MOAT_ERR;
+}
+
+static const struct cfg_key https_keys[] = {
+    {.name = "redirect",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_site, https_redirect),
+     .def = "false",
+     .names = cfg_bool_names,
+     .doc = "answer plain-http requests with a redirect to https:// (301 for GET and HEAD, 308 "
+            "otherwise)"},
+    {.name = "hsts",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_site, hsts_ms),
+     .def = "0",
+     .min = 0,
+     .max = 730 * DAY_MS,
+     .doc = "Strict-Transport-Security max-age sent on https answers; 0 = none"},
+    {.name = "hsts_subdomains",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_site, hsts_subdomains),
+     .def = "false",
+     .names = cfg_bool_names,
+     .doc = "add includeSubDomains to Strict-Transport-Security"},
+    {.name = "hsts_preload",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_site, hsts_preload),
+     .def = "false",
+     .names = cfg_bool_names,
+     .doc = "add preload to Strict-Transport-Security (needs hsts: 365d or more and "
+            "hsts_subdomains)"},
+    {.name = "same_cache",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_site, https_same_cache),
+     .def = "false",
+     .names = cfg_bool_names,
+     .doc = "http and https requests share cache objects (the cache key leaves the scheme out)"},
+};
+static const struct cfg_table https_table = CFG_TABLE(https_keys, https_post);
+
+/* Upgrade tokens (RFC 9110 7.8) the origin may be offered. h2c is refused outright: a proxy
+ * that forwards "Upgrade: h2c" and then relays the origin's 101 as an opaque tunnel hands the
+ * client an HTTP/2 connection to the origin on which no further request passes through
+ * moat's routing, rules or limits (h2c request smuggling). */
+static int upgrade_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *ud)
+{
+    struct moat_cfg_site *s = ud;
+    char buf[64];
+    if (cfg_scalar(ld, n, buf, sizeof buf, "a protocol name") != MOAT_OK)
+        return MOAT_ERR;
+    if (!cfg_is_token(buf))
+        return cfg_fail(ld, n,
+                        "\"%s\" is not a protocol name (a token: letters, digits and "
+                        "!#$%%&'*+-.^_`|~)",
+                        buf);
+    size_t len = strlen(buf);
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)tolower((unsigned char)buf[i]);
+    if (!strcmp(buf, "h2c"))
+        return cfg_fail(ld, n,
+                        "h2c is never forwarded: it would let a client speak HTTP/2 to the origin "
+                        "past every rule moat enforces");
+    for (size_t i = 0; i < idx; i++)
+        if (!strcmp(s->upgrades[i], buf))
+            return cfg_fail(ld, n, "\"%s\" is listed twice (protocol names ignore case)", buf);
+    if (!(s->upgrades[idx] = cfg_strndup(ld->box, buf, len)))
+        return cfg_oom(ld);
+    s->nupgrades = idx + 1;
+    return MOAT_OK;
+}
+
+static int k_upgrades(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
+{
+    struct moat_cfg_site *s = base;
+    size_t cnt;
+    if (cfg_each_string(ld, n, &cnt, NULL, NULL, true) != MOAT_OK)
+        return MOAT_ERR;
+    s->upgrades = cfg_alloc(ld->box, MOAT_MAX(cnt, (size_t)1) * sizeof(*s->upgrades));
+    if (!s->upgrades)
+        return cfg_oom(ld);
+    s->nupgrades = 0;
+    return cfg_each_string(ld, n, &cnt, upgrade_elem, s, true);
+}
+
+/* --- the site table -------------------------------------------------------------------------- */
+
 static const struct cfg_key site_keys[] = {
     {.name = "hosts",
      .type = KT_CUSTOM,
@@ -396,6 +525,17 @@ static const struct cfg_key site_keys[] = {
      .sub_sep = "[].",
      .tname = "list of rules",
      .doc = "cache rules; the first whose match fits a request applies"},
+    {.name = "https",
+     .type = KT_MAP,
+     .sub = &https_table,
+     .sub_sep = ".",
+     .doc = "redirects to https:// and HSTS for this site"},
+    {.name = "upgrades",
+     .type = KT_CUSTOM,
+     .fn = k_upgrades,
+     .tname = "protocol name or list",
+     .def = "[websocket]",
+     .doc = "Upgrade protocols forwarded to the origin ([] = none; h2c is refused)"},
 };
 const struct cfg_table cfg_site_table = CFG_TABLE(site_keys, NULL);
 

@@ -8,7 +8,8 @@
  *   cfg_server.c  listen, workers, demo_origin, admin, limits, timeouts, forwarding, log, tuning
  *   cfg_cache.c   cache
  *   cfg_pools.c   pools and their origins
- *   cfg_sites.c   sites, their hosts and cache rules
+ *   cfg_sites.c   sites, their hosts, https, upgrades and cache rules
+ *   cfg_tls.c     tls (the server side) and pools.*.tls (TLS to origins)
  *   load.c        the root table, loading (file, string, quick mode), lifetime, lookups
  *   parse_util.c  the value parsers (durations, sizes, addresses, CIDRs)
  * A new area adds its own table file and one row in the root table (load.c). Names shared
@@ -207,6 +208,7 @@ extern const char *const cfg_bool_names[];
 
 /* The tables and custom parsers each file offers the others. */
 extern const struct cfg_table cfg_root_table;     /* load.c */
+extern const struct cfg_table cfg_listen_table;   /* cfg_server.c */
 extern const struct cfg_table cfg_admin_table;    /* cfg_server.c */
 extern const struct cfg_table cfg_limits_table;   /* cfg_server.c */
 extern const struct cfg_table cfg_timeouts_table; /* cfg_server.c */
@@ -216,15 +218,22 @@ extern const struct cfg_table cfg_cache_table;    /* cfg_cache.c */
 extern const struct cfg_table cfg_pool_table;     /* cfg_pools.c */
 extern const struct cfg_table cfg_origin_table;   /* cfg_pools.c */
 extern const struct cfg_table cfg_site_table;     /* cfg_sites.c */
+extern const struct cfg_table cfg_tls_table;      /* cfg_tls.c */
+extern const struct cfg_table cfg_pool_tls_table; /* cfg_tls.c */
 
 cfg_key_fn cfg_k_listen, cfg_k_workers, cfg_k_demo_origin, cfg_k_trusted, cfg_k_forward,
-    cfg_k_via;          /* cfg_server.c */
-cfg_key_fn cfg_k_pools; /* cfg_pools.c */
-cfg_key_fn cfg_k_sites; /* cfg_sites.c */
+    cfg_k_via;             /* cfg_server.c */
+cfg_key_fn cfg_k_pools;    /* cfg_pools.c */
+cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
+cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */
 
 /* Sets <o>'s host and authority (the Host value for host_header: origin) from <host> and
- * <port> (cfg_pools.c). */
+ * <port>, leaving out <default_port> (80 for http, 443 for https) (cfg_pools.c). */
 int cfg_fill_origin_names(struct cfg_ld *ld, struct moat_cfg_origin *o, const char *host,
-                          unsigned port);
+                          unsigned port, unsigned default_port);
+
+/* Turns TLS to a pool's origins on with every pools.*.tls default (verify, the system
+ * store): what `tls: true` and an https:// quick-mode origin mean (cfg_tls.c). */
+int cfg_pool_tls_on(struct cfg_ld *ld, struct moat_cfg_pool_tls *t);
 
 #endif

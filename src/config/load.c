@@ -20,9 +20,16 @@ static const struct cfg_key root_keys[] = {
     {.name = "listen",
      .type = KT_CUSTOM,
      .fn = cfg_k_listen,
+     .sub = &cfg_listen_table,
+     .sub_sep = "[].",
      .tname = "address or list",
      .def = "[\"0.0.0.0:8080\"]",
      .doc = "HOST:PORT addresses clients connect to"},
+    {.name = "tls",
+     .type = KT_MAP,
+     .sub = &cfg_tls_table,
+     .sub_sep = ".",
+     .doc = "TLS for clients: certificates, protocols, ciphers, session resumption"},
     {.name = "workers",
      .type = KT_CUSTOM,
      .fn = cfg_k_workers,
@@ -97,7 +104,27 @@ static const struct cfg_key root_keys[] = {
      .sub_sep = ".",
      .doc = "event-loop knobs"},
 };
-const struct cfg_table cfg_root_table = CFG_TABLE(root_keys, NULL);
+/* Checks across areas, once every key is read. */
+static int root_post(struct cfg_ld *ld, struct fy_node *map, void *base)
+{
+    const struct moat_config *c = base;
+    for (size_t i = 0; i < c->nlisten && c->tls.ncerts == 0; i++) {
+        if (!c->listen[i].tls)
+            continue;
+        /* listen is a list here: a single value cannot be a map, so it has no tls. */
+        struct fy_node *ln = cfg_map_lookup(map, "listen");
+        struct fy_node *e = ln && fy_node_get_type(ln) == FYNT_SEQUENCE
+                                ? cfg_deref(fy_node_sequence_get_by_index(ln, (int)i))
+                                : NULL;
+        size_t old = cfg_path_push(ld, "listen[%zu]", i);
+        cfg_fail(ld, e ? e : map, "tls: true needs tls.certificates");
+        cfg_path_pop(ld, old);
+        return MOAT_ERR;
+    }
+    return MOAT_OK;
+}
+
+const struct cfg_table cfg_root_table = CFG_TABLE(root_keys, root_post);
 
 _Static_assert(MOAT_ARRAY_LEN(root_keys) <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
 
@@ -289,31 +316,26 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
     char hostport[300], msg[256];
     const char *u = origin_url ? origin_url : "";
 
-    if (!strncasecmp(u, "https://", 8)) {
-        snprintf(err, errlen,
-                 "moat: origin %s: https origins are not supported yet (TLS to "
-                 "origins comes later); use http://",
-                 u);
-        return NULL;
-    }
-    bool had_scheme = !strncasecmp(u, "http://", 7);
+    bool tls = !strncasecmp(u, "https://", 8);
+    bool had_scheme = tls || !strncasecmp(u, "http://", 7);
     if (had_scheme)
-        u += 7;
+        u += tls ? 8 : 7;
     else if (strstr(u, "://")) {
-        snprintf(err, errlen, "moat: origin %s: only http:// origins are supported", origin_url);
+        snprintf(err, errlen, "moat: origin %s: only http:// and https:// origins are supported",
+                 origin_url);
         return NULL;
     }
     size_t n = strcspn(u, "/?#");
     if (u[n] && strcmp(u + n, "/") != 0) {
         snprintf(err, errlen,
                  "moat: origin %s: a path in the origin URL is not supported; "
-                 "give only http://HOST[:PORT]",
-                 origin_url);
+                 "give only %s://HOST[:PORT]",
+                 origin_url, tls ? "https" : "http");
         return NULL;
     }
     if (n == 0 || n >= sizeof(hostport) - 8) {
-        snprintf(err, errlen, "moat: origin \"%s\": expected http://HOST:PORT or HOST:PORT",
-                 origin_url ? origin_url : "");
+        snprintf(err, errlen, "moat: origin \"%s\": expected %s://HOST:PORT or HOST:PORT",
+                 origin_url ? origin_url : "", tls ? "https" : "http");
         return NULL;
     }
     if (memchr(u, '@', n)) {
@@ -322,12 +344,13 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
     }
     memcpy(hostport, u, n);
     hostport[n] = '\0';
-    /* "http://host" means port 80; a bare "host" without scheme must name its port. */
+    /* "http://host" means port 80 and "https://host" 443; a bare "host" without scheme must
+     * name its port. */
     const char *rb = strrchr(hostport, ']');
     const char *colon = strrchr(hostport, ':');
     bool has_port = colon && (!rb || colon > rb);
     if (!has_port && had_scheme && (hostport[0] == '[' || !strchr(hostport, ':')))
-        snprintf(hostport + n, sizeof(hostport) - n, ":80");
+        snprintf(hostport + n, sizeof(hostport) - n, tls ? ":443" : ":80");
 
     ld.box = cfg_box_new();
     ld.diag = diag_new();
@@ -367,7 +390,13 @@ struct moat_config *moat_config_quick(const char *origin_url, const char *listen
         cfg_fail(&ld, NULL, "origin %s: %s", origin_url, msg);
         goto out;
     }
-    if (cfg_fill_origin_names(&ld, o, host, port) != MOAT_OK)
+    if (cfg_fill_origin_names(&ld, o, host, port, tls ? 443 : 80) != MOAT_OK)
+        goto out;
+    /* https://: verified against the system store, SNI the origin's host (sni unset). */
+    if (tls && cfg_pool_tls_on(&ld, &p->tls) != MOAT_OK)
+        goto out;
+    /* The site's own defaults (https off, upgrades [websocket]) from its table. */
+    if (cfg_walk(&ld, &cfg_site_table, NULL, &c->sites[0], true) != MOAT_OK)
         goto out;
     p->name = cfg_strndup(ld.box, "origin", 6);
     hosts[0] = cfg_strndup(ld.box, "*", 1);
@@ -467,6 +496,17 @@ const struct moat_cfg_site *moat_config_site(const struct moat_config *c, struct
             return e->site;
     }
     return b->star;
+}
+
+bool moat_config_wants_tls(const struct moat_config *c)
+{
+    for (size_t i = 0; i < c->nlisten; i++)
+        if (c->listen[i].tls)
+            return true;
+    for (size_t i = 0; i < c->npools; i++)
+        if (c->pools[i].tls.enabled)
+            return true;
+    return false;
 }
 
 bool moat_config_trusted(const struct moat_config *c, const uint8_t addr[16])
