@@ -151,7 +151,8 @@ struct moat_cfg_tls {
     unsigned protocols;            /* MOAT_TLS_V* bits; default both */
     char *ciphers;                 /* TLS 1.2 cipher list (OpenSSL syntax); default Mozilla
                                       "intermediate" without DHE */
-    char *ciphersuites;            /* TLS 1.3 suites; default OpenSSL's */
+    char *ciphersuites;            /* TLS 1.3 suites; default AES-128-GCM, AES-256-GCM,
+                                      ChaCha20-Poly1305 (RFC 8446 9.1, Mozilla's order) */
     char *groups;                  /* key exchange groups; default "X25519:P-256:P-384" */
     bool session_tickets;          /* default true: RFC 5077/8446 tickets, keys shared by all
                                       workers and rotated */
@@ -270,6 +271,10 @@ enum {
     MOAT_FWD_XFP = 1u << 1,       /* X-Forwarded-Proto */
     MOAT_FWD_FORWARDED = 1u << 2, /* Forwarded (RFC 7239) */
 };
+
+/* True if <c> asks for TLS anywhere: a listener with tls: true or a pool with tls. Such a
+ * snapshot is only usable with its TLS runtime (c->rt, built by src/tls/ moat_tls_build). */
+bool moat_config_wants_tls(const struct moat_config *c);
 
 /* True if the (v4-mapped when IPv4) 16-byte <addr> is inside one of <c>'s trusted CIDRs. */
 bool moat_config_trusted(const struct moat_config *c, const uint8_t addr[16]);

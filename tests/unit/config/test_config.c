@@ -290,8 +290,8 @@ static const struct err_case err_cases[] = {
     {POOL_SITE "via: a\nvia: b\n",
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
-     "moat.yaml:5:1: base: unknown key (known here: listen, workers, demo_origin, admin, limits, "
-     "timeouts, trusted_proxies, forward_headers, via, log, cache, pools, sites, tuning)"},
+     "moat.yaml:5:1: base: unknown key (known here: listen, tls, workers, demo_origin, admin, "
+     "limits, timeouts, trusted_proxies, forward_headers, via, log, cache, pools, sites, tuning)"},
     /* wrong types */
     {POOL_SITE "timeouts:\n  send: { a: 1 }\n",
      "moat.yaml:6:9: timeouts.send: expected a duration, got a map"},
@@ -875,9 +875,10 @@ static void test_quick(void **state)
     moat_config_release(&c);
 
     static const struct err_case bad[] = {
-        {"https://example.com", "moat: origin https://example.com: https origins are not "
-                                "supported yet (TLS to origins comes later); use http://"},
-        {"ftp://x:21", "moat: origin ftp://x:21: only http:// origins are supported"},
+        {"https://x:443/app", "moat: origin https://x:443/app: a path in the origin URL is not "
+                              "supported; give only https://HOST[:PORT]"},
+        {"ftp://x:21", "moat: origin ftp://x:21: only http:// and https:// origins are supported"},
+        {"https://", "moat: origin \"https://\": expected https://HOST:PORT or HOST:PORT"},
         {"http://x:80/app", "moat: origin http://x:80/app: a path in the origin URL is not "
                             "supported; give only http://HOST[:PORT]"},
         {"localhost", "moat: origin localhost: \"localhost\" has no port (use HOST:PORT, e.g. "
@@ -897,6 +898,460 @@ static void test_quick(void **state)
     assert_null(c);
     assert_string_equal(errbuf, "moat: listen: \"nope\" has no port (use HOST:PORT, e.g. "
                                 "127.0.0.1:8080)");
+}
+
+/* ---- TLS: listen entries, tls, pools.*.tls, sites[].https, sites[].upgrades ------------- */
+
+/* A listener with tls and one certificate, for documents that test something else. */
+#define TLS_LISTEN                                                                                 \
+    "listen: [{ addr: \"127.0.0.1:8443\", tls: true }]\n"                                          \
+    "tls: { certificates: [{ cert: a.pem, key: a.key }] }\n"
+
+static void test_tls_document(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/moat-tls-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char yml[256], want[512];
+    snprintf(yml, sizeof(yml), "%s/moat.yaml", dir);
+    write_file(yml, "listen:\n"
+                    "  - \"127.0.0.1:8080\"\n"
+                    "  - { addr: \"127.0.0.1:8443\", tls: true }\n"
+                    "  - addr: \"[::1]:8444\"\n"
+                    "    tls: false\n"
+                    "  - { addr: \"127.0.0.1:8081\" }\n"
+                    "tls:\n"
+                    "  certificates:\n"
+                    "    - { cert: shop.pem, key: /etc/moat/shop.key }\n"
+                    "    - cert: certs/api.pem\n"
+                    "      key: certs/api.key\n"
+                    "  protocols: tls1.3\n"
+                    "  ciphers: \"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384\"\n"
+                    "  ciphersuites: TLS_AES_128_GCM_SHA256\n"
+                    "  groups: X25519\n"
+                    "  session_tickets: false\n"
+                    "  ticket_rotation: 1h\n"
+                    "  session_cache: 0\n"
+                    "  session_timeout: 5m\n"
+                    "  handshake_timeout: 3s\n"
+                    "pools:\n"
+                    "  shop:\n"
+                    "    origins: [\"127.0.0.1:443\", \"127.0.0.1:8443\", \"[::1]:80\"]\n"
+                    "    tls: { verify: false, ca_file: ca.pem, sni: Shop.Internal.,\n"
+                    "           cert: client.pem, key: /k/client.key }\n"
+                    "    host_header: origin\n"
+                    "  plain: { origins: [\"127.0.0.1:80\"] }\n"
+                    "  on: { origins: [\"127.0.0.1:443\"], tls: true }\n"
+                    "  off: { origins: [\"127.0.0.1:443\"], tls: false }\n"
+                    "  empty: { origins: [\"127.0.0.1:443\"], tls: {} }\n"
+                    "  ca: { origins: [\"127.0.0.1:443\"], tls: { ca_file: /etc/ca.pem } }\n"
+                    "sites:\n"
+                    "  - hosts: [shop.example]\n"
+                    "    pool: shop\n"
+                    "    https: { redirect: true, hsts: 365d, hsts_subdomains: true,\n"
+                    "             hsts_preload: true, same_cache: true }\n"
+                    "    upgrades: [WebSocket, my-proto]\n"
+                    "  - hosts: [\"*\"]\n"
+                    "    pool: plain\n"
+                    "    upgrades: []\n"
+                    "  - hosts: [a.example]\n"
+                    "    pool: on\n"
+                    "    https: { hsts: 1d }\n"
+                    "    upgrades: x-One\n");
+    struct moat_config *c = moat_config_load(yml, errbuf, sizeof(errbuf));
+    if (!c)
+        fail_msg("%s", errbuf);
+
+    assert_int_equal(c->nlisten, 4);
+    assert_string_equal(c->listen[0].addr.text, "127.0.0.1:8080");
+    assert_false(c->listen[0].tls);
+    assert_string_equal(c->listen[1].addr.text, "127.0.0.1:8443");
+    assert_true(c->listen[1].tls);
+    assert_string_equal(c->listen[2].addr.text, "[::1]:8444");
+    assert_false(c->listen[2].tls);
+    assert_string_equal(c->listen[3].addr.text, "127.0.0.1:8081");
+    assert_false(c->listen[3].tls);
+
+    const struct moat_cfg_tls *t = &c->tls;
+    assert_int_equal(t->ncerts, 2);
+    snprintf(want, sizeof(want), "%s/shop.pem", dir);
+    assert_string_equal(t->certs[0].cert, want);
+    assert_string_equal(t->certs[0].key, "/etc/moat/shop.key");
+    snprintf(want, sizeof(want), "%s/certs/api.pem", dir);
+    assert_string_equal(t->certs[1].cert, want);
+    snprintf(want, sizeof(want), "%s/certs/api.key", dir);
+    assert_string_equal(t->certs[1].key, want);
+    assert_int_equal(t->protocols, MOAT_TLS_V13);
+    assert_string_equal(t->ciphers, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384");
+    assert_string_equal(t->ciphersuites, "TLS_AES_128_GCM_SHA256");
+    assert_string_equal(t->groups, "X25519");
+    assert_false(t->session_tickets);
+    assert_int_equal(t->ticket_rotation_ms, 3600000);
+    assert_int_equal(t->session_cache, 0);
+    assert_int_equal(t->session_timeout_ms, 300000);
+    assert_int_equal(t->handshake_timeout_ms, 3000);
+
+    const struct moat_cfg_pool *p = &c->pools[0];
+    assert_string_equal(p->name, "shop");
+    assert_true(p->tls.enabled);
+    assert_false(p->tls.verify);
+    snprintf(want, sizeof(want), "%s/ca.pem", dir);
+    assert_string_equal(p->tls.ca_file, want);
+    assert_string_equal(p->tls.sni, "shop.internal");
+    snprintf(want, sizeof(want), "%s/client.pem", dir);
+    assert_string_equal(p->tls.cert, want);
+    assert_string_equal(p->tls.key, "/k/client.key");
+    assert_null(p->tls_client);
+    /* Over TLS the port that goes without saying is 443, not 80. */
+    assert_string_equal(p->origins[0].authority, "127.0.0.1");
+    assert_string_equal(p->origins[1].authority, "127.0.0.1:8443");
+    assert_string_equal(p->origins[2].authority, "[::1]:80");
+    assert_string_equal(p->origins[2].host, "[::1]");
+    p = &c->pools[1]; /* plain: no tls, Host as before */
+    assert_false(p->tls.enabled);
+    assert_string_equal(p->origins[0].authority, "127.0.0.1");
+    for (size_t i = 2; i <= 5; i++) {
+        p = &c->pools[i];
+        bool on = i != 3; /* on, off, empty, ca */
+        assert_int_equal(p->tls.enabled, on);
+        assert_int_equal(p->tls.verify, on);
+        assert_null(p->tls.sni);
+        assert_null(p->tls.cert);
+        assert_null(p->tls.key);
+        assert_string_equal(p->origins[0].authority, on ? "127.0.0.1" : "127.0.0.1:443");
+    }
+    assert_null(c->pools[2].tls.ca_file);
+    assert_string_equal(c->pools[5].tls.ca_file, "/etc/ca.pem");
+
+    const struct moat_cfg_site *s = &c->sites[0];
+    assert_true(s->https_redirect);
+    assert_int_equal(s->hsts_ms, 365 * 86400000ull);
+    assert_true(s->hsts_subdomains);
+    assert_true(s->hsts_preload);
+    assert_true(s->https_same_cache);
+    assert_int_equal(s->nupgrades, 2);
+    assert_string_equal(s->upgrades[0], "websocket");
+    assert_string_equal(s->upgrades[1], "my-proto");
+    s = &c->sites[1];
+    assert_false(s->https_redirect);
+    assert_int_equal(s->hsts_ms, 0);
+    assert_int_equal(s->nupgrades, 0);
+    s = &c->sites[2];
+    assert_false(s->https_redirect);
+    assert_int_equal(s->hsts_ms, 86400000);
+    assert_false(s->hsts_subdomains);
+    assert_false(s->hsts_preload);
+    assert_false(s->https_same_cache);
+    assert_int_equal(s->nupgrades, 1);
+    assert_string_equal(s->upgrades[0], "x-one");
+    assert_true(moat_config_wants_tls(c));
+    moat_config_release(&c);
+    unlink(yml);
+    rmdir(dir);
+}
+
+/* Absent sections get every documented default. */
+static void test_tls_defaults(void **state)
+{
+    (void)state;
+    struct moat_config *c = load(POOL_SITE);
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_false(c->listen[0].tls);
+    const struct moat_cfg_tls *t = &c->tls;
+    assert_null(t->certs);
+    assert_int_equal(t->ncerts, 0);
+    assert_int_equal(t->protocols, MOAT_TLS_V12 | MOAT_TLS_V13);
+    assert_string_equal(t->ciphers, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
+    assert_string_equal(
+        t->ciphersuites,
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+    assert_string_equal(t->groups, "X25519:P-256:P-384");
+    assert_true(t->session_tickets);
+    assert_int_equal(t->ticket_rotation_ms, 12 * 3600000ull);
+    assert_int_equal(t->session_cache, 20480);
+    assert_int_equal(t->session_timeout_ms, 3600000);
+    assert_int_equal(t->handshake_timeout_ms, 10000);
+    const struct moat_cfg_pool *p = &c->pools[0];
+    assert_false(p->tls.enabled);
+    assert_null(p->tls.ca_file);
+    assert_null(p->tls.sni);
+    assert_null(p->tls_client);
+    const struct moat_cfg_site *s = &c->sites[0];
+    assert_false(s->https_redirect);
+    assert_int_equal(s->hsts_ms, 0);
+    assert_false(s->hsts_subdomains);
+    assert_false(s->hsts_preload);
+    assert_false(s->https_same_cache);
+    assert_int_equal(s->nupgrades, 1);
+    assert_string_equal(s->upgrades[0], "websocket");
+    assert_null(c->rt);
+    assert_null(c->rt_free);
+    assert_false(moat_config_wants_tls(c));
+    moat_config_release(&c);
+
+    /* The embedded demo stays plain HTTP. */
+    c = load(moat_config_default_yaml);
+    if (!c)
+        fail_msg("%s", errbuf);
+    for (size_t i = 0; i < c->nlisten; i++)
+        assert_false(c->listen[i].tls);
+    assert_int_equal(c->tls.ncerts, 0);
+    for (size_t i = 0; i < c->npools; i++)
+        assert_false(c->pools[i].tls.enabled);
+    assert_false(c->sites[0].https_redirect);
+    moat_config_release(&c);
+
+    /* Every default spelled out loads to the same values. */
+    c = load(POOL_SITE
+             "listen: [{ addr: \"127.0.0.1:8443\", tls: true }]\n"
+             "tls:\n"
+             "  certificates: [{ cert: a.pem, key: a.key }]\n"
+             "  protocols: [tls1.2, tls1.3]\n"
+             "  ciphers: ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+             "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+             "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305\n"
+             "  ciphersuites: "
+             "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256\n"
+             "  groups: X25519:P-256:P-384\n"
+             "  session_tickets: true\n"
+             "  ticket_rotation: 12h\n"
+             "  session_cache: 20480\n"
+             "  session_timeout: 1h\n"
+             "  handshake_timeout: 10s\n");
+    if (!c)
+        fail_msg("%s", errbuf);
+    struct moat_config *d = load(POOL_SITE TLS_LISTEN);
+    if (!d)
+        fail_msg("%s", errbuf);
+    assert_int_equal(c->tls.protocols, d->tls.protocols);
+    assert_string_equal(c->tls.ciphers, d->tls.ciphers);
+    assert_string_equal(c->tls.ciphersuites, d->tls.ciphersuites);
+    assert_string_equal(c->tls.groups, d->tls.groups);
+    assert_int_equal(c->tls.ticket_rotation_ms, d->tls.ticket_rotation_ms);
+    assert_int_equal(c->tls.session_cache, d->tls.session_cache);
+    assert_int_equal(c->tls.session_timeout_ms, d->tls.session_timeout_ms);
+    assert_int_equal(c->tls.handshake_timeout_ms, d->tls.handshake_timeout_ms);
+    moat_config_release(&c);
+    moat_config_release(&d);
+}
+
+/* The errors of the new keys, with their positions. POOL_SITE takes lines 1-4. */
+static const struct err_case tls_err_cases[] = {
+    /* listen entries */
+    {POOL_SITE "listen:\n  - \"127.0.0.1:80\"\n  - { addr: \"127.0.0.1:443\", tls: true }\n",
+     "moat.yaml:7:5: listen[1]: tls: true needs tls.certificates"},
+    {POOL_SITE "listen:\n  - addr: \"127.0.0.1:443\"\n    tls: true\n"
+               "tls: { certificates: [] }\n",
+     "moat.yaml:6:5: listen[0]: tls: true needs tls.certificates"},
+    {POOL_SITE "listen: [{ adr: \"127.0.0.1:443\" }]\n",
+     "moat.yaml:5:12: listen[0].adr: unknown key (did you mean \"addr\"?)"},
+    {POOL_SITE "listen: [{ addr: \"127.0.0.1:443\", tls: yes }]\n",
+     "moat.yaml:5:40: listen[0].tls: \"yes\" is not one of: false, true"},
+    {POOL_SITE "listen: [{ tls: true }]\n",
+     "moat.yaml:5:10: listen[0].addr: required key is missing"},
+    {POOL_SITE "listen: [[\"127.0.0.1:80\"]]\n",
+     "moat.yaml:5:10: listen[0]: expected \"HOST:PORT\" or { addr: HOST:PORT, tls: true }, got a "
+     "list"},
+    {POOL_SITE "listen: [\"127.0.0.1:80\", { addr: \"127.0.0.1:80\", tls: true }]\n",
+     "moat.yaml:5:26: listen[1]: 127.0.0.1:80 is listed twice"},
+    {POOL_SITE "listen: [{ addr: \"127.0.0.1\" }]\n",
+     "moat.yaml:5:18: listen[0].addr: \"127.0.0.1\" has no port (use HOST:PORT, e.g. "
+     "127.0.0.1:8080)"},
+    /* tls */
+    {POOL_SITE "tls:\n  protocols: [tls1.2, tls1.1]\n",
+     "moat.yaml:6:23: tls.protocols[1]: tls1.1 is not supported: it is insecure (RFC 8996)"},
+    {POOL_SITE "tls: { protocols: TLSv1 }\n",
+     "moat.yaml:5:19: tls.protocols: TLSv1 is not supported: it is insecure (RFC 8996)"},
+    {POOL_SITE "tls: { protocols: [sslv3] }\n",
+     "moat.yaml:5:20: tls.protocols[0]: sslv3 is not supported: it is insecure (RFC 7568)"},
+    {POOL_SITE "tls: { protocols: [] }\n",
+     "moat.yaml:5:19: tls.protocols: the list must not be empty"},
+    {POOL_SITE "tls: { protocols: tls2 }\n",
+     "moat.yaml:5:19: tls.protocols: \"tls2\" is not one of: tls1.2, tls1.3"},
+    {POOL_SITE "tls: { protocols: [tls1.3, tls1.3] }\n",
+     "moat.yaml:5:28: tls.protocols[1]: \"tls1.3\" is listed twice"},
+    {POOL_SITE "tls: { protocols: }\n", "moat.yaml:5:8: tls.protocols: no value given"},
+    {POOL_SITE "tls: { ciphers: \"\" }\n", "moat.yaml:5:17: tls.ciphers: the list is empty"},
+    {POOL_SITE "tls: { groups: \"X25519 P-256\" }\n",
+     "moat.yaml:5:16: tls.groups: \"X25519 P-256\" contains a space or control byte (separate "
+     "names with ':')"},
+    {POOL_SITE "tls: { ticket_rotation: 30s }\n",
+     "moat.yaml:5:25: tls.ticket_rotation: 30s is out of range (1m to 7d)"},
+    {POOL_SITE "tls: { session_timeout: 8d }\n",
+     "moat.yaml:5:25: tls.session_timeout: 8d is out of range (1s to 7d)"},
+    {POOL_SITE "tls: { session_cache: 2000000 }\n",
+     "moat.yaml:5:23: tls.session_cache: \"2000000\" is not a whole number from 0 to 1000000"},
+    {POOL_SITE "tls: { session_tickets: on }\n",
+     "moat.yaml:5:25: tls.session_tickets: \"on\" is not one of: false, true"},
+    {POOL_SITE "tls: { handshake_timeout: 0 }\n",
+     "moat.yaml:5:27: tls.handshake_timeout: 0 is out of range (1ms to 1d)"},
+    {POOL_SITE "tls:\n  certificate: []\n",
+     "moat.yaml:6:3: tls.certificate: unknown key (did you mean \"certificates\"?)"},
+    {POOL_SITE "tls:\n  certificates:\n    - { cert: a.pem }\n",
+     "moat.yaml:7:7: tls.certificates[0].key: required key is missing"},
+    {POOL_SITE "tls:\n  certificates: [a.pem]\n",
+     "moat.yaml:6:18: tls.certificates[0]: expected { cert: FILE, key: FILE }, got a single "
+     "value"},
+    {POOL_SITE "tls:\n  certificates: { cert: a.pem, key: a.key }\n",
+     "moat.yaml:6:17: tls.certificates: expected a list of { cert: FILE, key: FILE }, got a map"},
+    {POOL_SITE "tls:\n  certificates: [{ cert: a.pem, key: \"\" }]\n",
+     "moat.yaml:6:38: tls.certificates[0].key: the path is empty"},
+    /* pools.*.tls (the pool is on line 2) */
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: yes }\nsites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:41: pools.p.tls: \"yes\" is not one of: false, true (or a map { verify, ca_file, "
+     "sni, cert, key })"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: [a] }\nsites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:41: pools.p.tls: expected true, false or a map { verify, ca_file, sni, cert, "
+     "key }, got a list"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { cert: c.pem } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:49: pools.p.tls.cert: a client certificate needs both cert and key: key is "
+     "missing"},
+    {"pools:\n  p:\n    origins: [\"127.0.0.1:443\"]\n    tls:\n      key: c.key\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:5:12: pools.p.tls.key: a client certificate needs both cert and key: cert is "
+     "missing"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { sni: 10.0.0.1 } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:48: pools.p.tls.sni: \"10.0.0.1\" is an IP address; SNI carries host names only "
+     "(RFC 6066): leave sni out to verify the origin by its address"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { sni: \"[::1]\" } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:48: pools.p.tls.sni: \"[::1]\" is an IP address; SNI carries host names only "
+     "(RFC 6066): leave sni out to verify the origin by its address"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { sni: \"shop internal\" } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:48: pools.p.tls.sni: \"shop internal\" is not a host name (use e.g. "
+     "shop.internal)"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { sni: a..b } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:48: pools.p.tls.sni: \"a..b\" is not a host name (use e.g. shop.internal)"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { sni: a-.b } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:48: pools.p.tls.sni: \"a-.b\" is not a host name (use e.g. shop.internal)"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { verify: maybe } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:51: pools.p.tls.verify: \"maybe\" is not one of: false, true"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: { verfy: false } }\n"
+     "sites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:43: pools.p.tls.verfy: unknown key (did you mean \"verify\"?)"},
+    {"pools:\n  p: { origins: [\"127.0.0.1:443\"], tls: }\nsites: [{ hosts: x, pool: p }]\n",
+     "moat.yaml:2:36: pools.p.tls: no value given"},
+    /* sites[].https: a second site on line 5 (after POOL_SITE) or 7 (after TLS_LISTEN too) */
+    {POOL_SITE "  - { hosts: [a], pool: p, https: { redirect: true } }\n",
+     "moat.yaml:5:47: sites[1].https.redirect: needs a listener with tls: true (there is no "
+     "https:// to redirect to)"},
+    {POOL_SITE "  - { hosts: [a], pool: p, https: { hsts: 1d } }\n",
+     "moat.yaml:5:43: sites[1].https.hsts: needs a listener with tls: true "
+     "(Strict-Transport-Security is only sent over https)"},
+    {TLS_LISTEN POOL_SITE "  - { hosts: [a], pool: p, https: { hsts_subdomains: true } }\n",
+     "moat.yaml:7:54: sites[1].https.hsts_subdomains: has no effect without hsts (a max-age, "
+     "e.g. hsts: 365d)"},
+    {TLS_LISTEN POOL_SITE "  - { hosts: [a], pool: p, https: { hsts: 30d, hsts_subdomains: true,\n"
+                          "      hsts_preload: true } }\n",
+     "moat.yaml:8:21: sites[1].https.hsts_preload: the preload list takes only hsts: 365d or "
+     "more with hsts_subdomains: true (hstspreload.org)"},
+    {TLS_LISTEN POOL_SITE
+     "  - { hosts: [a], pool: p, https: { hsts: 365d, hsts_preload: true } }\n",
+     "moat.yaml:7:63: sites[1].https.hsts_preload: the preload list takes only hsts: 365d or "
+     "more with hsts_subdomains: true (hstspreload.org)"},
+    {TLS_LISTEN POOL_SITE "  - { hosts: [a], pool: p, https: { hsts: 1000d } }\n",
+     "moat.yaml:7:43: sites[1].https.hsts: 1000d is out of range (0 to 730d)"},
+    {TLS_LISTEN POOL_SITE "  - { hosts: [a], pool: p, https: { redirect: yes } }\n",
+     "moat.yaml:7:47: sites[1].https.redirect: \"yes\" is not one of: false, true"},
+    {POOL_SITE "  - { hosts: [a], pool: p, https: { hst: 1d } }\n",
+     "moat.yaml:5:37: sites[1].https.hst: unknown key (did you mean \"hsts\"?)"},
+    {POOL_SITE "  - { hosts: [a], pool: p, https: true }\n",
+     "moat.yaml:5:35: sites[1].https: expected a map of keys, got a single value"},
+    /* sites[].upgrades */
+    {POOL_SITE "  - { hosts: [a], pool: p, upgrades: [websocket, h2c] }\n",
+     "moat.yaml:5:50: sites[1].upgrades[1]: h2c is never forwarded: it would let a client speak "
+     "HTTP/2 to the origin past every rule moat enforces"},
+    {POOL_SITE "  - { hosts: [a], pool: p, upgrades: H2C }\n",
+     "moat.yaml:5:38: sites[1].upgrades: h2c is never forwarded: it would let a client speak "
+     "HTTP/2 to the origin past every rule moat enforces"},
+    {POOL_SITE "  - { hosts: [a], pool: p, upgrades: [websocket, WebSocket] }\n",
+     "moat.yaml:5:50: sites[1].upgrades[1]: \"websocket\" is listed twice (protocol names ignore "
+     "case)"},
+    {POOL_SITE "  - { hosts: [a], pool: p, upgrades: [\"web socket\"] }\n",
+     "moat.yaml:5:39: sites[1].upgrades[0]: \"web socket\" is not a protocol name (a token: "
+     "letters, digits and !#$%&'*+-.^_`|~)"},
+    {POOL_SITE "  - { hosts: [a], pool: p, upgrades: { websocket: true } }\n",
+     "moat.yaml:5:38: sites[1].upgrades: expected a value or a list of values, got a map"},
+    {POOL_SITE "  - { hosts: [a], pool: p, upgrade: [websocket] }\n",
+     "moat.yaml:5:28: sites[1].upgrade: unknown key (did you mean \"upgrades\"?)"},
+};
+
+static void test_tls_errors(void **state)
+{
+    (void)state;
+    int bad = 0;
+    for (size_t i = 0; i < sizeof(tls_err_cases) / sizeof(tls_err_cases[0]); i++) {
+        struct moat_config *c = load(tls_err_cases[i].yaml);
+        if (c) {
+            moat_config_release(&c);
+            print_error("case %zu loaded but should fail: %s\n", i, tls_err_cases[i].want);
+            bad++;
+        } else if (strcmp(errbuf, tls_err_cases[i].want) != 0) {
+            print_error("case %zu:\n  got:  %s\n  want: %s\n", i, errbuf, tls_err_cases[i].want);
+            bad++;
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* Quick mode with an https:// origin: TLS to it, verified against the system store, SNI the
+ * origin's host (sni unset), port 443 by default and left out of Host. */
+static void test_quick_https(void **state)
+{
+    (void)state;
+    struct moat_config *c = moat_config_quick("https://127.0.0.1", NULL, errbuf, sizeof(errbuf));
+    if (!c)
+        fail_msg("%s", errbuf);
+    const struct moat_cfg_pool *p = &c->pools[0];
+    assert_string_equal(p->origins[0].addr.text, "127.0.0.1:443");
+    assert_string_equal(p->origins[0].authority, "127.0.0.1");
+    assert_true(p->tls.enabled);
+    assert_true(p->tls.verify);
+    assert_null(p->tls.ca_file);
+    assert_null(p->tls.sni);
+    assert_null(p->tls.cert);
+    assert_null(p->tls.key);
+    assert_true(p->host_from_origin);
+    assert_false(c->listen[0].tls);
+    assert_int_equal(c->sites[0].nupgrades, 1);
+    assert_string_equal(c->sites[0].upgrades[0], "websocket");
+    assert_false(c->sites[0].https_redirect);
+    assert_int_equal(c->tls.protocols, MOAT_TLS_V12 | MOAT_TLS_V13);
+    assert_true(moat_config_wants_tls(c));
+    moat_config_release(&c);
+
+    c = moat_config_quick("HTTPS://localhost:8443/", "127.0.0.1:8088", errbuf, sizeof(errbuf));
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_string_equal(c->pools[0].origins[0].addr.text, "localhost:8443");
+    assert_string_equal(c->pools[0].origins[0].authority, "localhost:8443");
+    assert_string_equal(c->pools[0].origins[0].host, "localhost");
+    assert_true(c->pools[0].tls.enabled);
+    moat_config_release(&c);
+
+    c = moat_config_quick("https://[::1]:80", NULL, errbuf, sizeof(errbuf));
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_string_equal(c->pools[0].origins[0].authority, "[::1]:80");
+    moat_config_release(&c);
+
+    /* http:// stays plain, and gets the site defaults too. */
+    c = moat_config_quick("http://127.0.0.1:3000", NULL, errbuf, sizeof(errbuf));
+    if (!c)
+        fail_msg("%s", errbuf);
+    assert_false(c->pools[0].tls.enabled);
+    assert_int_equal(c->sites[0].nupgrades, 1);
+    assert_false(moat_config_wants_tls(c));
+    moat_config_release(&c);
 }
 
 /* ---- the key table and the reference doc -------------------------------------------------- */
@@ -994,6 +1449,10 @@ int main(void)
         cmocka_unit_test(test_site_matching),
         cmocka_unit_test(test_rule_keys),
         cmocka_unit_test(test_quick),
+        cmocka_unit_test(test_tls_document),
+        cmocka_unit_test(test_tls_defaults),
+        cmocka_unit_test(test_tls_errors),
+        cmocka_unit_test(test_quick_https),
         cmocka_unit_test(test_docs_complete),
         cmocka_unit_test(test_defaults_are_valid),
     };
