@@ -138,6 +138,8 @@ int main(int argc, char **argv)
     else
         cfg = moat_config_load_string(moat_config_default_yaml, strlen(moat_config_default_yaml),
                                       "(embedded default)", err, sizeof err);
+    if (cfg && moat_server_prepare(cfg, err, sizeof err) != MOAT_OK)
+        moat_config_release(&cfg);
     if (!cfg) {
         fprintf(stderr, "%s\n", err);
         return 1;

@@ -52,9 +52,11 @@ static void json_reply(struct moat_httpd_resp *resp, int status, json_t *o)
     free(s);
 }
 
-/* Cache keys are "http://" + lowercase host + target: normalise a URL the same way
- * (scheme and host lowercased, the rest as given). Returns false if it is not http(s)://. */
-static bool url_key(const char *url, char *out, size_t cap)
+/* Cache keys are scheme + "://" + lowercase host + target: normalise a URL the same way (host
+ * lowercased, the rest as given) under the scheme <scheme> ("http" or "https"; a purge covers
+ * both: the same URL over http and https is one resource to whoever purges it, whether or
+ * not the site keeps their objects apart). Returns false if it is not http(s)://. */
+static bool url_key(const char *url, const char *scheme, char *out, size_t cap)
 {
     const char *p = strstr(url, "://");
     if (!p || strlen(url) + 1 > cap)
@@ -63,8 +65,7 @@ static bool url_key(const char *url, char *out, size_t cap)
     if (!((slen == 4 && !strncasecmp(url, "http", 4)) ||
           (slen == 5 && !strncasecmp(url, "https", 5))))
         return false;
-    /* TLS is not there yet: both schemes map to the one key space. */
-    size_t n = (size_t)snprintf(out, cap, "http://");
+    size_t n = (size_t)snprintf(out, cap, "%s://", scheme);
     const char *h = p + 3;
     while (*h && *h != '/' && *h != '?' && n + 1 < cap)
         out[n++] = (char)tolower((unsigned char)*h++);
@@ -104,13 +105,13 @@ struct purge_task {
     struct admin *a;
     struct moat_timer timer;
     void *later; /* the answer owed */
-    struct moat_cache_purge pg[2];
+    struct moat_cache_purge pg[4];
     unsigned npg, cur;
     uint64_t purged;
     unsigned flags;
     unsigned slices;
     int64_t t0;
-    char keys[2][2048];
+    char keys[4][2048];
 };
 
 static void purge_reply(struct purge_task *t, struct moat_httpd_resp *resp)
@@ -226,47 +227,54 @@ static void handle_purge(struct admin *a, const struct moat_httpd_req *req,
         return;
     }
     t->flags = flags;
-    char *key = t->keys[0];
     size_t cap = sizeof t->keys[0];
+    static const char *const schemes[2] = {"http", "https"};
     if (url) {
-        if (!url_key(url, key, cap)) {
-            json_decref(o);
-            free(t);
-            moat_httpd_error(resp, 400, "url must be an absolute http:// or https:// URL");
-            return;
-        }
-        size_t kl = strlen(key);
-        t->purged =
-            moat_cache_purge_key(moat_srv.cache, moat_str_make(key, kl), flags) == MOAT_OK ? 1 : 0;
-        /* Objects keyed with key.headers / key.cookies live under "url\n...": a prefix
-         * purge finds them (and the URL's Vary variants, already unreachable with their
-         * index). That is a walk over the whole store in slices, so it runs only once
-         * some key had such parts; until then a URL purge stays one lookup. */
-        if (atomic_load(&moat_srv.cache_keyed) && kl + 1 < cap) {
-            key[kl] = '\n';
-            purge_add(t, MOAT_CACHE_PURGE_PREFIX, kl + 1);
+        for (int s = 0; s < 2; s++) {
+            char *key = t->keys[t->npg];
+            if (!url_key(url, schemes[s], key, cap)) {
+                json_decref(o);
+                free(t);
+                moat_httpd_error(resp, 400, "url must be an absolute http:// or https:// URL");
+                return;
+            }
+            size_t kl = strlen(key);
+            if (moat_cache_purge_key(moat_srv.cache, moat_str_make(key, kl), flags) == MOAT_OK)
+                t->purged++;
+            /* Objects keyed with key.headers / key.cookies live under "url\n...": a prefix
+             * purge finds them (and the URL's Vary variants, already unreachable with their
+             * index). That is a walk over the whole store in slices, so it runs only once
+             * some key had such parts; until then a URL purge stays a lookup per scheme. */
+            if (atomic_load(&moat_srv.cache_keyed) && kl + 1 < cap) {
+                key[kl] = '\n';
+                purge_add(t, MOAT_CACHE_PURGE_PREFIX, kl + 1);
+            }
         }
     } else if (prefix) {
-        if (!url_key(prefix, key, cap)) {
-            json_decref(o);
-            free(t);
-            moat_httpd_error(resp, 400, "prefix must start with http:// or https://");
-            return;
+        for (int s = 0; s < 2; s++) {
+            char *key = t->keys[t->npg];
+            if (!url_key(prefix, schemes[s], key, cap)) {
+                json_decref(o);
+                free(t);
+                moat_httpd_error(resp, 400, "prefix must start with http:// or https://");
+                return;
+            }
+            purge_add(t, MOAT_CACHE_PURGE_PREFIX, strlen(key));
         }
-        purge_add(t, MOAT_CACHE_PURGE_PREFIX, strlen(key));
     } else if (host) {
-        /* Every key of that host, with or without a port. */
+        /* Every key of that host, with or without a port, over either scheme. */
         const char *forms[2] = {"/", ":"};
-        for (int i = 0; i < 2; i++) {
-            int n = snprintf(t->keys[i], cap, "http://%s%s", host, forms[i]);
+        for (int i = 0; i < 4; i++) {
+            char *key = t->keys[t->npg];
+            int n = snprintf(key, cap, "%s://%s%s", schemes[i / 2], host, forms[i % 2]);
             if (n < 0 || (size_t)n >= cap) {
                 json_decref(o);
                 free(t);
                 moat_httpd_error(resp, 400, "host too long");
                 return;
             }
-            for (int k = 7; k < n; k++)
-                t->keys[i][k] = (char)tolower((unsigned char)t->keys[i][k]);
+            for (int k = (int)strlen(schemes[i / 2]) + 3; k < n; k++)
+                key[k] = (char)tolower((unsigned char)key[k]);
             purge_add(t, MOAT_CACHE_PURGE_PREFIX, (size_t)n);
         }
     } else if (tag) {
@@ -277,7 +285,7 @@ static void handle_purge(struct admin *a, const struct moat_httpd_req *req,
             moat_httpd_error(resp, 400, "tag too long");
             return;
         }
-        memcpy(key, tag, tl + 1);
+        memcpy(t->keys[0], tag, tl + 1);
         purge_add(t, MOAT_CACHE_PURGE_TAG, tl);
     } else {
         purge_add(t, MOAT_CACHE_PURGE_ALL, 0);

@@ -165,15 +165,19 @@ static bool key_fields(struct moat_req *r, size_t *n)
     return true;
 }
 
-/* "http://" + host (lowercase, port as sent) + path and query as sent, then the rule's
- * key.headers / key.cookies parts (key_fields). The scheme is fixed until TLS arrives.
- * Returns false when the key does not fit (such requests bypass). */
+/* The scheme ("http://" or "https://", so the objects of the two are kept apart unless the
+ * site's https.same_cache says they are the same: then "http://" for both) + host
+ * (lowercase, port as sent) + path and query as sent, then the rule's key.headers /
+ * key.cookies parts (key_fields). Returns false when the key does not fit (such requests
+ * bypass). */
 static bool build_key(struct moat_req *r)
 {
     char *k = r->c.key;
-    size_t cap = sizeof r->c.key, n = 7;
-    memcpy(k, "http://", 7);
-    if (r->authority.len + 7 >= cap)
+    struct moat_str sch = r->site && r->site->https_same_cache ? MOAT_STR("http") : r->scheme;
+    size_t cap = sizeof r->c.key, n = sch.len + 3;
+    memcpy(k, sch.ptr, sch.len);
+    memcpy(k + sch.len, "://", 3);
+    if (r->authority.len + n >= cap)
         return false;
     for (size_t i = 0; i < r->authority.len; i++) {
         char ch = r->authority.ptr[i];
@@ -486,20 +490,38 @@ static void note_range(struct moat_req *r)
     r->c.if_range = ir ? ir->value : MOAT_STR_NULL;
 }
 
+/* Purges the key <k,n> and the same URL in the other scheme: an unsafe request over https
+ * changes what http answers too (and the reverse), whatever the keys keep apart. */
+static void purge_both(const char *k, size_t n)
+{
+    moat_cache_purge_key(moat_srv.cache, moat_str_make(k, n), 0);
+    char other[sizeof((struct moat_rcache *)0)->key + 1];
+    if (n > 8 && !memcmp(k, "https://", 8)) {
+        memcpy(other, "http://", 7);
+        memcpy(other + 7, k + 8, n - 8);
+        moat_cache_purge_key(moat_srv.cache, moat_str_make(other, n - 1), 0);
+    } else if (n > 7 && !memcmp(k, "http://", 7) && n + 1 <= sizeof other) {
+        memcpy(other, "https://", 8);
+        memcpy(other + 8, k + 7, n - 7);
+        moat_cache_purge_key(moat_srv.cache, moat_str_make(other, n + 1), 0);
+    }
+}
+
 void moat_pcache_invalidate(struct moat_req *r, const struct moat_h1_resp *q)
 {
     if (!r->c.invalidate || !moat_srv.cache || q->status < 200 || q->status >= 400)
         return;
     r->c.invalidate = false;
-    moat_cache_purge_key(moat_srv.cache, moat_str_make(r->c.key, r->c.keylen), 0);
+    purge_both(r->c.key, r->c.keylen);
     /* A rule with key.headers / key.cookies: the object keyed with this request's own values
      * went above; the unkeyed URL goes too. Objects keyed with other clients' values stay
      * (finding them is a scan of the whole store, not a worker's job: POST /purge does it). */
     if (r->c.keyurl < r->c.keylen)
-        moat_cache_purge_key(moat_srv.cache, moat_str_make(r->c.key, r->c.keyurl), 0);
+        purge_both(r->c.key, r->c.keyurl);
     /* Location and Content-Location too, when they name this host (RFC 9111 4.4). */
-    const char *slash = memchr(r->c.key + 7, '/', r->c.keyurl - 7);
-    size_t hostlen = slash ? (size_t)(slash - r->c.key) : r->c.keyurl; /* "http://host" */
+    size_t pre = r->c.key[4] == 's' ? 8 : 7; /* "https://" or "http://" */
+    const char *slash = memchr(r->c.key + pre, '/', r->c.keyurl - pre);
+    size_t hostlen = slash ? (size_t)(slash - r->c.key) : r->c.keyurl; /* "scheme://host" */
     static const char *const names[2] = {"location", "content-location"};
     for (int i = 0; i < 2; i++) {
         const struct moat_hdr *h =
@@ -511,12 +533,12 @@ void moat_pcache_invalidate(struct moat_req *r, const struct moat_h1_resp *q)
         if (v.ptr[0] == '/' && (v.len < 2 || v.ptr[1] != '/') && hostlen + v.len < sizeof key) {
             memcpy(key, r->c.key, hostlen);
             memcpy(key + hostlen, v.ptr, v.len);
-            moat_cache_purge_key(moat_srv.cache, moat_str_make(key, hostlen + v.len), 0);
+            purge_both(key, hostlen + v.len);
         } else if (v.len > hostlen && !strncasecmp(v.ptr, r->c.key, hostlen) &&
                    (v.ptr[hostlen] == '/' || v.ptr[hostlen] == '?')) {
             memcpy(key, r->c.key, hostlen); /* lowercase scheme and host */
             memcpy(key + hostlen, v.ptr + hostlen, v.len - hostlen);
-            moat_cache_purge_key(moat_srv.cache, moat_str_make(key, v.len), 0);
+            purge_both(key, v.len);
         }
     }
 }

@@ -1,6 +1,8 @@
 /* pipeline.c: the request's way through moat, top to bottom. Each phase has one owner module;
  * this file only says in which order they run. Response-side phases (response filter, store,
  * log) run from conn.c as the response passes; they will move here as they grow. */
+#include <arpa/inet.h>
+
 #include "proxy/pipeline.h"
 
 /* --- shield: nothing yet; the shield issue adds ACLs, rate limits and the challenge ------ */
@@ -160,20 +162,50 @@ static void pick_upgrade(struct moat_req *r)
     }
 }
 
+/* https.redirect: a request that came over plain http is sent to https:// on the same host,
+ * at the port of moat's first TLS listener (left out when it is 443): 301 for GET and HEAD,
+ * 308 for the others so that the method and body are kept (RFC 9110 15.4.9). Nothing
+ * reaches the origin or the cache. */
+static void redirect_https(struct moat_req *r, struct moat_str host)
+{
+    const struct moat_config *cfg = r->wcfg->cfg;
+    unsigned port = 443;
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        if (!cfg->listen[i].tls)
+            continue;
+        const struct sockaddr_storage *ss = &cfg->listen[i].addr.ss;
+        port = ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
+                                         : ntohs(((const struct sockaddr_in *)ss)->sin_port);
+        break;
+    }
+    struct moat_str t = r->target;
+    if (r->flags & MOAT_H1_F_ABSOLUTE)
+        t = r->path; /* the query follows */
+    char loc[2048];
+    int n = snprintf(loc, sizeof loc, "https://%.*s", (int)host.len, host.ptr);
+    if (port != 443 && n > 0 && (size_t)n < sizeof loc)
+        n += snprintf(loc + n, sizeof loc - (size_t)n, ":%u", port);
+    if (n > 0 && (size_t)n < sizeof loc)
+        n += snprintf(loc + n, sizeof loc - (size_t)n, "%.*s", (int)t.len, t.ptr);
+    if ((r->flags & MOAT_H1_F_ABSOLUTE) && r->query.len && n > 0 && (size_t)n < sizeof loc)
+        n += snprintf(loc + n, sizeof loc - (size_t)n, "?%.*s", (int)r->query.len, r->query.ptr);
+    if (n < 0 || (size_t)n >= sizeof loc) {
+        moat_local_response(r, 414, "URI too long to redirect\n");
+        return;
+    }
+    struct moat_hdr loch = {MOAT_STR("Location"), moat_str_make(loc, (size_t)n)};
+    bool safe = r->meth == MOAT_M_GET || r->meth == MOAT_M_HEAD;
+    char body[2100];
+    int bl = snprintf(body, sizeof body, "moved to %s\n", loc);
+    moat_req_respond(r, safe ? 301 : 308, NULL, &loch, 1,
+                     moat_str_make(body, bl > 0 ? MOAT_MIN((size_t)bl, sizeof body - 1) : 0));
+}
+
 /* --- route: Host -> site. No site for the host is a 421 Misdirected Request: this moat
  * serves no such site, which is what RFC 9110 15.5.20 says. */
-static int phase_route(struct moat_req *r)
+/* The Host without its port: "[v6]:port" or "name:port". */
+static struct moat_str host_only(struct moat_str host)
 {
-    if (r->wcfg->only_site) {
-        r->site = r->wcfg->only_site;
-        if (r->site->nrules || r->wcfg->cfg->cache.static_ttl_ms)
-            pick_rule(r);
-        if (r->flags & MOAT_H1_F_UPGRADE)
-            pick_upgrade(r);
-        return MOAT_OK;
-    }
-    struct moat_str host = r->authority;
-    /* Strip the port: "[v6]:port" or "name:port". */
     if (host.len && host.ptr[0] == '[') {
         const char *e = memchr(host.ptr, ']', host.len);
         if (e)
@@ -183,13 +215,27 @@ static int phase_route(struct moat_req *r)
         if (colon)
             host.len = (size_t)(colon - host.ptr);
     }
-    r->site = moat_config_site(r->wcfg->cfg, host);
-    if (!r->site) {
-        MOAT_STAT_INC(&r->w->stats, bad_no_site);
-        moat_local_response(r, 421, "no site is configured for this host\n");
+    return host;
+}
+
+static int phase_route(struct moat_req *r)
+{
+    if (r->wcfg->only_site) {
+        r->site = r->wcfg->only_site;
+    } else {
+        r->site = moat_config_site(r->wcfg->cfg, host_only(r->authority));
+        if (!r->site) {
+            MOAT_STAT_INC(&r->w->stats, bad_no_site);
+            moat_local_response(r, 421, "no site is configured for this host\n");
+            return MOAT_DONE;
+        }
+    }
+    if (r->site->https_redirect && !r->tls) {
+        redirect_https(r, host_only(r->authority));
         return MOAT_DONE;
     }
-    pick_rule(r);
+    if (r->site->nrules || r->wcfg->cfg->cache.static_ttl_ms)
+        pick_rule(r);
     if (r->flags & MOAT_H1_F_UPGRADE)
         pick_upgrade(r);
     return MOAT_OK;

@@ -31,6 +31,11 @@ struct moat_server {
 
 extern struct moat_server moat_srv;
 
+/* Builds what <cfg> needs at run time beyond the snapshot (its TLS contexts: certificates
+ * and keys are loaded and checked here). MOAT_OK, or MOAT_ERR with <err> naming the file
+ * and the reason; <cfg> is then unusable (release it). */
+int moat_server_prepare(struct moat_config *cfg, char *err, size_t errlen);
+
 /* Installs <cfg> as the first configuration (takes the reference), opens the listeners of
  * every worker and starts the worker threads. Returns MOAT_OK, or MOAT_ERR with <err>. */
 int moat_server_start(struct moat_config *cfg, char *err, size_t errlen);

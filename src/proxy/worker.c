@@ -8,6 +8,7 @@
 #include "cache/store.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
+#include "tls/tls.h"
 
 struct moat_server moat_srv = {.cfg_lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -325,16 +326,23 @@ static void *worker_main(void *arg)
 
 /* A snapshot that asks for TLS is only used with its TLS runtime (cfg->rt, from src/tls/):
  * without one, its listeners and origins would carry in plain text what was meant to be
- * encrypted. Until moat_tls_build is wired in ahead of start and reload, such a snapshot is
- * refused here; once it is, this passes by itself. */
+ * encrypted. moat_server_prepare builds it; this guards start against a caller that did
+ * not. */
 static int need_tls_runtime(const struct moat_config *cfg, char *err, size_t errlen)
 {
     if (!moat_config_wants_tls(cfg) || cfg->rt)
         return MOAT_OK;
     snprintf(err, errlen,
              "moat: the configuration asks for TLS (a listener with tls: true or a pool with "
-             "tls), which this build of moat cannot do yet");
+             "tls) but its TLS contexts were not built");
     return MOAT_ERR;
+}
+
+int moat_server_prepare(struct moat_config *cfg, char *err, size_t errlen)
+{
+    if (moat_tls_build(cfg, err, errlen) != MOAT_OK)
+        return MOAT_ERR;
+    return need_tls_runtime(cfg, err, errlen);
 }
 
 int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
@@ -449,7 +457,7 @@ int moat_server_reload(const char *path, char *err, size_t errlen)
         return MOAT_ERR;
     }
     struct moat_config *cfg = moat_config_load(path, err, errlen);
-    if (cfg && need_tls_runtime(cfg, err, errlen) != MOAT_OK)
+    if (cfg && moat_server_prepare(cfg, err, errlen) != MOAT_OK)
         moat_config_release(&cfg);
     if (!cfg) {
         atomic_fetch_add(&moat_srv.reloads_failed, 1);
