@@ -17,7 +17,17 @@ from pathlib import Path
 import paired
 
 SERVER_ORDER = ["limit", "moat", "moat_b", "moat_nofwd", "haproxy", "nginx",
-                "moat_cache", "varnish", "haproxy_cache", "nginx_cache"]
+                "moat_cache", "varnish", "haproxy_cache", "nginx_cache",
+                "moat_tls", "haproxy_tls", "nginx_tls"]
+
+# Figures the TLS issue quotes, measured earlier on this machine (per CPU-second of the server;
+# keep-alive: ratio to the plain-HTTP limit per CPU-second). Shown under the tls tables.
+TLS_REFERENCE = {
+    "hs-full-ecdsa": {"nginx_tls": 2660, "haproxy_tls": 2520},
+    "hs-full-rsa": {"nginx_tls": 1660, "haproxy_tls": 1530},
+    "hs-resumed": {"nginx_tls": 3450, "haproxy_tls": 2890},
+    "tls-1k-keepalive": {"nginx_tls": 0.62, "haproxy_tls": 0.51},
+}
 
 
 def med(xs):
@@ -79,8 +89,9 @@ def render_tables(order, stats):
     lines = []
     for key in order:
         set_, wl = key
-        # cache-hit tables also show the CPU cost of one request in µs (1e6 / req-per-CPU-s)
-        us = set_ == "cache"
+        # cache-hit and TLS tables also show the CPU cost of one request in µs (1e6 /
+        # req-per-CPU-s; on the handshake rows, one request = one connection = one handshake)
+        us = set_ in ("cache", "tls")
         ous = set_ == "proxy"
         lines.append(f"### {set_}: {wl}")
         lines.append("")
@@ -119,6 +130,8 @@ def target_lines(set_, st, wl=""):
     keep-alive hit row at most 20 µs of CPU per hit (>= 50,000 req/CPU-s)."""
     if set_ == "cache":
         return cache_target_lines(st, wl)
+    if set_ == "tls":
+        return tls_lines(st, wl)
     if set_ != "proxy":
         return []
     m, h = st.get("moat"), st.get("haproxy")
@@ -164,6 +177,43 @@ def cache_target_lines(st, wl):
     return [f"Target: **{'MET' if ok else 'NOT MET'}** ({'; '.join(parts)})", ""]
 
 
+def tls_lines(st, wl):
+    """Under a tls table: what tls_load counted (so the table shows which kind of handshake it
+    measured), moat_tls per CPU-second against each peer, and the issue's reference figures.
+    No bar: the issue sets none for TLS."""
+    lines = []
+    counted = []
+    for srv in sorted(st, key=lambda s: (SERVER_ORDER.index(s) if s in SERVER_ORDER else 99, s)):
+        rows = list(st[srv].get("rounds", {}).values())
+        if srv == "limit" or not rows or rows[0].get("handshakes") is None:
+            continue  # limit is plain HTTP; wrk rows have no handshake counts
+        full = sum(r.get("full") or 0 for r in rows)
+        res = sum(r.get("resumed") or 0 for r in rows)
+        key = rows[0].get("key_type")
+        counted.append(f"{srv} {full:,} full + {res:,} resumed ({key})")
+    if counted:
+        lines.append("Handshakes counted by tls_load over the ok runs (SSL_session_reused): "
+                     + "; ".join(counted) + ". limit: plain HTTP, a new connection per request.")
+    m = st.get("moat_tls")
+    peers = [p for p in ("nginx_tls", "haproxy_tls") if st.get(p) and st[p]["req_per_cpu_s"]]
+    if m and m["req_per_cpu_s"]:
+        lines.append("moat_tls per CPU-second: " + ", ".join(
+            f"{m['req_per_cpu_s'] / st[p]['req_per_cpu_s']:.2f}x {p}" for p in peers) + ".")
+    else:
+        lines.append("moat_tls: not measured in this run.")
+    ref = TLS_REFERENCE.get(wl)
+    if ref:
+        if wl == "tls-1k-keepalive":
+            now = ", ".join(f"{p} {st[p]['req_per_cpu_s_ratio']:.2f}x" for p in peers
+                            if st[p]["req_per_cpu_s_ratio"] is not None)
+            lines.append("Reference (the TLS issue): nginx 0.62x and HAProxy 0.51x of the "
+                         f"plain-HTTP limit per CPU-second; this run: {now or '-'}.")
+        else:
+            lines.append("Reference (the TLS issue, per CPU-second): " + ", ".join(
+                f"{p} {v:,}" for p, v in ref.items()) + ".")
+    return [" ".join(lines), ""] if lines else []
+
+
 MARKER = "<!-- end of the generated tables: what follows is kept by report.py -->"
 
 
@@ -182,11 +232,13 @@ def results_md(meta, body):
         f"- Load average before / after: {meta['loadavg_before']} / {meta['loadavg_after']} "
         "(the machine is shared: other work ran alongside)",
         f"- Parameters: {meta['rounds']} rounds × {meta['duration']} per run (+{meta['warmup']} warm-up), "
-        f"wrk -t1 -c{meta['conns']} on core {meta['client_cpu']} with the origin; "
+        f"wrk -t1 -c{meta['conns']} on core {meta['client_cpu']} with the origin"
+        + (f" (the tls set's handshake rows: bench/lib/tls_load.c -c{meta['tls_conns']})"
+           if "tls" in meta.get("sets", []) else "") + "; "
         f"servers under test on core {meta['server_cpu']}, one worker/thread each",
         "- Versions:",
     ]
-    for k in ("nginx", "haproxy", "varnish", "wrk", "moat"):
+    for k in ("nginx", "haproxy", "varnish", "wrk", "openssl", "moat"):
         out.append(f"  - {k}: {v.get(k, '-')}")
     for s in meta.get("skipped", []):
         out.append(f"- **Skipped** {s}")

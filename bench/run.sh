@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# bench/run.sh: moat side by side with nginx, HAProxy and Varnish (proxy and cache-hit sets).
+# bench/run.sh: moat side by side with nginx, HAProxy and Varnish (proxy, cache-hit and TLS
+# sets).
 #
 #   bash bench/run.sh [SET...] [--write-results]
 #
-# SET is a scenario set (proxy, cache; default: both). --write-results (or
+# SET is a scenario set (proxy, cache, tls; default: all three). --write-results (or
 # WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
@@ -15,6 +16,7 @@
 #   MOAT_B [""]  a second moat binary: the proxy set also measures it as "moat_b" (an A/B of
 #                two builds in the same rounds; RESULTS.md is not written from such a run)
 #   WORKLOADS ["" = every workload of the set]  e.g. WORKLOADS="1k-keepalive 128k-keepalive"
+#   TLS_CONNS [32]  concurrent connections of bench/lib/tls_load.c (the tls set's handshake rows)
 #
 # Layout: every server under test has a start_<name> function (writes its config into the run's
 # temp dir, starts it pinned to SERVER_CPU, sets PORT[name] and ROOTPID[name]). A scenario set
@@ -39,10 +41,12 @@ MOAT_B=${MOAT_B:-}
 WORKLOADS=${WORKLOADS:-}
 WRITE_RESULTS=${WRITE_RESULTS:-0}
 
-ALL_SETS=(proxy cache)
+TLS_CONNS=${TLS_CONNS:-32}
+
+ALL_SETS=(proxy cache tls)
 
 knobs=""
-for v in ROUNDS DURATION WARMUP CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS MOAT_CACHE_ARGS MOAT_B WORKLOADS WRITE_RESULTS; do
+for v in ROUNDS DURATION WARMUP CONNS TLS_CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS MOAT_CACHE_ARGS MOAT_B WORKLOADS WRITE_RESULTS; do
   if printenv "$v" >/dev/null 2>&1; then knobs+="$v=${!v} "; fi
 done
 if [ -n "${MAKELEVEL:-}" ]; then
@@ -55,7 +59,7 @@ sets=()
 for a in "$@"; do
   case "$a" in
     --write-results) WRITE_RESULTS=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     all) sets+=("${ALL_SETS[@]}") ;;
     -*) echo "run.sh: unknown option '$a'" >&2; exit 2 ;;
     *) sets+=("$a") ;;   # validated once the set_* functions are defined
@@ -72,7 +76,7 @@ loud() {
 }
 die()  { loud "$@"; exit 1; }
 
-for tool in wrk nginx haproxy taskset curl timeout; do
+for tool in wrk nginx haproxy taskset curl timeout cc openssl; do
   command -v "$tool" >/dev/null || die "missing $tool: run scripts/install-deps"
 done
 [ "$(nproc)" -ge 2 ] || log "warning: fewer than 2 cores; server and client will share a core"
@@ -175,7 +179,7 @@ BODY_1K=$(head -c 1023 "$WWW/1k")   # nginx `return` adds nothing; we append the
 declare -A SIZE=([/1k]=1024 [/128k]=131072)
 declare -A SHA=([/1k]=$(sha256sum <"$WWW/1k" | cut -d' ' -f1) [/128k]=$(sha256sum <"$WWW/128k" | cut -d' ' -f1))
 
-declare -A PORT ROOTPID LOGF
+declare -A PORT ROOTPID LOGF SCHEME
 SKIPPED=()     # servers skipped (not available), with reason
 FAILED=()      # servers that failed their check or a run
 
@@ -183,10 +187,10 @@ FAILED=()      # servers that failed their check or a run
 # an explicit client keep-alive timeout.
 # shellcheck source=bench/lib/nginx.sh
 . "$HERE/lib/nginx.sh"
-run_nginx_conf() {   # DIR PORT SERVER_BODY [HTTP_EXTRA]
+run_nginx_conf() {   # DIR PORT SERVER_BODY [HTTP_EXTRA] [LISTEN_EXTRA]
   nginx_conf "$1" "$2" "$3" "tcp_nopush on;
     keepalive_timeout 65s;
-    ${4:-}"
+    ${4:-}" "" "${5:-}"
 }
 
 run_nginx() {    # NAME CPU DIR
@@ -318,6 +322,132 @@ start_varnish() {
   PORT[varnish]=$port; ROOTPID[varnish]=$LASTPID
 }
 
+# ---- the tls set's servers -------------------------------------------------------------------
+# Certificates made at run time (openssl CLI) in the run's temp dir: ECDSA P-256 and RSA-2048,
+# both for bench.test, self-signed (the clients do not verify: the cost measured is the
+# server's). Every TLS server has both, and every one is pinned to the same suite: TLS 1.3
+# only, TLS_AES_256_GCM_SHA384, X25519. tls_load offers exactly that; wrk offers what its
+# OpenSSL has and gets the servers' only choice.
+TLS_SUITE=TLS_AES_256_GCM_SHA384
+TLS_GROUP=X25519
+CERTS=""
+make_certs() {
+  [ -z "$CERTS" ] || return 0
+  CERTS="$TMP/certs"; mkdir -p "$CERTS"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$CERTS/ec.key" -out "$CERTS/ec.pem" 2>"$CERTS/openssl.log" \
+    && openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=bench.test \
+      -addext subjectAltName=DNS:bench.test -keyout "$CERTS/rsa.key" -out "$CERTS/rsa.pem" 2>>"$CERTS/openssl.log" \
+    || { cat "$CERTS/openssl.log" >&2; die "cannot make the bench certificates"; }
+  # HAProxy wants certificate and key in one file
+  cat "$CERTS/ec.pem" "$CERTS/ec.key" >"$CERTS/ec.crt"
+  cat "$CERTS/rsa.pem" "$CERTS/rsa.key" >"$CERTS/rsa.crt"
+  chmod 644 "$CERTS"/*   # nginx workers run as nobody (the keys are throwaway)
+}
+TLS_LOAD=""
+build_tls_load() {
+  [ -z "$TLS_LOAD" ] || return 0
+  TLS_LOAD="$TMP/tls_load"
+  cc -O2 -o "$TLS_LOAD" "$HERE/lib/tls_load.c" -lssl -lcrypto 2>"$TMP/tls_load.build.log" \
+    || { cat "$TMP/tls_load.build.log" >&2; die "cannot build bench/lib/tls_load.c (libssl-dev?)"; }
+}
+
+# nginx_tls: nginx's fastest TLS answer: 1 KiB via `return 200` over TLS, both certificates,
+# a shared session cache and tickets (nginx's defaults for tickets).
+start_nginx_tls() {
+  make_certs
+  local port; port=$(free_port)
+  run_nginx_conf "$TMP/nginx_tls" "$port" "
+        ssl_certificate $CERTS/ec.pem;
+        ssl_certificate_key $CERTS/ec.key;
+        ssl_certificate $CERTS/rsa.pem;
+        ssl_certificate_key $CERTS/rsa.key;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_SUITE;
+        ssl_ecdh_curve $TLS_GROUP;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+        location = /1k { return 200 \"${BODY_1K}\n\"; }" "" "ssl"
+  run_nginx nginx_tls "$SERVER_CPU" "$TMP/nginx_tls"
+  PORT[nginx_tls]=$port; ROOTPID[nginx_tls]=$LASTPID; SCHEME[nginx_tls]=https
+}
+
+# haproxy_tls: one thread, the same certificates, suite and group; 1 KiB from
+# `http-request return ... file` (read once at start, answered from memory: HAProxy's own
+# "return 200"), its default session cache and tickets.
+start_haproxy_tls() {
+  make_certs
+  local port; port=$(free_port); local dir="$TMP/haproxy_tls"
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+    pidfile $dir/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn http/1.1
+    http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
+    http-request return status 404
+EOF
+  haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
+    || { cat "$dir/check.log" >&2; die "haproxy_tls: config invalid ($dir/haproxy.cfg)"; }
+  start haproxy_tls "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
+  PORT[haproxy_tls]=$port; ROOTPID[haproxy_tls]=$LASTPID; SCHEME[haproxy_tls]=https
+}
+
+# moat_tls: one worker, a TLS listener from a config file (the TLS configuration of
+# docs/configuration.md), the same certificates, suite and group; the origin's 1 KiB comes from
+# moat's cache (the origin sends Cache-Control: public, max-age=3600; the check fills it), so
+# every measured request is a cache hit over TLS. Skipped (loudly) while ./moat refuses the
+# config (before TLS lands).
+start_moat_tls() {
+  moat_usable moat_tls || return 1
+  make_certs
+  local port; port=$(free_port); local dir="$TMP/moat_tls"
+  mkdir -p "$dir"
+  cat >"$dir/moat.yaml" <<EOF
+listen:
+  - { addr: "127.0.0.1:$port", tls: true }
+workers: 1
+tls:
+  certificates:
+    - { cert: $CERTS/ec.pem, key: $CERTS/ec.key }
+    - { cert: $CERTS/rsa.pem, key: $CERTS/rsa.key }
+  protocols: [tls1.3]
+  ciphersuites: "$TLS_SUITE"
+  groups: "$TLS_GROUP"
+pools: { origin: { origins: ["127.0.0.1:${PORT[origin]}"] } }
+sites: [{ hosts: ["*"], pool: origin }]
+EOF
+  if ! "$MOAT" -t -c "$dir/moat.yaml" >"$dir/check.log" 2>&1; then
+    loud "moat_tls: '$MOAT -t' refuses the TLS config: $(head -n1 "$dir/check.log")" \
+         "SKIPPING moat_tls (TLS not in this moat yet?). The peers are still measured."
+    SKIPPED+=("moat_tls: $MOAT -t refused its config: $(head -n1 "$dir/check.log")")
+    return 1
+  fi
+  # shellcheck disable=SC2086
+  start moat_tls "$SERVER_CPU" "$dir/moat.log" "$MOAT" -c "$dir/moat.yaml" $MOAT_EXTRA_ARGS
+  PORT[moat_tls]=$port; ROOTPID[moat_tls]=$LASTPID; SCHEME[moat_tls]=https
+  # A build that parses the TLS keys but cannot serve TLS yet passes -t and then refuses to
+  # start ("... which this build of moat cannot do yet"): a skip, not a failure.
+  if ! wait_port moat_tls "$LASTPID" "$port" && grep -q "cannot do" "$dir/moat.log" 2>/dev/null; then
+    loud "moat_tls: $(grep -m1 "cannot do" "$dir/moat.log")" "SKIPPING moat_tls. The peers are still measured."
+    SKIPPED+=("moat_tls: this build cannot serve TLS yet")
+    unset "PORT[moat_tls]"
+    return 1
+  fi
+}
+
 # moat: quick mode, one worker. Skipped (loudly) until ./moat exists and takes --origin.
 moat_usable() {   # NAME [BINARY]
   local MOAT=${2:-$MOAT}
@@ -393,14 +523,26 @@ set_cache() {
   SET_WORKLOADS=(hit-1k-keepalive:/1k:ka hit-1k-close:/1k:close hit-128k-keepalive:/128k:ka hit-128k-close:/128k:close)
   SET_EXPECT=hit
 }
+# TLS: handshakes per CPU-second (bench/lib/tls_load.c, one `GET /1k` per connection: full
+# ECDSA, full RSA, resumed) and 1 KiB over TLS keep-alive (wrk https://). The servers answer
+# from memory (nginx `return`, HAProxy `http-request return`, moat a cache hit): the origin
+# must see (almost) nothing. limit is plain HTTP: tls_load --plain (connect, GET, close) on the
+# handshake rows, wrk keep-alive on the 1 KiB row.
+set_tls() {
+  SET_SERVERS=(limit nginx_tls haproxy_tls moat_tls)
+  SET_WORKLOADS=(hs-full-ecdsa:/1k:full-ec hs-full-rsa:/1k:full-rsa hs-resumed:/1k:resumed tls-1k-keepalive:/1k:tlska)
+  SET_EXPECT=hit
+  build_tls_load
+}
 
 # ---------------------------------------------------------------------------------------------
 check_server() {  # NAME: status, size and bytes of every path, keep-alive and close
-  local name=$1 port=${PORT[$1]} path hdr out code size sha
-  for path in /1k /128k; do
+  local name=$1 port=${PORT[$1]} path hdr out code size sha scheme=${SCHEME[$1]:-http} paths="/1k /128k"
+  [ "$scheme" = https ] && paths=/1k   # the TLS servers answer /1k only
+  for path in $paths; do
     for hdr in "Connection: keep-alive" "Connection: close"; do
-      out=$(timeout 10 curl -s --max-time 5 -H "$hdr" -o "$TMP/check.body" -w '%{http_code} %{size_download}' \
-            "http://127.0.0.1:$port$path" 2>&1) || true
+      out=$(timeout 10 curl -s -k --max-time 5 -H "$hdr" -o "$TMP/check.body" -w '%{http_code} %{size_download}' \
+            "$scheme://127.0.0.1:$port$path" 2>&1) || true
       read -r code size <<<"$out"
       sha=$(sha256sum <"$TMP/check.body" 2>/dev/null | cut -d' ' -f1)
       if [ "$code" != 200 ] || [ "$size" != "${SIZE[$path]}" ] || [ "$sha" != "${SHA[$path]}" ]; then
@@ -452,25 +594,55 @@ case "$DURATION" in
   *)  WRK_TIMEOUT=$(( ${DURATION%%[a-z]*} + 60 )) ;;
 esac
 
-wrk_cmd() {   # PORT PATH MODE DURATION
+wrk_cmd() {   # PORT PATH MODE DURATION [SCHEME]
   local args=(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$4" --latency --timeout 5s -s "$HERE/lua/report.lua")
   [ "$3" = close ] && args+=(-H "Connection: close")
-  args+=("http://127.0.0.1:$1$2")
+  args+=("${5:-http}://127.0.0.1:$1$2")
   timeout "$WRK_TIMEOUT" "${args[@]}"
+}
+seconds() { case "$1" in *ms) awk -v v="${1%ms}" 'BEGIN { print v / 1000 }' ;; *m) echo $(( ${1%m} * 60 )) ;; *s) echo "${1%s}" ;; *) echo "$1" ;; esac; }
+# tls_load (bench/lib/tls_load.c) for the handshake rows; limit gets --plain, the reference.
+tls_load_cmd() {   # SERVER PORT PATH MODE DURATION
+  local args=(taskset -c "$CLIENT_CPU" "$TLS_LOAD" -p "$2" -P "$3" -c "$TLS_CONNS" -d "$(seconds "$5")" -s bench.test)
+  if [ "$1" = limit ]; then
+    args+=(--plain)
+  else
+    # The offer is a browser's, narrowed: TLS 1.3 with the pinned suite, TLS 1.2 with two
+    # ECDHE AES-256-GCM ciphers, groups X25519 (its key share is the one sent) and P-256. The
+    # servers accept only TLS 1.3 / the suite / X25519, and every run checks that this is what
+    # was negotiated. Without the TLS 1.2 ciphers and P-256 in the offer, HAProxy 2.6 serves
+    # its RSA certificate to a client that can do ECDSA (tls_load.c says why).
+    args+=(--ciphersuites "$TLS_SUITE" --groups "$TLS_GROUP:P-256")
+    case "$4" in
+      full-rsa) args+=(--sigalgs rsa_pss_rsae_sha256:rsa_pkcs1_sha256) ;;
+      resumed) args+=(--resume) ;;
+    esac
+  fi
+  timeout "$WRK_TIMEOUT" "${args[@]}"
+}
+# load_cmd SERVER PORT PATH MODE DURATION: the client for the workload's MODE: ka, close: wrk
+# over http; tlska: wrk keep-alive over the server's scheme (https, or http for limit);
+# full-ec, full-rsa, resumed: tls_load (--plain for limit).
+load_cmd() {
+  case "$4" in
+    full-ec|full-rsa|resumed) tls_load_cmd "$@" ;;
+    tlska) wrk_cmd "$2" "$3" ka "$5" "${SCHEME[$1]:-http}" ;;
+    *) wrk_cmd "$2" "$3" "$4" "$5" ;;
+  esac
 }
 # Busy clock ticks of one core (/proc/stat: everything but idle and iowait, softirq included).
 core_busy() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   local set=$1 round=$2 wl=$3 path=$4 mode=$5 srv=$6 port=${PORT[$6]} pid=${ROOTPID[$6]}
-  wrk_cmd "$port" "$path" "$mode" "$WARMUP" >/dev/null 2>&1 || true
+  load_cmd "$srv" "$port" "$path" "$mode" "$WARMUP" >/dev/null 2>&1 || true
   local t0 t1 o0 o1 out json expect=$SET_EXPECT
   [ "$srv" = limit ] && expect=none
   local q0 q1; q0=$(cpu_ticks "${ROOTPID[origin]}")
   o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) is gone: exited or killed from outside; its last log lines are above"; return 1; }
   local c0 c1 s0 s1 w; c0=$(core_busy "$CLIENT_CPU"); s0=$(core_busy "$SERVER_CPU")
   # wrk's own CPU: the subshell's cutime+cstime once wrk (under timeout) has been reaped
-  out=$( (wrk_cmd "$port" "$path" "$mode" "$DURATION" 2>&1 || true
+  out=$( (load_cmd "$srv" "$port" "$path" "$mode" "$DURATION" 2>&1 || true
           awk '{ sub(/.*\) /, ""); print "WRKTICKS " $14 + $15 }' "/proc/$BASHPID/stat") )
   c1=$(core_busy "$CLIENT_CPU"); s1=$(core_busy "$SERVER_CPU")
   w=$(awk '/^WRKTICKS / { print $2 }' <<<"$out"); w=${w:-0}
@@ -497,6 +669,20 @@ if expect == "forward" and oreq < 0.99 * req:
     why.append(f"only {oreq} of {req} requests reached the origin (answering without forwarding?)")
 if expect == "hit" and oreq > max(10, 0.01 * req):
     why.append(f"{oreq} of {req} requests reached the origin (not cache hits)")
+# tls_load's own account of its handshakes: what was measured must be what the row says
+tls = {}
+if w.get("client") == "tls_load" and w.get("mode") != "plain":
+    tls = {k: w.get(k) for k in ("handshakes", "full", "resumed", "protocol", "cipher", "group",
+                                 "key_type", "key_bits")}
+    if (w["protocol"], w["cipher"], w["group"].lower()) != ("TLSv1.3", "TLS_AES_256_GCM_SHA384", "x25519"):
+        why.append(f"negotiated {w['protocol']} {w['cipher']} {w['group']}, not the pinned TLSv1.3 TLS_AES_256_GCM_SHA384 X25519")
+    if mode in ("full-ec", "full-rsa") and w["resumed"]:
+        why.append(f"{w['resumed']} of {w['handshakes']} handshakes were resumed, not full")
+    if mode == "resumed" and w["full"]:
+        why.append(f"{w['full']} of {w['handshakes']} handshakes were full, not resumed")
+    want_key = "RSA" if mode == "full-rsa" else "EC"
+    if w["key_type"] != want_key:
+        why.append(f"the server's certificate was {w['key_type']} {w['key_bits']}, not {want_key}")
 cpu_s = ticks / hz
 row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=srv,
            requests=req, duration_s=dur, rps=req / dur if dur else 0.0,
@@ -505,7 +691,7 @@ row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=s
            bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect,
            origin_cpu_s=oticks / hz, wrk_cpu_s=wticks / hz,
            client_core_busy_s=cbusy / hz, server_core_busy_s=sbusy / hz,
-           after=after, ok=not why, why="; ".join(why))
+           after=after, ok=not why, why="; ".join(why), **tls)
 print(json.dumps(row))
 EOF
   local last; last=$(tail -n1 "$RAW")
@@ -581,6 +767,7 @@ meta = {
   "command": """$ORIG_CMD""".strip(),
   "sets": "${sets[*]}".split(),
   "rounds": $ROUNDS, "duration": "$DURATION", "warmup": "$WARMUP", "conns": $CONNS,
+  "tls_conns": $TLS_CONNS,
   "order": "rotated by (round - 1) / 2, reversed in even rounds",
   "server_cpu": "$SERVER_CPU", "client_cpu": "$CLIENT_CPU",
   "nproc": "$(nproc)",
@@ -592,6 +779,7 @@ meta = {
     "haproxy": """$(haproxy -v 2>&1 | head -n1)""",
     "varnish": """$(varnishd -V 2>&1 | head -n1 || echo none)""",
     "wrk": """$(wrk -v 2>&1 | head -n1)""",
+    "openssl": """$(openssl version 2>&1 | head -n1)""",
     "moat": """$moat_version""",
   },
   "skipped": $($PY -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "${SKIPPED[@]+"${SKIPPED[@]}"}"),

@@ -2,6 +2,9 @@
 
     moat_factory(origin, **cfg) -> Moat     a running moat with an inline YAML config
     origin_factory(handler, name) -> Origin  a scripted origin (see origins.py)
+    origin_factory.tls(handler, name, cert=pki.origin, ...) -> TLSOrigin   the same, HTTPS
+    pki -> PKI                               the session's test CA and certificates (pki.py)
+    https(pki) -> requests.Session           resolves every name to 127.0.0.1, trusts pki.ca
 
 Every process and thread a test starts is stopped at teardown; a moat that printed a
 sanitizer report fails the test that ran it.
@@ -21,8 +24,10 @@ import pytest
 import requests
 import yaml
 
-from origins import Origin
+from origins import Origin, TLSOrigin
+from pki import PKI
 from rawhttp import wait_port
+from tlsclient import https_session
 
 ROOT = Path(__file__).resolve().parents[2]
 MOAT_BIN = os.environ.get("MOAT_BIN") or str(ROOT / "moat")
@@ -41,6 +46,43 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def listening(port):
+    """True if something listens on TCP <port> (from /proc/net/tcp{,6}): a check that does
+    not connect, so it costs the listener nothing (no accept, no TLS handshake counted)."""
+    want = f":{port:04X} "
+    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            for line in Path(f).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[1].endswith(want.strip()) and parts[3] == "0A":
+                    return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_listening(port, timeout=5.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        if listening(port):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def listen_ports(listen):
+    """The config's listen entries -> (plain ports, TLS ports), in order."""
+    if isinstance(listen, (str, dict)):
+        listen = [listen]
+    plain, tls = [], []
+    for e in listen:
+        addr, is_tls = (e["addr"], bool(e.get("tls"))) if isinstance(e, dict) else (e, False)
+        (tls if is_tls else plain).append(int(str(addr).rsplit(":", 1)[1]))
+    return plain, tls
 
 
 def deep_merge(base, over):
@@ -91,9 +133,13 @@ class Moat:
         self.proc = None
         self.args = args
         self.config = config
-        self.port = None
+        self.port = None  # the first plain listener
+        self.tls_port = None  # the first TLS listener ({addr: ..., tls: true})
+        self.tls_ports = []
         if isinstance(config, dict):
-            self.port = int(config["listen"][0].rsplit(":", 1)[1])
+            plain, self.tls_ports = listen_ports(config["listen"])
+            self.port = plain[0] if plain else None
+            self.tls_port = self.tls_ports[0] if self.tls_ports else None
             if "admin" in config:
                 self.admin_port = int(config["admin"]["listen"].rsplit(":", 1)[1])
                 tf = config["admin"].get("token_file")
@@ -114,12 +160,19 @@ class Moat:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.stderr_f,
                                      stderr=self.stderr_f, cwd=self.dir)
         if wait:
-            ok = wait_port(self.port, 10.0 if SAN else 5.0, self.proc)
+            if self.port is not None:
+                ok = wait_port(self.port, 10.0 if SAN else 5.0, self.proc)
+            else:
+                ok = True
+            # TLS listeners are waited for without connecting: a probe connection would be
+            # a failed handshake in moat's counters
+            for p in self.tls_ports:
+                ok = ok and wait_listening(p, 10.0 if SAN else 5.0, self.proc)
             if not ok:
                 self.kill()
                 raise AssertionError(
-                    f"moat did not accept on {self.port}; exit={self.proc.returncode}; "
-                    f"stderr:\n{self.stderr()}")
+                    f"moat did not accept on {self.port} / {self.tls_ports}; "
+                    f"exit={self.proc.returncode}; stderr:\n{self.stderr()}")
             if self.admin_port and not wait_port(self.admin_port, 5.0, self.proc):
                 self.kill()
                 raise AssertionError(f"moat admin did not accept; stderr:\n{self.stderr()}")
@@ -131,6 +184,13 @@ class Moat:
 
     def url(self, path="/"):
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def https_url(self, path="/", host="shop.test"):
+        """https://HOST:TLSPORT/PATH: for https_session(), which connects it to 127.0.0.1."""
+        return f"https://{host}:{self.tls_port}{path}"
+
+    def http_url(self, path="/", host="shop.test"):
+        return f"http://{host}:{self.port}{path}"
 
     def stderr(self):
         try:
@@ -273,6 +333,19 @@ class MoatFactory:
         cfg["_dir"] = str(d)
         return cfg
 
+    def tls_config(self, origins, pki, certs=None, admin=True, **over):
+        """config() plus a TLS listener after the plain one and tls.certificates: <certs>
+        (pki.Leaf list; default shop.test ECDSA first (the default certificate), shop.test
+        RSA, *.api.test, other.test). A `tls` map in <over> is kept (certificates added)."""
+        cfg = self.config(origins, admin=admin, **over)
+        cfg["listen"] = [cfg["listen"][0], {"addr": f"127.0.0.1:{free_port()}", "tls": True}]
+        if certs is None:
+            certs = [pki.shop_ec, pki.shop_rsa, pki.api_wild, pki.other]
+        tls = dict(cfg.get("tls") or {})
+        tls.setdefault("certificates", [{"cert": c.cert, "key": c.key} for c in certs])
+        cfg["tls"] = tls
+        return cfg
+
     def __call__(self, origins=(), config=None, start=True, admin=False, token=False, **over):
         if isinstance(origins, Origin) or isinstance(origins, str):
             origins = [origins]
@@ -313,12 +386,38 @@ class OriginFactory:
         self.origins.append(o)
         return o
 
+    def tls(self, handler=None, name=None, cert=None, certs=None, port=0, **kw):
+        """A TLSOrigin (origins.py) serving <cert> (a pki.Leaf; or <certs>, a list of them);
+        other keywords go to TLSOrigin (client_ca, require_client_cert, ...)."""
+        leaves = certs if certs is not None else [cert]
+        o = TLSOrigin(handler, name or f"tls{len(self.origins) + 1}", port,
+                      certs=[(leaf.cert, leaf.key) for leaf in leaves], **kw)
+        self.origins.append(o)
+        return o
+
     def teardown(self):
         errors = []
         for o in self.origins:
             o.stop()
             errors += o.errors
         return errors
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """The test PKI (pki.py): a root CA, leaves for shop.test (ECDSA and RSA), *.api.test,
+    other.test, origin.test, one from an untrusted CA, an expired one, a client certificate.
+    Built once per session with the openssl CLI (about 1.5 s)."""
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def https(pki):
+    """requests over TLS to 127.0.0.1 under any name, trusting the test CA:
+    https.get(moat.https_url("/x")) checks moat's certificate for shop.test."""
+    s = https_session(pki.ca)
+    yield s
+    s.close()
 
 
 @pytest.fixture

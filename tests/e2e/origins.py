@@ -11,15 +11,21 @@ it sent nothing at all). What an origin answers comes from a per-test handler:
                                               HANG, or Takeover(fn) to own the raw socket
 
 The default handler is a small echo / sized-body site (see `default_handler`).
+
+`TLSOrigin` is the same origin speaking HTTPS (a certificate from pki.py, optionally requiring
+a client certificate); each connection's record then also says whether its handshake
+succeeded, was resumed, which SNI name and client certificate came with it.
 """
 
 import base64
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
+import warnings
 
 CLOSE = object()  # step: close the connection now
 HANG = object()  # step: say nothing more, keep reading until the origin stops
@@ -75,6 +81,15 @@ class ConnRecord:
         self.requests = []
         self.nreq = 0  # requests ever received on this connection (survives reset())
         self.closed = threading.Event()
+        # TLSOrigin only: how the handshake went
+        self.tls = False  # handshake completed
+        self.tls_error = None  # why it failed (repr), or None
+        self.resumed = None  # session resumed (True / False) once the handshake is done
+        self.sni = None  # the server name the client sent, None if none
+        self.version = None  # "TLSv1.3", ...
+        self.cipher = None
+        self.alpn = None
+        self.peer_cert = None  # the client certificate (ssl.getpeercert() dict) if any
 
 
 def response(status=200, body=b"", headers=None, reason=None, version="HTTP/1.1",
@@ -277,7 +292,16 @@ class Origin:
                 return b""
         return None
 
+    def _wrap(self, s, rec):
+        """The socket to serve <rec> on: <s> itself here; TLSOrigin does its handshake.
+        None: the connection is done (closed by the caller)."""
+        return s
+
     def _serve(self, s, rec):
+        s = self._wrap(s, rec)
+        if s is None:
+            rec.closed.set()
+            return
         s.settimeout(0.1)
         buf = bytearray()
         hanging = False
@@ -362,6 +386,114 @@ class Origin:
         self.t.join(2)
 
 
+class TLSOrigin(Origin):
+    """An Origin that speaks HTTPS on 127.0.0.1: every accepted connection does a TLS
+    handshake first (in its own thread, 5 s at most), then is served exactly like a plain
+    one, so handlers, `requests`, `wait_requests` and the byte records work unchanged (the
+    records hold the decrypted bytes).
+
+    certs: [(cert_pem, key_pem), ...]: several of different key types (ECDSA and RSA) are
+        all loaded, and OpenSSL picks by what the client offers, as a real server would.
+    client_ca: trust this CA for client certificates; require_client_cert: refuse a client
+        without one (mutual TLS); without it a client certificate is asked for but optional.
+    min_version / max_version: ssl.TLSVersion bounds (default TLS 1.2 .. 1.3); legacy=True
+        also lowers OpenSSL's security level so that TLS 1.0 / 1.1 can really be spoken
+        (Debian's defaults refuse them) -- for checking that a test client does offer them.
+    alpn: protocols to accept (e.g. ["http/1.1"]); num_tickets: TLS 1.3 tickets per
+        handshake (OpenSSL's default 2); session_tickets=False: no tickets, and since
+        Python's server side keeps no session cache, no resumption at all.
+
+    What it saw: `conns[i]` records (ConnRecord: .tls, .tls_error, .resumed, .sni, .version,
+    .cipher, .alpn, .peer_cert), and the counters below."""
+
+    def __init__(self, handler=None, name="tls-origin", port=0, certs=(), client_ca=None,
+                 require_client_cert=False, min_version=ssl.TLSVersion.TLSv1_2,
+                 max_version=None, legacy=False, alpn=None, num_tickets=None,
+                 session_tickets=True):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if legacy:
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():  # TLS 1.0 / 1.1 are deprecated: legacy tests
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = min_version
+        if max_version is not None:
+            ctx.maximum_version = max_version
+        for cert, key in certs:
+            ctx.load_cert_chain(cert, key)
+        if client_ca:
+            ctx.load_verify_locations(client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        if num_tickets is not None:
+            ctx.num_tickets = num_tickets
+        if not session_tickets:
+            ctx.options |= ssl.OP_NO_TICKET
+        ctx.sni_callback = self._on_sni
+        self.ctx = ctx
+        self._sni = {}  # id(SSLSocket) -> name, filled during the handshake
+        self.tls_errors = []  # handshake failures (not handler errors: tests provoke them)
+        super().__init__(handler, name, port)
+
+    def _on_sni(self, sslsock, name, ctx):
+        self._sni[id(sslsock)] = name
+        return None
+
+    def _wrap(self, s, rec):
+        s.settimeout(5)
+        try:
+            ss = self.ctx.wrap_socket(s, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            rec.tls_error = repr(e)
+            with self.lock:
+                self.tls_errors.append(repr(e))
+            try:
+                s.close()
+            except OSError:
+                pass
+            return None
+        with self.lock:
+            rec.sni = self._sni.pop(id(ss), None)
+            rec.resumed = ss.session_reused
+            rec.version = ss.version()
+            rec.cipher = ss.cipher()[0] if ss.cipher() else None
+            rec.alpn = ss.selected_alpn_protocol()
+            rec.peer_cert = ss.getpeercert() or None
+            rec.tls = True
+            # stop() shuts the sockets down: the SSL socket now owns the descriptor
+            self.socks = [ss if x is s else x for x in self.socks]
+        return ss
+
+    # --- what the origin saw, TLS ---------------------------------------------------------
+    def _tls_conns(self):
+        with self.lock:
+            return [c for c in self.conns[self.accept_base:] if c.tls]
+
+    @property
+    def tls_accepts(self):
+        """TLS connections whose handshake completed (since start or the last reset)."""
+        return len(self._tls_conns())
+
+    @property
+    def resumed(self):
+        """How many of those were resumed sessions."""
+        return sum(1 for c in self._tls_conns() if c.resumed)
+
+    @property
+    def full(self):
+        return sum(1 for c in self._tls_conns() if not c.resumed)
+
+    def wait_tls_errors(self, n=1, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.tls_errors) >= n:
+                    return list(self.tls_errors)
+            time.sleep(0.01)
+        raise AssertionError(f"origin {self.name}: {len(self.tls_errors)} TLS handshake "
+                             f"failures, wanted {n}")
+
+
 # --- ready-made behaviours ----------------------------------------------------------------
 
 def slow_handler(delay):
@@ -369,6 +501,21 @@ def slow_handler(delay):
     def h(req, origin):
         return [delay, response(200, f"slow {origin.name}\n", [("X-Origin", origin.name)])]
     return h
+
+
+def early_hints_handler(req, origin):
+    """Sends `103 Early Hints` (a Link to preload), waits 0.2 s, then a cacheable 200: what
+    a client must see in that order. /no-store answers with Cache-Control: no-store."""
+    cc = "no-store" if req.path == "/no-store" else "public, max-age=60"
+    return [b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n",
+            0.2, response(200, f"final {req.target}\n", [("Cache-Control", cc),
+                                                          ("X-Origin", origin.name)])]
+
+
+def no_date_handler(req, origin):
+    """Answers 200 without a Date field (response() never adds one; this handler exists to
+    say so where a test depends on it)."""
+    return response(200, f"no date {req.target}\n", [("X-Origin", origin.name)])
 
 
 def silent_handler(req, origin):
