@@ -889,6 +889,78 @@ static void test_syscalls_and_records(void **state)
     cfg_free(&scfg);
 }
 
+/* Waits until <d>'s socket holds <want> bytes, then reads and checks <len> bytes of <data>. */
+static void expect_wire(struct pair *p, struct side *d, int want, const char *data, size_t len)
+{
+    int inq = 0;
+    for (int i = 0; i < 200 && inq < want; i++) {
+        pump(p, 10);
+        ioctl(d->s.io.fd, FIONREAD, &inq);
+    }
+    assert_int_equal(inq, want);
+    char *got = malloc(len);
+    size_t n = 0;
+    while (n < len) {
+        while (!d->s.readable)
+            assert_true(pump(p, 2000) > 0);
+        ssize_t r = moat_sock_read(&d->s, got + n, len - n);
+        assert_true(r > 0 || r == MOAT_AGAIN);
+        if (r > 0)
+            n += (size_t)r;
+    }
+    assert_memory_equal(got, data, len);
+    free(got);
+}
+
+/* Records on the wire: as few as the bytes need, and one send(2) for up to 64 KiB. TLS 1.3
+ * with AES-GCM adds 22 bytes per record. */
+static void test_records(void **state)
+{
+    (void)state;
+    struct moat_config scfg;
+    srv_cfg(&scfg, 0, true, 0);
+    struct cli_cfg cc;
+    cli_cfg(&cc, true, NULL, NULL, NULL);
+    struct moat_tls_stats sst = {0}, cst = {0};
+    struct pair p;
+    open_tls(&p, &scfg, &sst, &cc, "shop.test", &cst, 0);
+    say(&p, &p.srv, &p.cli, "ticket"); /* the held ticket goes */
+    size_t big = 65536 + 40960;
+    char *data = pattern(big), *exp = malloc(big);
+    const struct {
+        size_t head, body, records;
+    } cases[] = {
+        {200, 1024, 1},     /* gathered */
+        {200, 40960, 3},    /* head + the body's first bytes, then 2 */
+        {200, 65536, 5},    /* the head alone: as few records, no copy */
+        {0, 65536, 4},      /* one iovec: as it is */
+        {16000, 16000, 2},  /* 32000 bytes: 2 records either way */
+        {100, 100 * 20, 1}, /* many small pieces (below): one record */
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(cases); i++) {
+        struct iovec iov[21];
+        int cnt = 0;
+        if (cases[i].head)
+            iov[cnt++] = (struct iovec){data, cases[i].head};
+        if (i == 5)
+            for (int k = 0; k < 20; k++)
+                iov[cnt++] = (struct iovec){data + 100 + 100 * k, 100};
+        else
+            iov[cnt++] = (struct iovec){data + cases[i].head, cases[i].body};
+        size_t len = cases[i].head + cases[i].body;
+        uint32_t w0 = tc(&p.srv)->nwrite;
+        assert_int_equal(moat_sock_writev(&p.srv.s, iov, cnt, 0), (ssize_t)len);
+        assert_int_equal(tc(&p.srv)->nwrite - w0, 1);
+        memcpy(exp, data, len);
+        expect_wire(&p, &p.cli, (int)(len + 22 * cases[i].records), exp, len);
+    }
+    free(data);
+    free(exp);
+    pair_close(&p);
+    cfg_free(&cc.cfg);
+    cfg_free(&scfg);
+}
+
 /* A write before the handshake ended drives it, and waits for readability when it does. */
 static void test_write_before_handshake(void **state)
 {
@@ -1396,6 +1468,7 @@ int main(void)
         cmocka_unit_test(test_big_transfer),
         cmocka_unit_test(test_readable_flag),
         cmocka_unit_test(test_syscalls_and_records),
+        cmocka_unit_test(test_records),
         cmocka_unit_test(test_write_before_handshake),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_resume_by_ticket),
