@@ -309,9 +309,11 @@ static int tls_handshake(struct moat_sock *s)
         hs_fail(s, c, e);
         return MOAT_ERR;
     }
-    if (c->fatal) { /* a send failed */
-        if (!c->counted)
+    if (c->fatal) { /* a send failed: the peer is gone */
+        if (!c->counted && c->server)
             TLS_COUNT(c, tls_fail_eof);
+        else if (!c->counted)
+            TLS_COUNT(c, tls_up_fail_other);
         c->counted = true;
         ERR_clear_error();
         return MOAT_ERR;
