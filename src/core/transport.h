@@ -73,6 +73,10 @@ struct moat_sock {
 /* The plain TCP transport. */
 extern const struct moat_transport moat_tcp_transport;
 
+/* Sends now the partial segment a write with MSG_MORE left in the kernel on <fd> (for
+ * transports that write with MSG_MORE themselves). */
+void moat_tcp_push(int fd);
+
 /* Makes <s> a TCP socket on <fd> (already non-blocking) with the I/O callback <cb>. */
 static inline void moat_sock_init_tcp(struct moat_sock *s, int fd, moat_io_cb cb)
 {

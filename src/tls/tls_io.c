@@ -29,7 +29,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -590,9 +589,8 @@ static int tls_flush(struct moat_sock *s)
         if (r != MOAT_OK)
             return r;
     }
-    if (c->kernel_more) { /* as tcp_flush: push the partial segment MSG_MORE left */
-        int one = 1;
-        setsockopt(s->io.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (c->kernel_more) {
+        moat_tcp_push(s->io.fd);
         c->kernel_more = false;
     }
     s->held = false;
