@@ -256,6 +256,24 @@ static int pump(struct pair *p, int ms)
     return n;
 }
 
+/* Waits for the edge that makes <d> readable. */
+static void wait_readable(struct pair *p, struct side *d)
+{
+    while (!d->s.readable)
+        assert_true(pump(p, 2000) > 0);
+}
+
+/* The next read on <d> that is not MOAT_AGAIN. */
+static ssize_t read_next(struct pair *p, struct side *d, void *buf, size_t len)
+{
+    ssize_t n;
+    do {
+        wait_readable(p, d);
+        n = moat_sock_read(&d->s, buf, len);
+    } while (n == MOAT_AGAIN);
+    return n;
+}
+
 static void side_close(struct side *d)
 {
     if (d->raw)
@@ -779,8 +797,7 @@ static void test_readable_flag(void **state)
     /* One record (and the session ticket in front of it): one read(2), and readable is
      * cleared without a second read(2) to learn EAGAIN. */
     assert_int_equal(moat_sock_write(&p.srv.s, data, 1000), 1000);
-    while (!p.cli.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.cli);
     uint32_t r0 = tc(&p.cli)->nread;
     assert_int_equal(moat_sock_read(&p.cli.s, buf, sizeof buf), 1000);
     assert_false(p.cli.s.readable);
@@ -793,8 +810,7 @@ static void test_readable_flag(void **state)
      * then costs one read(2) that says EAGAIN: once readable was raised for OpenSSL's bytes,
      * an edge that came meanwhile cannot be told apart.) */
     assert_int_equal(moat_sock_write(&p.srv.s, data, 1000), 1000);
-    while (!p.cli.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.cli);
     assert_int_equal(moat_sock_read(&p.cli.s, buf, 100), 100);
     assert_true(p.cli.s.readable); /* 900 bytes wait in OpenSSL */
     assert_int_equal(moat_sock_read(&p.cli.s, buf + 100, sizeof buf), 900);
@@ -803,8 +819,7 @@ static void test_readable_flag(void **state)
 
     /* Three records in the socket; a read smaller than them leaves readable set. */
     assert_int_equal(moat_sock_write(&p.srv.s, data, 40000), 40000);
-    while (!p.cli.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.cli);
     assert_int_equal(moat_sock_read(&p.cli.s, buf, 20000), 20000);
     assert_true(p.cli.s.readable);
     assert_int_equal(moat_sock_read(&p.cli.s, buf + 20000, sizeof buf - 20000), 20000);
@@ -838,8 +853,7 @@ static void test_syscalls_and_records(void **state)
 
     struct iovec req[2] = {{head, sizeof head}, {body, 1024}};
     assert_int_equal(moat_sock_writev(&p.cli.s, req, 2, 0), 1224);
-    while (!p.srv.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.srv);
     uint32_t r0 = tc(&p.srv)->nread, w0 = tc(&p.srv)->nwrite;
     assert_int_equal(moat_sock_read(&p.srv.s, buf, sizeof buf), 1224);
     assert_int_equal(tc(&p.srv)->nread - r0, 1);
@@ -856,8 +870,7 @@ static void test_syscalls_and_records(void **state)
         ioctl(p.cli.s.io.fd, FIONREAD, &inq);
     }
     assert_int_equal(inq, ticket + 1246);
-    while (!p.cli.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.cli);
     assert_int_equal(moat_sock_read(&p.cli.s, buf, sizeof buf), 1224);
     assert_memory_equal(buf + 200, body, 1024);
     /* Reading the response stored the ticket for the next connection. */
@@ -875,8 +888,7 @@ static void test_syscalls_and_records(void **state)
     assert_false(p.srv.s.held);
     size_t got = 0;
     while (got < 1224) {
-        while (!p.cli.s.readable)
-            assert_true(pump(&p, 2000) > 0);
+        wait_readable(&p, &p.cli);
         ssize_t n = moat_sock_read(&p.cli.s, buf + got, sizeof buf - got);
         assert_true(n > 0 || n == MOAT_AGAIN);
         if (n > 0)
@@ -997,8 +1009,7 @@ static void test_write_before_handshake(void **state)
         pump(&p, 10);
     }
     char buf[16];
-    while (!p.srv.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.srv);
     assert_int_equal(moat_sock_read(&p.srv.s, buf, sizeof buf), 5);
     assert_memory_equal(buf, "early", 5);
     pair_close(&p);
@@ -1022,15 +1033,8 @@ static void test_shutdown(void **state)
     char buf[64];
     size_t got = 0;
     ssize_t n;
-    for (;;) {
-        while (!p.cli.s.readable)
-            assert_true(pump(&p, 2000) > 0);
-        n = moat_sock_read(&p.cli.s, buf + got, sizeof buf - got);
-        if (n <= 0 && n != MOAT_AGAIN)
-            break;
-        if (n > 0)
-            got += (size_t)n;
-    }
+    while ((n = read_next(&p, &p.cli, buf + got, sizeof buf - got)) > 0)
+        got += (size_t)n;
     assert_int_equal(n, 0);
     assert_true(p.cli.s.eof);
     assert_int_equal(got, 3);
@@ -1040,8 +1044,7 @@ static void test_shutdown(void **state)
     /* The client can still talk: the server reads on after its own close_notify. */
     say(&p, &p.cli, &p.srv, "half-open");
     assert_int_equal(moat_sock_shutdown(&p.cli.s), MOAT_OK);
-    while (!p.srv.s.readable)
-        assert_true(pump(&p, 2000) > 0);
+    wait_readable(&p, &p.srv);
     assert_int_equal(moat_sock_read(&p.srv.s, buf, sizeof buf), 0);
 
     /* A TCP end without close_notify is an end of input too (HTTP framing judges). */
@@ -1049,11 +1052,7 @@ static void test_shutdown(void **state)
     open_tls(&q, &scfg, &sst, &cc, "shop.test", &cst, 0);
     say(&q, &q.srv, &q.cli, "x");
     shutdown(q.srv.s.io.fd, SHUT_WR);
-    do {
-        while (!q.cli.s.readable)
-            assert_true(pump(&q, 2000) > 0);
-        n = moat_sock_read(&q.cli.s, buf, sizeof buf);
-    } while (n == MOAT_AGAIN);
+    n = read_next(&q, &q.cli, buf, sizeof buf);
     assert_int_equal(n, 0);
     assert_true(q.cli.s.eof);
     pair_close(&q);
@@ -1362,13 +1361,7 @@ static void test_mutual_tls(void **state)
         } else {
             assert_true(p.cli.done);
             char buf[64];
-            ssize_t n;
-            do {
-                while (!p.cli.s.readable)
-                    assert_true(pump(&p, 2000) > 0);
-                n = moat_sock_read(&p.cli.s, buf, sizeof buf);
-            } while (n == MOAT_AGAIN);
-            assert_int_equal(n, MOAT_ERR);
+            assert_int_equal(read_next(&p, &p.cli, buf, sizeof buf), MOAT_ERR);
             assert_string_equal(p.cli.s.err_reason, "tlsv13 alert certificate required");
         }
         pair_close(&p);
