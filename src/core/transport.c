@@ -70,11 +70,16 @@ static ssize_t tcp_writev(struct moat_sock *s, const struct iovec *iov, int iovc
  * now, not at the next ACK or the zero-window probe timer (200 ms and more when nothing else
  * is in flight). Setting TCP_NODELAY (already on) pushes what is pending; it costs a syscall
  * only when a source pauses in the middle of a large body. */
+void moat_tcp_push(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 static int tcp_flush(struct moat_sock *s)
 {
     if (s->held) {
-        int one = 1;
-        setsockopt(s->io.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        moat_tcp_push(s->io.fd);
         s->held = false;
     }
     return MOAT_OK;

@@ -36,9 +36,11 @@ struct moat_transport {
      * say EAGAIN. */
     ssize_t (*read)(struct moat_sock *s, void *buf, size_t len);
     /* Takes bytes from <iov>: how many (a short count, or MOAT_AGAIN when none, clears
-     * s->writable), or MOAT_ERR. TLS takes bytes by encrypting them into its own buffer and
-     * sends that at once as far as the socket takes it; the rest waits in the transport
-     * (moat_sock_pending) for moat_sock_flush, and no new bytes are taken until it is sent. */
+     * s->writable: a short count means the socket is full), or MOAT_ERR. TLS takes bytes by
+     * encrypting them into its own buffer and sends that at once as far as the socket takes
+     * it; the rest waits in the transport (moat_sock_pending) for moat_sock_flush, and no new
+     * bytes are taken until it is sent. With MOAT_SOCK_MORE, TLS may keep a small tail of
+     * records (s->held) to send with the next call. */
     ssize_t (*writev)(struct moat_sock *s, const struct iovec *iov, int iovcnt, unsigned flags);
     /* Sends what the transport holds (TLS records; a partial segment held by
      * MOAT_SOCK_MORE): MOAT_OK when nothing is left, MOAT_AGAIN (s->writable cleared),
@@ -59,7 +61,9 @@ struct moat_sock {
     bool writable;          /* may take bytes */
     bool eof;               /* read returned 0, or an error ended input */
     bool hup;               /* epoll reported RDHUP/HUP: read on until EOF */
-    bool held;              /* TCP: the last write went with MSG_MORE */
+    bool held;              /* flush has work though nothing is pending: TCP: the last write
+                               went with MSG_MORE; TLS: records kept back by
+                               MOAT_SOCK_MORE or a TLS 1.3 server's session ticket */
     bool pending;           /* the transport holds bytes to send (TLS records) */
     bool rd_wants_w;        /* TLS: a read waits for writability */
     bool wr_wants_r;        /* TLS: a write waits for readability */
@@ -69,6 +73,10 @@ struct moat_sock {
 
 /* The plain TCP transport. */
 extern const struct moat_transport moat_tcp_transport;
+
+/* Sends now the partial segment a write with MSG_MORE left in the kernel on <fd> (for
+ * transports that write with MSG_MORE themselves). */
+void moat_tcp_push(int fd);
 
 /* Makes <s> a TCP socket on <fd> (already non-blocking) with the I/O callback <cb>. */
 static inline void moat_sock_init_tcp(struct moat_sock *s, int fd, moat_io_cb cb)
@@ -128,8 +136,10 @@ static inline void moat_sock_close(struct moat_sock *s)
     if (s->io.fd >= 0)
         s->tp->close(s);
 }
-/* Does the transport hold bytes that moat_sock_flush must still send? (A TCP tail held by
- * MOAT_SOCK_MORE is the kernel's: it goes out on close, or at once on flush.) */
+/* Does the transport hold bytes the socket refused, that moat_sock_flush must send when it is
+ * writable? (Bytes held on purpose, s->held, are not pending: a TCP tail held by
+ * MOAT_SOCK_MORE is the kernel's and goes out on close or at once on flush; TLS records kept
+ * back go with the next writev, or at once on flush.) */
 static inline bool moat_sock_pending(const struct moat_sock *s)
 {
     return s->pending;

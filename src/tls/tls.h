@@ -27,10 +27,11 @@
     X(tls_fail_no_cipher, "moat_tls_handshake_failures_total", "reason=\"no_shared_cipher\"",      \
       "counter", "")                                                                               \
     X(tls_fail_version, "moat_tls_handshake_failures_total", "reason=\"version\"", "counter", "")  \
-    X(tls_fail_sni, "moat_tls_handshake_failures_total", "reason=\"unknown_name\"", "counter", "") \
     X(tls_fail_timeout, "moat_tls_handshake_failures_total", "reason=\"timeout\"", "counter", "")  \
     X(tls_fail_eof, "moat_tls_handshake_failures_total", "reason=\"closed\"", "counter", "")       \
     X(tls_fail_other, "moat_tls_handshake_failures_total", "reason=\"other\"", "counter", "")      \
+    X(tls_sni_default, "moat_tls_sni_default_total", "", "counter",                                \
+      "TLS handshakes whose SNI name matched no certificate (they get the default one)")           \
     X(tls_up_hs, "moat_tls_upstream_handshakes_total", "kind=\"full\"", "counter",                 \
       "TLS handshakes with origins, by kind")                                                      \
     X(tls_up_resumed, "moat_tls_upstream_handshakes_total", "kind=\"resumed\"", "counter", "")     \
@@ -61,15 +62,27 @@ struct moat_tls_rt;
 int moat_tls_build(struct moat_config *cfg, char *err, size_t errlen);
 
 /* Starts a server-side TLS session on the accepted socket <s> (a TCP moat_sock): <s>'s
- * transport becomes TLS, and moat_sock_handshake() drives the handshake. <stats> are the
- * accepting worker's counters. Returns MOAT_OK, or MOAT_ERR (out of memory; <s> unchanged). */
+ * transport becomes TLS, and moat_sock_handshake() drives the handshake (a read or writev
+ * before it ends drives it too). <stats> are the accepting worker's counters (NULL: none).
+ * The session holds its own references to what it uses: it may outlive <cfg> (a reload during
+ * the handshake, a keep-alive connection). <s> must not move while TLS is on it. Returns
+ * MOAT_OK, or MOAT_ERR (no server certificates in <cfg>, out of memory; <s> unchanged).
+ *
+ * When a TLS 1.3 handshake ends, the server's session ticket is held (s->held, not pending)
+ * and leaves with the first response: one send(2) fewer per connection. An unknown SNI name,
+ * or none, gets the default certificate and counts tls_sni_default, not a failure. */
 int moat_tls_accept(const struct moat_config *cfg, struct moat_sock *s,
                     struct moat_tls_stats *stats);
 
 /* Starts a client-side TLS session on the connecting socket <s> to an origin of <pool>
- * (pool->tls.enabled), with SNI and verification from the pool (or <host>, the origin's host,
- * when pool->tls.sni is unset). Sessions are resumed across connections to the same origin
- * when it allows. MOAT_OK or MOAT_ERR. */
+ * (pool->tls.enabled), with SNI and verification from the pool (or <host>, the origin's host
+ * as configured, when pool->tls.sni is unset; an IP literal is verified as an address and not
+ * sent as SNI). Sessions are resumed across connections to the same origin: the last session
+ * of each origin host of the pool (pool->origins[].host) is kept, shared by all workers. A
+ * verification failure fails the handshake with s->err_reason from
+ * X509_verify_cert_error_string ("unable to get local issuer certificate", "hostname
+ * mismatch"). MOAT_OK, or MOAT_ERR (no client context, verification on but no name to
+ * verify, out of memory). Lifetimes as moat_tls_accept. */
 int moat_tls_connect(const struct moat_cfg_pool *pool, const char *host, struct moat_sock *s,
                      struct moat_tls_stats *stats);
 
@@ -80,7 +93,7 @@ bool moat_tls_resumed(const struct moat_sock *s);
 /* The SNI name the client sent on <s> (lowercase), or an empty string. */
 struct moat_str moat_tls_sni(const struct moat_sock *s);
 /* Records a handshake failure on <s> that happened outside the transport (the handshake
- * timeout) in its counters. */
+ * timeout) in its counters (server: tls_fail_timeout; client: tls_up_fail_other), once. */
 void moat_tls_count_timeout(struct moat_sock *s);
 
 /* A certificate as /status and /metrics show it. */
@@ -95,7 +108,9 @@ struct moat_tls_cert_info {
 void moat_tls_each_cert(const struct moat_config *cfg,
                         void (*fn)(const struct moat_tls_cert_info *ci, void *ud), void *ud);
 
-/* The TLS transport; its state is the connection's SSL. */
+/* The TLS transport; its state (s->tls) is the connection's SSL and ciphertext buffer.
+ * s->err_reason always points to static storage (moat's literals or OpenSSL's reason tables),
+ * valid for the life of the process. */
 extern const struct moat_transport moat_tls_transport;
 
 #endif
