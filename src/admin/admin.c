@@ -10,6 +10,7 @@
 #include "cache/store.h"
 #include "core/log.h"
 #include "proxy/server.h"
+#include "tls/tls.h"
 
 #ifndef MOAT_VERSION
 #define MOAT_VERSION "0.1.0"
@@ -294,6 +295,23 @@ static void handle_purge(struct admin *a, const struct moat_httpd_req *req,
     purge_start(a, t, resp);
 }
 
+/* /status "certificates": each server certificate with its names, key and validity. */
+static void cert_entry(const struct moat_tls_cert_info *ci, void *ud)
+{
+    json_t *arr = ud;
+    char exp[32] = "";
+    time_t na = (time_t)ci->not_after;
+    struct tm tm;
+    if (gmtime_r(&na, &tm))
+        strftime(exp, sizeof exp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int64_t now = (int64_t)(moat_wall_us() / 1000000);
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:f}", "file", ci->file,
+                                         "names", ci->names, "key", ci->key_type, "not_before",
+                                         (json_int_t)ci->not_before, "not_after",
+                                         (json_int_t)ci->not_after, "expires", exp, "days_left",
+                                         (double)(ci->not_after - now) / 86400.0));
+}
+
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
 {
     struct admin *a = ctx;
@@ -322,6 +340,11 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             cfg->path, "reloads_ok", (json_int_t)atomic_load(&moat_srv.reloads_ok),
             "reloads_failed", (json_int_t)atomic_load(&moat_srv.reloads_failed), "draining",
             atomic_load(&moat_srv.draining) != 0);
+        if (cfg->rt) {
+            json_t *certs = json_array();
+            moat_tls_each_cert(cfg, cert_entry, certs);
+            json_object_set_new(o, "certificates", certs);
+        }
         moat_config_release(&cfg);
         json_reply(resp, 200, o);
         return;

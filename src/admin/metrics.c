@@ -4,6 +4,7 @@
 #include "admin/admin.h"
 #include "cache/store.h"
 #include "proxy/server.h"
+#include "tls/tls.h"
 
 struct sb {
     char *p;
@@ -51,6 +52,30 @@ static void xerr_rows(struct sb *b, const struct moat_stats *s)
         if (moat_xerr_defs[e].src == MOAT_ERR_SRC_ORIGIN)
             sbf(b, "moat_upstream_errors_total{kind=\"%s\"} %llu\n", moat_xerr_defs[e].name,
                 (unsigned long long)atomic_load(&s->xerr[e]));
+}
+
+static void cert_row(const struct moat_tls_cert_info *ci, void *ud)
+{
+    struct sb *b = ud;
+    /* label values: the file and names are the operator's own text; escape what the text
+     * format needs escaped */
+    char file[512], names[1024];
+    size_t n = 0;
+    for (const char *p = ci->file; *p && n + 2 < sizeof file; p++) {
+        if (*p == '"' || *p == '\\')
+            file[n++] = '\\';
+        file[n++] = *p;
+    }
+    file[n] = 0;
+    n = 0;
+    for (const char *p = ci->names; *p && n + 2 < sizeof names; p++) {
+        if (*p == '"' || *p == '\\')
+            names[n++] = '\\';
+        names[n++] = *p;
+    }
+    names[n] = 0;
+    sbf(b, "moat_tls_certificate_expiry_seconds{file=\"%s\",names=\"%s\"} %lld\n", file, names,
+        (long long)ci->not_after);
 }
 
 char *moat_metrics_render(size_t *len)
@@ -122,6 +147,13 @@ char *moat_metrics_render(size_t *len)
             (unsigned long long)cs.objects, (unsigned long long)cs.bytes,
             (unsigned long long)cs.evictions, (unsigned long long)cs.purged);
     }
+    struct moat_config *cfg = moat_server_config();
+    if (cfg->rt) {
+        sbf(&b, "# HELP moat_tls_certificate_expiry_seconds When each server certificate expires "
+                "(Unix time)\n# TYPE moat_tls_certificate_expiry_seconds gauge\n");
+        moat_tls_each_cert(cfg, cert_row, &b);
+    }
+    moat_config_release(&cfg);
     sbf(&b,
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
         "moat_uptime_seconds %.3f\n",

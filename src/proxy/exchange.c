@@ -80,7 +80,10 @@ static int upstream_fail(struct moat_req *r, enum moat_xerr e, bool maybe_stale)
     }
     MOAT_STAT_INC(st, xerr[e]);
     r->xerr = e;
-    if (e == MOAT_XERR_TLS || e == MOAT_XERR_TLS_VERIFY)
+    if (e == MOAT_XERR_TLS_VERIFY)
+        moat_log_warn("origin %s (pool %s): TLS certificate verification failed: %s",
+                      r->upool->addr.text, rpool(r)->name, why ? why : "unknown reason");
+    else if (e == MOAT_XERR_TLS)
         moat_log_warn("origin %s (pool %s): TLS handshake failed: %s", r->upool->addr.text,
                       rpool(r)->name, why ? why : "unknown reason");
     if (r->head_sent) {

@@ -584,8 +584,15 @@ static SSL_CTX *server_ctx_new(const struct moat_cfg_tls *t, struct tls_server *
     SSL_CTX_set_max_proto_version(ctx, p & MOAT_TLS_V13 ? TLS1_3_VERSION : TLS1_2_VERSION);
     /* SSL_OP_PRIORITIZE_CHACHA: with server preference, ChaCha20 for the clients that list it
      * first (phones without AES instructions), AES-GCM for the rest. */
+    /* SSL_OP_IGNORE_UNEXPECTED_EOF: a client that closes its TCP connection without
+     * close_notify (most do, browsers and Python among them) is an ordinary end of input, not a
+     * fatal error: without it OpenSSL sends a fatal alert on that EOF, and a fatal alert removes
+     * the session from the server's cache, so with session_tickets off (stateful TLS 1.3
+     * tickets, TLS 1.2 session ids) nothing would ever resume. HTTP's own framing finds a
+     * truncated message either way (nginx sets the same option). */
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA |
                                  SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_IGNORE_UNEXPECTED_EOF |
                                  (t->session_tickets ? 0 : SSL_OP_NO_TICKET));
     /* SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's 17 KiB read and 17 KiB write
      * buffers whenever they are empty: 33.6 KB less heap per idle keep-alive connection
@@ -855,7 +862,8 @@ static int client_build(const struct moat_cfg_pool *pool, SSL_CTX **out, char *e
     SSL_CTX_set_app_data(ctx, cl);
     *out = ctx;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_IGNORE_UNEXPECTED_EOF); /* as on the server side */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_read_ahead(ctx, 1);
     unsigned char alpn[32];

@@ -194,6 +194,7 @@ static void hs_fail(struct moat_sock *s, struct tls_conn *c, int e)
         long v = SSL_get_verify_result(c->ssl);
         if (v != X509_V_OK && reason == SSL_R_CERTIFICATE_VERIFY_FAILED) {
             why = X509_verify_cert_error_string(v);
+            s->verify_failed = true;
             if (!c->counted)
                 TLS_COUNT(c, tls_up_fail_verify);
         } else if (!c->counted)

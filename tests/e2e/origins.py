@@ -437,6 +437,7 @@ class TLSOrigin(Origin):
 
     def _on_sni(self, sslsock, name, ctx):
         self._sni[id(sslsock)] = name
+        self._last_sni = name  # for a handshake that then fails (no SSLSocket to key it by)
         return None
 
     def _wrap(self, s, rec):
@@ -447,6 +448,7 @@ class TLSOrigin(Origin):
             rec.tls_error = repr(e)
             with self.lock:
                 self.tls_errors.append(repr(e))
+                rec.sni, self._last_sni = getattr(self, "_last_sni", None), None
             try:
                 s.close()
             except OSError:

@@ -587,10 +587,10 @@ def test_h2c_upgrade_not_forwarded(moat_factory, origin, pki, scheme):
     c = (TLSClient(m.tls_port, "shop.test", ca=pki.ca) if scheme == "https"
          else Client(m.port))
     with c:
-        c.send(f"GET /h2c HTTP/1.1\r\nHost: shop.test\r\n{H2C}\r\n")
+        c.send(f"GET /up HTTP/1.1\r\nHost: shop.test\r\n{H2C}\r\n")
         r = c.read_response(allow_1xx=True)
         assert r.status == 200 and r.version == "HTTP/1.1", r.head_raw
-        assert r.body == b"ok main /h2c\n"
+        assert r.body == b"ok main /up\n"
         assert not r.has_header("Upgrade")
         c.send("GET /after HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         assert c.read_response().body == b"ok main /after\n"

@@ -97,6 +97,7 @@ def test_sni_not_in_certificate_fails(moat_factory, origin_factory, pki):
     r = get(m)
     assert r.status == 502, r.head_raw
     assert o.requests == []
+    o.wait_tls_errors(1)  # the origin's side of the failed handshake is recorded after moat's 502
     assert o.conns and o.conns[0].sni == "other.test"
     assert log_lines(m, VERIFY_WORDS), m.stderr()[-2000:]
 
