@@ -13,7 +13,8 @@
 #   SERVER_CPU [0]  CLIENT_CPU [1]     cores for servers under test / for wrk + origin
 #   SERVERS ["" = every server of the set]  e.g. SERVERS="limit moat"
 #   MOAT [./moat]  MOAT_EXTRA_ARGS [""] (every moat)  MOAT_CACHE_ARGS [""] (moat_cache only)
-#   MOAT_B [""]  a second moat binary: the proxy set also measures it as "moat_b" (an A/B of
+#   MOAT_B [""]  a second moat binary: the proxy set also measures it as "moat_b", the cache
+#                set as "moat_b_cache" (an A/B of
 #                two builds in the same rounds; RESULTS.md is not written from such a run)
 #   WORKLOADS ["" = every workload of the set]  e.g. WORKLOADS="1k-keepalive 128k-keepalive"
 #   TLS_CONNS [32]  concurrent connections of bench/lib/tls_load.c (the tls set's handshake rows)
@@ -505,6 +506,12 @@ start_moat_cache() {
   # shellcheck disable=SC2086
   moat_proxy moat_cache ${MOAT_CACHE_ARGS:-}
 }
+# moat_b_cache: MOAT_B in quick mode with its cache on, as moat_cache (an A/B of cache hits).
+start_moat_b_cache() {
+  moat_usable moat_b_cache "$MOAT_B" || return 1
+  # shellcheck disable=SC2086
+  BIN=$MOAT_B moat_proxy moat_b_cache ${MOAT_CACHE_ARGS:-}
+}
 
 # ---------------------------------------------------------------------------------------------
 # Scenario sets. A workload is NAME:PATH:MODE (MODE = ka | close).
@@ -520,6 +527,7 @@ set_proxy() {
 # fill the caches.
 set_cache() {
   SET_SERVERS=(limit moat_cache varnish nginx_cache haproxy_cache)
+  [ -z "$MOAT_B" ] || SET_SERVERS+=(moat_b_cache)
   SET_WORKLOADS=(hit-1k-keepalive:/1k:ka hit-1k-close:/1k:close hit-128k-keepalive:/128k:ka hit-128k-close:/128k:close)
   SET_EXPECT=hit
 }
