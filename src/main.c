@@ -3,11 +3,13 @@
 #include <getopt.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "admin/admin.h"
 #include "core/log.h"
 #include "proxy/server.h"
+#include "tls/tls.h"
 
 #ifndef MOAT_VERSION
 #define MOAT_VERSION "0.1.0"
@@ -67,6 +69,63 @@ static void on_signal(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
             moat_server_drain(cfg->drain_timeout_ms);
             moat_config_release(&cfg);
             moat_timer_set(loop, &ctl->wait, 50);
+        }
+    }
+}
+
+/* moat -t: the names of the sites served over TLS that no certificate covers (they get the
+ * default certificate, which a browser refuses). A warning, not an error: the site may be
+ * reached over plain http only, or behind a name the operator knows about. */
+struct name_check {
+    const char *host;
+    bool covered;
+};
+
+static bool cert_name_covers(const char *pat, size_t plen, const char *host)
+{
+    size_t hl = strlen(host);
+    if (plen == hl && !strncasecmp(pat, host, hl))
+        return true; /* the same name (a site's "*.example.com" needs that very wildcard) */
+    if (host[0] != '*' && plen > 2 && pat[0] == '*' && pat[1] == '.') { /* one label */
+        const char *dot = strchr(host, '.');
+        return dot && dot != host && strlen(dot) == plen - 1 &&
+               !strncasecmp(dot, pat + 1, plen - 1);
+    }
+    return false;
+}
+
+static void name_check_cert(const struct moat_tls_cert_info *ci, void *ud)
+{
+    struct name_check *nc = ud;
+    for (const char *p = ci->names; p && *p && !nc->covered;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n && cert_name_covers(p, n, nc->host))
+            nc->covered = true;
+        p += n;
+    }
+}
+
+static void check_site_names(const struct moat_config *cfg)
+{
+    bool tls = false;
+    for (size_t i = 0; i < cfg->nlisten; i++)
+        tls |= cfg->listen[i].tls;
+    if (!tls || !cfg->rt)
+        return;
+    for (size_t s = 0; s < cfg->nsites; s++) {
+        for (size_t h = 0; h < cfg->sites[s].nhosts; h++) {
+            const char *host = cfg->sites[s].hosts[h];
+            if (!strcmp(host, "*"))
+                continue;
+            struct name_check nc = {host, false};
+            moat_tls_each_cert(cfg, name_check_cert, &nc);
+            if (!nc.covered)
+                fprintf(stderr,
+                        "moat: warning: sites[%zu].hosts: %s has no certificate in "
+                        "tls.certificates; clients asking for it get the default one\n",
+                        s, host);
         }
     }
 }
@@ -145,6 +204,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (test) {
+        check_site_names(cfg);
         printf("moat: configuration %s is good\n", path ? path : "(embedded default)");
         moat_config_release(&cfg);
         return 0;

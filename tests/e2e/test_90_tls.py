@@ -328,6 +328,28 @@ def test_check_tls_config(tmp_path, pki):
     assert nocert.returncode == 1 and "tls" in nocert.stderr.lower(), nocert.stderr
 
 
+def test_check_warns_about_site_names_without_a_certificate(tmp_path, pki):
+    """moat -t names the sites' hosts that no certificate covers (they would get the default
+    certificate): a warning, the check still passes. Exact names and one-label wildcards
+    count; a site's own wildcard needs that very wildcard in a certificate."""
+    p = write_tls_config(tmp_path, pki.shop_ec.cert, pki.shop_ec.key)
+    p.write_text(p.read_text().replace(
+        '  - hosts: ["*"]\n',
+        '  - hosts: ["shop.test", "www.shop.test", "nope.test", "*.shop.test"]\n'))
+    r = check(p)
+    assert r.returncode == 0, r
+    warned = [l for l in r.stderr.splitlines() if "warning" in l]
+    assert any("nope.test" in l for l in warned), r.stderr
+    assert any("*.shop.test" in l for l in warned), r.stderr
+    assert not any(" shop.test " in l or "www.shop.test" in l for l in warned), r.stderr
+    p = write_tls_config(tmp_path, pki.api_wild.cert, pki.api_wild.key)
+    p.write_text(p.read_text().replace('  - hosts: ["*"]\n',
+                                       '  - hosts: ["a.api.test", "a.b.api.test"]\n'))
+    r = check(p)
+    warned = [l for l in r.stderr.splitlines() if "warning" in l]
+    assert r.returncode == 0 and len(warned) == 1 and "a.b.api.test" in warned[0], r.stderr
+
+
 def test_check_upgrades_h2c_refused(tmp_path, pki):
     """upgrades: [h2c] is refused at load: it would let a client speak HTTP/2 to the origin
     past every rule moat enforces."""
