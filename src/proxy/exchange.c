@@ -169,6 +169,29 @@ static void flow_for_response(struct moat_req *r, const struct moat_h1_resp *q,
     }
 }
 
+/* A 101 is taken only to a request that asked for an upgrade moat forwards, and only when the
+ * origin switches to one of the tokens it was sent (it must say which: RFC 9110 7.8). An
+ * origin that picks another protocol (h2c, say) gets no tunnel. */
+static bool upgrade_ok(const struct moat_req *r, const struct moat_h1_resp *q)
+{
+    if (!r->upgrade)
+        return false;
+    const struct moat_hdr *up = moat_h1_find(q->hdrs, q->nhdrs, MOAT_STR("upgrade"));
+    if (!up)
+        return false;
+    size_t pos = 0, n = 0;
+    struct moat_str tok;
+    while (moat_h1_list_next(up->value, &pos, &tok)) {
+        bool sent = false;
+        for (size_t i = 0; i < r->nup && !sent; i++)
+            sent = moat_str_ieq(tok, r->up[i]);
+        if (!sent || !moat_upgrade_allowed(r->site, tok))
+            return false;
+        n++;
+    }
+    return n > 0;
+}
+
 static int resp_head(struct moat_req *r)
 {
     struct moat_upconn *u = r->u;
@@ -214,7 +237,7 @@ static int resp_head(struct moat_req *r)
                         return MOAT_OK;
                     }
                 }
-                if (q.status == 101 && !r->upgrade)
+                if (q.status == 101 && !upgrade_ok(r, &q))
                     return upstream_fail(r, MOAT_XERR_BAD_RESPONSE, false);
                 flow_for_response(r, &q, &rs);
                 if ((q.flags & MOAT_H1_F_CONN_CLOSE) || q.minor == 0)

@@ -173,10 +173,12 @@ int moat_fwd_request_head(struct moat_req *r, struct moat_buf *b)
     PUTL(&o, "\r\n");
     if (r->upgrade) {
         /* Only the tokens the site allows (pipeline.c, pick_upgrade) go on. */
-        const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
         PUTL(&o, "Connection: upgrade\r\nUpgrade: ");
-        if (up)
-            puts_(&o, up->value);
+        for (size_t i = 0; i < r->nup; i++) {
+            if (i)
+                PUTL(&o, ", ");
+            puts_(&o, r->up[i]);
+        }
         PUTL(&o, "\r\n");
     }
     if (r->c.writer && r->c.stale) {

@@ -128,38 +128,43 @@ static void pick_rule(struct moat_req *r)
     r->static_default = r->wcfg->cfg->cache.static_ttl_ms > 0 && static_type(r->path);
 }
 
+/* Is the protocol of Upgrade token <tok> ("websocket", "foo/2": the name before any
+ * version) one the site forwards? */
+bool moat_upgrade_allowed(const struct moat_cfg_site *site, struct moat_str tok)
+{
+    const char *slash = memchr(tok.ptr, '/', tok.len);
+    struct moat_str name = slash ? moat_str_make(tok.ptr, (size_t)(slash - tok.ptr)) : tok;
+    if (!site->upgrades) /* the default: websocket */
+        return MOAT_STR_IEQ_LIT(name, "websocket");
+    for (size_t i = 0; i < site->nupgrades; i++)
+        if (moat_str_ieq(name, moat_str_make(site->upgrades[i], strlen(site->upgrades[i]))))
+            return true;
+    return false;
+}
+
 /* Upgrades only where asked: the request's Upgrade tokens are checked against the site's
- * list (websocket by default). Anything else, h2c above all (it would let a client speak
- * HTTP/2 to the origin past every rule moat enforces), is not forwarded: the request goes
- * on as a plain HTTP/1.1 request without Upgrade. */
+ * list (websocket by default), and only those allowed go to the origin (headers.c); the
+ * origin's 101 must then switch to one of them (exchange.c). Anything else, h2c above all
+ * (it would let a client speak HTTP/2 to the origin past every rule moat enforces), is not
+ * forwarded: with no allowed token left the request goes on as a plain HTTP/1.1 request
+ * without Upgrade. */
 static void pick_upgrade(struct moat_req *r)
 {
     r->upgrade = false;
+    r->nup = 0;
     if (!(r->flags & MOAT_H1_F_CONN_UPGRADE) || !(r->flags & MOAT_H1_F_UPGRADE) || r->minor != 1)
-        return;
-    const struct moat_hdr *up = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("upgrade"));
-    if (!up)
         return;
     size_t pos = 0;
     struct moat_str tok;
-    while (moat_h1_list_next(up->value, &pos, &tok)) {
-        /* a protocol may carry a version: "websocket", "foo/2" */
-        const char *slash = memchr(tok.ptr, '/', tok.len);
-        struct moat_str name = slash ? moat_str_make(tok.ptr, (size_t)(slash - tok.ptr)) : tok;
-        if (!r->site->upgrades) { /* the default: websocket */
-            if (MOAT_STR_IEQ_LIT(name, "websocket")) {
-                r->upgrade = true;
-                return;
-            }
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        if (!MOAT_STR_IEQ_LIT(r->hdrs[i].name, "upgrade"))
             continue;
-        }
-        for (size_t i = 0; i < r->site->nupgrades; i++)
-            if (moat_str_ieq(name,
-                             moat_str_make(r->site->upgrades[i], strlen(r->site->upgrades[i])))) {
-                r->upgrade = true;
-                return;
-            }
+        pos = 0;
+        while (moat_h1_list_next(r->hdrs[i].value, &pos, &tok))
+            if (r->nup < MOAT_ARRAY_LEN(r->up) && moat_upgrade_allowed(r->site, tok))
+                r->up[r->nup++] = tok;
     }
+    r->upgrade = r->nup > 0;
 }
 
 /* https.redirect: a request that came over plain http is sent to https:// on the same host,

@@ -29,4 +29,7 @@ extern const struct moat_phase_def {
  * forward it. MOAT_DONE: an answer is under way (R_CACHE, R_LOCAL). */
 int moat_pipeline_request(struct moat_req *r);
 
+/* Is the protocol of the Upgrade token <tok> one <site> forwards (sites[].upgrades)? */
+bool moat_upgrade_allowed(const struct moat_cfg_site *site, struct moat_str tok);
+
 #endif

@@ -22,7 +22,11 @@ struct moat_req;
 struct moat_upool {
     struct moat_upool *next; /* worker's list */
     struct moat_addr addr;
-    bool tls;                 /* its connections speak TLS (pools are keyed by address and TLS) */
+    bool tls;                 /* its connections speak TLS */
+    uint64_t tlskey;          /* how they were set up (moat_up_tls_key): pools are keyed by
+                                 address and this, so a connection verified one way never
+                                 serves a pool that asks for another, and a reload that
+                                 changes a pool's tls starts afresh */
     struct moat_upconn *idle; /* LIFO: the most recently used is warmest */
     unsigned nidle;
 };
@@ -154,6 +158,10 @@ struct moat_upconn *moat_up_get(struct moat_worker *w, struct moat_upool *pool,
 void moat_up_release(struct moat_upconn *u, bool reusable, uint64_t keepalive_ms,
                      unsigned keepalive_max);
 void moat_up_close(struct moat_upconn *u);
-struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr, bool tls);
+/* The pool of idle connections to <addr> set up as <tlskey> says (moat_up_tls_key; 0 for
+ * plain TCP), made on first use. NULL when memory runs out. */
+struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr,
+                                     uint64_t tlskey);
+uint64_t moat_up_tls_key(const struct moat_cfg_pool *pool, const struct moat_cfg_origin *o);
 
 #endif

@@ -183,7 +183,9 @@ struct moat_req {
     uint32_t uhead_sent;
     uint32_t uhead_len;
     bool uhead_done;
-    bool upgrade; /* the request asks for an upgrade moat forwards */
+    bool upgrade; /* the request asks for an upgrade moat forwards: */
+    uint8_t nup;
+    struct moat_str up[4]; /* its Upgrade tokens the site allows, the only ones forwarded */
     bool is_head;
     bool retried;
     bool up_reusable;

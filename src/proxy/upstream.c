@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "proxy/req.h"
 #include "tls/tls.h"
@@ -76,16 +77,36 @@ static void up_timeout(struct moat_loop *loop, struct moat_timer *t)
     moat_up_close(u);
 }
 
-struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr, bool tls)
+/* What a TLS connection to an origin was set up with (pools.*.tls: verify, trust, SNI or the
+ * origin's host, client certificate), as one number: a connection verified one way must
+ * never serve a pool that asks for another, so idle connections are pooled per address and
+ * per these settings. 0 for plain TCP. */
+uint64_t moat_up_tls_key(const struct moat_cfg_pool *pool, const struct moat_cfg_origin *o)
+{
+    if (!pool->tls.enabled)
+        return 0;
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "%d\n%s\n%s\n%s\n%s", pool->tls.verify,
+                     pool->tls.ca_file ? pool->tls.ca_file : "",
+                     pool->tls.sni ? pool->tls.sni : (o && o->host ? o->host : ""),
+                     pool->tls.cert ? pool->tls.cert : "", pool->tls.key ? pool->tls.key : "");
+    uint64_t h = XXH3_64bits(buf, n > 0 ? MOAT_MIN((size_t)n, sizeof buf - 1) : 0);
+    return h ? h : 1;
+}
+
+struct moat_upool *moat_up_pool_find(struct moat_worker *w, const struct moat_addr *addr,
+                                     uint64_t tlskey)
 {
     for (struct moat_upool *p = w->upools; p; p = p->next)
-        if (p->addr.len == addr->len && p->tls == tls && !memcmp(&p->addr.ss, &addr->ss, addr->len))
+        if (p->addr.len == addr->len && p->tlskey == tlskey &&
+            !memcmp(&p->addr.ss, &addr->ss, addr->len))
             return p;
     struct moat_upool *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->addr = *addr;
-    p->tls = tls;
+    p->tls = tlskey != 0;
+    p->tlskey = tlskey;
     p->next = w->upools;
     w->upools = p;
     return p;

@@ -95,7 +95,8 @@ static struct moat_wcfg *wcfg_build(struct moat_worker *w, struct moat_config *c
         /* Start each worker at a different origin so N workers don't all hit origin 0. */
         wc->rr[p] = w->id;
         for (size_t o = 0; o < pool->norigins; o++) {
-            wc->omap[p][o] = moat_up_pool_find(w, &pool->origins[o].addr, pool->tls.enabled);
+            wc->omap[p][o] = moat_up_pool_find(w, &pool->origins[o].addr,
+                                               moat_up_tls_key(pool, &pool->origins[o]));
             if (!wc->omap[p][o])
                 goto fail;
             wc->wsum[p] += pool->origins[o].weight ? pool->origins[o].weight : 1;

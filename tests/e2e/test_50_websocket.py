@@ -107,3 +107,30 @@ def test_client_close_ends_origin_side(moat_factory, origin_factory):
     while time.monotonic() < deadline and not o.conns[0].closed.is_set():
         time.sleep(0.02)
     assert o.conns[0].closed.is_set(), "origin side of the tunnel left open after client close"
+
+
+def test_only_allowed_upgrade_tokens_go_to_the_origin(moat_factory, origin_factory):
+    """`Upgrade: h2c, websocket` (h2c smuggling behind an allowed token): the origin is sent
+    only websocket, so it cannot switch to h2c; the tunnel is websocket's."""
+    o = origin_factory(ws_handler, name="ws")
+    m = moat_factory(o)
+    with Client(m.port) as c:
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.send(f"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, websocket\r\n"
+               f"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 101 and r.header("Upgrade", "").lower() == "websocket"
+    req = o.requests[0]
+    assert req.header_all("Upgrade") == ["websocket"], req.headers
+    assert b"h2c" not in req.raw.lower() and not req.has_header("HTTP2-Settings")
+
+
+def test_101_to_a_protocol_not_asked_is_refused(moat_factory, origin_factory):
+    """An origin that answers a websocket upgrade by switching to h2c gets no tunnel: 502."""
+    o = origin_factory(lambda req, o: [b"HTTP/1.1 101 Switching Protocols\r\n"
+                                       b"Upgrade: h2c\r\nConnection: Upgrade\r\n\r\n", 0.5])
+    m = moat_factory(o)
+    with Client(m.port) as c:
+        r, _ = handshake(c)
+        assert r.status == 502, r.head_raw

@@ -243,3 +243,23 @@ def test_check_refuses_bad_pool_tls(tmp_path, pki, tls, what):
     # a file's problem may be found after parsing (when OpenSSL loads it), so the message
     # names the file, not necessarily a line
     assert what in r.stderr and "unknown key" not in r.stderr, r.stderr
+
+
+def test_pools_with_other_tls_settings_never_share_a_connection(moat_factory, origin_factory,
+                                                                  pki):
+    """Two pools reach the same origin address: "lax" with verify: false, "strict" trusting a
+    CA that did not sign the origin. After "lax" has left a warm connection in its pool, a
+    request for "strict" must still verify (and fail) on a connection of its own, never reuse
+    that one: idle connections are pooled per address and per TLS settings."""
+    o = origin_factory.tls(cert=pki.wrong_ca)
+    cfg = moat_factory.config([o], admin=True, workers=1)
+    cfg["pools"]["main"]["tls"] = {"verify": False}
+    cfg["pools"]["strict"] = dict(cfg["pools"]["main"],
+                                  tls={"verify": True, "ca_file": pki.ca, "sni": "origin.test"})
+    cfg["sites"] = [{"hosts": ["lax.test"], "pool": "main"},
+                    {"hosts": ["strict.test"], "pool": "strict"}]
+    m = moat_factory(config=cfg)
+    assert get(m, "/a", host="lax.test").status == 200
+    assert get(m, "/b", host="strict.test").status == 502
+    assert get(m, "/c", host="lax.test").status == 200
+    assert [r.target for r in o.requests] == ["/a", "/c"]
