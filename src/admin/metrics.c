@@ -103,7 +103,8 @@ char *moat_metrics_render(size_t *len)
         sbf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                       \
         last = m;                                                                                  \
     }                                                                                              \
-    sbf(&b, "%s{%s} %llu\n", m, l, (unsigned long long)atomic_load(&s.tls.f));
+    sbf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                                 \
+        (unsigned long long)atomic_load(&s.tls.f));
     MOAT_TLS_STATS(TLS_ROW)
 #undef TLS_ROW
 #undef ROW

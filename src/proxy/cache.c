@@ -185,8 +185,8 @@ static bool build_key(struct moat_req *r)
 
 /* --- the phase ----------------------------------------------------------------------------- */
 
-/* Range and If-Range point into the request head, which stays in the input buffer until the
- * cached answer's head is queued. */
+/* Range and If-Range, kept for when the answer comes from the cache (they point into the
+ * request's own copy of its head). */
 static void note_range(struct moat_req *r)
 {
     const struct moat_hdr *rg = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("range"));
@@ -730,8 +730,11 @@ void moat_pcache_response(struct moat_req *r, const struct moat_h1_resp *q)
     struct moat_hdr keep[256];
     size_t nk = 0;
     struct moat_str tags = MOAT_STR_NULL;
-    for (size_t i = 0; i < q->nhdrs && nk < MOAT_ARRAY_LEN(keep); i++) {
+    bool had_date = false;
+    for (size_t i = 0; i < q->nhdrs && nk + 1 < MOAT_ARRAY_LEN(keep); i++) {
         struct moat_str n = q->hdrs[i].name;
+        if (n.len == 4 && MOAT_STR_IEQ_LIT(n, "date"))
+            had_date = true;
         if (moat_pcache_strip(r, n)) {
             if (!tags.len &&
                 (MOAT_STR_IEQ_LIT(n, "cache-tag") || MOAT_STR_IEQ_LIT(n, "surrogate-key")))
@@ -743,6 +746,13 @@ void moat_pcache_response(struct moat_req *r, const struct moat_h1_resp *q)
         if (strip_cookies && MOAT_STR_IEQ_LIT(n, "set-cookie"))
             continue; /* the fetching client got its cookie; the copy hands out none */
         keep[nk++] = q->hdrs[i];
+    }
+    /* An origin that sent no Date gets the time moat received the answer (RFC 9110 6.6.1),
+     * stored with the copy: hits carry the stored Date, so every answer has one. */
+    char date[MOAT_HTTP_DATE_LEN + 1];
+    if (!had_date) {
+        size_t dn = moat_http_date_format(now, date);
+        keep[nk++] = (struct moat_hdr){MOAT_STR("Date"), moat_str_make(date, dn)};
     }
     if (moat_cache_obj_set_head(r->c.obj, q->status, keep, nk, &meta, tags) != MOAT_OK) {
         moat_cache_obj_abort(r->c.obj);

@@ -510,8 +510,10 @@ int moat_xchg_drive(struct moat_req *r)
                 moat_timer_set(&w->loop, &u->timer, p->first_byte_timeout_ms);
         }
         if (!u->handshaken) {
-            if (u->timed_out)
+            if (u->timed_out) {
+                moat_tls_count_timeout(&u->s.sk);
                 return upstream_fail(r, MOAT_XERR_TIMEOUT, false);
+            }
             int rc = moat_sock_handshake(&u->s.sk);
             if (rc == MOAT_AGAIN)
                 return MOAT_AGAIN;

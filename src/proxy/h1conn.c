@@ -689,7 +689,8 @@ static void conn_timeout(struct moat_loop *loop, struct moat_timer *t)
         r->close = true;
         r->body_done = true;
         r->xerr = MOAT_XERR_CLIENT_TIMEOUT;
-        moat_local_response(r, 408, "request head not received in time\n");
+        const struct moat_xerr_def *d = &moat_xerr_defs[MOAT_XERR_CLIENT_TIMEOUT];
+        moat_local_response(r, d->status, d->answer);
         h1_drive(c);
         return;
     }

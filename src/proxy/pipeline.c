@@ -1,8 +1,7 @@
 /* pipeline.c: the request's way through moat, top to bottom. Each phase has one owner module;
- * this file only says in which order they run. Response-side phases (response filter, store,
- * log) run from conn.c as the response passes; they will move here as they grow. */
-#include <arpa/inet.h>
-
+ * this file only says in which order they run. Response-side steps (response filter, store,
+ * log) run from exchange.c, cache.c and alog.c as the response passes; they will move here as
+ * they grow. */
 #include "proxy/pipeline.h"
 
 /* --- shield: nothing yet; the shield issue adds ACLs, rate limits and the challenge ------ */
@@ -168,20 +167,17 @@ static void pick_upgrade(struct moat_req *r)
 }
 
 /* https.redirect: a request that came over plain http is sent to https:// on the same host,
- * at the port of moat's first TLS listener (left out when it is 443): 301 for GET and HEAD,
- * 308 for the others so that the method and body are kept (RFC 9110 15.4.9). Nothing
- * reaches the origin or the cache. */
+ * at the port of moat's first TLS listener (left out when it is 443; the listeners open now,
+ * which a reload does not change): 301 for GET and HEAD, 308 for the others so that the
+ * method and body are kept (RFC 9110 15.4.9). Nothing reaches the origin or the cache. */
 static void redirect_https(struct moat_req *r, struct moat_str host)
 {
-    const struct moat_config *cfg = r->wcfg->cfg;
     unsigned port = 443;
-    for (size_t i = 0; i < cfg->nlisten; i++) {
-        if (!cfg->listen[i].tls)
-            continue;
-        const struct sockaddr_storage *ss = &cfg->listen[i].addr.ss;
-        port = ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
-                                         : ntohs(((const struct sockaddr_in *)ss)->sin_port);
-        break;
+    for (size_t i = 0; i < r->w->nlisteners; i++) {
+        if (r->w->listeners[i].tls) {
+            port = r->w->listeners[i].port;
+            break;
+        }
     }
     struct moat_str t = r->target;
     if (r->flags & MOAT_H1_F_ABSOLUTE)

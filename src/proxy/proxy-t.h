@@ -72,6 +72,7 @@ struct moat_listener {
     struct moat_io io;
     struct moat_worker *w;
     bool tls;
+    uint16_t port; /* the port it listens on (https.redirect sends clients to a TLS one) */
 };
 
 struct moat_upconn {

@@ -206,9 +206,12 @@ void moat_req_respond(struct moat_req *r, int status, const char *ctype,
     r->state = R_LOCAL;
     moat_buf_put(&r->lbody);
     r->lbody_sent = 0;
-    if (body.len && !r->is_head &&
-        moat_buf_get(&r->lbody, (uint32_t)MOAT_MAX(body.len, (size_t)4096)) == MOAT_OK)
-        moat_buf_append(&r->lbody, body.ptr, (uint32_t)body.len);
+    if (body.len && !r->is_head) {
+        if (moat_buf_get(&r->lbody, (uint32_t)MOAT_MAX(body.len, (size_t)4096)) == MOAT_OK)
+            moat_buf_append(&r->lbody, body.ptr, (uint32_t)body.len);
+        else
+            body.len = 0; /* out of memory: the status and fields go, without the body */
+    }
     struct moat_resp resp = {
         .status = status,
         .fields = extra,

@@ -38,9 +38,9 @@ static void unlink_idle(struct moat_upconn *u)
     u->next_idle = NULL;
 }
 
-/* I/O on an upstream connection: while it belongs to an exchange, the client connection's
- * state machine does the work; while idle in the pool, any readability means the origin
- * closed it or sent bytes nobody asked for: either way it is no longer usable. */
+/* I/O on an upstream connection: while it serves a request, the request's exchange does the
+ * work (moat_req_drive); while idle in the pool, any readability means the origin closed it
+ * or sent bytes nobody asked for (TLS aside, below): either way it is no longer usable. */
 static void up_io(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
 {
     struct moat_upconn *u = MOAT_CONTAINER_OF(io, struct moat_upconn, s.sk.io);

@@ -403,6 +403,10 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
             w->listeners[k].io.cb = on_accept;
             w->listeners[k].w = w;
             w->listeners[k].tls = cfg->listen[k].tls;
+            const struct sockaddr_storage *ss = &cfg->listen[k].addr.ss;
+            w->listeners[k].port = ss->ss_family == AF_INET6
+                                       ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
+                                       : ntohs(((const struct sockaddr_in *)ss)->sin_port);
             moat_loop_add(&w->loop, &w->listeners[k].io, EPOLLIN);
         }
     }
@@ -460,6 +464,21 @@ int moat_server_reload(const char *path, char *err, size_t errlen)
     struct moat_config *cfg = moat_config_load(path, err, errlen);
     if (cfg && moat_server_prepare(cfg, err, errlen) != MOAT_OK)
         moat_config_release(&cfg);
+    if (cfg && cfg->tls.ncerts == 0 && moat_srv.nworkers) {
+        /* The listeners stay as they were started (listen needs a restart): TLS ones need
+         * certificates from the new snapshot too. */
+        const struct moat_worker *w0 = &moat_srv.workers[0];
+        for (size_t k = 0; k < w0->nlisteners; k++) {
+            if (w0->listeners[k].tls) {
+                snprintf(err, errlen,
+                         "%s: tls.certificates: the TLS listener on port %u is still open (a "
+                         "change of listen takes a restart) and needs certificates",
+                         path, (unsigned)w0->listeners[k].port);
+                moat_config_release(&cfg);
+                break;
+            }
+        }
+    }
     if (!cfg) {
         atomic_fetch_add(&moat_srv.reloads_failed, 1);
         moat_log_error("reload refused, still running generation %llu: %s",

@@ -287,6 +287,23 @@ def test_reload_with_bad_key_is_refused(moat_factory, origin, pki, tmp_path, bad
     assert handshake(m.tls_port, "shop.test", ca=pki.ca).status == 200
 
 
+def test_reload_that_drops_the_certificates_is_refused(moat_factory, origin, pki):
+    """The listeners stay as started (listen takes a restart), so a reload whose file has no
+    TLS listener and no certificates any more is refused: the open TLS listener needs them."""
+    m = tls_moat(moat_factory, pki, origin)
+    gen = m.status()["generation"]
+    cfg = dict(m.config)
+    cfg["listen"] = [cfg["listen"][0]]
+    cfg.pop("tls")
+    m.reload(cfg)
+    deadline = time.monotonic() + 5
+    while "tls.certificates" not in m.stderr() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "tls.certificates" in m.stderr(), m.stderr()[-2000:]
+    assert m.status()["generation"] == gen
+    assert handshake(m.tls_port, "shop.test", ca=pki.ca).status == 200
+
+
 def write_tls_config(tmp_path, cert, key, extra=""):
     p = tmp_path / "tls.yaml"
     p.write_text(f"""\
@@ -731,3 +748,20 @@ def test_session_ticket_keys_survive_reload(moat_factory, origin, pki):
     with TLSClient(m.tls_port, "shop.test", ctx=ctx, session=session) as c:
         assert c.get("/").status == 200
         assert c.session_reused
+
+
+def test_date_stored_with_a_cached_answer_that_had_none(moat_factory, origin_factory, pki):
+    """A cacheable answer without Date is stored with the time moat got it: the hit that
+    follows carries that same Date (not none, not a new one)."""
+    o = origin_factory(lambda req, o: response(200, "cached, no date\n",
+                                               [("Cache-Control", "max-age=60")]), name="cnd")
+    m = tls_moat(moat_factory, pki, o)
+    with Client(m.port) as c:
+        c.send("GET /cd HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        first = c.read_response()
+        time.sleep(1.1)
+        c.send("GET /cd HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        hit = c.read_response()
+    assert "hit" in hit.header("Cache-Status", ""), hit.headers
+    assert len(o.requests) == 1
+    assert len(first.header_all("Date")) == 1 and hit.header_all("Date") == first.header_all("Date")
