@@ -43,6 +43,16 @@ static inline bool moat_str_eq(struct moat_str a, struct moat_str b)
     return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, a.len) == 0);
 }
 
+/* <s> moved along with the bytes it points into: if it points into <from,n>, the same place in
+ * the copy at <to>; otherwise (a static string) unchanged. */
+static inline struct moat_str moat_str_rebase(struct moat_str s, const char *from, size_t n,
+                                              const char *to)
+{
+    if (s.ptr >= from && s.ptr < from + n)
+        s.ptr = to + (s.ptr - from);
+    return s;
+}
+
 /* ASCII case-insensitive comparison (header names, tokens). */
 bool moat_str_ieq(struct moat_str a, struct moat_str b);
 /* ASCII case-insensitive comparison of <a> with the literal lowercase <lc>. Inline: it runs

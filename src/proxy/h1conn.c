@@ -442,13 +442,6 @@ static int bad_request(struct moat_h1conn *c, enum moat_h1_err err)
     return MOAT_OK;
 }
 
-static struct moat_str move(struct moat_str s, const char *from, size_t n, char *to)
-{
-    if (s.ptr >= from && s.ptr < from + n)
-        s.ptr = to + (s.ptr - from);
-    return s;
-}
-
 /* The request takes its own copy of the head: the input buffer moves on to the body and to
  * pipelined requests, and nothing above this file ever points into it. One memcpy of the
  * head's bytes (a few hundred, in cache) and the fields array, both into one buffer from
@@ -466,17 +459,17 @@ static int own_head(struct moat_h1conn *c, struct moat_req *r, const struct moat
     r->hbuf.wpos = (uint32_t)need;
     r->hdrs = (struct moat_hdr *)(void *)(to + off);
     for (size_t i = 0; i < n; i++) {
-        r->hdrs[i].name = move(q->hdrs[i].name, from, hl, to);
-        r->hdrs[i].value = move(q->hdrs[i].value, from, hl, to);
+        r->hdrs[i].name = moat_str_rebase(q->hdrs[i].name, from, hl, to);
+        r->hdrs[i].value = moat_str_rebase(q->hdrs[i].value, from, hl, to);
     }
     r->nhdrs = n;
     r->hdrs_h1 = true;
     r->meth = q->meth;
-    r->method = move(q->method, from, hl, to);
-    r->target = move(q->target, from, hl, to);
-    r->path = move(q->path, from, hl, to);
-    r->query = move(q->query, from, hl, to);
-    r->authority = move(q->host, from, hl, to);
+    r->method = moat_str_rebase(q->method, from, hl, to);
+    r->target = moat_str_rebase(q->target, from, hl, to);
+    r->path = moat_str_rebase(q->path, from, hl, to);
+    r->query = moat_str_rebase(q->query, from, hl, to);
+    r->authority = moat_str_rebase(q->host, from, hl, to);
     r->minor = q->minor;
     r->flags = q->flags;
     return MOAT_OK;

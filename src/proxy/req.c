@@ -331,13 +331,6 @@ void moat_req_start(struct moat_req *r)
 
 /* --- copies for background refreshes ---------------------------------------------------- */
 
-static struct moat_str rebase(struct moat_str s, const char *from, size_t n, const char *to)
-{
-    if (s.ptr >= from && s.ptr < from + n)
-        s.ptr = to + (s.ptr - from);
-    return s;
-}
-
 struct moat_req *moat_req_spawn(struct moat_req *r)
 {
     struct moat_worker *w = r->w;
@@ -360,19 +353,19 @@ struct moat_req *moat_req_spawn(struct moat_req *r)
     memcpy(b->hbuf.base, from, n);
     b->hbuf.wpos = r->hbuf.wpos;
     b->meth = r->meth;
-    b->method = rebase(r->method, from, n, to);
+    b->method = moat_str_rebase(r->method, from, n, to);
     b->scheme = r->scheme;
-    b->authority = rebase(r->authority, from, n, to);
-    b->target = rebase(r->target, from, n, to);
-    b->path = rebase(r->path, from, n, to);
-    b->query = rebase(r->query, from, n, to);
+    b->authority = moat_str_rebase(r->authority, from, n, to);
+    b->target = moat_str_rebase(r->target, from, n, to);
+    b->path = moat_str_rebase(r->path, from, n, to);
+    b->query = moat_str_rebase(r->query, from, n, to);
     b->minor = r->minor;
     b->flags = r->flags;
     b->hdrs = (struct moat_hdr *)(void *)(b->hbuf.base + ((const char *)r->hdrs - from));
     b->nhdrs = r->nhdrs;
     for (size_t i = 0; i < r->nhdrs; i++) {
-        b->hdrs[i].name = rebase(r->hdrs[i].name, from, n, to);
-        b->hdrs[i].value = rebase(r->hdrs[i].value, from, n, to);
+        b->hdrs[i].name = moat_str_rebase(r->hdrs[i].name, from, n, to);
+        b->hdrs[i].value = moat_str_rebase(r->hdrs[i].value, from, n, to);
     }
     b->hdrs_h1 = r->hdrs_h1;
     b->tls = r->tls;
