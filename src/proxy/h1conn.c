@@ -458,9 +458,12 @@ static int own_head(struct moat_h1conn *c, struct moat_req *r, const struct moat
     memcpy(to, from, hl);
     r->hbuf.wpos = (uint32_t)need;
     r->hdrs = (struct moat_hdr *)(void *)(to + off);
+    /* Every field lies inside the head (only the path of an absolute-form target may be a
+     * static "/", below): one offset for all, no range check per field. */
+    ptrdiff_t d = to - from;
     for (size_t i = 0; i < n; i++) {
-        r->hdrs[i].name = moat_str_rebase(q->hdrs[i].name, from, hl, to);
-        r->hdrs[i].value = moat_str_rebase(q->hdrs[i].value, from, hl, to);
+        r->hdrs[i].name = moat_str_make(q->hdrs[i].name.ptr + d, q->hdrs[i].name.len);
+        r->hdrs[i].value = moat_str_make(q->hdrs[i].value.ptr + d, q->hdrs[i].value.len);
     }
     r->nhdrs = n;
     r->hdrs_h1 = true;
