@@ -573,9 +573,20 @@ static void revalidated(struct moat_req *r, const struct moat_h1_resp *q,
     struct moat_hdr merged[256];
     size_t n = 0, pos = 0;
     struct moat_hdr h;
-    while (n < MOAT_ARRAY_LEN(merged) && moat_cache_head_next(old, &pos, &h)) {
+    /* A 304 without Date confirms the body now: the refreshed copy is dated now (as the
+     * first answer would have been, had it carried no Date), not with the stored Date, which
+     * would make its age count from the first fetch. */
+    bool date304 = moat_h1_find(q->hdrs, q->nhdrs, MOAT_STR("date")) != NULL;
+    char date[MOAT_HTTP_DATE_LEN + 1];
+    while (n + 1 < MOAT_ARRAY_LEN(merged) && moat_cache_head_next(old, &pos, &h)) {
+        if (!date304 && MOAT_STR_IEQ_LIT(h.name, "date"))
+            continue;
         if (!moat_h1_find(q->hdrs, q->nhdrs, h.name))
             merged[n++] = h;
+    }
+    if (!date304) {
+        size_t dn = moat_http_date_format(moat_pcache_now(), date);
+        merged[n++] = (struct moat_hdr){MOAT_STR("Date"), moat_str_make(date, dn)};
     }
     struct moat_str tags = moat_cache_head_tags(old);
     for (size_t i = 0; i < q->nhdrs && n < MOAT_ARRAY_LEN(merged); i++) {
