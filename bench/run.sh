@@ -265,12 +265,11 @@ start_nginx_cache() {
     "proxy_cache_path $TMP/nginx_cache/cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=1h use_temp_path=off;"
 }
 
-# haproxy: one thread, mode http, no logging, server connections shared across clients
-# (http-reuse always: the same thing nginx's keepalive pool and moat's pool do).
-haproxy_proxy() {   # NAME [BACKEND_EXTRA] [TOP_EXTRA]
-  local name=$1 port; port=$(free_port); local dir="$TMP/$name"
-  mkdir -p "$dir"
-  cat >"$dir/haproxy.cfg" <<EOF
+# The global and defaults sections every HAProxy of the bench shares: one thread, mode http,
+# no logging, keep-alive, the same timeouts.
+haproxy_head() {   # DIR
+  local dir=$1
+  cat <<EOF
 global
     nbthread 1
     maxconn 4000
@@ -284,6 +283,15 @@ defaults
     timeout server 60s
     timeout http-request 10s
     timeout http-keep-alive 60s
+EOF
+}
+
+# haproxy: one thread, mode http, no logging, server connections shared across clients
+# (http-reuse always: the same thing nginx's keepalive pool and moat's pool do).
+haproxy_proxy() {   # NAME [BACKEND_EXTRA] [TOP_EXTRA]
+  local name=$1 port; port=$(free_port); local dir="$TMP/$name"
+  mkdir -p "$dir"
+  { haproxy_head "$dir"; cat <<EOF
 
 frontend fe
     bind 127.0.0.1:$port
@@ -295,6 +303,7 @@ ${2:-}
     server origin 127.0.0.1:${PORT[origin]}
 ${3:-}
 EOF
+  } >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
     || { cat "$dir/check.log" >&2; die "$name: config invalid ($dir/haproxy.cfg)"; }
   start "$name" "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
@@ -380,26 +389,14 @@ start_haproxy_tls() {
   make_certs
   local port; port=$(free_port); local dir="$TMP/haproxy_tls"
   mkdir -p "$dir"
-  cat >"$dir/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4000
-    pidfile $dir/haproxy.pid
-
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
+  { haproxy_head "$dir"; cat <<EOF
 
 frontend fe
     bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn http/1.1
     http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
     http-request return status 404
 EOF
+  } >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
     || { cat "$dir/check.log" >&2; die "haproxy_tls: config invalid ($dir/haproxy.cfg)"; }
   start haproxy_tls "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
