@@ -632,40 +632,14 @@ void moat_cache_obj_unsubscribe(struct moat_cache_waiter *w)
 
 /* ---- Writer ---------------------------------------------------------------------------- */
 
+/* Fields a stored head leaves out: the hop-by-hop ones (moat_http_hop, and those the
+ * Connection field names: RFC 9110 7.6.1), and the ones the integrator states anew on every
+ * answer (framing: Content-Length, Trailer; Age). */
 static bool hop_by_hop(struct moat_str name, const struct moat_hdr *hdrs, size_t n)
 {
-    static const struct moat_str hop[] = {
-        MOAT_STR("connection"),        MOAT_STR("keep-alive"),
-        MOAT_STR("proxy-connection"),  MOAT_STR("te"),
-        MOAT_STR("transfer-encoding"), MOAT_STR("upgrade"),
-        MOAT_STR("trailer"),           MOAT_STR("age"),
-        MOAT_STR("content-length"),
-    };
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(hop); i++)
-        if (moat_str_ieq(name, hop[i]))
-            return true;
-    /* fields named by Connection are hop-by-hop too (RFC 9110 7.6.1) */
-    for (size_t i = 0; i < n; i++) {
-        if (!MOAT_STR_IEQ_LIT(hdrs[i].name, "connection"))
-            continue;
-        struct moat_str v = hdrs[i].value;
-        size_t s = 0;
-        for (size_t j = 0; j <= v.len; j++) {
-            if (j == v.len || v.ptr[j] == ',') {
-                struct moat_str t = moat_str_make(v.ptr + s, j - s);
-                while (t.len && (t.ptr[0] == ' ' || t.ptr[0] == '\t')) {
-                    t.ptr++;
-                    t.len--;
-                }
-                while (t.len && (t.ptr[t.len - 1] == ' ' || t.ptr[t.len - 1] == '\t'))
-                    t.len--;
-                if (moat_str_ieq(t, name))
-                    return true;
-                s = j + 1;
-            }
-        }
-    }
-    return false;
+    return moat_http_hop(name) || MOAT_STR_IEQ_LIT(name, "trailer") ||
+           MOAT_STR_IEQ_LIT(name, "age") || MOAT_STR_IEQ_LIT(name, "content-length") ||
+           moat_http_conn_names(hdrs, n, name);
 }
 
 static bool tag_sep(char c)

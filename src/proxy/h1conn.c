@@ -484,7 +484,7 @@ static int start_request(struct moat_h1conn *c, const struct moat_h1_req *q)
     struct moat_req *r = new_req(c);
     if (!r || own_head(c, r, q) != MOAT_OK) {
         if (r)
-            moat_req_client_gone(r, false);
+            moat_req_client_gone(r);
         return MOAT_DONE;
     }
     const struct moat_config *cfg = r->wcfg->cfg;
@@ -717,7 +717,7 @@ static void conn_close(struct moat_h1conn *c)
     if (c->req) {
         struct moat_req *r = c->req;
         c->req = NULL;
-        moat_req_client_gone(r, false);
+        moat_req_client_gone(r);
     }
     disarm(c);
     moat_sock_close(&c->s.sk);

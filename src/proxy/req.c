@@ -218,7 +218,7 @@ bool moat_req_detach(struct moat_req *r)
     return true;
 }
 
-void moat_req_client_gone(struct moat_req *r, bool timeout)
+void moat_req_client_gone(struct moat_req *r)
 {
     if (detachable(r)) {
         become_orphan(r);

@@ -240,7 +240,7 @@ void moat_req_drive(struct moat_req *r);
 /* The client is gone (its connection closed): the request ends, logged as 499 when nothing
  * was answered, unless it is a cache fill that goes on without it (then it becomes an
  * orphan with the sink). After the call <r> belongs to no downstream. */
-void moat_req_client_gone(struct moat_req *r, bool timeout);
+void moat_req_client_gone(struct moat_req *r);
 /* The downstream failed to take the response (a write error): a cache fill goes on without
  * it, as an orphan with the sink (true; the downstream's detach was called); otherwise false
  * and the caller ends the request. */

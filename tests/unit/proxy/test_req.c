@@ -175,7 +175,7 @@ static void test_client_gone_before_an_answer_is_499(void **state)
 {
     struct fixture *fx = *state;
     struct moat_req *r = moat_req_new(&fx->w, &test_ds, NULL);
-    moat_req_client_gone(r, false);
+    moat_req_client_gone(r);
     assert_int_equal(r->state, R_DONE);
     assert_int_equal(r->status, 499);
     assert_int_equal(r->xerr, MOAT_XERR_CLIENT_GONE);
@@ -222,12 +222,12 @@ static void test_spawn_copies_and_owns_the_head(void **state)
     memset(r->hbuf.base, 'x', 64);
     assert_memory_equal(b->target.ptr, "/a?b=1", 6);
     moat_req_spawn_start(b, false); /* dropped unstarted */
-    moat_req_client_gone(r, false);
+    moat_req_client_gone(r);
     /* a request with a body is not copied */
     struct moat_req *r2 = moat_req_new(&fx->w, &test_ds, NULL);
     r2->body_len = 10;
     assert_null(moat_req_spawn(r2));
-    moat_req_client_gone(r2, false);
+    moat_req_client_gone(r2);
 }
 
 int main(void)
