@@ -516,8 +516,12 @@ static const struct cfg_key site_keys[] = {
      .type = KT_CUSTOM,
      .fn = k_site_pool,
      .tname = "pool name",
-     .flags = K_REQUIRED,
-     .doc = "the pool requests for this site go to (required)"},
+     .doc = "the pool requests for this site go to (this or load_balancer is required)"},
+    {.name = "load_balancer",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_site_lb,
+     .tname = "load balancer name",
+     .doc = "the load balancer requests for this site go to, instead of pool"},
     {.name = "rules",
      .type = KT_CUSTOM,
      .fn = k_rules,
@@ -537,7 +541,15 @@ static const struct cfg_key site_keys[] = {
      .def = "[websocket]",
      .doc = "Upgrade protocols forwarded to the origin ([] = none; h2c is refused)"},
 };
-const struct cfg_table cfg_site_table = CFG_TABLE(site_keys, NULL);
+/* pool or load_balancer: one of them. */
+static int site_post(struct cfg_ld *ld, struct fy_node *map, void *base)
+{
+    const struct moat_cfg_site *site = base;
+    if (!site->pool)
+        return cfg_fail(ld, map, "a site needs pool: NAME or load_balancer: NAME");
+    return MOAT_OK;
+}
+const struct cfg_table cfg_site_table = CFG_TABLE(site_keys, site_post);
 
 static int cmp_ent(const void *a, const void *b)
 {
