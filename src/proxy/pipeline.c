@@ -3,6 +3,7 @@
  * log) run from exchange.c, cache.c and alog.c as the response passes; they will move here as
  * they grow. */
 #include "proxy/pipeline.h"
+#include "lb/lb.h"
 
 /* --- shield: nothing yet; the shield issue adds ACLs, rate limits and the challenge ------ */
 static int phase_shield(struct moat_req *r)
@@ -248,11 +249,14 @@ static int phase_cache(struct moat_req *r)
     return moat_pcache_request(r);
 }
 
-/* --- balance: site -> pool -> origin, smooth enough weighted round-robin. The load-balancing
- * issue replaces this with pools, health and steering. */
+/* --- balance: site -> load balancer -> pool -> origin (src/lb/: steering, health, affinity,
+ * admission). A snapshot without the balancer's runtime (unit tests that build one by hand)
+ * keeps the plain weighted round-robin below. */
 static int phase_balance(struct moat_req *r)
 {
     const struct moat_config *cfg = r->wcfg->cfg;
+    if (cfg->lb_rt)
+        return moat_lb_balance(r);
     unsigned pi = (unsigned)(r->site->pool - cfg->pools);
     const struct moat_cfg_pool *pool = &cfg->pools[pi];
     unsigned pos = r->wcfg->rr[pi]++ % r->wcfg->wsum[pi];
