@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <time.h>
 
+#include "lb/lb.h"
 #include "admin/admin.h"
 #include "cache/store.h"
 #include "core/log.h"
@@ -392,8 +393,18 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         handle_purge(a, req, resp);
         return;
     }
-    moat_httpd_error(resp, 404,
-                     "no such endpoint (try /status, /metrics, POST /reload, POST /purge)");
+    if (path.len >= 6 && !memcmp(path.ptr, "/pools", 6) && (path.len == 6 || path.ptr[6] == '/')) {
+        /* pools and origins at run time (src/lb/lb_admin.c) */
+        char *out = NULL;
+        int st = moat_lb_admin(r->meth, path.ptr, path.len, req->body.ptr, req->body.len, &out);
+        free(resp->body);
+        resp->status = st;
+        resp->body = out;
+        resp->len = out ? strlen(out) : 0;
+        return;
+    }
+    moat_httpd_error(resp, 404, "no such endpoint (try /status, /metrics, /pools, POST /reload, "
+                                "POST /purge)");
 }
 
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,

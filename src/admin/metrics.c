@@ -3,6 +3,7 @@
 
 #include "admin/admin.h"
 #include "cache/store.h"
+#include "lb/lb.h"
 #include "proxy/server.h"
 #include "tls/tls.h"
 
@@ -155,6 +156,11 @@ char *moat_metrics_render(size_t *len)
         moat_tls_each_cert(cfg, cert_row, &b);
     }
     moat_config_release(&cfg);
+    char *lbm = moat_lb_metrics_text(); /* pools and origins (src/lb/lb_admin.c) */
+    if (lbm) {
+        sbf(&b, "%s", lbm);
+        free(lbm);
+    }
     sbf(&b,
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
         "moat_uptime_seconds %.3f\n",

@@ -84,7 +84,7 @@ bool moat_lb_usable(const struct moat_lb_origin *o, uint64_t now_ms);
  * JSON body (malloc'd). */
 int moat_lb_admin(int method, const char *path, size_t pathlen, const char *body, size_t blen,
                   char **out);
-/* Appends the load balancer's metrics (Prometheus text) to <buf>; returns the new buffer. */
-char *moat_lb_metrics(char *buf, size_t *len, size_t *cap);
+/* The load balancer's metrics as Prometheus text (malloc'd; NULL when out of memory). */
+char *moat_lb_metrics_text(void);
 
 #endif

@@ -1,0 +1,572 @@
+"""test_100_lb: load balancing with several real origins on 127.0.0.1: weighted shares,
+failover when an origin dies (no failed idempotent request), monitors with fall/rise, a stalled
+origin taken out by try_timeout, pool failover and fallback, geo steering (CIDRs and a MaxMind
+database written by mmdb.py), consistent hashing, affinity cookies, the admission queue,
+the admin API for origins, health that survives a reload, and config errors with file:line."""
+
+import collections
+import http.client
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import MOAT_BIN, free_port, metric
+from origins import HANG, default_handler, response
+
+ROOT = Path(__file__).resolve().parents[2]
+MMDB = str(ROOT / "tests" / "data" / "geoip-test.mmdb")
+
+
+def lb_moat(moat_factory, pools, lbs=None, site=None, monitors=None, workers=2, **over):
+    """A moat with admin on, the given pools (name -> pool dict), load balancers and one "*"
+    site (on the load balancer "app" when there is one, else on pool "main")."""
+    cfg = moat_factory.config([], admin=True, workers=workers, **over)
+    cfg["pools"] = pools
+    if monitors:
+        cfg["monitors"] = monitors
+    if lbs:
+        cfg["load_balancers"] = lbs
+    cfg["sites"] = [site or ({"hosts": ["*"], "load_balancer": "app"} if lbs
+                             else {"hosts": ["*"], "pool": "main"})]
+    return moat_factory(config=cfg)
+
+
+def session():
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+def who(r):
+    return r.headers.get("X-Origin")
+
+
+def pools_json(m):
+    r = m.admin("GET", "/pools")
+    assert r.status_code == 200, r.text
+    return {p["name"]: p for p in r.json()["pools"]}
+
+
+def origin_state(m, pool, addr):
+    for o in pools_json(m)[pool]["origins"]:
+        if o["addr"] == addr:
+            return o
+    return None
+
+
+def wait_for(fn, timeout=5.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return fn()
+
+
+def get_from(port, path="/", source="127.0.0.1", headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        c.request("GET", path, headers=headers or {"Host": "chat.example"})
+        r = c.getresponse()
+        r.read()
+        return r.status, r.getheader("X-Origin")
+    finally:
+        c.close()
+
+
+# --- balance within a pool -------------------------------------------------------------------
+
+def test_weighted_round_robin_shares(moat_factory, origin_factory):
+    a, b = origin_factory(name="a"), origin_factory(name="b")
+    m = lb_moat(moat_factory, {"main": {"origins": [{"addr": a.addr, "weight": 1},
+                                                    {"addr": b.addr, "weight": 3}]}})
+    counts = collections.Counter()
+    with session() as s:
+        for i in range(2000):
+            r = s.get(m.url(f"/w{i}"))
+            assert r.status_code == 200
+            counts[who(r)] += 1
+    share_b = counts["b"] / 2000
+    assert abs(share_b - 0.75) <= 0.05 * 0.75, counts
+    mt = m.metrics()
+    assert metric(mt, "moat_origin_requests_total", pool="main", origin=b.addr) == counts["b"]
+
+
+def test_least_outstanding_favours_the_fast_origin(moat_factory, origin_factory):
+    def slow(req, origin):
+        return [0.3, response(200, "slow\n", [("X-Origin", origin.name)])]
+    fast, slw = origin_factory(name="fast"), origin_factory(slow, name="slow")
+    m = lb_moat(moat_factory, {"main": {"origins": [fast.addr, slw.addr],
+                                        "balance": "least_outstanding"}})
+    counts = collections.Counter()
+    lock = threading.Lock()
+
+    def client(k):
+        with session() as s:
+            for i in range(15):
+                r = s.get(m.url(f"/lo{k}-{i}"))
+                assert r.status_code == 200
+                with lock:
+                    counts[who(r)] += 1
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert counts["fast"] > 3 * counts["slow"], counts
+
+
+def test_hash_is_stable_and_consistent(moat_factory, origin_factory):
+    origins = [origin_factory(name=f"h{i}") for i in range(4)]
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr for o in origins], "balance": "hash",
+                                        "hash_key": "header:X-User"}})
+    keys = [f"user-{i}" for i in range(600)]
+
+    def mapping():
+        out = {}
+        with session() as s:
+            for k in keys:
+                r = s.get(m.url("/h"), headers={"X-User": k})
+                assert r.status_code == 200
+                out[k] = who(r)
+        return out
+    before = mapping()
+    assert mapping() == before, "the same key moved without any change"
+    assert len(set(before.values())) == 4
+    new = origin_factory(name="h4")
+    r = m.admin("POST", "/pools/main/origins", json={"addr": new.addr})
+    assert r.status_code == 201, r.text
+    after = mapping()
+    moved = [k for k in keys if after[k] != before[k]]
+    assert all(after[k] == "h4" for k in moved), "a key moved between old origins"
+    assert 0 < len(moved) <= 1.2 * len(keys) / 5, len(moved)
+
+
+# --- failure, monitors, retries --------------------------------------------------------------
+
+def test_killed_origin_no_failed_idempotent_request(moat_factory, origin_factory):
+    os_ = [origin_factory(name=f"k{i}") for i in range(3)]
+    m = lb_moat(moat_factory,
+                {"main": {"origins": [o.addr for o in os_], "monitor": "tcp"}},
+                monitors={"tcp": {"type": "tcp", "interval": "100ms", "timeout": "200ms",
+                                  "fall": 2, "rise": 2}})
+    stop = threading.Event()
+    results = collections.Counter()
+    errors = []
+
+    def client(k):
+        with session() as s:
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = s.get(m.url(f"/k{k}-{i}"), timeout=3)
+                    results[r.status_code] += 1
+                except Exception as e:  # noqa: BLE001
+                    errors.append(repr(e))
+                i += 1
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    time.sleep(0.5)
+    os_[1].stop()  # the origin dies: listening socket and connections closed
+    time.sleep(1.0)
+    stop.set()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:3]
+    assert set(results) == {200}, results
+    assert results[200] > 100
+    st = wait_for(lambda: not origin_state(m, "main", os_[1].addr)["up"], 3)
+    assert st, "the monitor did not mark the dead origin down"
+    mt = m.metrics()
+    assert metric(mt, "moat_origin_up", pool="main", origin=os_[1].addr) == 0
+    assert metric(mt, "moat_origin_up", pool="main", origin=os_[0].addr) == 1
+
+
+def test_monitor_fall_and_rise(moat_factory, origin_factory):
+    healthy = {"ok": True}
+
+    def handler(req, origin):
+        if req.path == "/health":
+            if healthy["ok"]:
+                return response(200, "all ok\n")
+            return response(500, "broken\n")
+        return default_handler(req, origin)
+    a, b = origin_factory(handler, name="a"), origin_factory(name="b")
+    m = lb_moat(moat_factory, {"main": {"origins": [a.addr, b.addr], "monitor": "web"}},
+                monitors={"web": {"type": "http", "path": "/health", "expect": ["200-299"],
+                                  "body": "ok", "interval": "100ms", "timeout": "500ms",
+                                  "fall": 3, "rise": 2}})
+    assert wait_for(lambda: origin_state(m, "main", a.addr)["checks_ok"] >= 2)
+    healthy["ok"] = False
+    assert wait_for(lambda: not origin_state(m, "main", a.addr)["up"], 3)
+    st = origin_state(m, "main", a.addr)
+    assert st["checks_failed"] >= 3 and "status 500" in st["last_error"]
+    with session() as s:
+        for i in range(20):
+            r = s.get(m.url(f"/x{i}"))
+            assert who(r) == "b"
+    healthy["ok"] = True
+    assert wait_for(lambda: origin_state(m, "main", a.addr)["up"], 3)
+    st = origin_state(m, "main", a.addr)
+    assert st["transitions"] == 2 and st["rtt_ms"] > 0
+    with session() as s:
+        seen = {who(s.get(m.url(f"/y{i}"))) for i in range(10)}
+    assert seen == {"a", "b"}
+
+
+def test_stalled_origin_retried_after_try_timeout(moat_factory, origin_factory):
+    def stall(req, origin):
+        if req.path == "/health":
+            return response(200, "ok\n")  # the monitor alone would not notice
+        return HANG
+    st, good = origin_factory(stall, name="stalled"), origin_factory(name="good")
+    m = lb_moat(moat_factory, {"main": {"origins": [st.addr, good.addr],
+                                        "try_timeout": "300ms", "passive": {"failures": 2,
+                                                                            "eject": "30s"}}})
+    with session() as s:
+        for i in range(8):
+            t0 = time.monotonic()
+            r = s.get(m.url(f"/s{i}"), timeout=5)
+            assert r.status_code == 200 and who(r) == "good"
+            assert time.monotonic() - t0 < 1.5
+    o = origin_state(m, "main", st.addr)
+    assert o["ejected"] and o["ejections"] == 1 and o["failures"] == 2
+    # ejected: nothing more goes to it, so no more waiting
+    with session() as s:
+        t0 = time.monotonic()
+        for i in range(10):
+            assert who(s.get(m.url(f"/t{i}"))) == "good"
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_post_with_body_is_not_retried(moat_factory, origin_factory):
+    def stall(req, origin):
+        return HANG
+    st = origin_factory(stall, name="stalled")
+    m = lb_moat(moat_factory, {"main": {"origins": [st.addr], "try_timeout": "200ms",
+                                        "first_byte_timeout": "500ms"}})
+    with session() as s:
+        r = s.post(m.url("/p"), data=b"x" * 10, timeout=5)
+    assert r.status_code == 504
+    assert len(st.requests) == 1
+
+
+def test_pool_failover_and_fallback(moat_factory, origin_factory):
+    p1, p2, fb = (origin_factory(name=n) for n in ("p1", "p2", "fb"))
+    mon = {"tcp": {"type": "tcp", "interval": "100ms", "timeout": "200ms", "fall": 1, "rise": 1}}
+    m = lb_moat(moat_factory,
+                {"one": {"origins": [p1.addr], "monitor": "tcp"},
+                 "two": {"origins": [p2.addr], "monitor": "tcp"},
+                 "back": {"origins": [fb.addr]}},
+                lbs={"app": {"pools": ["one", "two"], "fallback": "back"}}, monitors=mon)
+    with session() as s:
+        assert who(s.get(m.url("/a"))) == "p1"
+        p1.stop()
+        assert wait_for(lambda: not pools_json(m)["one"]["healthy"], 3)
+        assert all(who(s.get(m.url(f"/b{i}"))) == "p2" for i in range(5))
+        p2.stop()
+        assert wait_for(lambda: not pools_json(m)["two"]["healthy"], 3)
+        assert all(who(s.get(m.url(f"/c{i}"))) == "fb" for i in range(5))
+        fb.stop()
+        r = s.get(m.url("/d"))
+        assert r.status_code in (502, 503)
+
+
+def test_every_pool_down_is_503_with_retry_after(moat_factory, origin_factory):
+    a = origin_factory(name="a")
+    m = lb_moat(moat_factory, {"main": {"origins": [a.addr], "monitor": "tcp"}},
+                lbs={"app": {"pools": ["main"]}},
+                monitors={"tcp": {"type": "tcp", "interval": "100ms", "fall": 1}})
+    a.stop()
+    assert wait_for(lambda: not pools_json(m)["main"]["healthy"], 3)
+    with session() as s:
+        r = s.get(m.url("/x"))
+    assert r.status_code == 503 and r.headers.get("Retry-After")
+
+
+# --- steering --------------------------------------------------------------------------------
+
+def test_geo_steering_cidrs_then_mmdb_then_default(moat_factory, origin_factory):
+    eu, asia, us = (origin_factory(name=n) for n in ("eu", "asia", "us"))
+    m = lb_moat(moat_factory,
+                {"eu": {"origins": [eu.addr]}, "asia": {"origins": [asia.addr]},
+                 "us": {"origins": [us.addr]}},
+                lbs={"app": {"pools": ["eu", "asia", "us"], "steering": "geo",
+                             "regions": {"europe": ["eu", "asia"], "apac": ["asia", "eu"]},
+                             "geo": {"mmdb": MMDB,
+                                     "countries": {"DE": "europe", "JP": "apac", "FR": "us"},
+                                     "cidrs": {"127.0.0.3/32": "apac"},
+                                     "default": "europe"}}})
+    # the test database: 127.0.0.0/16 DE, 127.0.0.2/32 FR, 127.1.0.0/16 JP, 127.2.0.0/16 SG
+    cases = {"127.0.0.1": "eu",      # DE -> europe
+             "127.0.0.2": "us",      # FR -> pool us (a pool name as region)
+             "127.0.0.3": "asia",    # the CIDR table wins over the database (DE)
+             "127.1.0.7": "asia",    # JP -> apac
+             "127.2.0.1": "eu",      # SG: not in countries -> default europe
+             "127.9.0.1": "eu"}      # not in the database -> default
+    for src, want in cases.items():
+        st, got = get_from(m.port, source=src)
+        assert (st, got) == (200, want), src
+    # region failover: asia's pool down -> apac's next pool
+    asia.stop()
+    st, got = get_from(m.port, source="127.1.0.7")
+    assert (st, got) == (200, "eu")
+
+
+def test_random_steering_by_pool_weight(moat_factory, origin_factory):
+    a, b = origin_factory(name="a"), origin_factory(name="b")
+    m = lb_moat(moat_factory, {"pa": {"origins": [a.addr], "weight": 1},
+                               "pb": {"origins": [b.addr], "weight": 4}},
+                lbs={"app": {"pools": ["pa", "pb"], "steering": "random"}})
+    counts = collections.Counter()
+    with session() as s:
+        for i in range(1000):
+            counts[who(s.get(m.url(f"/r{i}")))] += 1
+    assert 0.72 <= counts["b"] / 1000 <= 0.88, counts
+
+
+# --- affinity --------------------------------------------------------------------------------
+
+def test_affinity_cookie_sticks_ignores_forgery_and_moves(moat_factory, origin_factory):
+    os_ = [origin_factory(name=f"o{i}") for i in range(3)]
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr for o in os_]}},
+                lbs={"app": {"pools": ["main"], "affinity": {"cookie": "moat_lb", "ttl": "1h"}}})
+    with session() as s:
+        r = s.get(m.url("/first"))
+        sc = r.headers.get("Set-Cookie", "")
+        assert sc.startswith("moat_lb=") and "Max-Age=3600" in sc and "HttpOnly" in sc
+        first = who(r)
+        cookie = sc.split(";")[0].split("=", 1)[1]
+    for i in range(12):
+        r = requests.get(m.url(f"/n{i}"), cookies={"moat_lb": cookie})
+        assert who(r) == first
+        assert "Set-Cookie" not in r.headers
+    # forged: another origin's key with a made-up MAC is ignored and a new cookie issued
+    forged = cookie[:16][::-1] + "0" * 16
+    seen = set()
+    for i in range(6):
+        r = requests.get(m.url(f"/f{i}"), cookies={"moat_lb": forged})
+        assert r.headers.get("Set-Cookie", "").startswith("moat_lb=")
+        seen.add(who(r))
+    assert len(seen) > 1, "a forged cookie pinned the client"
+    # its origin dies: the visitor moves and gets a new cookie
+    next(o for o in os_ if o.name == first).stop()
+    r = requests.get(m.url("/moved"), cookies={"moat_lb": cookie})
+    assert r.status_code == 200 and who(r) != first
+    new = r.headers.get("Set-Cookie", "").split(";")[0].split("=", 1)[1]
+    assert new and new != cookie
+    r = requests.get(m.url("/again"), cookies={"moat_lb": new})
+    assert who(r) == who(requests.get(m.url("/again2"), cookies={"moat_lb": new}))
+
+
+def test_client_ip_affinity(moat_factory, origin_factory):
+    os_ = [origin_factory(name=f"o{i}") for i in range(4)]
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr for o in os_]}},
+                lbs={"app": {"pools": ["main"], "affinity": {"client_ip": True}}})
+    seen = {}
+    for src in ("127.0.0.1", "127.0.0.5", "127.0.0.9", "127.0.1.1", "127.0.2.2", "127.3.3.3"):
+        got = {get_from(m.port, source=src)[1] for _ in range(5)}
+        assert len(got) == 1, (src, got)
+        seen[src] = got.pop()
+    assert len(set(seen.values())) > 1
+
+
+# --- admission control -----------------------------------------------------------------------
+
+def _slow_counting(delay):
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def handler(req, origin):
+        if req.path == "/health":
+            return response(200, "ok\n")
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(delay)
+        with lock:
+            state["now"] -= 1
+        return response(200, "done\n", [("X-Origin", origin.name)])
+    return handler, state
+
+
+def test_queue_holds_max_requests_and_overflows_with_503(moat_factory, origin_factory):
+    handler, state = _slow_counting(0.3)
+    o = origin_factory(handler, name="slow")
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr], "max_requests": 1,
+                                        "queue": {"size": 2, "timeout": "5s"}}})
+    statuses = []
+    retry_after = []
+    lock = threading.Lock()
+
+    def client(i):
+        r = requests.get(m.url(f"/q{i}"), timeout=10)
+        with lock:
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                retry_after.append(r.headers.get("Retry-After"))
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+        time.sleep(0.01)
+    for t in ts:
+        t.join()
+    c = collections.Counter(statuses)
+    assert c[200] == 3 and c[503] == 5, c
+    assert all(ra and ra.isdigit() for ra in retry_after)
+    assert state["max"] == 1, "the origin saw more than max_requests at once"
+    p = pools_json(m)["main"]
+    assert p["queue_full"] == 5 and p["queued"] == 0
+
+
+def test_queue_timeout_is_503(moat_factory, origin_factory):
+    handler, state = _slow_counting(1.0)
+    o = origin_factory(handler, name="slow")
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr], "max_requests": 1,
+                                        "queue": {"size": 10, "timeout": "200ms"}}})
+    out = []
+
+    def client(i):
+        t0 = time.monotonic()
+        r = requests.get(m.url(f"/t{i}"), timeout=10)
+        out.append((r.status_code, time.monotonic() - t0, r.headers.get("Retry-After")))
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+        time.sleep(0.02)
+    for t in ts:
+        t.join()
+    codes = sorted(s for s, _, _ in out)
+    assert codes == [200, 503, 503], out
+    for s, dt, ra in out:
+        if s == 503:
+            assert dt < 0.8 and ra == "1"
+    assert pools_json(m)["main"]["queue_timeouts"] == 2
+
+
+# --- membership at run time ------------------------------------------------------------------
+
+def test_admin_add_drain_remove_under_load(moat_factory, origin_factory):
+    a, b = origin_factory(name="a"), origin_factory(name="b")
+    m = lb_moat(moat_factory, {"main": {"origins": [a.addr]}})
+    stop = threading.Event()
+    results = collections.Counter()
+    seen = collections.Counter()
+
+    def client(k):
+        with session() as s:
+            i = 0
+            while not stop.is_set():
+                r = s.get(m.url(f"/l{k}-{i}"), timeout=5)
+                results[r.status_code] += 1
+                seen[who(r)] += 1
+                i += 1
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+    for t in ts:
+        t.start()
+    r = m.admin("POST", "/pools/main/origins", json={"addr": b.addr, "weight": 2})
+    assert r.status_code == 201, r.text
+    assert r.json()["addr"] == b.addr and r.json()["weight"] == 2
+    assert wait_for(lambda: seen["b"] > 20, 3)
+    r = m.admin("POST", f"/pools/main/origins/{a.addr}/drain")
+    assert r.status_code == 200 and r.json()["state"] == "draining"
+    time.sleep(0.2)
+    before = seen["a"]
+    time.sleep(0.4)
+    assert seen["a"] == before, "a draining origin got new requests"
+    r = m.admin("DELETE", f"/pools/main/origins/{a.addr}")
+    assert r.status_code == 200, r.text
+    time.sleep(0.3)
+    stop.set()
+    for t in ts:
+        t.join()
+    assert set(results) == {200}, results
+    addrs = [o["addr"] for o in pools_json(m)["main"]["origins"]]
+    assert addrs == [b.addr]
+
+
+def test_admin_errors_are_json(moat_factory, origin_factory):
+    a = origin_factory(name="a")
+    m = lb_moat(moat_factory, {"main": {"origins": [a.addr]}})
+    cases = [("GET", "/pools/nope", None, 404),
+             ("POST", "/pools/main/origins", "not json", 400),
+             ("POST", "/pools/main/origins", '{"weight": 2}', 400),
+             ("POST", "/pools/main/origins", '{"addr": "127.0.0.1:1", "weight": 0}', 400),
+             ("POST", "/pools/main/origins", '{"addr": "nohostport"}', 400),
+             ("POST", "/pools/main/origins", '{"addr": "%s"}' % a.addr, 409),
+             ("DELETE", "/pools/main/origins/127.0.0.1:9", None, 404),
+             ("POST", f"/pools/main/origins/{a.addr}/explode", None, 404),
+             ("PUT", "/pools", None, 405)]
+    for meth, path, body, want in cases:
+        r = m.admin(meth, path, data=body)
+        assert r.status_code == want, (meth, path, r.text)
+        assert "error" in r.json(), r.text
+
+
+def test_health_survives_reload(moat_factory, origin_factory):
+    healthy = {"ok": True}
+
+    def handler(req, origin):
+        if req.path == "/health":
+            return response(200 if healthy["ok"] else 503, "x\n")
+        return default_handler(req, origin)
+    a, b = origin_factory(handler, name="a"), origin_factory(name="b")
+    m = lb_moat(moat_factory, {"main": {"origins": [a.addr, b.addr], "monitor": "web"}},
+                monitors={"web": {"path": "/health", "interval": "100ms", "fall": 1,
+                                  "rise": 50}})
+    healthy["ok"] = False
+    assert wait_for(lambda: not origin_state(m, "main", a.addr)["up"], 3)
+    healthy["ok"] = True  # rise 50: it stays down for 5 s
+    before = origin_state(m, "main", a.addr)
+    m.reload()
+    time.sleep(0.3)
+    assert m.status()["generation"] == 2
+    after = origin_state(m, "main", a.addr)
+    assert not after["up"] and after["requests"] == before["requests"]
+    assert after["checks_failed"] >= before["checks_failed"]
+
+
+# --- configuration errors --------------------------------------------------------------------
+
+@pytest.mark.parametrize("snippet,message", [
+    ("  main: {origins: [\"127.0.0.1:1\"], monitor: nope}\n",
+     "moat.yaml:4:45: pools.main.monitor: no monitor named \"nope\""),
+    ("  main: {origins: [\"127.0.0.1:1\"], balance: magic}\n",
+     "pools.main.balance: \"magic\" is not one of"),
+    ("  main: {origins: [\"127.0.0.1:1\"], min_origins: 2}\n",
+     "pools.main: min_origins is 2 but the pool has 1 origin"),
+])
+def test_config_errors_name_file_and_line(tmp_path, snippet, message):
+    text = "listen: [\"127.0.0.1:1\"]\nmonitors: {}\npools:\n" + snippet + \
+           "sites:\n  - {hosts: [\"*\"], pool: main}\n"
+    p = tmp_path / "moat.yaml"
+    p.write_text(text)
+    r = subprocess.run([MOAT_BIN, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert message in r.stderr + r.stdout
+
+
+def test_config_error_bad_geo(tmp_path):
+    text = """listen: ["127.0.0.1:1"]
+pools:
+  eu: {origins: ["127.0.0.1:1"]}
+load_balancers:
+  app:
+    pools: [eu]
+    steering: geo
+    geo:
+      cidrs: {"10.0.0.1/8": eu}
+sites:
+  - {hosts: ["*"], load_balancer: app}
+"""
+    p = tmp_path / "moat.yaml"
+    p.write_text(text)
+    r = subprocess.run([MOAT_BIN, "-t", "-c", str(p)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "moat.yaml:9:15: load_balancers.app.geo.cidrs.10.0.0.1/8:" in r.stderr, r.stderr
