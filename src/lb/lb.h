@@ -70,6 +70,8 @@ void moat_lb_response(struct moat_req *r, int status);
 uint64_t moat_lb_first_byte_ms(const struct moat_req *r, uint64_t def_ms);
 /* <r> ends: its in-flight slot and its place in a queue are let go. */
 void moat_lb_req_end(struct moat_req *r);
+/* Frees this worker thread's balancer state (at thread exit). */
+void moat_lb_thread_cleanup(void);
 
 /* Calls <fn> for each origin of the registry that is a member of a pool now. Runs under the
  * registry lock: <fn> must not call back into lb. */

@@ -271,9 +271,10 @@ int moat_lb_admin(int method, const char *path, size_t pathlen, const char *body
             if (rc == 201)
                 lb_monitor_sync();
         } else if (get) {
-            rc = jok(out, 200, json_pack("{s:o}", "origins",
-                                         json_incref(json_object_get(pool_json(pc, lp, now),
-                                                                     "origins"))));
+            json_t *pj = pool_json(pc, lp, now);
+            rc = jok(out, 200,
+                     json_pack("{s:O}", "origins", json_object_get(pj, "origins")));
+            json_decref(pj);
         } else {
             rc = jerr(out, 405, "use GET or POST");
         }

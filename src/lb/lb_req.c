@@ -542,6 +542,15 @@ static void release_slot(struct moat_req *r)
         moat_timer_set(q.loop, &q.t, 0); /* a slot is free: look at the queue now */
 }
 
+void moat_lb_thread_cleanup(void)
+{
+    free(upc);
+    upc = NULL;
+    if (q.loop)
+        moat_timer_stop(q.loop, &q.t);
+    q = (struct lbq){0};
+}
+
 void moat_lb_req_end(struct moat_req *r)
 {
     if (r->lb.queued)

@@ -321,6 +321,7 @@ static void *worker_main(void *arg)
     }
     moat_alog_close(&w->alog);
     moat_req_thread_cleanup();
+    moat_lb_thread_cleanup();
     moat_buf_thread_cleanup();
     atomic_fetch_sub(&moat_srv.workers_running, 1);
     return NULL;
