@@ -381,9 +381,11 @@ class Origin:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for t in self.threads:
-            t.join(2)
+        # The accept loop first: it may be between appending a connection's thread and
+        # starting it, and joining a thread not started yet raises.
         self.t.join(2)
+        for t in list(self.threads):
+            t.join(2)
 
 
 class TLSOrigin(Origin):
