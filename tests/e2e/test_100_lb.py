@@ -331,6 +331,48 @@ def test_random_steering_by_pool_weight(moat_factory, origin_factory):
     assert 0.72 <= counts["b"] / 1000 <= 0.88, counts
 
 
+def test_latency_steering_prefers_the_lowest_rtt(moat_factory, origin_factory):
+    def slow_health(req, origin):
+        if req.path == "/health":
+            return [0.08, response(200, "ok\n")]
+        return default_handler(req, origin)
+    far, near = origin_factory(slow_health, name="far"), origin_factory(name="near")
+    m = lb_moat(moat_factory, {"far": {"origins": [far.addr], "monitor": "web"},
+                               "near": {"origins": [near.addr], "monitor": "web"}},
+                lbs={"app": {"pools": ["far", "near"], "steering": "latency"}},
+                monitors={"web": {"path": "/health", "interval": "50ms", "timeout": "1s"}})
+    assert wait_for(lambda: all(p["origins"][0]["rtt_ms"] > 0 for p in pools_json(m).values()))
+    p = pools_json(m)
+    assert p["far"]["origins"][0]["rtt_ms"] > 50 > p["near"]["origins"][0]["rtt_ms"]
+    with session() as s:
+        assert {who(s.get(m.url(f"/l{i}"))) for i in range(10)} == {"near"}
+    near.stop()  # the nearest pool down: the next by RTT
+    assert wait_for(lambda: not pools_json(m)["near"]["healthy"], 5)
+    with session() as s:
+        assert who(s.get(m.url("/after"))) == "far"
+
+
+def test_least_outstanding_steering_between_pools(moat_factory, origin_factory):
+    def slow(req, origin):
+        return [0.5, response(200, "slow\n", [("X-Origin", origin.name)])]
+    busy, idle = origin_factory(slow, name="busy"), origin_factory(name="idle")
+    m = lb_moat(moat_factory, {"busy": {"origins": [busy.addr]}, "idle": {"origins": [idle.addr]}},
+                lbs={"app": {"pools": ["busy", "idle"], "steering": "least_outstanding"}})
+    # with nothing in flight the first listed pool wins
+    with session() as s:
+        assert who(s.get(m.url("/first"))) == "busy"
+    got = []
+    ts = [threading.Thread(target=lambda i=i: got.append(who(requests.get(m.url(f"/s{i}")))))
+          for i in range(4)]
+    for t in ts:
+        t.start()
+        time.sleep(0.05)
+    for t in ts:
+        t.join()
+    # the first goes to busy (a tie, listed first); while it is in flight the rest go to idle
+    assert sorted(got) == ["busy", "idle", "idle", "idle"], got
+
+
 # --- affinity --------------------------------------------------------------------------------
 
 def test_affinity_cookie_sticks_ignores_forgery_and_moves(moat_factory, origin_factory):
