@@ -203,6 +203,14 @@ static const struct cfg_key pool_keys[] = {
      .max = 86400000,
      .doc = "first-byte timeout after which an idempotent request is retried on another "
             "origin (0 = off: first_byte_timeout applies)"},
+    {.name = "resolve",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_pool, resolve_ms),
+     .def = "0s",
+     .min = 0,
+     .max = 86400000,
+     .doc = "re-resolve origins given by name this often: every address joins, gone ones "
+            "drain (0 = off: resolved once at load)"},
 };
 
 /* The origins were read before tls, with the authority of plain HTTP ("host" for port 80);

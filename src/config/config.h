@@ -86,6 +86,7 @@ struct moat_cfg_pool {
     uint64_t slow_start_ms;     /* ramp a returning or new origin over this; 0 = off */
     unsigned weight;            /* weight of the pool for steering: random */
     uint64_t try_timeout_ms;    /* first-byte timeout of a try that may be retried; 0 = off */
+    uint64_t resolve_ms;        /* re-resolve origins given by name this often; 0 = off */
 };
 
 enum moat_balance {

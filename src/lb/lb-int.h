@@ -40,6 +40,15 @@ struct lb_added {
     char host[300], authority[320];
 };
 
+#define LB_DNS_MAX 16 /* addresses kept per origin name */
+
+/* The addresses an origin given by name resolved to last (pools.*.resolve). */
+struct lb_dns {
+    char text[80]; /* the origin as configured ("app.internal:8080") */
+    size_t n;
+    struct moat_addr a[LB_DNS_MAX];
+};
+
 struct lb_pool {
     char name[72];
     _Atomic(struct lb_members *) m;
@@ -52,6 +61,9 @@ struct lb_pool {
     size_t nadded;
     char removed[LB_MAX_ADDED][80];
     size_t nremoved;
+    struct lb_dns dns[LB_MAX_ADDED]; /* origins given by name, as last resolved */
+    size_t ndns;
+    uint64_t resolved_ms; /* when the names were last resolved (resolver thread) */
 };
 
 struct lb_registry {
@@ -97,5 +109,7 @@ void lb_passive_ok(struct moat_lb_origin *o, const struct moat_cfg_pool *pc);
 
 /* monitor.c: (re)reads the installed configuration's monitors. */
 void lb_monitor_sync(void);
+/* resolve.c: starts the resolver thread once (a no-op when no pool re-resolves). */
+void lb_resolver_start(const struct moat_config *c);
 
 #endif

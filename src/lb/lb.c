@@ -237,6 +237,31 @@ int lb_pool_rebuild(struct lb_pool *p, const struct moat_cfg_pool *pc)
     for (size_t i = 0; i < pc->norigins; i++) {
         if (removed(p, pc->origins[i].addr.text))
             continue;
+        const struct lb_dns *d = NULL;
+        for (size_t k = 0; pc->resolve_ms && k < p->ndns && !d; k++)
+            if (strcmp(p->dns[k].text, pc->origins[i].addr.text) == 0 && p->dns[k].n)
+                d = &p->dns[k];
+        if (d) {
+            /* A name re-resolved: one member per address, with the name's Host. */
+            struct moat_lb_origin **no = realloc(o, (cap + d->n) * sizeof *o);
+            unsigned *nw = no ? realloc(w, (cap + d->n) * sizeof *w) : NULL;
+            if (no)
+                o = no;
+            if (!nw)
+                goto out;
+            w = nw;
+            cap += d->n;
+            for (size_t k = 0; k < d->n; k++) {
+                struct moat_cfg_origin co = pc->origins[i];
+                co.addr = d->a[k];
+                struct moat_lb_origin *x = lb_origin_get(p->name, &co);
+                if (!x)
+                    goto out;
+                o[n] = x;
+                w[n++] = co.weight;
+            }
+            continue;
+        }
         struct moat_lb_origin *x = lb_origin_get(p->name, &pc->origins[i]);
         if (!x)
             goto out;
@@ -342,6 +367,7 @@ void moat_lb_install(struct moat_config *cfg)
     pthread_mutex_unlock(&lb_reg.lock);
     moat_config_release(&old);
     lb_monitor_sync();
+    lb_resolver_start(cfg);
 }
 
 void moat_lb_each_origin(moat_lb_origin_fn *fn, void *ud)

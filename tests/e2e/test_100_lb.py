@@ -533,6 +533,36 @@ def test_admin_add_drain_remove_under_load(moat_factory, origin_factory):
     assert addrs == [b.addr]
 
 
+def test_dns_re_resolution_picks_up_a_changed_record(moat_factory, origin_factory, tmp_path,
+                                                    monkeypatch):
+    from origins import Origin
+    a = Origin(name="a", host="127.0.0.2")
+    b = Origin(name="b", host="127.0.0.3", port=a.port)
+    origin_factory.origins.extend([a, b])
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 localhost\n")
+    monkeypatch.setenv("MOAT_RESOLVE_HOSTS", str(hosts))
+    m = lb_moat(moat_factory, {"main": {"origins": [f"localhost:{a.port}"], "resolve": "100ms",
+                                        "host_header": "origin"}})
+
+    def members():
+        return [o["addr"] for o in pools_json(m)["main"]["origins"]]
+    assert wait_for(lambda: members() == [a.addr], 3), members()
+    with session() as s:
+        r = s.get(m.url("/x"))
+        assert r.status_code == 200 and who(r) == "a"
+        assert a.requests[-1].header("Host") == f"localhost:{a.port}"
+        hosts.write_text("127.0.0.3 localhost\n")  # the record changes
+        assert wait_for(lambda: members() == [b.addr], 3), members()
+        assert all(who(s.get(m.url(f"/y{i}"))) == "b" for i in range(5))
+        hosts.write_text("127.0.0.2 localhost\n127.0.0.3 localhost\n")  # scaled out
+        assert wait_for(lambda: sorted(members()) == sorted([a.addr, b.addr]), 3)
+        assert {who(s.get(m.url(f"/z{i}"))) for i in range(6)} == {"a", "b"}
+        hosts.write_text("# nothing\n")  # an empty answer keeps the last set
+        time.sleep(0.4)
+        assert sorted(members()) == sorted([a.addr, b.addr])
+
+
 def test_admin_errors_are_json(moat_factory, origin_factory):
     a = origin_factory(name="a")
     m = lb_moat(moat_factory, {"main": {"origins": [a.addr]}})
