@@ -391,6 +391,8 @@ static int choose(struct moat_req *r, const struct moat_cfg_pool **fullp)
     return CH_FULL;
 }
 
+static void release_slot(struct moat_req *r);
+
 /* --- the admission queue ------------------------------------------------------------------ */
 
 /* Requests wait per worker, in arrival order, for an origin of their pool to drop below
@@ -463,6 +465,10 @@ static void q_run(struct moat_loop *loop, struct moat_timer *t)
         } else if (!skip) {
             const struct moat_cfg_pool *fullp = NULL;
             int rc = choose(r, &fullp);
+            if (rc == CH_OK && !r->upool) {
+                release_slot(r);
+                rc = CH_NONE;
+            }
             if (rc == CH_OK) {
                 q_unlink(r);
                 moat_xchg_forward(r);
@@ -495,6 +501,9 @@ static bool enqueue(struct moat_req *r, const struct moat_cfg_pool *pc)
         q.t.cb = q_run;
     }
     r->lb.queued = true;
+    /* Parked: nothing drives a request in R_NEW (it may come from R_CACHE, a collapsed fetch
+     * that turned out uncacheable), until q_run forwards or answers it. */
+    r->state = R_NEW;
     r->lb.qpool = (unsigned)(pc - r->wcfg->cfg->pools);
     r->lb.queue_deadline = moat_now_ms() + pc->queue_timeout_ms;
     r->lb.qnext = NULL;
@@ -516,8 +525,13 @@ int moat_lb_balance(struct moat_req *r)
 {
     const struct moat_cfg_pool *fullp = NULL;
     int rc = choose(r, &fullp);
-    if (rc == CH_OK)
+    if (rc == CH_OK && r->upool)
         return MOAT_OK;
+    if (rc == CH_OK) { /* no memory for the origin's connection pool */
+        release_slot(r);
+        unavailable(r, "out of memory\n", 5);
+        return MOAT_DONE;
+    }
     if (rc == CH_FULL) {
         if (enqueue(r, fullp))
             return MOAT_DONE; /* q_run forwards it */
@@ -601,6 +615,10 @@ bool moat_lb_retry(struct moat_req *r, enum moat_xerr e)
     const struct moat_cfg_pool *fullp = NULL;
     if (choose(r, &fullp) != CH_OK)
         return false;
+    if (!r->upool) {
+        release_slot(r);
+        return false;
+    }
     r->lb.retries++;
     atomic_fetch_add_explicit(&lp->retries, 1, memory_order_relaxed);
     return true;

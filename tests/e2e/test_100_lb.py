@@ -492,6 +492,40 @@ def test_queue_timeout_is_503(moat_factory, origin_factory):
     assert pools_json(m)["main"]["queue_timeouts"] == 2
 
 
+def test_collapsed_waiters_of_an_uncacheable_answer_queue(moat_factory, origin_factory):
+    """Requests collapsed on a cache fetch that turns out uncacheable go to the origin
+    themselves; with the origin at max_requests they wait in the queue (parked, not driven
+    as cache readers) and are all answered."""
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def handler(req, origin):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.2)
+        with lock:
+            state["now"] -= 1
+        return response(200, "private\n", [("Cache-Control", "private"),
+                                            ("X-Origin", origin.name)])
+    o = origin_factory(handler, name="o")
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr], "max_requests": 1,
+                                        "queue": {"size": 100, "timeout": "10s"}}})
+    out = []
+
+    def client():
+        r = requests.get(m.url("/same"), timeout=10)
+        out.append((r.status_code, r.text))
+    ts = [threading.Thread(target=client) for _ in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert out == [(200, "private\n")] * 6, out
+    assert state["max"] == 1
+    assert m.alive()
+
+
 # --- membership at run time ------------------------------------------------------------------
 
 def test_admin_add_drain_remove_under_load(moat_factory, origin_factory):
