@@ -467,6 +467,35 @@ def test_queue_holds_max_requests_and_overflows_with_503(moat_factory, origin_fa
     assert p["queue_full"] == 5 and p["queued"] == 0
 
 
+@pytest.mark.timeout(90)
+def test_queue_holds_the_limit_under_many_concurrent_clients(moat_factory, origin_factory):
+    import socket
+    handler, state = _slow_counting(0.02)
+    o = origin_factory(handler, name="o")
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr], "max_requests": 4,
+                                        "queue": {"size": 1000, "timeout": "30s"}}})
+    socks = []
+    for i in range(300):
+        c = socket.create_connection(("127.0.0.1", m.port), timeout=30)
+        c.sendall(f"GET /c{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        socks.append(c)
+    codes = collections.Counter()
+    for c in socks:
+        data = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            data += b
+        c.close()
+        codes[data.split(b" ", 2)[1] if data else b"none"] += 1
+    assert codes == {b"200": 300}, codes
+    assert state["max"] == 4, state  # over both workers
+    p = pools_json(m)["main"]
+    assert p["queued"] == 0 and p["queue_full"] == 0 and p["queue_timeouts"] == 0
+    assert p["origins"][0]["in_flight"] == 0
+
+
 def test_queue_timeout_is_503(moat_factory, origin_factory):
     handler, state = _slow_counting(1.0)
     o = origin_factory(handler, name="slow")
