@@ -407,6 +407,35 @@ def test_affinity_cookie_sticks_ignores_forgery_and_moves(moat_factory, origin_f
     assert who(r) == who(requests.get(m.url("/again2"), cookies={"moat_lb": new}))
 
 
+def test_websocket_upgrade_honours_affinity(moat_factory, origin_factory):
+    import base64
+    import os
+    from origins import ws_handler
+    from rawhttp import Client
+
+    def handler(req, origin):
+        if req.header("Upgrade"):
+            return ws_handler(req, origin)
+        return default_handler(req, origin)
+    os_ = [origin_factory(handler, name=f"w{i}") for i in range(3)]
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr for o in os_]}},
+                lbs={"app": {"pools": ["main"], "affinity": {"cookie": "sticky"}}})
+    r = requests.get(m.url("/page"))
+    first = who(r)
+    cookie = r.headers["Set-Cookie"].split(";")[0]
+    for i in range(4):
+        with Client(m.port) as c:
+            key = base64.b64encode(os.urandom(16)).decode()
+            c.send(f"GET /chat{i} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nCookie: {cookie}\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            assert c.read_response().status == 101
+    target = next(o for o in os_ if o.name == first)
+    assert sum(1 for q in target.requests if q.path.startswith("/chat")) == 4
+    # while tunnels are open they count as in flight; closed, they are let go
+    assert wait_for(lambda: all(o["in_flight"] == 0 for o in pools_json(m)["main"]["origins"]))
+
+
 def test_client_ip_affinity(moat_factory, origin_factory):
     os_ = [origin_factory(name=f"o{i}") for i in range(4)]
     m = lb_moat(moat_factory, {"main": {"origins": [o.addr for o in os_]}},
