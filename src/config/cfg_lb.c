@@ -2,6 +2,7 @@
  * (monitor, hash_key, queue, passive), load_balancers.* and sites[].load_balancer. */
 #include <ctype.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "config/config-int.h"
 
@@ -271,6 +272,68 @@ static const struct cfg_key passive_keys[] = {
      .doc = "how long an ejected origin stays out (doubles on repeat, up to 10 times)"},
 };
 const struct cfg_table cfg_pool_passive_table = CFG_TABLE(passive_keys, NULL);
+
+static const struct cfg_key autoscale_keys[] = {
+    {.name = "exec",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_autoscale_exec,
+     .tname = "path",
+     .flags = K_REQUIRED,
+     .doc = "the command run (with the pool's name and scale_out or scale_in as arguments, "
+            "the figures as JSON on stdin) (required)"},
+    {.name = "above",
+     .type = KT_UINT,
+     CFG_AT(struct moat_cfg_pool, autoscale.above),
+     .def = "50",
+     .min = 1,
+     .max = 1000000,
+     .doc = "scale out while requests in flight per usable origin stay above this"},
+    {.name = "below",
+     .type = KT_UINT,
+     CFG_AT(struct moat_cfg_pool, autoscale.below),
+     .def = "10",
+     .min = 0,
+     .max = 1000000,
+     .doc = "scale in while they stay below this (0: never)"},
+    {.name = "for",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_pool, autoscale.for_ms),
+     .def = "60s",
+     .min = 100,
+     .max = DAY_MS,
+     .doc = "how long the figure must stay beyond a bound"},
+    {.name = "cooldown",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_pool, autoscale.cooldown_ms),
+     .def = "5m",
+     .min = 0,
+     .max = DAY_MS,
+     .doc = "no second run sooner than this after one"},
+};
+static int autoscale_post(struct cfg_ld *ld, struct fy_node *map, void *base)
+{
+    const struct moat_cfg_pool *p = base;
+    if (p->autoscale.below >= p->autoscale.above)
+        return cfg_fail(ld, map, "autoscale: below (%u) must be less than above (%u)",
+                        p->autoscale.below, p->autoscale.above);
+    return MOAT_OK;
+}
+const struct cfg_table cfg_pool_autoscale_table = CFG_TABLE(autoscale_keys, autoscale_post);
+
+int cfg_k_autoscale_exec(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n,
+                         void *base)
+{
+    struct moat_cfg_pool *p = base;
+    char buf[1024];
+    if (cfg_scalar(ld, n, buf, sizeof(buf), "a command path") != MOAT_OK)
+        return MOAT_ERR;
+    p->autoscale.exec = cfg_resolve_path(ld, buf);
+    if (!p->autoscale.exec)
+        return cfg_oom(ld);
+    if (access(p->autoscale.exec, X_OK) != 0)
+        return cfg_fail(ld, n, "%s is not an executable file", p->autoscale.exec);
+    return MOAT_OK;
+}
 
 /* --- load balancers --------------------------------------------------------------------- */
 

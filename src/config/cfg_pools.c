@@ -211,6 +211,12 @@ static const struct cfg_key pool_keys[] = {
      .max = 86400000,
      .doc = "re-resolve origins given by name this often: every address joins, gone ones "
             "drain (0 = off: resolved once at load)"},
+    {.name = "autoscale",
+     .type = KT_MAP,
+     .sub = &cfg_pool_autoscale_table,
+     .sub_sep = ".",
+     .flags = K_PRESENCE,
+     .doc = "run a command when the pool stays busy or idle (off when absent)"},
 };
 
 /* The origins were read before tls, with the authority of plain HTTP ("host" for port 80);

@@ -87,6 +87,11 @@ struct moat_cfg_pool {
     unsigned weight;            /* weight of the pool for steering: random */
     uint64_t try_timeout_ms;    /* first-byte timeout of a try that may be retried; 0 = off */
     uint64_t resolve_ms;        /* re-resolve origins given by name this often; 0 = off */
+    struct {                    /* autoscale: the scaling hook; off while exec is NULL */
+        char *exec;             /* the command run with the pool's name and the action */
+        unsigned above, below;  /* in flight per usable origin: scale out above, in below */
+        uint64_t for_ms, cooldown_ms;
+    } autoscale;
 };
 
 enum moat_balance {

@@ -64,6 +64,9 @@ struct lb_pool {
     struct lb_dns dns[LB_MAX_ADDED]; /* origins given by name, as last resolved */
     size_t ndns;
     uint64_t resolved_ms; /* when the names were last resolved (resolver thread) */
+    /* autoscale (monitor thread) */
+    uint64_t above_since_ms, below_since_ms, fired_ms;
+    _Atomic uint64_t scale_out, scale_in; /* hook runs */
 };
 
 struct lb_registry {
@@ -109,6 +112,10 @@ void lb_passive_ok(struct moat_lb_origin *o, const struct moat_cfg_pool *pc);
 
 /* monitor.c: (re)reads the installed configuration's monitors. */
 void lb_monitor_sync(void);
+/* autoscale.c: on the monitor thread, every AUTOSCALE_TICK_MS: checks the pools with
+ * autoscale against the installed configuration <c> and runs their commands. */
+#define AUTOSCALE_TICK_MS 100
+void lb_autoscale_tick(const struct moat_config *c);
 /* resolve.c: starts the resolver thread once (a no-op when no pool re-resolves). */
 void lb_resolver_start(const struct moat_config *c);
 

@@ -57,16 +57,18 @@ static json_t *pool_json(const struct moat_cfg_pool *pc, struct lb_pool *lp, uin
     json_t *arr = json_array();
     for (size_t i = 0; m && i < m->n; i++)
         json_array_append_new(arr, origin_json(m->o[i], m->w[i], now));
-    return json_pack("{s:s, s:b, s:I, s:i, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "name",
-                     lp->name, "healthy", usable >= pc->min_origins, "usable", (json_int_t)usable,
-                     "min_origins", (int)pc->min_origins, "monitor",
+    return json_pack("{s:s, s:b, s:I, s:i, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+                     "name", lp->name, "healthy", usable >= pc->min_origins, "usable",
+                     (json_int_t)usable, "min_origins", (int)pc->min_origins, "monitor",
                      pc->monitor ? pc->monitor->name : NULL, "queued",
                      (json_int_t)atomic_load(&lp->queued), "requests",
                      (json_int_t)atomic_load(&lp->requests), "retries",
                      (json_int_t)atomic_load(&lp->retries), "queue_full",
                      (json_int_t)atomic_load(&lp->queue_full), "queue_timeouts",
                      (json_int_t)atomic_load(&lp->queue_timeouts), "no_origin",
-                     (json_int_t)atomic_load(&lp->no_origin), "origins", arr);
+                     (json_int_t)atomic_load(&lp->no_origin), "scale_out",
+                     (json_int_t)atomic_load(&lp->scale_out), "scale_in",
+                     (json_int_t)atomic_load(&lp->scale_in), "origins", arr);
 }
 
 static int jerr(char **out, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -41,7 +41,14 @@ static struct {
     struct moat_loop loop;
     bool started;
     struct moat_config *cfg; /* the configuration the monitors follow (monitor thread) */
+    struct moat_timer autoscale;
 } mon;
+
+static void autoscale_cb(struct moat_loop *loop, struct moat_timer *t)
+{
+    lb_autoscale_tick(mon.cfg);
+    moat_timer_set(loop, t, AUTOSCALE_TICK_MS);
+}
 
 static void set_error(struct moat_lb_origin *o, const char *msg)
 {
@@ -324,6 +331,12 @@ static void sync_cb(struct moat_loop *loop, void *arg)
     }
     pthread_mutex_unlock(&lb_reg.lock);
     moat_config_release(&old);
+    bool want = false;
+    for (size_t i = 0; c && i < c->npools && !want; i++)
+        want = c->pools[i].autoscale.exec != NULL;
+    mon.autoscale.cb = autoscale_cb;
+    if (want && !moat_timer_armed(&mon.autoscale))
+        moat_timer_set(&mon.loop, &mon.autoscale, AUTOSCALE_TICK_MS);
 }
 
 static void *mon_main(void *arg)

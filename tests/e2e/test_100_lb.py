@@ -6,6 +6,7 @@ the admin API for origins, health that survives a reload, and config errors with
 
 import collections
 import http.client
+import json
 import subprocess
 import threading
 import time
@@ -653,6 +654,45 @@ def test_dns_re_resolution_picks_up_a_changed_record(moat_factory, origin_factor
         hosts.write_text("# nothing\n")  # an empty answer keeps the last set
         time.sleep(0.4)
         assert sorted(members()) == sorted([a.addr, b.addr])
+
+
+def test_autoscale_hook_fires_and_cools_down(moat_factory, origin_factory, tmp_path):
+    handler, state = _slow_counting(0.3)
+    o = origin_factory(handler, name="o")
+    log = tmp_path / "scale.log"
+    script = tmp_path / "scale.sh"
+    script.write_text(f"#!/bin/sh\nprintf '%s %s ' \"$1\" \"$2\" >> {log}\ncat >> {log}\n")
+    script.chmod(0o755)
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr], "autoscale": {
+        "exec": str(script), "above": 2, "below": 1, "for": "300ms", "cooldown": "1500ms"}}})
+    stop = threading.Event()
+
+    def client(k):
+        while not stop.is_set():
+            requests.get(m.url(f"/a{k}"), timeout=5)
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(5)]
+    t0 = time.monotonic()
+    for t in ts:
+        t.start()
+    assert wait_for(lambda: log.exists() and "scale_out" in log.read_text(), 3)
+    fired = time.monotonic() - t0
+    assert 0.3 <= fired < 1.5, fired
+    time.sleep(1.0)  # still busy, but cooling down: no second run
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1, lines
+    pool, action, figures = lines[0].split(" ", 2)
+    assert (pool, action) == ("main", "scale_out")
+    fig = json.loads(figures)
+    assert fig["pool"] == "main" and fig["usable"] == 1 and fig["in_flight"] >= 3
+    stop.set()
+    for t in ts:
+        t.join()
+    # idle now (0 in flight < below 1): scale in once the cooldown is over
+    assert wait_for(lambda: "scale_in" in log.read_text(), 4)
+    lines = log.read_text().splitlines()
+    assert [ln.split(" ")[1] for ln in lines] == ["scale_out", "scale_in"]
+    p = pools_json(m)["main"]
+    assert p["scale_out"] == 1 and p["scale_in"] == 1
 
 
 def test_admin_errors_are_json(moat_factory, origin_factory):
