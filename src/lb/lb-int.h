@@ -98,6 +98,9 @@ void lb_members_free(struct lb_members *m);
 size_t lb_pool_usable(const struct lb_members *m, uint64_t now);
 uint64_t lb_rand(void);
 uint64_t lb_hash_request(const struct moat_req *r, const struct moat_cfg_pool *pc);
+/* A hash of the client's address: the peer, or the X-Forwarded-For entry trusted_proxies
+ * vouch for (lb_req.c). */
+uint64_t lb_client_hash(const struct moat_req *r);
 /* An origin of <lp> for <r>, or NULL (<full>: some were usable but at max_requests).
  * <ign>: ejected origins count (the last resort); <hash_ip>: client_ip affinity. */
 struct moat_lb_origin *lb_pick(struct moat_req *r, struct lb_pool *lp,

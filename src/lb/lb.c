@@ -522,7 +522,7 @@ uint64_t lb_hash_request(const struct moat_req *r, const struct moat_cfg_pool *p
     if (v.ptr)
         return XXH3_64bits(v.ptr, v.len);
     /* client_ip, and the fallback when the header or cookie is missing */
-    return XXH3_64bits(r->peer, sizeof r->peer);
+    return lb_client_hash(r);
 }
 
 /* The first candidate at or after <h> on the ring. */
@@ -559,7 +559,7 @@ struct moat_lb_origin *lb_pick(struct moat_req *r, struct lb_pool *lp,
         return NULL;
     struct moat_lb_origin *best = NULL;
     if (hash_ip || pc->balance == MOAT_BAL_HASH) {
-        uint64_t h = hash_ip ? XXH3_64bits(r->peer, sizeof r->peer) : lb_hash_request(r, pc);
+        uint64_t h = hash_ip ? lb_client_hash(r) : lb_hash_request(r, pc);
         return ring_pick(r, m, pc, h, now, ign, full);
     }
     switch (pc->balance) {

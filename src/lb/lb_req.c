@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <xxhash.h>
 
@@ -45,17 +46,62 @@ static bool pool_healthy(const struct moat_req *r, const struct moat_cfg_pool *p
     return lb_pool_usable(members(r, p), now) >= p->min_origins;
 }
 
+/* The client's address (16 bytes, IPv4 v4-mapped): the peer, or when the peer is one of
+ * trusted_proxies, the nearest address in X-Forwarded-For that is not (read from the right:
+ * the entries a trusted proxy appended are the ones to believe; one further left may have
+ * been written by anybody). Every X-Forwarded-For field counts, in order. */
+static void client_addr(const struct moat_req *r, uint8_t out[16])
+{
+    const struct moat_config *cfg = r->wcfg ? r->wcfg->cfg : NULL;
+    memcpy(out, r->peer, 16);
+    if (!cfg || !cfg->ntrusted || !moat_config_trusted(cfg, r->peer))
+        return;
+    for (size_t i = r->nhdrs; i-- > 0;) {
+        if (!MOAT_STR_IEQ_LIT(r->hdrs[i].name, "x-forwarded-for"))
+            continue;
+        struct moat_str v = r->hdrs[i].value;
+        size_t end = v.len;
+        while (end > 0) {
+            size_t start = end;
+            while (start > 0 && v.ptr[start - 1] != ',')
+                start--;
+            size_t a = start, b = end;
+            while (a < b && (v.ptr[a] == ' ' || v.ptr[a] == '\t'))
+                a++;
+            while (b > a && (v.ptr[b - 1] == ' ' || v.ptr[b - 1] == '\t'))
+                b--;
+            char txt[INET6_ADDRSTRLEN];
+            uint8_t addr[16] = {0};
+            if (b - a == 0 || b - a >= sizeof txt)
+                return; /* an empty or garbled entry: stop at what is known */
+            memcpy(txt, v.ptr + a, b - a);
+            txt[b - a] = '\0';
+            if (inet_pton(AF_INET, txt, addr + 12) == 1) {
+                addr[10] = addr[11] = 0xff;
+            } else if (inet_pton(AF_INET6, txt, addr) != 1) {
+                return;
+            }
+            memcpy(out, addr, 16);
+            if (!moat_config_trusted(cfg, addr))
+                return;
+            end = start ? start - 1 : 0;
+        }
+    }
+}
+
 /* geo: the client's region: the CIDR table, then the database's country, then default. */
 static const char *geo_region(const struct moat_req *r, const struct moat_cfg_lb *lb)
 {
+    uint8_t ip[16];
+    client_addr(r, ip);
     for (size_t i = 0; i < lb->ncidrs; i++)
-        if (moat_cidr_match_addr(&lb->cidrs[i].cidr, r->peer))
+        if (moat_cidr_match_addr(&lb->cidrs[i].cidr, ip))
             return lb->cidrs[i].region;
     const struct moat_config *cfg = r->wcfg->cfg;
     const struct moat_geoip *g = ((struct lb_rt *)cfg->lb_rt)->geo[lb - cfg->lbs];
     if (g && lb->ncountries) {
         struct sockaddr_in6 s6 = {.sin6_family = AF_INET6};
-        memcpy(s6.sin6_addr.s6_addr, r->peer, 16);
+        memcpy(s6.sin6_addr.s6_addr, ip, 16);
         char cc[3];
         if (moat_geoip_country(g, (const struct sockaddr *)&s6, cc) == 0)
             for (size_t i = 0; i < lb->ncountries; i++)
@@ -643,4 +689,11 @@ uint64_t moat_lb_first_byte_ms(const struct moat_req *r, uint64_t def_ms)
         !retry_safe(r, MOAT_XERR_TIMEOUT))
         return def_ms;
     return MOAT_MIN(pc->try_timeout_ms, def_ms);
+}
+
+uint64_t lb_client_hash(const struct moat_req *r)
+{
+    uint8_t ip[16];
+    client_addr(r, ip);
+    return XXH3_64bits(ip, sizeof ip);
 }

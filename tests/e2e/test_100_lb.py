@@ -320,6 +320,27 @@ def test_geo_steering_cidrs_then_mmdb_then_default(moat_factory, origin_factory)
     assert (st, got) == (200, "eu")
 
 
+def test_geo_uses_x_forwarded_for_from_trusted_proxies_only(moat_factory, origin_factory):
+    eu, asia, us = (origin_factory(name=n) for n in ("eu", "asia", "us"))
+    m = lb_moat(moat_factory,
+                {"eu": {"origins": [eu.addr]}, "asia": {"origins": [asia.addr]},
+                 "us": {"origins": [us.addr]}},
+                lbs={"app": {"pools": ["eu", "asia", "us"], "steering": "geo",
+                             "geo": {"mmdb": MMDB, "countries": {"DE": "eu", "JP": "asia",
+                                                                 "FR": "us"},
+                                     "default": "eu"}}},
+                trusted_proxies=["127.0.0.1/32", "127.0.0.4/32"])
+
+    def via(src, xff):
+        return get_from(m.port, source=src,
+                        headers={"Host": "chat.example", "X-Forwarded-For": xff})[1]
+    assert via("127.0.0.1", "127.1.0.7") == "asia"             # trusted peer: JP
+    assert via("127.0.0.1", "127.1.0.7, 127.0.0.4") == "asia"  # trusted hops are skipped
+    assert via("127.0.0.1", "127.1.0.7, 127.0.0.2") == "us"    # the nearest untrusted: FR
+    assert via("127.0.0.1", "garbage") == "eu"                 # unreadable: the peer (DE)
+    assert via("127.0.0.2", "127.1.0.7") == "us"               # untrusted peer: its own (FR)
+
+
 def test_random_steering_by_pool_weight(moat_factory, origin_factory):
     a, b = origin_factory(name="a"), origin_factory(name="b")
     m = lb_moat(moat_factory, {"pa": {"origins": [a.addr], "weight": 1},
