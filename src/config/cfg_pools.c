@@ -228,6 +228,11 @@ static int pool_post(struct cfg_ld *ld, struct fy_node *map, void *base)
     if (p->min_origins > p->norigins)
         return cfg_fail(ld, map, "min_origins is %u but the pool has %zu origin%s",
                         p->min_origins, p->norigins, p->norigins == 1 ? "" : "s");
+    if (p->tls.enabled && p->monitor && p->monitor->type == MOAT_MON_HTTP)
+        return cfg_fail(ld, map,
+                        "monitor \"%s\" checks over plain HTTP, which a pool with tls does not "
+                        "speak: give it type: tcp",
+                        p->monitor->name);
     if (!p->tls.enabled)
         return MOAT_OK;
     for (size_t i = 0; i < p->norigins; i++) {
