@@ -335,6 +335,31 @@ int cfg_k_autoscale_exec(struct cfg_ld *ld, const struct cfg_key *k, struct fy_n
     return MOAT_OK;
 }
 
+static const struct cfg_key wroom_keys[] = {
+    {.name = "max_active",
+     .type = KT_UINT,
+     CFG_AT(struct moat_cfg_site, wr_max_active),
+     .flags = K_REQUIRED,
+     .min = 1,
+     .max = 10000000,
+     .doc = "visitors admitted at once (required)"},
+    {.name = "session",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_site, wr_session_ms),
+     .def = "10m",
+     .min = 1000,
+     .max = DAY_MS,
+     .doc = "how long an admitted visitor keeps a place"},
+    {.name = "refresh",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_site, wr_refresh_ms),
+     .def = "5s",
+     .min = 1000,
+     .max = 600000,
+     .doc = "how often the waiting page reloads itself"},
+};
+const struct cfg_table cfg_site_wroom_table = CFG_TABLE(wroom_keys, NULL);
+
 /* --- load balancers --------------------------------------------------------------------- */
 
 static const struct moat_cfg_pool *find_pool(const struct moat_config *c, const char *name)

@@ -522,6 +522,13 @@ static const struct cfg_key site_keys[] = {
      .fn = cfg_k_site_lb,
      .tname = "load balancer name",
      .doc = "the load balancer requests for this site go to, instead of pool"},
+    {.name = "waiting_room",
+     .type = KT_MAP,
+     .sub = &cfg_site_wroom_table,
+     .sub_sep = ".",
+     .flags = K_PRESENCE,
+     .doc = "beyond max_active visitors, browsers wait on a page in arrival order (off when "
+            "absent)"},
     {.name = "rules",
      .type = KT_CUSTOM,
      .fn = k_rules,

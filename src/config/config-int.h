@@ -232,6 +232,7 @@ extern const struct cfg_table cfg_pool_queue_table;   /* cfg_lb.c */
 extern const struct cfg_table cfg_pool_passive_table; /* cfg_lb.c */
 extern const char *const cfg_balance_names[];      /* cfg_lb.c */
 extern const struct cfg_table cfg_pool_autoscale_table; /* cfg_lb.c */
+extern const struct cfg_table cfg_site_wroom_table;     /* cfg_lb.c */
 cfg_key_fn cfg_k_autoscale_exec;                    /* cfg_lb.c */
 cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
 cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */

@@ -194,6 +194,10 @@ struct moat_cfg_site {
     struct moat_cfg_pool *pool;  /* points into the snapshot's pools[] (with load_balancer:
                                     its first pool, whose timeouts apply) */
     const struct moat_cfg_lb *lb; /* load_balancer: NULL = the pool alone */
+    /* waiting_room: { max_active, session, refresh }: off while wr_max_active is 0 */
+    unsigned wr_max_active;
+    uint64_t wr_session_ms;
+    uint64_t wr_refresh_ms;
     struct moat_cfg_rule *rules; /* first match wins */
     size_t nrules;
     /* https: { redirect, hsts, hsts_subdomains, hsts_preload, same_cache } */

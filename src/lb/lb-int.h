@@ -73,6 +73,8 @@ struct lb_registry {
     pthread_mutex_t lock;
     struct lb_pool *pools[LB_MAX_POOLS];
     unsigned npools;
+    struct lb_wroom *wrooms[LB_MAX_POOLS];
+    unsigned nwrooms;
     struct moat_lb_origin *origins[LB_MAX_ORIGINS];
     unsigned norigins;
     struct lb_members *retired;
@@ -81,8 +83,23 @@ struct lb_registry {
 };
 extern struct lb_registry lb_reg;
 
+/* A site's waiting room (sites[].waiting_room), kept across reloads by the site's first
+ * host. Admissions are counted in time buckets covering the session: the count of visitors
+ * admitted within the last session is the count of places taken. */
+#define WR_BUCKETS 64
+struct lb_wroom {
+    char key[128];
+    _Atomic uint64_t next_ticket; /* the last ticket handed out */
+    _Atomic uint64_t serving;     /* tickets up to this one may come in */
+    _Atomic uint64_t came;        /* tickets let in that came (or were given up on) */
+    _Atomic uint64_t served_ms;   /* when tickets were last let in */
+    _Atomic uint64_t bucket[WR_BUCKETS]; /* epoch << 24 | admissions in that slice */
+    _Atomic uint64_t admitted, waited;
+};
+
 /* A snapshot's runtime (cfg->lb_rt). */
 struct lb_rt {
+    struct lb_wroom **wr;   /* by index in cfg->sites; NULL without waiting_room */
     struct lb_pool **pools; /* by index in cfg->pools */
     struct moat_geoip **geo; /* by index in cfg->lbs; NULL without geo.mmdb */
     size_t ngeo;

@@ -22,6 +22,9 @@ struct moat_lbreq {
     uint64_t queue_deadline;   /* ms, monotonic */
     struct moat_req *qnext, *qprev;
     char cookie[192]; /* "name=value; Path=/; Max-Age=N; HttpOnly" */
+    bool set_wr;      /* the response carries the waiting room's admission cookie */
+    uint8_t wr_len;
+    char wr_cookie[128];
 };
 
 #endif

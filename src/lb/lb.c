@@ -302,6 +302,7 @@ static void rt_free(void *v)
         moat_geoip_close(rt->geo[i]);
     free(rt->geo);
     free(rt->pools);
+    free(rt->wr);
     free(rt);
 }
 
@@ -315,6 +316,9 @@ int moat_lb_prepare(struct moat_config *cfg, char *err, size_t errlen)
     if (!rt->pools || !rt->geo)
         goto oom;
     rt->ngeo = cfg->nlbs;
+    rt->wr = calloc(cfg->nsites ? cfg->nsites : 1, sizeof *rt->wr);
+    if (!rt->wr)
+        goto oom;
     for (size_t i = 0; i < cfg->nlbs; i++) {
         if (!cfg->lbs[i].geo_mmdb)
             continue;
@@ -337,6 +341,29 @@ int moat_lb_prepare(struct moat_config *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "moat: too many pools or origins for the load balancer "
                                   "(at most %d and %d)",
                      LB_MAX_POOLS, LB_MAX_ORIGINS);
+            return MOAT_ERR;
+        }
+    }
+    for (size_t i = 0; i < cfg->nsites; i++) {
+        const struct moat_cfg_site *s = &cfg->sites[i];
+        if (!s->wr_max_active)
+            continue;
+        const char *key = s->nhosts ? s->hosts[0] : "*";
+        for (unsigned k = 0; k < lb_reg.nwrooms && !rt->wr[i]; k++)
+            if (strcmp(lb_reg.wrooms[k]->key, key) == 0)
+                rt->wr[i] = lb_reg.wrooms[k];
+        if (!rt->wr[i] && lb_reg.nwrooms < LB_MAX_POOLS) {
+            struct lb_wroom *w = calloc(1, sizeof *w);
+            if (w) {
+                snprintf(w->key, sizeof w->key, "%s", key);
+                lb_reg.wrooms[lb_reg.nwrooms++] = w;
+                rt->wr[i] = w;
+            }
+        }
+        if (!rt->wr[i]) {
+            pthread_mutex_unlock(&lb_reg.lock);
+            rt_free(rt);
+            snprintf(err, errlen, "moat: out of memory for a waiting room");
             return MOAT_ERR;
         }
     }

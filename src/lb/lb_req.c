@@ -296,6 +296,175 @@ static void set_cookie(struct moat_req *r, const struct moat_cfg_lb *lb,
     }
 }
 
+/* --- the waiting room ------------------------------------------------------------------ */
+
+/* sites[].waiting_room: beyond max_active visitors admitted within the last session, new
+ * visitors take a ticket (a signed cookie) and wait on a page that reloads itself; tickets
+ * come in in the order they were handed out, as places free up. An admitted visitor carries
+ * a signed cookie with its place's expiry and is never asked again until then. Cached answers
+ * never get here (the balance phase runs on misses only). The count of places taken is the
+ * admissions of the last session, in WR_BUCKETS time slices, so nothing is locked: a visitor
+ * who leaves early frees the place when the session would have ended. */
+#define WR_COOKIE "moat_wr"
+
+static uint64_t wr_mac(const struct lb_wroom *w, char kind, uint64_t v)
+{
+    pthread_once(&proc_key_once, proc_key_init);
+    unsigned char msg[160], md[EVP_MAX_MD_SIZE];
+    size_t kl = strlen(w->key);
+    memcpy(msg, w->key, kl);
+    msg[kl] = (unsigned char)kind;
+    memcpy(msg + kl + 1, &v, 8);
+    unsigned mdlen = 0;
+    if (!HMAC(EVP_sha256(), proc_key, sizeof proc_key, msg, kl + 9, md, &mdlen) || mdlen < 8)
+        return 0;
+    uint64_t mac;
+    memcpy(&mac, md, 8);
+    return mac;
+}
+
+/* The request's valid waiting-room cookie: 'a' (admitted until *v seconds) or 't' (ticket
+ * *v); 0 when none or forged. */
+static char wr_cookie(const struct moat_req *r, const struct lb_wroom *w, uint64_t *v)
+{
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        if (!MOAT_STR_IEQ_LIT(r->hdrs[i].name, "cookie"))
+            continue;
+        size_t pos = 0;
+        struct moat_str n, val;
+        while (moat_h1_cookie_next(r->hdrs[i].value, &pos, &n, &val)) {
+            if (!MOAT_STR_IEQ_LIT(n, WR_COOKIE) || val.len != 33)
+                continue;
+            char kind = val.ptr[0];
+            uint64_t x, mac;
+            if ((kind == 'a' || kind == 't') && hex64(val.ptr + 1, &x) &&
+                hex64(val.ptr + 17, &mac) &&
+                CRYPTO_memcmp(&mac, &(uint64_t){wr_mac(w, kind, x)}, 8) == 0) {
+                *v = x;
+                return kind;
+            }
+        }
+    }
+    return 0;
+}
+
+static int wr_fmt(char *buf, size_t len, const struct lb_wroom *w, char kind, uint64_t v,
+                  uint64_t max_age_s)
+{
+    int n = snprintf(buf, len, WR_COOKIE "=%c%016llx%016llx; Path=/; Max-Age=%llu; HttpOnly", kind,
+                     (unsigned long long)v, (unsigned long long)wr_mac(w, kind, v),
+                     (unsigned long long)max_age_s);
+    return n > 0 && (size_t)n < len ? n : 0;
+}
+
+static uint64_t wr_active(struct lb_wroom *w, uint64_t epoch)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < WR_BUCKETS; i++) {
+        uint64_t b = atomic_load_explicit(&w->bucket[i], memory_order_relaxed);
+        uint64_t e = b >> 24;
+        if (e + WR_BUCKETS > epoch && e <= epoch)
+            sum += b & 0xffffff;
+    }
+    return sum;
+}
+
+static void wr_count(struct lb_wroom *w, uint64_t epoch)
+{
+    _Atomic uint64_t *b = &w->bucket[epoch % WR_BUCKETS];
+    uint64_t old = atomic_load_explicit(b, memory_order_relaxed), nv;
+    do {
+        nv = (old >> 24) == epoch ? old + 1 : (epoch << 24 | 1);
+    } while (!atomic_compare_exchange_weak_explicit(b, &old, nv, memory_order_relaxed,
+                                                    memory_order_relaxed));
+}
+
+/* MOAT_OK: <r> goes on (admitted); MOAT_DONE: it got the waiting page. */
+static int waiting_room(struct moat_req *r)
+{
+    const struct moat_config *cfg = r->wcfg->cfg;
+    const struct moat_cfg_site *s = r->site;
+    struct lb_wroom *w = ((struct lb_rt *)cfg->lb_rt)->wr[s - cfg->sites];
+    if (!w)
+        return MOAT_OK;
+    uint64_t now = moat_wall_us() / 1000;
+    uint64_t width = MOAT_MAX(s->wr_session_ms / WR_BUCKETS, 1);
+    uint64_t epoch = (now / width) & ((1ull << 40) - 1);
+    uint64_t v = 0;
+    char kind = wr_cookie(r, w, &v);
+    if (kind == 'a' && v > now / 1000)
+        return MOAT_OK; /* admitted: keeps its place for the session */
+    uint64_t next = atomic_load(&w->next_ticket), serving = atomic_load(&w->serving);
+    /* Places promised to tickets let in that have not come back yet are taken too, for a few
+     * refreshes; then the no-shows are given up on. */
+    uint64_t came = atomic_load(&w->came);
+    uint64_t promised = serving > came ? serving - came : 0;
+    if (promised && now > atomic_load(&w->served_ms) + 3 * s->wr_refresh_ms) {
+        atomic_compare_exchange_strong(&w->came, &came, serving);
+        promised = 0;
+    }
+    uint64_t taken = wr_active(w, epoch) + promised;
+    uint64_t free_places = s->wr_max_active > taken ? s->wr_max_active - taken : 0;
+    if (free_places && serving < next) {
+        /* Places are free: the next tickets in line may come in. */
+        uint64_t to = MOAT_MIN(next, serving + free_places);
+        if (atomic_compare_exchange_strong(&w->serving, &serving, to))
+            atomic_store(&w->served_ms, now);
+        serving = atomic_load(&w->serving);
+        free_places = 0; /* what was free is promised to the tickets let in */
+    }
+    bool admit;
+    uint64_t ticket = 0;
+    if (kind == 't') {
+        admit = v <= serving;
+        ticket = v;
+        if (admit)
+            atomic_fetch_add(&w->came, 1);
+    } else {
+        admit = free_places && serving >= next;
+        if (!admit)
+            ticket = atomic_fetch_add(&w->next_ticket, 1) + 1;
+    }
+    if (admit) {
+        wr_count(w, epoch);
+        atomic_fetch_add(&w->admitted, 1);
+        int n = wr_fmt(r->lb.wr_cookie, sizeof r->lb.wr_cookie, w, 'a',
+                       now / 1000 + s->wr_session_ms / 1000, s->wr_session_ms / 1000);
+        r->lb.set_wr = n > 0;
+        r->lb.wr_len = (uint8_t)n;
+        return MOAT_OK;
+    }
+    atomic_fetch_add(&w->waited, 1);
+    unsigned refresh = (unsigned)MOAT_MAX(s->wr_refresh_ms / 1000, 1);
+    uint64_t ahead = ticket > serving ? ticket - serving : 1;
+    char ck[128], rf[16], body[512];
+    int ckn = wr_fmt(ck, sizeof ck, w, 't', ticket, 3600);
+    int rfn = snprintf(rf, sizeof rf, "%u", refresh);
+    int bn = snprintf(body, sizeof body,
+                      "<!doctype html><html><head><meta charset=\"utf-8\">"
+                      "<meta http-equiv=\"refresh\" content=\"%u\"><title>Please wait</title>"
+                      "</head><body><h1>You are in line</h1><p>There %s %llu visitor%s ahead of "
+                      "you. This page reloads by itself every %u s; keep it open.</p></body>"
+                      "</html>\n",
+                      refresh, ahead == 1 ? "is" : "are", (unsigned long long)(ahead - 1),
+                      ahead == 2 ? "" : "s", refresh);
+    struct moat_hdr h[4] = {
+        {MOAT_STR("Cache-Control"), MOAT_STR("no-store")},
+        {MOAT_STR("Refresh"), moat_str_make(rf, (size_t)MOAT_MAX(rfn, 0))},
+        {MOAT_STR("Retry-After"), moat_str_make(rf, (size_t)MOAT_MAX(rfn, 0))},
+        {MOAT_STR("Set-Cookie"), moat_str_make(ck, (size_t)ckn)},
+    };
+    /* Browsers get a page (200); other clients an error they understand (503). */
+    bool browser = false;
+    const struct moat_hdr *acc = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("accept"));
+    if (acc)
+        browser = memmem(acc->value.ptr, acc->value.len, "text/html", 9) != NULL;
+    moat_pcache_end(r, false);
+    moat_req_respond(r, browser ? 200 : 503, "text/html; charset=utf-8", h, ckn > 0 ? 4 : 3,
+                     moat_str_make(body, (size_t)MOAT_MAX(MOAT_MIN(bn, (int)sizeof body - 1), 0)));
+    return MOAT_DONE;
+}
+
 /* --- choosing ---------------------------------------------------------------------------- */
 
 enum { CH_OK, CH_FULL, CH_NONE };
@@ -569,6 +738,9 @@ static bool enqueue(struct moat_req *r, const struct moat_cfg_pool *pc)
 
 int moat_lb_balance(struct moat_req *r)
 {
+    if (r->site->wr_max_active && !r->bg && r->lb.ntried == 0 && !r->lb.set_wr &&
+        waiting_room(r) == MOAT_DONE)
+        return MOAT_DONE;
     const struct moat_cfg_pool *fullp = NULL;
     int rc = choose(r, &fullp);
     if (rc == CH_OK && r->upool)

@@ -129,6 +129,9 @@ size_t moat_resp_extras(const struct moat_req *r, const struct moat_resp *resp, 
     if (r->lb.set_cookie && resp->origin && n < MOAT_RESP_EXTRAS)
         out[n++] = (struct moat_hdr){MOAT_STR("Set-Cookie"),
                                      moat_str_make(r->lb.cookie, r->lb.cookie_len)};
+    if (r->lb.set_wr && resp->origin && n < MOAT_RESP_EXTRAS)
+        out[n++] = (struct moat_hdr){MOAT_STR("Set-Cookie"),
+                                     moat_str_make(r->lb.wr_cookie, r->lb.wr_len)};
 #undef SCRATCH_PUT
     return n;
 }

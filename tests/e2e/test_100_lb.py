@@ -606,6 +606,42 @@ def test_collapsed_waiters_of_an_uncacheable_answer_queue(moat_factory, origin_f
     assert m.alive()
 
 
+def test_waiting_room_admits_in_order(moat_factory, origin_factory):
+    o = origin_factory(name="o")
+    m = lb_moat(moat_factory, {"main": {"origins": [o.addr]}},
+                site={"hosts": ["*"], "pool": "main",
+                      "waiting_room": {"max_active": 1, "session": "2s", "refresh": "1s"}})
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    a, c, d = session(), session(), session()
+
+    def visit(sess, headers=html):
+        r = sess.get(m.url("/shop"), headers=headers)
+        return r.status_code, who(r), r
+
+    st, got, r = visit(a)
+    assert (st, got) == (200, "o") and r.headers["Set-Cookie"].startswith("moat_wr=a")
+    st, got, r = visit(a)
+    assert (st, got) == (200, "o") and "Set-Cookie" not in r.headers  # keeps its place
+    st, got, r = visit(c)
+    assert st == 200 and got is None and "You are in line" in r.text
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["Refresh"] == "1"
+    assert r.headers["Set-Cookie"].startswith("moat_wr=t")
+    st, got, r = visit(d, headers={"Accept": "*/*"})  # not a browser: 503
+    assert st == 503 and r.headers["Retry-After"] == "1"
+    forged = requests.get(m.url("/shop"), headers=html,
+                          cookies={"moat_wr": "a" + "f" * 16 + "0" * 16})
+    assert who(forged) is None, "a forged admission cookie was honoured"
+    time.sleep(2.2)  # a's session is over: one place is free
+    assert visit(d)[1] is None, "d (second in line) came in before c"
+    assert visit(c)[1] == "o"  # c first
+    st, got, r = visit(d)
+    assert got is None, (dict(r.headers), d.cookies.get_dict(), c.cookies.get_dict())
+    time.sleep(2.2)
+    assert visit(d)[1] == "o"
+    shop = [q for q in o.requests if q.path == "/shop"]
+    assert len(shop) == 4  # a twice, c, d: nobody waiting reached the origin
+
+
 # --- membership at run time ------------------------------------------------------------------
 
 def test_admin_add_drain_remove_under_load(moat_factory, origin_factory):
