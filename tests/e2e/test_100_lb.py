@@ -189,6 +189,81 @@ def test_killed_origin_no_failed_idempotent_request(moat_factory, origin_factory
     assert metric(mt, "moat_origin_up", pool="main", origin=os_[0].addr) == 1
 
 
+def proc_origin(name):
+    """An origin in a process of its own (origins.Origin), so that it can be SIGKILLed or
+    SIGSTOPped like a real server. Returns (Popen, "127.0.0.1:PORT")."""
+    import socket
+    import sys
+    port = free_port()
+    code = ("import sys, time; sys.path.insert(0, %r); from origins import Origin; "
+            "Origin(name=%r, port=%d); time.sleep(600)" % (str(Path(__file__).parent), name, port))
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return p, f"127.0.0.1:{port}"
+
+
+def _steady_load(m, seconds_before, action, seconds_after, clients=4):
+    stop = threading.Event()
+    results = collections.Counter()
+    errors = []
+
+    def client(k):
+        with session() as s:
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = s.get(m.url(f"/k{k}-{i}"), timeout=3)
+                    results[(r.status_code, who(r))] += 1
+                except Exception as e:  # noqa: BLE001
+                    errors.append(repr(e))
+                i += 1
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in ts:
+        t.start()
+    time.sleep(seconds_before)
+    action()
+    time.sleep(seconds_after)
+    stop.set()
+    for t in ts:
+        t.join()
+    return results, errors
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSTOP"])
+def test_origin_process_killed_or_stalled_under_load(moat_factory, sig):
+    import signal as sigmod
+    procs = [proc_origin(f"p{i}") for i in range(3)]
+    try:
+        m = lb_moat(moat_factory,
+                    {"main": {"origins": [a for _, a in procs], "monitor": "web",
+                              "try_timeout": "300ms", "passive": {"failures": 1,
+                                                                  "eject": "10s"}}},
+                    monitors={"web": {"path": "/health", "interval": "200ms",
+                                      "timeout": "300ms", "fall": 2, "rise": 1}})
+        victim, vaddr = procs[1]
+        results, errors = _steady_load(
+            m, 0.5, lambda: victim.send_signal(getattr(sigmod, sig)), 1.5)
+        assert not errors, errors[:3]
+        assert {st for st, _ in results} == {200}, results
+        assert sum(results.values()) > 50
+        st = wait_for(lambda: not origin_state(m, "main", vaddr)["usable"], 3)
+        assert st, "the failed origin still takes requests"
+        # after it failed, nothing more went to it
+        r2, e2 = _steady_load(m, 0.0, lambda: None, 0.5, clients=2)
+        assert not e2 and ("p1" not in {o for _, o in r2})
+    finally:
+        for p, _ in procs:
+            p.send_signal(__import__("signal").SIGCONT)
+            p.kill()
+            p.wait(5)
+
+
 def test_monitor_fall_and_rise(moat_factory, origin_factory):
     healthy = {"ok": True}
 
