@@ -445,6 +445,16 @@ char *moat_lb_metrics_text(void)
             }
         }
     }
+    put(&b, "# HELP moat_waiting_room_total Visitors of sites with a waiting room, by outcome\n"
+            "# TYPE moat_waiting_room_total counter\n");
+    for (unsigned i = 0; i < lb_reg.nwrooms; i++) {
+        struct lb_wroom *w = lb_reg.wrooms[i];
+        put(&b,
+            "moat_waiting_room_total{site=\"%s\",outcome=\"admitted\"} %llu\n"
+            "moat_waiting_room_total{site=\"%s\",outcome=\"waited\"} %llu\n",
+            w->key, (unsigned long long)atomic_load(&w->admitted), w->key,
+            (unsigned long long)atomic_load(&w->waited));
+    }
     pthread_mutex_unlock(&lb_reg.lock);
     return b.p;
 }

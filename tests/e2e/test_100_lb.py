@@ -715,6 +715,9 @@ def test_waiting_room_admits_in_order(moat_factory, origin_factory):
     assert visit(d)[1] == "o"
     shop = [q for q in o.requests if q.path == "/shop"]
     assert len(shop) == 4  # a twice, c, d: nobody waiting reached the origin
+    mt = m.metrics()
+    assert metric(mt, "moat_waiting_room_total", site="*", outcome="admitted") == 3
+    assert metric(mt, "moat_waiting_room_total", site="*", outcome="waited") == 5  # c, d, the forger, d twice
 
 
 # --- membership at run time ------------------------------------------------------------------
