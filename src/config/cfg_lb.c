@@ -174,8 +174,8 @@ int cfg_k_monitors(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n
 {
     struct moat_config *c = base;
     void *arr = NULL;
-    int rc = named_map(ld, n, "monitor", &cfg_monitor_table, sizeof(struct moat_cfg_monitor),
-                       &arr, &c->nmonitors);
+    int rc = named_map(ld, n, "monitor", &cfg_monitor_table, sizeof(struct moat_cfg_monitor), &arr,
+                       &c->nmonitors);
     c->monitors = arr;
     return rc;
 }
@@ -233,8 +233,8 @@ int cfg_k_hash_key(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n
     return MOAT_OK;
 }
 
-const char *const cfg_balance_names[] = {"round_robin", "least_outstanding", "random_two",
-                                         "hash", NULL};
+const char *const cfg_balance_names[] = {"round_robin", "least_outstanding", "random_two", "hash",
+                                         NULL};
 
 static const struct cfg_key queue_keys[] = {
     {.name = "size",
@@ -320,8 +320,7 @@ static int autoscale_post(struct cfg_ld *ld, struct fy_node *map, void *base)
 }
 const struct cfg_table cfg_pool_autoscale_table = CFG_TABLE(autoscale_keys, autoscale_post);
 
-int cfg_k_autoscale_exec(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n,
-                         void *base)
+int cfg_k_autoscale_exec(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
     struct moat_cfg_pool *p = base;
     char buf[1024];
@@ -396,8 +395,8 @@ static int pool_list_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void
     return MOAT_OK;
 }
 
-static int parse_pool_list(struct cfg_ld *ld, struct fy_node *n,
-                           const struct moat_cfg_pool ***out, size_t *count)
+static int parse_pool_list(struct cfg_ld *ld, struct fy_node *n, const struct moat_cfg_pool ***out,
+                           size_t *count)
 {
     size_t cnt;
     if (cfg_each_string(ld, n, &cnt, NULL, NULL, false) != MOAT_OK)
@@ -489,8 +488,8 @@ static char *region_name(struct cfg_ld *ld, struct fy_node *v)
     return s;
 }
 
-static int country_pair(struct cfg_ld *ld, struct fy_node *kn, const char *key,
-                        struct fy_node *v, size_t idx, void *ud)
+static int country_pair(struct cfg_ld *ld, struct fy_node *kn, const char *key, struct fy_node *v,
+                        size_t idx, void *ud)
 {
     struct moat_cfg_lb *lb = ud;
     struct moat_cfg_geo_country *gc = &lb->countries[idx];
@@ -607,7 +606,7 @@ static const struct cfg_key affinity_keys[] = {
 };
 static const struct cfg_table affinity_table = CFG_TABLE(affinity_keys, NULL);
 
-static const char *const steering_names[] = {"failover", "random", "geo", "latency",
+static const char *const steering_names[] = {"failover",          "random", "geo", "latency",
                                              "least_outstanding", NULL};
 
 /* A region named by geo is one of regions:, or a pool's name (then that pool first). */
@@ -719,6 +718,5 @@ int cfg_k_site_lb(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n,
             return MOAT_OK;
         }
     }
-    return cfg_fail(ld, n, "no load balancer named \"%s\" (define it under load_balancers:)",
-                    name);
+    return cfg_fail(ld, n, "no load balancer named \"%s\" (define it under load_balancers:)", name);
 }

@@ -37,12 +37,11 @@ static void reap(void)
 static void run(const struct moat_cfg_pool *pc, struct lb_pool *lp, const char *action,
                 size_t usable, size_t members, uint64_t inflight)
 {
-    json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:I, s:f, s:I, s:I}", "pool", lp->name, "action",
-                          action, "origins", (json_int_t)members, "usable", (json_int_t)usable,
-                          "in_flight", (json_int_t)inflight, "per_origin",
-                          usable ? (double)inflight / (double)usable : (double)inflight, "above",
-                          (json_int_t)pc->autoscale.above, "below",
-                          (json_int_t)pc->autoscale.below);
+    json_t *j = json_pack(
+        "{s:s, s:s, s:I, s:I, s:I, s:f, s:I, s:I}", "pool", lp->name, "action", action, "origins",
+        (json_int_t)members, "usable", (json_int_t)usable, "in_flight", (json_int_t)inflight,
+        "per_origin", usable ? (double)inflight / (double)usable : (double)inflight, "above",
+        (json_int_t)pc->autoscale.above, "below", (json_int_t)pc->autoscale.below);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     int fds[2];

@@ -89,18 +89,18 @@ extern struct lb_registry lb_reg;
 #define WR_BUCKETS 64
 struct lb_wroom {
     char key[128];
-    _Atomic uint64_t next_ticket; /* the last ticket handed out */
-    _Atomic uint64_t serving;     /* tickets up to this one may come in */
-    _Atomic uint64_t came;        /* tickets let in that came (or were given up on) */
-    _Atomic uint64_t served_ms;   /* when tickets were last let in */
+    _Atomic uint64_t next_ticket;        /* the last ticket handed out */
+    _Atomic uint64_t serving;            /* tickets up to this one may come in */
+    _Atomic uint64_t came;               /* tickets let in that came (or were given up on) */
+    _Atomic uint64_t served_ms;          /* when tickets were last let in */
     _Atomic uint64_t bucket[WR_BUCKETS]; /* epoch << 24 | admissions in that slice */
     _Atomic uint64_t admitted, waited;
 };
 
 /* A snapshot's runtime (cfg->lb_rt). */
 struct lb_rt {
-    struct lb_wroom **wr;   /* by index in cfg->sites; NULL without waiting_room */
-    struct lb_pool **pools; /* by index in cfg->pools */
+    struct lb_wroom **wr;    /* by index in cfg->sites; NULL without waiting_room */
+    struct lb_pool **pools;  /* by index in cfg->pools */
     struct moat_geoip **geo; /* by index in cfg->lbs; NULL without geo.mmdb */
     size_t ngeo;
 };
@@ -121,8 +121,8 @@ uint64_t lb_client_hash(const struct moat_req *r);
 /* An origin of <lp> for <r>, or NULL (<full>: some were usable but at max_requests).
  * <ign>: ejected origins count (the last resort); <hash_ip>: client_ip affinity. */
 struct moat_lb_origin *lb_pick(struct moat_req *r, struct lb_pool *lp,
-                               const struct moat_cfg_pool *pc, uint64_t now, bool ign,
-                               bool hash_ip, bool *full);
+                               const struct moat_cfg_pool *pc, uint64_t now, bool ign, bool hash_ip,
+                               bool *full);
 /* Can <o> take <r> now (usable, not tried, below max_requests; <ign>: ejection ignored)?
  * <full> is set when it is usable but at max_requests. */
 bool lb_candidate(const struct moat_req *r, const struct moat_lb_origin *o,

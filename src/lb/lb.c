@@ -338,8 +338,9 @@ int moat_lb_prepare(struct moat_config *cfg, char *err, size_t errlen)
         if (!rt->pools[i] || !atomic_load(&rt->pools[i]->m)) {
             pthread_mutex_unlock(&lb_reg.lock);
             rt_free(rt);
-            snprintf(err, errlen, "moat: too many pools or origins for the load balancer "
-                                  "(at most %d and %d)",
+            snprintf(err, errlen,
+                     "moat: too many pools or origins for the load balancer "
+                     "(at most %d and %d)",
                      LB_MAX_POOLS, LB_MAX_ORIGINS);
             return MOAT_ERR;
         }
@@ -449,8 +450,8 @@ void lb_passive_ok(struct moat_lb_origin *o, const struct moat_cfg_pool *pc)
         atomic_store_explicit(&o->fail_streak, 0, memory_order_relaxed);
     /* Ejections stop doubling once the origin has served well for a whole period. */
     if (atomic_load_explicit(&o->ejections, memory_order_relaxed) &&
-        moat_now_ms() > atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) +
-                            pc->passive_eject_ms)
+        moat_now_ms() >
+            atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) + pc->passive_eject_ms)
         atomic_store_explicit(&o->ejections, 0, memory_order_relaxed);
 }
 
@@ -493,8 +494,7 @@ static bool tried(const struct moat_req *r, const struct moat_lb_origin *o)
 
 /* Can <o> take <r> now? <full> is set when it is usable but at max_requests. */
 bool lb_candidate(const struct moat_req *r, const struct moat_lb_origin *o,
-                      const struct moat_cfg_pool *pc, uint64_t now, bool ignore_eject,
-                      bool *full)
+                  const struct moat_cfg_pool *pc, uint64_t now, bool ignore_eject, bool *full)
 {
     if (tried(r, o))
         return false;
@@ -578,8 +578,8 @@ static struct moat_lb_origin *ring_pick(const struct moat_req *r, const struct l
 }
 
 struct moat_lb_origin *lb_pick(struct moat_req *r, struct lb_pool *lp,
-                               const struct moat_cfg_pool *pc, uint64_t now, bool ign,
-                               bool hash_ip, bool *full)
+                               const struct moat_cfg_pool *pc, uint64_t now, bool ign, bool hash_ip,
+                               bool *full)
 {
     const struct lb_members *m = atomic_load_explicit(&lp->m, memory_order_acquire);
     if (!m || !m->n)

@@ -25,25 +25,25 @@ enum moat_lb_admin { MOAT_LB_ENABLED = 0, MOAT_LB_DRAINING, MOAT_LB_DISABLED };
 /* One origin of one pool. Made on first sight (config or admin API) and kept until exit, so
  * requests and probes may hold the pointer without counting. */
 struct moat_lb_origin {
-    unsigned id;                /* index in the registry */
-    uint64_t key;               /* stable hash of pool name and address (affinity cookies) */
-    char pool[72];              /* the pool's name */
-    struct moat_cfg_origin o;   /* address, Host parts, weight (strings owned here) */
-    _Atomic int up;             /* the monitor's verdict (1 without a monitor) */
-    _Atomic int admin;          /* enum moat_lb_admin */
-    _Atomic int member;         /* in the pool's current member list */
+    unsigned id;                       /* index in the registry */
+    uint64_t key;                      /* stable hash of pool name and address (affinity cookies) */
+    char pool[72];                     /* the pool's name */
+    struct moat_cfg_origin o;          /* address, Host parts, weight (strings owned here) */
+    _Atomic int up;                    /* the monitor's verdict (1 without a monitor) */
+    _Atomic int admin;                 /* enum moat_lb_admin */
+    _Atomic int member;                /* in the pool's current member list */
     _Atomic uint64_t up_since_ms;      /* came up (slow_start ramps from here); 0 = long ago */
     _Atomic uint64_t ejected_until_ms; /* passive: out until then */
     _Atomic unsigned fail_streak, ejections;
     _Atomic unsigned inflight;
     _Atomic uint64_t requests, failures, ejected_total;
     /* the monitor's figures */
-    _Atomic uint64_t rtt_us;    /* moving average of passing checks */
+    _Atomic uint64_t rtt_us; /* moving average of passing checks */
     _Atomic uint64_t checks_ok, checks_failed, transitions, check_us_sum;
     _Atomic uint64_t last_check_ms; /* wall clock ms of the last check; 0 = never */
-    char last_error[96];        /* guarded by the registry lock */
-    unsigned mon_pass, mon_fail; /* monitor thread only */
-    void *probe;                 /* monitor thread only */
+    char last_error[96];            /* guarded by the registry lock */
+    unsigned mon_pass, mon_fail;    /* monitor thread only */
+    void *probe;                    /* monitor thread only */
 };
 
 /* Sets up the load balancer's runtime for <cfg> (the registry entries of its pools and

@@ -57,18 +57,17 @@ static json_t *pool_json(const struct moat_cfg_pool *pc, struct lb_pool *lp, uin
     json_t *arr = json_array();
     for (size_t i = 0; m && i < m->n; i++)
         json_array_append_new(arr, origin_json(m->o[i], m->w[i], now));
-    return json_pack("{s:s, s:b, s:I, s:i, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
-                     "name", lp->name, "healthy", usable >= pc->min_origins, "usable",
-                     (json_int_t)usable, "min_origins", (int)pc->min_origins, "monitor",
-                     pc->monitor ? pc->monitor->name : NULL, "queued",
-                     (json_int_t)atomic_load(&lp->queued), "requests",
-                     (json_int_t)atomic_load(&lp->requests), "retries",
-                     (json_int_t)atomic_load(&lp->retries), "queue_full",
-                     (json_int_t)atomic_load(&lp->queue_full), "queue_timeouts",
-                     (json_int_t)atomic_load(&lp->queue_timeouts), "no_origin",
-                     (json_int_t)atomic_load(&lp->no_origin), "scale_out",
-                     (json_int_t)atomic_load(&lp->scale_out), "scale_in",
-                     (json_int_t)atomic_load(&lp->scale_in), "origins", arr);
+    return json_pack(
+        "{s:s, s:b, s:I, s:i, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "name", lp->name,
+        "healthy", usable >= pc->min_origins, "usable", (json_int_t)usable, "min_origins",
+        (int)pc->min_origins, "monitor", pc->monitor ? pc->monitor->name : NULL, "queued",
+        (json_int_t)atomic_load(&lp->queued), "requests", (json_int_t)atomic_load(&lp->requests),
+        "retries", (json_int_t)atomic_load(&lp->retries), "queue_full",
+        (json_int_t)atomic_load(&lp->queue_full), "queue_timeouts",
+        (json_int_t)atomic_load(&lp->queue_timeouts), "no_origin",
+        (json_int_t)atomic_load(&lp->no_origin), "scale_out",
+        (json_int_t)atomic_load(&lp->scale_out), "scale_in", (json_int_t)atomic_load(&lp->scale_in),
+        "origins", arr);
 }
 
 static int jerr(char **out, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -138,8 +137,7 @@ static int add_origin(struct lb_pool *lp, const struct moat_cfg_pool *pc, const 
         size_t hl = colon ? (size_t)(colon - addr) : 0;
         snprintf(host, sizeof host, "%.*s", (int)MOAT_MIN(hl, sizeof host - 1), addr);
         port = colon ? (unsigned)strtoul(colon + 1, NULL, 10) : 0;
-        if (!colon || hl == 0 ||
-            moat_addr_parse(addr, &a->o.addr, err, sizeof err) != MOAT_OK) {
+        if (!colon || hl == 0 || moat_addr_parse(addr, &a->o.addr, err, sizeof err) != MOAT_OK) {
             if (!colon || hl == 0)
                 snprintf(err, sizeof err, "\"%s\" is not HOST:PORT", addr);
             rc = jerr(out, 400, "%s", err);
@@ -157,8 +155,7 @@ static int add_origin(struct lb_pool *lp, const struct moat_cfg_pool *pc, const 
             /* An origin removed before and added again is taken off the removed list. */
             for (size_t i = 0; i < lp->nremoved; i++) {
                 if (strcmp(lp->removed[i], a->o.addr.text) == 0) {
-                    memmove(lp->removed[i], lp->removed[lp->nremoved - 1],
-                            sizeof lp->removed[i]);
+                    memmove(lp->removed[i], lp->removed[lp->nremoved - 1], sizeof lp->removed[i]);
                     lp->nremoved--;
                     break;
                 }
@@ -274,8 +271,7 @@ int moat_lb_admin(int method, const char *path, size_t pathlen, const char *body
                 lb_monitor_sync();
         } else if (get) {
             json_t *pj = pool_json(pc, lp, now);
-            rc = jok(out, 200,
-                     json_pack("{s:O}", "origins", json_object_get(pj, "origins")));
+            rc = jok(out, 200, json_pack("{s:O}", "origins", json_object_get(pj, "origins")));
             json_decref(pj);
         } else {
             rc = jerr(out, 405, "use GET or POST");
@@ -296,8 +292,7 @@ int moat_lb_admin(int method, const char *path, size_t pathlen, const char *body
             rc = jerr(out, 405, "use POST");
         } else if (strcmp(parts[4], "drain") == 0 || strcmp(parts[4], "disable") == 0 ||
                    strcmp(parts[4], "enable") == 0) {
-            int st = parts[4][0] == 'd' ? (parts[4][1] == 'r' ? MOAT_LB_DRAINING
-                                                               : MOAT_LB_DISABLED)
+            int st = parts[4][0] == 'd' ? (parts[4][1] == 'r' ? MOAT_LB_DRAINING : MOAT_LB_DISABLED)
                                         : MOAT_LB_ENABLED;
             atomic_store(&o->admin, st);
             if (st == MOAT_LB_ENABLED)
@@ -345,17 +340,50 @@ static void put(struct sbuf *b, const char *fmt, ...)
 
 /* One family: a row per member origin of every configured pool. */
 typedef double origin_val(const struct moat_lb_origin *o, uint64_t now);
-static double v_up(const struct moat_lb_origin *o, uint64_t now) { return atomic_load(&o->up); }
-static double v_usable(const struct moat_lb_origin *o, uint64_t now) { return moat_lb_usable(o, now); }
-static double v_inflight(const struct moat_lb_origin *o, uint64_t now) { return atomic_load(&o->inflight); }
-static double v_requests(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->requests); }
-static double v_failures(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->failures); }
-static double v_ejections(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->ejected_total); }
-static double v_rtt(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->rtt_us) / 1e6; }
-static double v_transitions(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->transitions); }
-static double v_check_sum(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->check_us_sum) / 1e6; }
-static double v_checks_ok(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->checks_ok); }
-static double v_checks_failed(const struct moat_lb_origin *o, uint64_t now) { return (double)atomic_load(&o->checks_failed); }
+static double v_up(const struct moat_lb_origin *o, uint64_t now)
+{
+    return atomic_load(&o->up);
+}
+static double v_usable(const struct moat_lb_origin *o, uint64_t now)
+{
+    return moat_lb_usable(o, now);
+}
+static double v_inflight(const struct moat_lb_origin *o, uint64_t now)
+{
+    return atomic_load(&o->inflight);
+}
+static double v_requests(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->requests);
+}
+static double v_failures(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->failures);
+}
+static double v_ejections(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->ejected_total);
+}
+static double v_rtt(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->rtt_us) / 1e6;
+}
+static double v_transitions(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->transitions);
+}
+static double v_check_sum(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->check_us_sum) / 1e6;
+}
+static double v_checks_ok(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->checks_ok);
+}
+static double v_checks_failed(const struct moat_lb_origin *o, uint64_t now)
+{
+    return (double)atomic_load(&o->checks_failed);
+}
 
 static void origin_family(struct sbuf *b, const char *name, const char *type, const char *help,
                           const char *extra, origin_val *fn, bool head, uint64_t now)
@@ -367,8 +395,8 @@ static void origin_family(struct sbuf *b, const char *name, const char *type, co
         struct lb_pool *lp = find_pool(c->pools[i].name);
         const struct lb_members *m = lp ? atomic_load(&lp->m) : NULL;
         for (size_t j = 0; m && j < m->n; j++)
-            put(b, "%s{pool=\"%s\",origin=\"%s\"%s} %.6g\n", name, lp->name,
-                m->o[j]->o.addr.text, extra, fn(m->o[j], now));
+            put(b, "%s{pool=\"%s\",origin=\"%s\"%s} %.6g\n", name, lp->name, m->o[j]->o.addr.text,
+                extra, fn(m->o[j], now));
     }
 }
 
@@ -380,8 +408,8 @@ char *moat_lb_metrics_text(void)
     b.p[0] = '\0';
     uint64_t now = moat_now_ms();
     pthread_mutex_lock(&lb_reg.lock);
-    origin_family(&b, "moat_origin_up", "gauge", "The monitor's verdict (1 without a monitor)",
-                  "", v_up, true, now);
+    origin_family(&b, "moat_origin_up", "gauge", "The monitor's verdict (1 without a monitor)", "",
+                  v_up, true, now);
     origin_family(&b, "moat_origin_usable", "gauge",
                   "Takes new requests (up, enabled, not ejected)", "", v_usable, true, now);
     origin_family(&b, "moat_origin_in_flight", "gauge", "Requests at the origin now", "",
@@ -390,8 +418,8 @@ char *moat_lb_metrics_text(void)
                   v_requests, true, now);
     origin_family(&b, "moat_origin_failures_total", "counter",
                   "Tries that failed (connect, timeout, reset, 5xx)", "", v_failures, true, now);
-    origin_family(&b, "moat_origin_ejections_total", "counter",
-                  "Passive outlier ejections", "", v_ejections, true, now);
+    origin_family(&b, "moat_origin_ejections_total", "counter", "Passive outlier ejections", "",
+                  v_ejections, true, now);
     origin_family(&b, "moat_origin_rtt_seconds", "gauge",
                   "Moving average of passing checks' duration", "", v_rtt, true, now);
     origin_family(&b, "moat_origin_checks_total", "counter", "Monitor checks, by result",
@@ -411,8 +439,8 @@ char *moat_lb_metrics_text(void)
         {"moat_pool_rejected_total", "counter", "Requests answered 503 by admission control"},
     };
     for (size_t f = 0; f < MOAT_ARRAY_LEN(pool_help); f++) {
-        put(&b, "# HELP %s %s\n# TYPE %s %s\n", pool_help[f][0], pool_help[f][2],
-            pool_help[f][0], pool_help[f][1]);
+        put(&b, "# HELP %s %s\n# TYPE %s %s\n", pool_help[f][0], pool_help[f][2], pool_help[f][0],
+            pool_help[f][1]);
         for (size_t i = 0; c && i < c->npools; i++) {
             struct lb_pool *lp = find_pool(c->pools[i].name);
             if (!lp)

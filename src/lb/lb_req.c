@@ -111,8 +111,8 @@ static const char *geo_region(const struct moat_req *r, const struct moat_cfg_lb
     return lb->geo_default;
 }
 
-static void add_region(struct order *o, const struct moat_config *cfg,
-                       const struct moat_cfg_lb *lb, const char *region)
+static void add_region(struct order *o, const struct moat_config *cfg, const struct moat_cfg_lb *lb,
+                       const char *region)
 {
     for (size_t i = 0; i < lb->nregions; i++) {
         if (strcmp(lb->regions[i].name, region) == 0) {

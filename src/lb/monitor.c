@@ -116,8 +116,8 @@ static void verdict(struct probe *p, bool ok, const char *err)
         if (atomic_load(&o->up) && o->mon_fail >= p->fall) {
             atomic_store(&o->up, 0);
             atomic_fetch_add(&o->transitions, 1);
-            moat_log_warn("origin %s (pool %s) is down after %u failed checks: %s",
-                          o->o.addr.text, o->pool, o->mon_fail, err);
+            moat_log_warn("origin %s (pool %s) is down after %u failed checks: %s", o->o.addr.text,
+                          o->pool, o->mon_fail, err);
         }
     }
     moat_timer_set(&mon.loop, &p->tick, p->interval_ms);

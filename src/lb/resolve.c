@@ -87,7 +87,8 @@ static void from_file(const char *path, const char *host, uint16_t port, struct 
         char *save = NULL, *addr = strtok_r(line, " \t\r\n", &save);
         if (!addr)
             continue;
-        for (char *nm = strtok_r(NULL, " \t\r\n", &save); nm; nm = strtok_r(NULL, " \t\r\n", &save)) {
+        for (char *nm = strtok_r(NULL, " \t\r\n", &save); nm;
+             nm = strtok_r(NULL, " \t\r\n", &save)) {
             if (strcasecmp(nm, host) != 0)
                 continue;
             struct sockaddr_in s4 = {.sin_family = AF_INET};
@@ -176,8 +177,8 @@ static void pass(void)
                 cur->n = 0;
             }
             if (cur && !same(cur, &d)) {
-                moat_log_info("pool %s: %s now resolves to %zu address%s", lp->name, d.text,
-                              d.n, d.n == 1 ? "" : "es");
+                moat_log_info("pool %s: %s now resolves to %zu address%s", lp->name, d.text, d.n,
+                              d.n == 1 ? "" : "es");
                 *cur = d;
                 changed = true;
             }

@@ -49,8 +49,7 @@ static struct moat_req *mk_req(void)
 
 static struct moat_cfg_pool defpool(unsigned balance)
 {
-    struct moat_cfg_pool pc = {.balance = balance, .min_origins = 1,
-                               .passive_eject_ms = 30000};
+    struct moat_cfg_pool pc = {.balance = balance, .min_origins = 1, .passive_eject_ms = 30000};
     return pc;
 }
 
