@@ -329,6 +329,21 @@ int moat_lb_prepare(struct moat_config *cfg, char *err, size_t errlen)
         }
     }
     pthread_mutex_lock(&lb_reg.lock);
+    /* Origins are never dropped from the registry: refuse a snapshot that would need more
+     * than it can hold rather than run with pools missing members. */
+    size_t fresh = 0;
+    for (size_t i = 0; i < cfg->npools; i++)
+        for (size_t k = 0; k < cfg->pools[i].norigins; k++)
+            fresh += !lb_origin_find(cfg->pools[i].name, cfg->pools[i].origins[k].addr.text);
+    if (lb_reg.norigins + fresh > LB_MAX_ORIGINS) {
+        pthread_mutex_unlock(&lb_reg.lock);
+        rt_free(rt);
+        snprintf(err, errlen,
+                 "moat: the load balancer holds at most %d origins over the process's life "
+                 "(%u known, %zu new); restart to start afresh",
+                 LB_MAX_ORIGINS, lb_reg.norigins, fresh);
+        return MOAT_ERR;
+    }
     for (size_t i = 0; i < cfg->npools; i++) {
         rt->pools[i] = lb_pool_get(cfg->pools[i].name);
         /* A pool seen for the first time gets its members now, so that a request of this
