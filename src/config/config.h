@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "core/common.h"
+#include "core/geoip.h"
 #include "http/h1.h"
 
 /* A resolved socket address and the text it came from ("127.0.0.1:8080", "[::1]:80"). */
@@ -18,12 +19,6 @@ struct moat_addr {
     struct sockaddr_storage ss;
     socklen_t len;
     char text[80];
-};
-
-/* An IPv4 or IPv6 CIDR block (IPv4 stored as v4-mapped IPv6). */
-struct moat_cidr {
-    uint8_t addr[16];
-    uint8_t prefix; /* 0..128 on the mapped form */
 };
 
 struct moat_cfg_origin {
@@ -287,14 +282,6 @@ int moat_addr_parse(const char *text, struct moat_addr *out, char *err, size_t e
  * ("512", "16k", "16KiB", "512MiB", "1GiB", "1g"; powers of 1024). MOAT_OK or MOAT_ERR. */
 int moat_parse_duration_ms(const char *s, uint64_t *out);
 int moat_parse_size(const char *s, uint64_t *out);
-
-/* Parses "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128) into <out>. Host
- * bits set below the prefix are an error (a typo more often than intent). MOAT_OK or MOAT_ERR
- * with a message in <err>. */
-int moat_cidr_parse(const char *text, struct moat_cidr *out, char *err, size_t errlen);
-
-/* True if the (v4-mapped when IPv4) 16-byte <addr> is inside <c>. */
-bool moat_cidr_match(const struct moat_cidr *c, const uint8_t addr[16]);
 
 /* Calls <fn> once per configuration key, in table order, with its dotted path
  * ("pools.*.connect_timeout", "sites[].hosts"), its type name, its default as YAML text (NULL

@@ -512,7 +512,7 @@ bool moat_config_wants_tls(const struct moat_config *c)
 bool moat_config_trusted(const struct moat_config *c, const uint8_t addr[16])
 {
     for (size_t i = 0; i < c->ntrusted; i++)
-        if (moat_cidr_match(&c->trusted[i], addr))
+        if (moat_cidr_match_addr(&c->trusted[i], addr))
             return true;
     return false;
 }
