@@ -15,7 +15,7 @@ static int phase_shield(struct moat_req *r)
 
 /* Glob match: '*' any run of bytes (including '/'), '?' one byte. Iterative with one
  * backtrack point: linear in practice, never exponential. */
-static bool glob_match(const char *g, struct moat_str s)
+bool moat_glob_match(const char *g, struct moat_str s)
 {
     size_t i = 0, star_g = (size_t)-1, star_i = 0;
     const char *p = g;
@@ -71,11 +71,11 @@ static bool has_cookie(struct moat_str v, const char *name)
     return false;
 }
 
-static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_req *q)
+bool moat_rule_matches(const struct moat_cfg_rule *r, const struct moat_req *q)
 {
     if (r->methods && !(r->methods & (1u << q->meth)))
         return false;
-    if (r->path && !glob_match(r->path, q->path))
+    if (r->path && !moat_glob_match(r->path, q->path))
         return false;
     if (r->query && !has_param(q->query, r->query))
         return false;
@@ -119,7 +119,7 @@ static void pick_rule(struct moat_req *r)
     r->rule = NULL;
     r->static_default = false;
     for (size_t i = 0; i < r->site->nrules; i++) {
-        if (rule_matches(&r->site->rules[i], r)) {
+        if (moat_rule_matches(&r->site->rules[i], r)) {
             r->rule = &r->site->rules[i];
             return;
         }
