@@ -145,6 +145,9 @@ struct moat_ip_range {
     uint8_t lo[16], hi[16];
 };
 
+/* The addresses of <c> as an inclusive range (the shield's CIDR lists and blocks). */
+void moat_cidr_range(const struct moat_cidr *c, struct moat_ip_range *r);
+
 /* match: of a shield rule: a cache rule's conditions plus hosts, user agent, CIDRs, countries. */
 struct moat_cfg_smatch {
     struct moat_cfg_rule rule; /* path, methods, query, header, cookie (same rows as rules) */

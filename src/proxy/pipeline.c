@@ -3,12 +3,19 @@
  * log) run from exchange.c, cache.c and alog.c as the response passes; they will move here as
  * they grow. */
 #include "proxy/pipeline.h"
+#include "shield/shield.h"
 
-/* --- shield: nothing yet; the shield issue adds ACLs, rate limits and the challenge ------ */
+static struct moat_str host_only(struct moat_str host);
+
+/* --- shield: access rules, rate limits, the under-attack challenge (src/shield/). It runs
+ * before route, so it looks the site up itself (the same lookup route makes): per-site state
+ * (under_attack, challenge_exempt) needs it. */
 static int phase_shield(struct moat_req *r)
 {
-    (void)r;
-    return MOAT_DECLINED;
+    const struct moat_config *cfg = r->wcfg->cfg;
+    const struct moat_cfg_site *site =
+        r->wcfg->only_site ? r->wcfg->only_site : moat_config_site(cfg, host_only(r->authority));
+    return moat_shield_request(r, site);
 }
 
 /* --- rules: the site's cache rules, first match wins ------------------------------------ */
@@ -253,6 +260,8 @@ static int phase_cache(struct moat_req *r)
 static int phase_balance(struct moat_req *r)
 {
     const struct moat_config *cfg = r->wcfg->cfg;
+    if (r->sh_rule) /* a count: origin rate limit: this request reaches the origin */
+        moat_shield_origin(r);
     unsigned pi = (unsigned)(r->site->pool - cfg->pools);
     const struct moat_cfg_pool *pool = &cfg->pools[pi];
     unsigned pos = r->wcfg->rr[pi]++ % r->wcfg->wsum[pi];

@@ -65,7 +65,7 @@ static const char tail[] =
     "function fast(){var ps=[],base=tried;for(var i=0;i<1024;i++)ps.push(subtle.digest("
     "'SHA-256',enc.encode(c+(base+i))));Promise.all(ps).then(function(hs){for(var i=0;"
     "i<hs.length;i++)if(zeros(new Uint8Array(hs[i]))>=bits){tried=base+i;found(base+i);"
-    "return;}tried=base+hs.length;tick();fast();},function(){slow();});}\n"
+    "return;}tried=base+hs.length;tick();setTimeout(fast,0);},function(){slow();});}\n"
     "function start(){go.hidden=true;document.cookie='moat_ct=1; path=/; SameSite=Lax';"
     "if(document.cookie.indexOf('moat_ct=1')<0){say('Cookies are turned off. This check "
     "gives your browser a cookie to show it was done: please allow cookies for this site "

@@ -42,4 +42,15 @@ json_t *moat_shield_status(const struct moat_config *cfg);
 int moat_shield_set_mode(const struct moat_config *cfg, const char *host, const char *mode,
                          char *err, size_t errlen);
 
+/* The admin API: refuses (403) every request from <cidr> ("10.0.0.0/8", "2001:db8::/32", an
+ * address) for <for_ms>, before any access rule; at most 1024 blocks. Setting a block again
+ * changes its duration. MOAT_OK, or MOAT_ERR with <err> filled. */
+int moat_shield_block(const char *cidr, uint64_t for_ms, char *err, size_t errlen);
+/* Lifts the block of exactly <cidr>. MOAT_OK, or MOAT_ERR (not blocked, not a CIDR). */
+int moat_shield_unblock(const char *cidr, char *err, size_t errlen);
+/* The busiest rate-limit keys now (at most <n>, at most 100): how far each is ahead of its
+ * budget, and what it is (client address, header or cookie value) when it was refused
+ * lately. A JSON array, busiest first. */
+json_t *moat_shield_top(size_t n);
+
 #endif
