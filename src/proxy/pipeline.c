@@ -13,6 +13,8 @@ static struct moat_str host_only(struct moat_str host);
 static int phase_shield(struct moat_req *r)
 {
     const struct moat_config *cfg = r->wcfg->cfg;
+    if (moat_shield_idle(cfg))
+        return MOAT_DECLINED;
     const struct moat_cfg_site *site =
         r->wcfg->only_site ? r->wcfg->only_site : moat_config_site(cfg, host_only(r->authority));
     return moat_shield_request(r, site);

@@ -749,6 +749,14 @@ static void rate_of(const struct moat_cfg_ratelimit *rl, struct moat_rl_rate *rt
     rt->count_refused = rl->count_refused;
 }
 
+bool moat_shield_idle(const struct moat_config *cfg)
+{
+    const struct moat_cfg_shield *s = &cfg->shield;
+    return !s->nrate_limits && !s->naccess && !s->any_challenge &&
+           !atomic_load_explicit(&sh.noverrides, memory_order_relaxed) &&
+           !atomic_load_explicit(&blocks.live, memory_order_relaxed);
+}
+
 int moat_shield_request(struct moat_req *r, const struct moat_cfg_site *site)
 {
     const struct moat_config *cfg = r->wcfg->cfg;

@@ -19,6 +19,10 @@
  * endpoint's redirect). Writes no log line per refused request; counts instead. */
 int moat_shield_request(struct moat_req *r, const struct moat_cfg_site *site);
 
+/* True when the shield has nothing to do under <cfg>: no rule, no site that may challenge, no
+ * admin override or block. The pipeline then skips the phase, site lookup included. */
+bool moat_shield_idle(const struct moat_config *cfg);
+
 /* <r> is about to go to the origin: charges the budget of a count: origin rate limit. */
 void moat_shield_origin(struct moat_req *r);
 
