@@ -53,7 +53,8 @@ struct moat_rl_table *moat_rl_new(uint64_t keys)
     uint64_t sets = 1;
     while (sets * MOAT_RL_WAYS < keys)
         sets <<= 1;
-    struct moat_rl_table *t = aligned_alloc(64, sizeof *t);
+    /* aligned_alloc wants a size that is a multiple of the alignment (C11 7.22.3.1) */
+    struct moat_rl_table *t = aligned_alloc(64, (sizeof *t + 63) & ~(size_t)63);
     if (!t)
         return NULL;
     memset(t, 0, sizeof *t);
