@@ -561,3 +561,25 @@ def test_ip_prefix_and_cookie_keys(moat_factory, origin):
     assert get(m, "/v6/1", headers=x("2001:db8:1:2::1")).status_code == 200
     assert get(m, "/v6/1", headers=x("2001:db8:1:3::1")).status_code == 429  # same /48
     assert get(m, "/v6/1", headers=x("2001:db8:2::1")).status_code == 200
+
+
+def test_buckets_and_overrides_survive_a_reload(moat_factory, origin):
+    cfg = moat_factory.config([origin], admin=True, shield={"rate_limits": [
+        {"match": {"header": "X-Key"}, "key": "header:X-Key", "rate": "1/h", "burst": 1}]})
+    cfg["sites"] = [{"hosts": ["*"], "pool": "main"}, {"hosts": ["ua.example"], "pool": "main"}]
+    m = moat_factory(config=cfg)
+    assert get(m, "/", headers={"X-Key": "a"}).status_code == 200
+    assert get(m, "/", headers={"X-Key": "a"}).status_code == 429
+    r = m.admin("POST", "/shield/under_attack", json={"site": "ua.example", "mode": "on"})
+    assert r.status_code == 200
+    assert get(m, "/", headers={"Host": "ua.example"}).status_code == 503
+    gen = m.status()["generation"]
+    m.reload()
+    deadline = time.monotonic() + 5
+    while m.status()["generation"] == gen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m.status()["generation"] == gen + 1
+    assert get(m, "/", headers={"X-Key": "a"}).status_code == 429  # the bucket is kept
+    assert get(m, "/", headers={"X-Key": "b"}).status_code == 200
+    assert get(m, "/", headers={"Host": "ua.example"}).status_code == 503  # and the override
+    assert get(m, "/").status_code == 200
