@@ -36,7 +36,9 @@ def test_chromium_solves_the_challenge_and_reaches_the_origin(moat_factory, orig
     m = ua_site(moat_factory, origin, 16)
     out = run_browser(m.url("/welcome?from=browser"))
     assert out["ok"], out
-    assert out["first_status"] == 503 and out["first_title"] == "Checking your browser"
+    # the first answer was the challenge (its HTML is checked in test_110; its title is not
+    # asserted here: the page can solve and leave before the browser reports it)
+    assert out["first_status"] == 503
     assert out["secure_context"] is True
     assert out["final_url"].endswith("/welcome?from=browser")
     assert "ok main /welcome" in out["final_text"], out
