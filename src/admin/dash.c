@@ -74,7 +74,7 @@ struct moat_dash {
     struct moat_dash_sums prev;  /* at the last tick */
     struct moat_stats prev_st;   /* at the last tick */
     uint64_t prev_evictions;
-    bool have_prev;
+    uint64_t first_sec; /* of the first sample */
     uint64_t reloads_ok, reloads_failed; /* at the last tick */
     char reload_result[16];      /* "", "ok", "failed" */
     char reload_msg[512];
@@ -216,7 +216,7 @@ static void sample(struct moat_dash *d)
     struct moat_stats st;
     moat_server_stats(&st);
     struct moat_series_pt pt = {.t = sec - 1};
-    for (int i = 0; i < MOAT_DASH_NCLASS && d->have_prev; i++) {
+    for (int i = 0; i < MOAT_DASH_NCLASS; i++) { /* prev starts at zero, as the counters */
         pt.req[i] = (uint32_t)(cur.req[i] - d->prev.req[i]);
         pt.bytes[i] = cur.bytes[i] - d->prev.bytes[i];
     }
@@ -233,6 +233,11 @@ static void sample(struct moat_dash *d)
         if (x->sec && x->sec + DASH_WINDOW >= sec && x->sec < old->sec)
             old = x;
     }
+    static const struct lat_sec zero;
+    if (!d->first_sec)
+        d->first_sec = sec;
+    if (old->sec == d->first_sec) /* less than a minute since start: from zero */
+        old = &zero;
 
     /* the last minute's shares, from the history */
     uint64_t mreq[MOAT_DASH_NCLASS] = {0}, mbytes[MOAT_DASH_NCLASS] = {0};
@@ -303,7 +308,7 @@ static void sample(struct moat_dash *d)
     json_t *sc = json_object(), *sct = json_object();
     static const char *const cls[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
     for (int i = 0; i < 5; i++) {
-        cls_now[i] = d->have_prev ? cls_tot[i] - cls_prev[i] : 0;
+        cls_now[i] = cls_tot[i] - cls_prev[i];
         json_object_set_new(sc, cls[i], json_integer((json_int_t)cls_now[i]));
         json_object_set_new(sct, cls[i], json_integer((json_int_t)cls_tot[i]));
     }
@@ -317,7 +322,7 @@ static void sample(struct moat_dash *d)
             json_pack("{s:I, s:I, s:I, s:I, s:I}", "objects", (json_int_t)cs.objects, "bytes",
                       (json_int_t)cs.bytes, "limit", (json_int_t)cfg->cache.memory, "evictions",
                       (json_int_t)cs.evictions, "evictions_now",
-                      (json_int_t)(d->have_prev ? cs.evictions - d->prev_evictions : 0)));
+                      (json_int_t)(cs.evictions - d->prev_evictions)));
         moat_config_release(&cfg);
         d->prev_evictions = cs.evictions;
     } else {
@@ -330,7 +335,6 @@ static void sample(struct moat_dash *d)
 
     d->prev = cur;
     d->prev_st = st;
-    d->have_prev = true;
 
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
