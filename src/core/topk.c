@@ -87,30 +87,40 @@ static void idx_delete(struct moat_topk *t, unsigned s)
     }
 }
 
-static void set_key(struct moat_topk_item *it, uint64_t hash, struct moat_str key)
+static void set_key(struct moat_topk_item *it, uint64_t hash, struct moat_str a,
+                    struct moat_str b)
 {
-    size_t n = MOAT_MIN(key.len, (size_t)MOAT_TOPK_KEYLEN);
+    size_t n = MOAT_MIN(a.len, (size_t)MOAT_TOPK_KEYLEN);
+    size_t m = MOAT_MIN(b.len, (size_t)MOAT_TOPK_KEYLEN - n);
     it->hash = hash;
-    it->keylen = (uint8_t)n;
+    it->keylen = (uint8_t)(n + m);
     if (n)
-        memcpy(it->key, key.ptr, n);
+        memcpy(it->key, a.ptr, n);
+    if (m)
+        memcpy(it->key + n, b.ptr, m);
 }
 
 void moat_topk_add(struct moat_topk *t, uint64_t hash, struct moat_str key)
 {
-    t->total++;
+    moat_topk_addw(t, hash, key, MOAT_STR_NULL, 1);
+}
+
+void moat_topk_addw(struct moat_topk *t, uint64_t hash, struct moat_str key, struct moat_str b,
+                    uint32_t w)
+{
+    t->total += w;
     unsigned s = idx_find(t, hash);
     if (t->idx[s]) {
         unsigned i = t->idx[s] - 1u;
-        t->items[i].count++;
+        t->items[i].count += w;
         sift_down(t, t->pos[i]);
         return;
     }
     if (t->n < MOAT_TOPK_K) {
         unsigned i = t->n++;
         struct moat_topk_item *it = &t->items[i];
-        set_key(it, hash, key);
-        it->count = 1;
+        set_key(it, hash, key, b);
+        it->count = w;
         it->err = 0;
         t->heap[i] = (uint8_t)i;
         t->pos[i] = (uint8_t)i;
@@ -123,8 +133,8 @@ void moat_topk_add(struct moat_topk *t, uint64_t hash, struct moat_str key)
     struct moat_topk_item *it = &t->items[i];
     idx_delete(t, idx_find(t, it->hash));
     it->err = it->count;
-    it->count++;
-    set_key(it, hash, key);
+    it->count += w;
+    set_key(it, hash, key, b);
     t->idx[idx_find(t, hash)] = (uint8_t)(i + 1);
     sift_down(t, 0);
 }

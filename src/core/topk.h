@@ -37,6 +37,10 @@ void moat_topk_reset(struct moat_topk *t);
 /* Counts one occurrence of <key> whose hash is <hash> (the caller hashes: keys with the same
  * hash are one key). */
 void moat_topk_add(struct moat_topk *t, uint64_t hash, struct moat_str key);
+/* Counts <w> occurrences of a key in two parts, <a> then <b> (copied together, cut at the
+ * key length): a sampled stream adds each sampled key with the sampling's weight. */
+void moat_topk_addw(struct moat_topk *t, uint64_t hash, struct moat_str a, struct moat_str b,
+                    uint32_t w);
 
 /* Merges <n> item lists (<lists>[i] with <lens>[i] items each, items with the same hash
  * summed) and writes the <cap> largest into <out>, by count, descending. Returns how many

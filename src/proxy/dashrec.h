@@ -1,7 +1,10 @@
 /* dashrec.h: what each worker records for the live dashboard, and how the control thread
- * reads it. A worker's cost per request: a classification, four single-writer counter adds,
- * two for a latency bucket, three xxh3 hashes and three Space-Saving updates; no lock, no
- * allocation, no shared cache line written (everything is in the worker's own struct). */
+ * reads it. A worker's cost per request: a classification and three single-writer counter
+ * adds (outcome, bytes, latency bucket), then, for the top lists, two xxh3 hashes and three
+ * Space-Saving updates, for every request up to 1,024 a second per worker and for a random
+ * sample above (1 in 8, and 1 in 32 above 16,384 a second), each sampled request weighing as
+ * many. No lock, no allocation, no shared cache line written (everything is in the worker's
+ * own struct). bench/micro/dashrec.c measures it. */
 #ifndef MOAT_PROXY_DASHREC_H
 #define MOAT_PROXY_DASHREC_H
 
@@ -31,6 +34,7 @@ enum { MOAT_DASH_TOP_URL, MOAT_DASH_TOP_HOST, MOAT_DASH_TOP_CLIENT, MOAT_DASH_NT
  * resets the window it last used two seconds ago. */
 struct moat_dashrec_win {
     _Atomic uint64_t sec;
+    uint32_t seen; /* requests this second (the worker's own: the sampling's rate) */
     struct moat_topk top[MOAT_DASH_NTOP];
 };
 
@@ -41,6 +45,7 @@ struct moat_dashrec {
     _Atomic uint64_t lat_hit[MOAT_DASH_LAT_BUCKETS];
     _Atomic uint64_t lat_origin[MOAT_DASH_LAT_BUCKETS];
     struct moat_dashrec_win win[2];
+    uint64_t rng; /* the sampling's xorshift state (the worker's own) */
 };
 
 /* Sums of every worker's cumulative counters. */

@@ -188,6 +188,28 @@ static void test_merge_sums_and_sorts(void **state)
     assert_int_equal(out[1].count, 7);
 }
 
+/* Weighted updates (a sampled stream): counts and the total move by the weight, and a key
+ * replacing the minimum inherits its count as the error. */
+static void test_weighted(void **state)
+{
+    (void)state;
+    struct moat_topk t;
+    moat_topk_reset(&t);
+    for (unsigned k = 0; k < MOAT_TOPK_K; k++)
+        moat_topk_addw(&t, mix(k + 1), MOAT_STR("/a"), MOAT_STR("/b"), 8);
+    assert_int_equal(t.total, 8 * MOAT_TOPK_K);
+    assert_int_equal(t.items[0].count, 8);
+    assert_int_equal(t.items[0].keylen, 4);
+    assert_memory_equal(t.items[0].key, "/a/b", 4);
+    moat_topk_addw(&t, mix(1000), MOAT_STR("/new"), MOAT_STR_NULL, 32);
+    unsigned s = idx_find(&t, mix(1000));
+    assert_true(t.idx[s] != 0);
+    const struct moat_topk_item *it = &t.items[t.idx[s] - 1];
+    assert_int_equal(it->count, 8 + 32);
+    assert_int_equal(it->err, 8);
+    check_structure(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -196,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_bounded_memory),
         cmocka_unit_test(test_long_keys_are_cut),
         cmocka_unit_test(test_merge_sums_and_sorts),
+        cmocka_unit_test(test_weighted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
