@@ -184,3 +184,27 @@ def test_dashboard_off(moat_factory, origin_factory):
     assert m.admin("GET", "/dashboard").status_code == 404
     assert m.admin("GET", "/events").status_code == 404
     assert m.admin("GET", "/status").status_code == 200
+
+
+def test_grafana_dashboard_uses_real_metrics(moat_factory, origin_factory):
+    """docs/grafana-dashboard.json asks only for series moat exports: every metric name in its
+    queries is in a real scrape (the certificate gauge, present only with TLS, in the docs)."""
+    import re
+    origin = origin_factory(cacheable)
+    m = moat_factory(origin, admin=True)
+    assert requests.get(m.url("/item/1")).status_code == 200
+    text = m.admin("GET", "/metrics").text
+    exported = set(re.findall(r"^(moat_[a-z0-9_]+)", text, re.M))
+    dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    assert dash["__inputs"][0]["pluginId"] == "prometheus"
+    names = set()
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            names |= set(re.findall(r"\bmoat_[a-z0-9_]+", t["expr"]))
+    assert len(names) >= 25
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    for n in sorted(names):
+        if n == "moat_tls_certificate_expiry_seconds":
+            assert f"`{n}`" in ops
+            continue
+        assert n in exported, f"{n} is not in /metrics"

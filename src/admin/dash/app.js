@@ -20,7 +20,7 @@
     const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
     let i = 0;
     while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-    return (i ? n.toFixed(1) : Math.round(n).toString()) + ' ' + u[i];
+    return (i && n < 100 ? n.toFixed(1) : Math.round(n).toString()) + ' ' + u[i];
   }
   const fmtPct = (x) => (x == null ? '–' : (100 * x).toFixed(1) + '%');
   const fmtMs = (x) => (x == null ? '–' : x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : Math.round(x).toString());
@@ -76,7 +76,7 @@
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, h);
     const col = colors();
-    const left = 64, right = 8, top = 6, bottom = 18;
+    const left = 76, right = 8, top = 6, bottom = 18;
     const pw = w - left - right, ph = h - top - bottom;
     const now = points.length ? points[points.length - 1][0] : Math.floor(Date.now() / 1000);
     const t0 = now - HISTORY + 1;
