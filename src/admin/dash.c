@@ -386,27 +386,38 @@ static bool ct_eq(const char *a, size_t al, const char *b, size_t bl)
     return diff == 0;
 }
 
+bool moat_dash_cookie_value(struct moat_str v, struct moat_str *out)
+{
+    size_t p = 0;
+    while (p < v.len) {
+        while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == ';'))
+            p++;
+        size_t e = p;
+        while (e < v.len && v.ptr[e] != ';')
+            e++;
+        size_t nl = sizeof COOKIE_NAME; /* name and '=' */
+        if (e - p >= nl && !memcmp(v.ptr + p, COOKIE_NAME "=", nl)) {
+            size_t end = e;
+            while (end > p + nl && v.ptr[end - 1] == ' ')
+                end--;
+            *out = moat_str_make(v.ptr + p + nl, end - p - nl);
+            return true;
+        }
+        p = e;
+    }
+    return false;
+}
+
 bool moat_dash_cookie_ok(const struct moat_dash *d, const struct moat_h1_req *r)
 {
     if (!d || d->open)
         return false;
     for (size_t i = 0; i < r->nhdrs; i++) {
-        if (!MOAT_STR_IEQ_LIT(r->hdrs[i].name, "cookie"))
-            continue;
-        struct moat_str v = r->hdrs[i].value;
-        size_t p = 0;
-        while (p < v.len) {
-            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == ';'))
-                p++;
-            size_t e = p;
-            while (e < v.len && v.ptr[e] != ';')
-                e++;
-            size_t nl = sizeof COOKIE_NAME; /* name and '=' */
-            if (e - p > nl && !memcmp(v.ptr + p, COOKIE_NAME "=", nl) &&
-                ct_eq(v.ptr + p + nl, e - p - nl, d->cookie, 64))
-                return true;
-            p = e;
-        }
+        struct moat_str val;
+        if (MOAT_STR_IEQ_LIT(r->hdrs[i].name, "cookie") &&
+            moat_dash_cookie_value(r->hdrs[i].value, &val) &&
+            ct_eq(val.ptr, val.len, d->cookie, 64))
+            return true;
     }
     return false;
 }
@@ -474,8 +485,7 @@ static void to_dashboard(struct moat_dash *d, struct moat_httpd_resp *resp, bool
              set ? d->cookie : "", set ? "" : "; Max-Age=0");
 }
 
-/* Decodes application/x-www-form-urlencoded field <name> of <s> into <out>. */
-static bool form_field(struct moat_str s, const char *name, char *out, size_t cap)
+bool moat_dash_form_field(struct moat_str s, const char *name, char *out, size_t cap)
 {
     size_t nl = strlen(name), p = 0;
     while (p < s.len) {
@@ -496,6 +506,8 @@ static bool form_field(struct moat_str s, const char *name, char *out, size_t ca
                     c = (char)strtol(hex, NULL, 16);
                     i += 2;
                 }
+                if (c == 0)
+                    return false; /* a token has no NUL; neither will we */
                 out[o++] = c;
             }
             out[o] = 0;
@@ -616,7 +628,7 @@ bool moat_dash_handle(struct moat_dash *d, const struct moat_httpd_req *req, boo
             return true;
         }
         char tok[4200];
-        if (!d->open && r->query.len && form_field(r->query, "token", tok, sizeof tok)) {
+        if (!d->open && r->query.len && moat_dash_form_field(r->query, "token", tok, sizeof tok)) {
             /* ?token= once, then the cookie (and the token leaves the address bar) */
             if (token_eq(d, tok))
                 to_dashboard(d, resp, true);
@@ -636,7 +648,7 @@ bool moat_dash_handle(struct moat_dash *d, const struct moat_httpd_req *req, boo
             return true;
         }
         char tok[4200];
-        if (d->open || (form_field(req->body, "token", tok, sizeof tok) && token_eq(d, tok)))
+        if (d->open || (moat_dash_form_field(req->body, "token", tok, sizeof tok) && token_eq(d, tok)))
             to_dashboard(d, resp, true);
         else
             login_page(resp, "<p class=\"err\" role=\"alert\">Wrong token.</p>");

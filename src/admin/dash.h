@@ -21,6 +21,15 @@ void moat_dash_stop(struct moat_dash *d);
 /* True when <r> carries the dashboard's session cookie (the login's proof of the token). */
 bool moat_dash_cookie_ok(const struct moat_dash *d, const struct moat_h1_req *r);
 
+/* Finds the session cookie in the Cookie field value <v>: true with its value in <out>
+ * (pointing into <v>). Exposed for the fuzzer (tests/fuzz/fuzz_dash.c). */
+bool moat_dash_cookie_value(struct moat_str v, struct moat_str *out);
+
+/* Decodes field <name> of the application/x-www-form-urlencoded <s> ('+' and %XX decoded)
+ * into <out>, NUL-terminated. False when absent, when it does not fit <cap> (> 0) bytes with
+ * its NUL, or when it decodes to a NUL byte. Exposed for the fuzzer. */
+bool moat_dash_form_field(struct moat_str s, const char *name, char *out, size_t cap);
+
 /* Answers the dashboard's own paths (/, /dashboard, /login, /logout, /dash/..., /events):
  * returns true with <resp> filled (or streaming), false if <req> is not one of them.
  * <authed>: the request passed the admin token check (bearer or cookie). */
