@@ -663,7 +663,7 @@ bool moat_dash_handle(struct moat_dash *d, const struct moat_httpd_req *req, boo
             moat_httpd_error(resp, 401, "log in first (POST /login) or send the bearer token");
             return true;
         }
-        if (!get) {
+        if (r->meth != MOAT_M_GET) {
             moat_httpd_error(resp, 405, "use GET");
             return true;
         }

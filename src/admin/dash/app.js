@@ -217,25 +217,32 @@
 
   // --- the stream ----------------------------------------------------------------------------
   const live = $('live');
-  const es = new EventSource('/events');
-  es.addEventListener('history', (ev) => {
-    const h = JSON.parse(ev.data);
-    points = h.points.slice(-HISTORY);
-    redraw();
-  });
-  es.onmessage = (ev) => {
-    live.textContent = 'live';
-    live.className = 'live ok';
-    update(JSON.parse(ev.data));
-  };
-  es.onerror = () => {
-    live.textContent = 'reconnecting…';
-    live.className = 'live down';
-    // A restart logs everybody out: back to the login form when the cookie no longer works.
-    fetch('/status', { credentials: 'same-origin' }).then((r) => {
-      if (r.status === 401) location.href = '/dashboard';
-    }, () => {});
-  };
+  let es = null;
+  function connect() {
+    es = new EventSource('/events');
+    es.addEventListener('history', (ev) => {
+      const h = JSON.parse(ev.data);
+      points = h.points.slice(-HISTORY);
+      redraw();
+    });
+    es.onmessage = (ev) => {
+      live.textContent = 'live';
+      live.className = 'live ok';
+      update(JSON.parse(ev.data));
+    };
+    es.onerror = () => {
+      live.textContent = 'reconnecting…';
+      live.className = 'live down';
+      // A restart logs everybody out: back to the login form when the cookie no longer
+      // works. A refusal (too many dashboards open) closes the stream for good: try again
+      // a little later.
+      fetch('/status', { credentials: 'same-origin' }).then((r) => {
+        if (r.status === 401) location.href = '/dashboard';
+      }, () => {});
+      if (es.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+    };
+  }
+  connect();
 
   // --- actions -------------------------------------------------------------------------------
   async function call(path, body) {
