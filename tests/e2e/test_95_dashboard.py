@@ -208,3 +208,25 @@ def test_grafana_dashboard_uses_real_metrics(moat_factory, origin_factory):
             assert f"`{n}`" in ops
             continue
         assert n in exported, f"{n} is not in /metrics"
+
+
+def test_stale_and_error_outcomes(moat_factory, origin_factory):
+    """A stale-while-revalidate answer counts as stale, an origin 500 as an error."""
+    def handler(req, origin):
+        if req.path == "/swr":
+            return response(200, b"swr\n", [("Cache-Control", "max-age=1, stale-while-revalidate=30")])
+        return response(500, b"boom\n", [("Cache-Control", "no-store")])
+    origin = origin_factory(handler)
+    m = moat_factory(origin, admin=True)
+    s = requests.Session()
+    assert s.get(m.url("/swr")).status_code == 200
+    time.sleep(1.3)
+    r = s.get(m.url("/swr"))
+    assert "stale-while-revalidate" in r.headers.get("Cache-Status", ""), r.headers
+    assert s.get(m.url("/boom")).status_code == 500
+    time.sleep(1.3)
+    st, evs = sse_events(m.admin_port, {}, 1.2)
+    assert st == 200
+    total = [d for e, d in evs if e == "message"][-1]["total"]["req"]
+    assert total["stale"] == 1 and total["error"] == 1, total
+    assert total["miss"] >= 1 and total["hit"] == 0, total
