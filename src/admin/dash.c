@@ -67,16 +67,16 @@ struct moat_dash {
     char cookie[65]; /* hex HMAC-SHA256(token, nonce): the session cookie's value */
     bool open;       /* no token: no login */
     struct moat_series hist;
-    struct top_sec *tops;        /* DASH_WINDOW seconds, by sec % DASH_WINDOW */
-    struct lat_sec *lats;        /* DASH_WINDOW + 1 seconds */
-    struct moat_topk *scratch;   /* nworkers * MOAT_DASH_NTOP sketches read per tick
-                                    (allocated at the first) */
-    struct moat_dash_sums prev;  /* at the last tick */
-    struct moat_stats prev_st;   /* at the last tick */
+    struct top_sec *tops;       /* DASH_WINDOW seconds, by sec % DASH_WINDOW */
+    struct lat_sec *lats;       /* DASH_WINDOW + 1 seconds */
+    struct moat_topk *scratch;  /* nworkers * MOAT_DASH_NTOP sketches read per tick
+                                   (allocated at the first) */
+    struct moat_dash_sums prev; /* at the last tick */
+    struct moat_stats prev_st;  /* at the last tick */
     uint64_t prev_evictions;
-    uint64_t first_sec; /* of the first sample */
+    uint64_t first_sec;                  /* of the first sample */
     uint64_t reloads_ok, reloads_failed; /* at the last tick */
-    char reload_result[16];      /* "", "ok", "failed" */
+    char reload_result[16];              /* "", "ok", "failed" */
     char reload_msg[512];
     uint64_t reload_at;
     char *snap; /* the last snapshot as an SSE event ("data: ...\n\n") */
@@ -177,10 +177,9 @@ static json_t *tops_json(struct moat_dash *d, uint64_t now_sec)
         size_t m = moat_topk_merge(lists, lens, n, out, DASH_TOP_SHOWN);
         json_t *arr = json_array();
         for (size_t i = 0; i < m; i++)
-            json_array_append_new(arr, json_pack("{s:s%, s:I, s:I}", "key", out[i].key,
-                                                 (size_t)out[i].keylen, "count",
-                                                 (json_int_t)out[i].count, "err",
-                                                 (json_int_t)out[i].err));
+            json_array_append_new(
+                arr, json_pack("{s:s%, s:I, s:I}", "key", out[i].key, (size_t)out[i].keylen,
+                               "count", (json_int_t)out[i].count, "err", (json_int_t)out[i].err));
         json_object_set_new(o, top_names[k],
                             json_pack("{s:I, s:o}", "total", (json_int_t)total, "top", arr));
     }
@@ -197,7 +196,8 @@ static void push_all(struct moat_dash *d, const char *data, size_t len)
     }
 }
 
-static void point_json(json_t *arr, const struct moat_series_pt *p)
+/* [t, requests by outcome..., bytes by outcome...] */
+static json_t *point_json(const struct moat_series_pt *p)
 {
     json_t *pt = json_array();
     json_array_append_new(pt, json_integer((json_int_t)p->t));
@@ -205,7 +205,7 @@ static void point_json(json_t *arr, const struct moat_series_pt *p)
         json_array_append_new(pt, json_integer((json_int_t)p->req[i]));
     for (int i = 0; i < MOAT_DASH_NCLASS; i++)
         json_array_append_new(pt, json_integer((json_int_t)p->bytes[i]));
-    json_array_append_new(arr, pt);
+    return pt;
 }
 
 static void sample(struct moat_dash *d)
@@ -278,30 +278,25 @@ static void sample(struct moat_dash *d)
     json_object_set_new(o, "connections", json_integer((json_int_t)atomic_load(&st.conn_active)));
     json_object_set_new(o, "snapshots", json_integer((json_int_t)(snapshots_built + 1)));
     json_object_set_new(o, "clients", json_integer((json_int_t)d->nclients));
+    json_object_set_new(o, "reload",
+                        json_pack("{s:I, s:I, s:s, s:s, s:I}", "ok", (json_int_t)rok, "failed",
+                                  (json_int_t)rfail, "last", d->reload_result, "message",
+                                  d->reload_msg, "at", (json_int_t)d->reload_at));
+    json_object_set_new(o, "point", point_json(&pt));
     json_object_set_new(
-        o, "reload",
-        json_pack("{s:I, s:I, s:s, s:s, s:I}", "ok", (json_int_t)rok, "failed", (json_int_t)rfail,
-                  "last", d->reload_result, "message", d->reload_msg, "at",
-                  (json_int_t)d->reload_at));
-    json_t *parr = json_array();
-    point_json(parr, &pt);
-    json_object_set_new(o, "point", json_array_get(parr, 0) ? json_incref(json_array_get(parr, 0))
-                                                            : json_null());
-    json_decref(parr);
-    json_object_set_new(o, "total", json_pack("{s:o, s:o}", "req", class_obj(cur.req), "bytes",
-                                              class_obj(cur.bytes)));
-    json_object_set_new(o, "minute", json_pack("{s:o, s:o}", "req", class_obj(mreq), "bytes",
-                                               class_obj(mbytes)));
+        o, "total",
+        json_pack("{s:o, s:o}", "req", class_obj(cur.req), "bytes", class_obj(cur.bytes)));
+    json_object_set_new(
+        o, "minute", json_pack("{s:o, s:o}", "req", class_obj(mreq), "bytes", class_obj(mbytes)));
     json_object_set_new(o, "hit_ratio",
                         json_pack("{s:o, s:o}", "requests", rr < 0 ? json_null() : json_real(rr),
                                   "bytes", br < 0 ? json_null() : json_real(br)));
     json_object_set_new(o, "latency",
                         json_pack("{s:o, s:o}", "hit", lat_json(ls->hit, old->hit), "origin",
                                   lat_json(ls->origin, old->origin)));
-    uint64_t cls_now[5], cls_tot[5] = {
-                             atomic_load(&st.req_1xx), atomic_load(&st.req_2xx),
-                             atomic_load(&st.req_3xx), atomic_load(&st.req_4xx),
-                             atomic_load(&st.req_5xx)};
+    uint64_t cls_now[5],
+        cls_tot[5] = {atomic_load(&st.req_1xx), atomic_load(&st.req_2xx), atomic_load(&st.req_3xx),
+                      atomic_load(&st.req_4xx), atomic_load(&st.req_5xx)};
     uint64_t cls_prev[5] = {atomic_load(&d->prev_st.req_1xx), atomic_load(&d->prev_st.req_2xx),
                             atomic_load(&d->prev_st.req_3xx), atomic_load(&d->prev_st.req_4xx),
                             atomic_load(&d->prev_st.req_5xx)};
@@ -317,12 +312,12 @@ static void sample(struct moat_dash *d)
         struct moat_cache_stats cs;
         moat_cache_store_stats(moat_srv.cache, &cs);
         struct moat_config *cfg = moat_server_config();
-        json_object_set_new(
-            o, "cache",
-            json_pack("{s:I, s:I, s:I, s:I, s:I}", "objects", (json_int_t)cs.objects, "bytes",
-                      (json_int_t)cs.bytes, "limit", (json_int_t)cfg->cache.memory, "evictions",
-                      (json_int_t)cs.evictions, "evictions_now",
-                      (json_int_t)(cs.evictions - d->prev_evictions)));
+        json_object_set_new(o, "cache",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "objects",
+                                      (json_int_t)cs.objects, "bytes", (json_int_t)cs.bytes,
+                                      "limit", (json_int_t)cfg->cache.memory, "evictions",
+                                      (json_int_t)cs.evictions, "evictions_now",
+                                      (json_int_t)(cs.evictions - d->prev_evictions)));
         moat_config_release(&cfg);
         d->prev_evictions = cs.evictions;
     } else {
@@ -440,8 +435,7 @@ static const struct dash_asset *asset(const char *name)
     "connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "             \
     "base-uri 'none'\r\nX-Content-Type-Options: nosniff\r\n"
 
-static void serve_asset(struct moat_httpd_resp *resp, int status, const char *name,
-                        const char *msg)
+static void serve_asset(struct moat_httpd_resp *resp, int status, const char *name, const char *msg)
 {
     const struct dash_asset *a = asset(name);
     if (!a) {
@@ -538,7 +532,7 @@ static char *history_event(struct moat_dash *d, size_t *len)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < d->hist.n; i++)
-        point_json(arr, moat_series_at(&d->hist, i));
+        json_array_append_new(arr, point_json(moat_series_at(&d->hist, i)));
     json_t *o = json_pack("{s:o, s:[s,s,s,s,s]}", "points", arr, "classes", "hit", "miss", "pass",
                           "stale", "error");
     char *s = json_dumps(o, JSON_COMPACT);
@@ -648,7 +642,8 @@ bool moat_dash_handle(struct moat_dash *d, const struct moat_httpd_req *req, boo
             return true;
         }
         char tok[4200];
-        if (d->open || (moat_dash_form_field(req->body, "token", tok, sizeof tok) && token_eq(d, tok)))
+        if (d->open ||
+            (moat_dash_form_field(req->body, "token", tok, sizeof tok) && token_eq(d, tok)))
             to_dashboard(d, resp, true);
         else
             login_page(resp, "<p class=\"err\" role=\"alert\">Wrong token.</p>");

@@ -87,8 +87,7 @@ static void idx_delete(struct moat_topk *t, unsigned s)
     }
 }
 
-static void set_key(struct moat_topk_item *it, uint64_t hash, struct moat_str a,
-                    struct moat_str b)
+static void set_key(struct moat_topk_item *it, uint64_t hash, struct moat_str a, struct moat_str b)
 {
     size_t n = MOAT_MIN(a.len, (size_t)MOAT_TOPK_KEYLEN);
     size_t m = MOAT_MIN(b.len, (size_t)MOAT_TOPK_KEYLEN - n);

@@ -6,8 +6,8 @@
 
 #include "core/common.h"
 
-#define MOAT_TOPK_K      32 /* counters per sketch */
-#define MOAT_TOPK_KEYLEN 96 /* key text kept per counter (longer keys are cut) */
+#define MOAT_TOPK_K      32                /* counters per sketch */
+#define MOAT_TOPK_KEYLEN 96                /* key text kept per counter (longer keys are cut) */
 #define MOAT_TOPK_IDX    (4 * MOAT_TOPK_K) /* hash index slots (a power of two) */
 
 struct moat_topk_item {
@@ -23,11 +23,11 @@ struct moat_topk_item {
  * the smallest count (err says by how much at most). One update costs a hash-index probe,
  * and a sift in a K-entry min-heap (log2 K = 5 steps at most). Not thread safe: one writer. */
 struct moat_topk {
-    uint32_t n;                          /* counters in use */
-    uint64_t total;                      /* updates since reset */
-    uint8_t heap[MOAT_TOPK_K];           /* item indices, min-heap by count */
-    uint8_t pos[MOAT_TOPK_K];            /* item index -> heap position */
-    uint8_t idx[MOAT_TOPK_IDX];          /* open addressing by hash: item index + 1, 0 = empty */
+    uint32_t n;                 /* counters in use */
+    uint64_t total;             /* updates since reset */
+    uint8_t heap[MOAT_TOPK_K];  /* item indices, min-heap by count */
+    uint8_t pos[MOAT_TOPK_K];   /* item index -> heap position */
+    uint8_t idx[MOAT_TOPK_IDX]; /* open addressing by hash: item index + 1, 0 = empty */
     struct moat_topk_item items[MOAT_TOPK_K];
 };
 

@@ -40,7 +40,6 @@ static enum moat_dash_class classify(const struct moat_req *r)
     return MOAT_DASH_PASS;
 }
 
-
 void moat_dashrec_record(struct moat_dashrec *d, const struct moat_req *r, uint64_t now_us)
 {
     enum moat_dash_class c = classify(r);
@@ -81,8 +80,8 @@ void moat_dashrec_record(struct moat_dashrec *d, const struct moat_req *r, uint6
     uint64_t hh = XXH3_64bits(r->authority.ptr, r->authority.len);
     moat_topk_addw(&win->top[MOAT_DASH_TOP_HOST], hh, r->authority, MOAT_STR_NULL, w);
     moat_topk_addw(&win->top[MOAT_DASH_TOP_URL],
-                   XXH3_64bits_withSeed(r->target.ptr, r->target.len, hh), r->authority,
-                   r->target, w);
+                   XXH3_64bits_withSeed(r->target.ptr, r->target.len, hh), r->authority, r->target,
+                   w);
     size_t pl = strnlen(r->peer_text, sizeof r->peer_text);
     moat_topk_addw(&win->top[MOAT_DASH_TOP_CLIENT], XXH3_64bits(r->peer_text, pl),
                    moat_str_make(r->peer_text, pl), MOAT_STR_NULL, w);

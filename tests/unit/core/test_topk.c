@@ -213,12 +213,9 @@ static void test_weighted(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_exact_when_few_keys),
-        cmocka_unit_test(test_skewed_stream),
-        cmocka_unit_test(test_bounded_memory),
-        cmocka_unit_test(test_long_keys_are_cut),
-        cmocka_unit_test(test_merge_sums_and_sorts),
-        cmocka_unit_test(test_weighted),
+        cmocka_unit_test(test_exact_when_few_keys),  cmocka_unit_test(test_skewed_stream),
+        cmocka_unit_test(test_bounded_memory),       cmocka_unit_test(test_long_keys_are_cut),
+        cmocka_unit_test(test_merge_sums_and_sorts), cmocka_unit_test(test_weighted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -90,7 +90,7 @@ static void test_latency_buckets(void **state)
     assert_int_equal(moat_dash_lat_bucket(17), 1);
     assert_int_equal(moat_dash_lat_bucket(32), 1);
     assert_int_equal(moat_dash_lat_bucket(33), 2);
-    assert_int_equal(moat_dash_lat_bucket(1000), 6);  /* (512, 1024] us */
+    assert_int_equal(moat_dash_lat_bucket(1000), 6); /* (512, 1024] us */
     assert_int_equal(moat_dash_lat_bucket(1025), 7);
     assert_int_equal(moat_dash_lat_bucket(UINT64_MAX), MOAT_DASH_LAT_BUCKETS - 1);
     for (uint64_t us = 1; us < 100000000; us = us * 3 + 1) {
