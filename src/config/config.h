@@ -213,6 +213,87 @@ struct moat_cfg_site {
        speak HTTP/2 to the origin past every rule moat enforces. */
     char **upgrades;
     size_t nupgrades;
+    /* shield (src/shield/, docs/shield.md) */
+    unsigned under_attack;    /* enum moat_under_attack: off (default), on, auto */
+    char **challenge_exempt;  /* path globs never challenged (API clients, websockets) */
+    size_t nchallenge_exempt;
+    uint64_t shield_id;       /* hash of hosts[0]: the key of the site's runtime state */
+};
+
+
+/* --- shield: rate limits, access rules, the challenge (src/shield/, docs/shield.md) --------- */
+
+enum moat_under_attack { MOAT_UA_OFF = 0, MOAT_UA_ON, MOAT_UA_AUTO };
+/* What a shield rule does to a request. */
+enum moat_shield_action {
+    MOAT_SA_BLOCK = 0, /* rate limits: 429 + Retry-After; access rules: 403 */
+    MOAT_SA_CHALLENGE, /* the browser challenge unless the client has a valid clearance */
+    MOAT_SA_DROP,      /* close the connection without an answer */
+    MOAT_SA_ALLOW,     /* access rules only: skip every other shield rule */
+};
+/* rate_limits[].key */
+enum moat_shield_key { MOAT_SK_CLIENT_IP = 0, MOAT_SK_HEADER, MOAT_SK_COOKIE, MOAT_SK_IP_PREFIX };
+
+/* An inclusive range of (v4-mapped when IPv4) addresses, big-endian bytes. */
+struct moat_ip_range {
+    uint8_t lo[16], hi[16];
+};
+
+/* The addresses of <c> as an inclusive range (the shield's CIDR lists and blocks). */
+void moat_cidr_range(const struct moat_cidr *c, struct moat_ip_range *r);
+
+/* match: of a shield rule: a cache rule's conditions plus hosts, user agent, CIDRs, countries. */
+struct moat_cfg_smatch {
+    struct moat_cfg_rule rule; /* path, methods, query, header, cookie (same rows as rules) */
+    char **hosts;              /* lowercase exact host names (no port); NULL = any */
+    size_t nhosts;
+    char *user_agent;          /* glob on User-Agent; NULL = any */
+    struct moat_ip_range *ranges; /* cidr: sorted, merged, for a binary search; NULL = any */
+    size_t nranges;
+    char (*countries)[3];      /* ISO 3166 codes, uppercase; NULL = any */
+    size_t ncountries;
+};
+
+struct moat_cfg_ratelimit {
+    struct moat_cfg_smatch match;
+    unsigned key;           /* enum moat_shield_key */
+    char *key_name;         /* header:NAME (lowercase) / cookie:NAME */
+    unsigned prefix;        /* ip_prefix:/N (IPv4 /N; IPv6 /N of the v6 address) */
+    uint64_t interval_ns;   /* rate: one request per this many ns */
+    unsigned rate_n;        /* rate as written: rate_n per rate_unit_s seconds */
+    unsigned rate_unit_s;
+    unsigned burst;         /* default: the rate per second, at least 1 */
+    unsigned count_origin;  /* count: all (0) | origin (1) */
+    unsigned count_refused; /* refused requests use up the budget (true, default) */
+    unsigned action;        /* enum moat_shield_action (block, challenge, drop) */
+};
+
+struct moat_cfg_access {
+    struct moat_cfg_smatch match;
+    unsigned action; /* enum moat_shield_action */
+};
+
+#define MOAT_SHIELD_RULES_MAX 64 /* rate_limits and access rules each */
+
+struct moat_cfg_shield {
+    struct moat_cfg_ratelimit *rate_limits;
+    size_t nrate_limits;
+    struct moat_cfg_access *access;
+    size_t naccess;
+    unsigned conn_per_ip;   /* connections.per_ip; 0 = no limit */
+    uint64_t keys;          /* keys: rate-limit entries kept (16 B each), read at start */
+    unsigned difficulty;    /* challenge.difficulty: leading zero bits */
+    uint64_t clearance_ms;  /* challenge.clearance */
+    char *secret_file;      /* challenge.secret_file, resolved; NULL: a random key per process */
+    uint8_t secret[64];     /* the HMAC key read from (or written to) secret_file */
+    unsigned secret_len;
+    uint64_t auto_rps;      /* auto.requests_per_second; 0 = not a trigger */
+    unsigned auto_err_pm;   /* auto.origin_errors in permille; 0 = not a trigger */
+    uint64_t auto_for_ms;   /* auto.for */
+    uint64_t auto_quiet_ms; /* auto.quiet */
+    char *geoip;            /* geoip: MaxMind country database for match.country */
+    bool any_challenge;     /* derived: a rule may challenge or a site is not under_attack: off
+                               (the answer endpoint is served) */
 };
 
 enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERROR };
@@ -267,6 +348,9 @@ struct moat_config {
         struct moat_addr listen;
         char *token; /* read from token_file at load time; NULL = no auth
                         (only allowed when listen is loopback) */
+
+        bool dashboard;             /* admin.dashboard: true, the live page at / */
+        unsigned dashboard_clients; /* admin.dashboard_clients: 16 open /events streams */
     } admin;
 
     struct {
@@ -316,6 +400,8 @@ struct moat_config {
 
     struct moat_cfg_monitor *monitors;
     size_t nmonitors;
+    struct moat_cfg_shield shield;
+
     struct moat_cfg_pool *pools;
     size_t npools;
     struct moat_cfg_lb *lbs;
