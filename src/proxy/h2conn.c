@@ -1108,7 +1108,7 @@ static int do_read(struct moat_h2conn *c)
 {
     uint8_t buf[16384];
     for (int i = 0; i < 16; i++) {
-        if (!c->sk.readable || c->sk.eof)
+        if (!c->sk.readable || c->sk.eof || c->fatal)
             return MOAT_OK;
         ssize_t n = moat_sock_read(&c->sk, buf, sizeof buf);
         if (n == MOAT_AGAIN)
@@ -1117,11 +1117,13 @@ static int do_read(struct moat_h2conn *c)
             return MOAT_ERR; /* the client closed (or failed): nothing more can reach it */
         ssize_t rv = nghttp2_session_mem_recv(c->ses, buf, (size_t)n);
         if (rv < 0) {
-            if (rv == NGHTTP2_ERR_FLOODED)
-                MOAT_STAT_INC(&c->w->stats, h2_ga_calm);
-            else if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC)
-                MOAT_STAT_INC(&c->w->stats, h2_ga_protocol);
-            return MOAT_ERR;
+            /* Fatal for the session (a flood nghttp2 detected, a broken preface): GOAWAY
+             * (counted when it is sent), then the connection closes. */
+            bool calm = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+            nghttp2_session_terminate_session(c->ses, calm ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                           : NGHTTP2_PROTOCOL_ERROR);
+            c->fatal = true;
+            return MOAT_OK;
         }
     }
     c->run_again = true; /* more may wait: after the others had their turn */
@@ -1221,6 +1223,8 @@ static void h2_run(struct moat_h2conn *c)
         moat_loop_defer(&c->w->loop, &c->kick);
     }
     bool out_pending = c->opos < c->olen || moat_sock_pending(&c->sk);
+    if (c->fatal && !out_pending)
+        fail = true; /* the GOAWAY went (or cannot): done */
     if (fail || (!nghttp2_session_want_read(c->ses) && !nghttp2_session_want_write(c->ses) &&
                  !out_pending)) {
         h2_close(c);
