@@ -1264,11 +1264,10 @@ static void conn_timeout(struct moat_loop *loop, struct moat_timer *t)
     h2_run(c);
 }
 
+/* The session copies the callbacks: one set per connection, freed at once. */
 static nghttp2_session_callbacks *callbacks(void)
 {
-    static __thread nghttp2_session_callbacks *cb;
-    if (cb)
-        return cb;
+    nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb) != 0)
         return NULL;
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
@@ -1286,8 +1285,10 @@ static int session_new(struct moat_h2conn *c)
     const struct moat_cfg_h2 *l = &c->lim;
     nghttp2_session_callbacks *cb = callbacks();
     nghttp2_option *opt = NULL;
-    if (!cb || nghttp2_option_new(&opt) != 0)
+    if (!cb || nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cb);
         return MOAT_ERR;
+    }
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, l->max_outbound_ack);
     nghttp2_option_set_max_settings(opt, l->max_settings);
@@ -1298,6 +1299,7 @@ static int session_new(struct moat_h2conn *c)
     nghttp2_option_set_stream_reset_rate_limit(opt, burst, rate);
     int rv = nghttp2_session_server_new2(&c->ses, cb, c, opt);
     nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
     if (rv != 0)
         return MOAT_ERR;
     nghttp2_settings_entry iv[] = {
