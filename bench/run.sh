@@ -4,7 +4,7 @@
 #
 #   bash bench/run.sh [SET...] [--write-results]
 #
-# SET is a scenario set (proxy, cache, tls; default: all three). --write-results (or
+# SET is a scenario set (proxy, cache, tls, h2; default: proxy, cache, tls). --write-results (or
 # WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
@@ -18,6 +18,7 @@
 #                two builds in the same rounds; RESULTS.md is not written from such a run)
 #   WORKLOADS ["" = every workload of the set]  e.g. WORKLOADS="1k-keepalive 128k-keepalive"
 #   TLS_CONNS [32]  concurrent connections of bench/lib/tls_load.c (the tls set's handshake rows)
+#   H2_CONNS [10]  H2_STREAMS [100]  h2load's connections and streams per connection (h2 set)
 #
 # Layout: every server under test has a start_<name> function (writes its config into the run's
 # temp dir, starts it pinned to SERVER_CPU, sets PORT[name] and ROOTPID[name]). A scenario set
@@ -43,6 +44,8 @@ WORKLOADS=${WORKLOADS:-}
 WRITE_RESULTS=${WRITE_RESULTS:-0}
 
 TLS_CONNS=${TLS_CONNS:-32}
+H2_CONNS=${H2_CONNS:-10}
+H2_STREAMS=${H2_STREAMS:-100}
 
 ALL_SETS=(proxy cache tls)
 
@@ -446,6 +449,45 @@ EOF
   fi
 }
 
+# ---- the h2 set's servers: HTTP/2 over TLS (ALPN h2), the tls set's certificate and suite -----
+# nginx_h2: `return 200` 1 KiB from memory (128 KiB from a file), `listen ... ssl http2`.
+start_nginx_h2() {
+  make_certs
+  local port; port=$(free_port)
+  run_nginx_conf "$TMP/nginx_h2" "$port" "
+        ssl_certificate $CERTS/ec.pem;
+        ssl_certificate_key $CERTS/ec.key;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_SUITE;
+        ssl_ecdh_curve $TLS_GROUP;
+        ssl_session_cache shared:SSL:10m;
+        http2_max_concurrent_streams 128;
+        location = /1k { return 200 \"${BODY_1K}\n\"; }
+        location = /128k { root $WWW; }" "" "ssl http2"
+  run_nginx nginx_h2 "$SERVER_CPU" "$TMP/nginx_h2"
+  PORT[nginx_h2]=$port; ROOTPID[nginx_h2]=$LASTPID; SCHEME[nginx_h2]=https
+}
+
+# haproxy_h2: one thread, `http-request return ... file` (from memory), alpn h2,http/1.1.
+start_haproxy_h2() {
+  make_certs
+  local port; port=$(free_port); local dir="$TMP/haproxy_h2"
+  mkdir -p "$dir"
+  { haproxy_head "$dir"; cat <<EOF
+
+frontend fe
+    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn h2,http/1.1
+    http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
+    http-request return status 200 content-type application/octet-stream file $WWW/128k if { path /128k }
+    http-request return status 404
+EOF
+  } >"$dir/haproxy.cfg"
+  haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
+    || { cat "$dir/check.log" >&2; die "haproxy_h2: config invalid ($dir/haproxy.cfg)"; }
+  start haproxy_h2 "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
+  PORT[haproxy_h2]=$port; ROOTPID[haproxy_h2]=$LASTPID; SCHEME[haproxy_h2]=https
+}
+
 # moat: quick mode, one worker. Skipped (loudly) until ./moat exists and takes --origin.
 moat_usable() {   # NAME [BINARY]
   local MOAT=${2:-$MOAT}
@@ -509,6 +551,17 @@ start_moat_b_cache() {
   # shellcheck disable=SC2086
   BIN=$MOAT_B moat_proxy moat_b_cache ${MOAT_CACHE_ARGS:-}
 }
+# HTTP/2: cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS streams each): moat
+# (moat_tls, ALPN h2, from its cache) against nginx and HAProxy answering from memory. limit is
+# the plain-HTTP/1.1 `return 200` (wrk keep-alive), the reference. Not in the default sets:
+# `bash bench/run.sh h2`.
+set_h2() {
+  SET_SERVERS=(limit nginx_h2 haproxy_h2 moat_tls)
+  SET_WORKLOADS=(h2-hit-1k:/1k:h2 h2-hit-128k:/128k:h2)
+  SET_EXPECT=hit
+  command -v h2load >/dev/null || die "h2load missing (Debian nghttp2-client: scripts/install-deps)"
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Scenario sets. A workload is NAME:PATH:MODE (MODE = ka | close).
@@ -543,7 +596,8 @@ set_tls() {
 # ---------------------------------------------------------------------------------------------
 check_server() {  # NAME: status, size and bytes of every path, keep-alive and close
   local name=$1 port=${PORT[$1]} path hdr out code size sha scheme=${SCHEME[$1]:-http} paths="/1k /128k"
-  [ "$scheme" = https ] && paths=/1k   # the TLS servers answer /1k only
+  [ "$scheme" = https ] && paths=/1k   # the TLS servers answer /1k only (the h2 peers /128k too)
+  case "$name" in nginx_h2|haproxy_h2) paths="/1k /128k" ;; esac
   for path in $paths; do
     for hdr in "Connection: keep-alive" "Connection: close"; do
       out=$(timeout 10 curl -s -k --max-time 5 -H "$hdr" -o "$TMP/check.body" -w '%{http_code} %{size_download}' \
@@ -625,6 +679,16 @@ tls_load_cmd() {   # SERVER PORT PATH MODE DURATION
   fi
   timeout "$WRK_TIMEOUT" "${args[@]}"
 }
+# h2load over TLS (ALPN h2) for the h2 set; its summary becomes the WRKJSON line measure()
+# reads. h2load reports no percentiles: p50 is its mean time per request, p99 and max its max.
+h2load_cmd() {   # PORT PATH DURATION
+  local secs; secs=$(seconds "$3"); secs=${secs%.*}; [ "${secs:-0}" -ge 1 ] || secs=1
+  local out
+  out=$(timeout "$WRK_TIMEOUT" taskset -c "$CLIENT_CPU" h2load -t1 -c "$H2_CONNS" -m "$H2_STREAMS" \
+        -D "$secs" "https://127.0.0.1:$1$2" 2>&1) || true
+  printf '%s\n' "$out"
+  $PY "$HERE/lib/h2load_json.py" "$out"
+}
 # load_cmd SERVER PORT PATH MODE DURATION: the client for the workload's MODE: ka, close: wrk
 # over http; tlska: wrk keep-alive over the server's scheme (https, or http for limit);
 # full-ec, full-rsa, resumed: tls_load (--plain for limit).
@@ -632,6 +696,7 @@ load_cmd() {
   case "$4" in
     full-ec|full-rsa|resumed) tls_load_cmd "$@" ;;
     tlska) wrk_cmd "$2" "$3" ka "$5" "${SCHEME[$1]:-http}" ;;
+    h2) if [ "$1" = limit ]; then wrk_cmd "$2" "$3" ka "$5"; else h2load_cmd "$2" "$3" "$5"; fi ;;
     *) wrk_cmd "$2" "$3" "$4" "$5" ;;
   esac
 }
