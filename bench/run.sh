@@ -366,11 +366,12 @@ build_tls_load() {
 }
 
 # nginx_tls: nginx's fastest TLS answer: 1 KiB via `return 200` over TLS, both certificates,
-# a shared session cache and tickets (nginx's defaults for tickets).
-start_nginx_tls() {
+# a shared session cache and tickets (nginx's defaults for tickets). nginx_h2 (the h2 set): the
+# same with `listen ... ssl http2` (ALPN h2).
+start_nginx_tls_as() {   # NAME LISTEN_EXTRA
   make_certs
   local port; port=$(free_port)
-  run_nginx_conf "$TMP/nginx_tls" "$port" "
+  run_nginx_conf "$TMP/$1" "$port" "
         ssl_certificate $CERTS/ec.pem;
         ssl_certificate_key $CERTS/ec.key;
         ssl_certificate $CERTS/rsa.pem;
@@ -380,31 +381,36 @@ start_nginx_tls() {
         ssl_ecdh_curve $TLS_GROUP;
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
-        location = /1k { return 200 \"${BODY_1K}\n\"; }" "" "ssl"
-  run_nginx nginx_tls "$SERVER_CPU" "$TMP/nginx_tls"
-  PORT[nginx_tls]=$port; ROOTPID[nginx_tls]=$LASTPID; SCHEME[nginx_tls]=https
+        location = /1k { return 200 \"${BODY_1K}\n\"; }" "" "$2"
+  run_nginx "$1" "$SERVER_CPU" "$TMP/$1"
+  PORT[$1]=$port; ROOTPID[$1]=$LASTPID; SCHEME[$1]=https
 }
+start_nginx_tls() { start_nginx_tls_as nginx_tls ssl; }
+start_nginx_h2() { start_nginx_tls_as nginx_h2 "ssl http2"; }
 
 # haproxy_tls: one thread, the same certificates, suite and group; 1 KiB from
 # `http-request return ... file` (read once at start, answered from memory: HAProxy's own
-# "return 200"), its default session cache and tickets.
-start_haproxy_tls() {
+# "return 200"), its default session cache and tickets. haproxy_h2 (the h2 set): the same with
+# ALPN h2,http/1.1.
+start_haproxy_tls_as() {   # NAME ALPN
   make_certs
-  local port; port=$(free_port); local dir="$TMP/haproxy_tls"
+  local name=$1 port; port=$(free_port); local dir="$TMP/$1"
   mkdir -p "$dir"
   { haproxy_head "$dir"; cat <<EOF
 
 frontend fe
-    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn http/1.1
+    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn $2
     http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
     http-request return status 404
 EOF
   } >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
-    || { cat "$dir/check.log" >&2; die "haproxy_tls: config invalid ($dir/haproxy.cfg)"; }
-  start haproxy_tls "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
-  PORT[haproxy_tls]=$port; ROOTPID[haproxy_tls]=$LASTPID; SCHEME[haproxy_tls]=https
+    || { cat "$dir/check.log" >&2; die "$name: config invalid ($dir/haproxy.cfg)"; }
+  start "$name" "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
+  PORT[$name]=$port; ROOTPID[$name]=$LASTPID; SCHEME[$name]=https
 }
+start_haproxy_tls() { start_haproxy_tls_as haproxy_tls http/1.1; }
+start_haproxy_h2() { start_haproxy_tls_as haproxy_h2 h2,http/1.1; }
 
 # moat_tls: one worker, a TLS listener from a config file (the TLS configuration of
 # docs/configuration.md), the same certificates, suite and group; the origin's 1 KiB comes from
@@ -447,45 +453,6 @@ EOF
     unset "PORT[moat_tls]"
     return 1
   fi
-}
-
-# ---- the h2 set's servers: HTTP/2 over TLS (ALPN h2), the tls set's certificate and suite -----
-# nginx_h2: `return 200` 1 KiB from memory (128 KiB from a file), `listen ... ssl http2`.
-start_nginx_h2() {
-  make_certs
-  local port; port=$(free_port)
-  run_nginx_conf "$TMP/nginx_h2" "$port" "
-        ssl_certificate $CERTS/ec.pem;
-        ssl_certificate_key $CERTS/ec.key;
-        ssl_protocols TLSv1.3;
-        ssl_conf_command Ciphersuites $TLS_SUITE;
-        ssl_ecdh_curve $TLS_GROUP;
-        ssl_session_cache shared:SSL:10m;
-        http2_max_concurrent_streams 128;
-        location = /1k { return 200 \"${BODY_1K}\n\"; }
-        location = /128k { root $WWW; }" "" "ssl http2"
-  run_nginx nginx_h2 "$SERVER_CPU" "$TMP/nginx_h2"
-  PORT[nginx_h2]=$port; ROOTPID[nginx_h2]=$LASTPID; SCHEME[nginx_h2]=https
-}
-
-# haproxy_h2: one thread, `http-request return ... file` (from memory), alpn h2,http/1.1.
-start_haproxy_h2() {
-  make_certs
-  local port; port=$(free_port); local dir="$TMP/haproxy_h2"
-  mkdir -p "$dir"
-  { haproxy_head "$dir"; cat <<EOF
-
-frontend fe
-    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn h2,http/1.1
-    http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
-    http-request return status 200 content-type application/octet-stream file $WWW/128k if { path /128k }
-    http-request return status 404
-EOF
-  } >"$dir/haproxy.cfg"
-  haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
-    || { cat "$dir/check.log" >&2; die "haproxy_h2: config invalid ($dir/haproxy.cfg)"; }
-  start haproxy_h2 "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
-  PORT[haproxy_h2]=$port; ROOTPID[haproxy_h2]=$LASTPID; SCHEME[haproxy_h2]=https
 }
 
 # moat: quick mode, one worker. Skipped (loudly) until ./moat exists and takes --origin.
@@ -551,13 +518,14 @@ start_moat_b_cache() {
   # shellcheck disable=SC2086
   BIN=$MOAT_B moat_proxy moat_b_cache ${MOAT_CACHE_ARGS:-}
 }
-# HTTP/2: cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS streams each): moat
+# HTTP/2: 1 KiB cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS streams each,
+# the issue's 10 x 100): moat
 # (moat_tls, ALPN h2, from its cache) against nginx and HAProxy answering from memory. limit is
 # the plain-HTTP/1.1 `return 200` (wrk keep-alive), the reference. Not in the default sets:
 # `bash bench/run.sh h2`.
 set_h2() {
   SET_SERVERS=(limit nginx_h2 haproxy_h2 moat_tls)
-  SET_WORKLOADS=(h2-hit-1k:/1k:h2 h2-hit-128k:/128k:h2)
+  SET_WORKLOADS=(h2-hit-1k:/1k:h2)
   SET_EXPECT=hit
   command -v h2load >/dev/null || die "h2load missing (Debian nghttp2-client: scripts/install-deps)"
 }
@@ -596,8 +564,7 @@ set_tls() {
 # ---------------------------------------------------------------------------------------------
 check_server() {  # NAME: status, size and bytes of every path, keep-alive and close
   local name=$1 port=${PORT[$1]} path hdr out code size sha scheme=${SCHEME[$1]:-http} paths="/1k /128k"
-  [ "$scheme" = https ] && paths=/1k   # the TLS servers answer /1k only (the h2 peers /128k too)
-  case "$name" in nginx_h2|haproxy_h2) paths="/1k /128k" ;; esac
+  [ "$scheme" = https ] && paths=/1k   # the TLS servers answer /1k only
   for path in $paths; do
     for hdr in "Connection: keep-alive" "Connection: close"; do
       out=$(timeout 10 curl -s -k --max-time 5 -H "$hdr" -o "$TMP/check.body" -w '%{http_code} %{size_download}' \
