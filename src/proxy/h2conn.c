@@ -86,6 +86,8 @@ struct moat_h2stream {
     uint32_t opos, olen, ocap;
     char *trailers; /* a trailer section to end with (filtered lines), or NULL */
     uint32_t tlen;
+    char *rtr; /* the request's trailer section ("name: value CRLF" lines), or NULL */
+    uint32_t rtlen, rtcap;
     /* request body: a ring of the stream window's size */
     char *ib;
     uint32_t ihead, ilen, icap;
@@ -257,6 +259,7 @@ static void stream_free(struct moat_h2stream *s)
     free(s->ob);
     free(s->ib);
     free(s->trailers);
+    free(s->rtr);
     free(s);
 }
 
@@ -520,7 +523,7 @@ static int h2_body(struct moat_req *r, struct moat_str *span)
     }
     if (s->in_end) {
         r->body_done = true;
-        *span = MOAT_STR_NULL;
+        *span = moat_str_make(s->rtr, s->rtlen); /* trailers: forwarded when re-chunked */
         return MOAT_DONE;
     }
     if (s->closed || s->reset) {
@@ -681,16 +684,43 @@ static int on_begin_headers(nghttp2_session *ses, const nghttp2_frame *f, void *
     return 0;
 }
 
+/* A field of the request's trailer section (nghttp2 checked it: no pseudo-headers, valid
+ * name and value), kept as an HTTP/1 line for the origin, within http2.max_header_list. */
+static int trailer_field(struct moat_h2conn *c, struct moat_h2stream *s, const uint8_t *name,
+                         size_t nl, const uint8_t *value, size_t vl)
+{
+    size_t need = nl + vl + 4;
+    if (!s->r || s->rtlen + need > c->lim.max_header_list)
+        return 0; /* dropped: trailers are advisory */
+    if (s->rtlen + need > s->rtcap) {
+        size_t cap = MOAT_MAX((size_t)s->rtcap * 2, s->rtlen + need + 64);
+        char *nb = realloc(s->rtr, cap);
+        if (!nb)
+            return 0;
+        s->rtr = nb;
+        s->rtcap = (uint32_t)cap;
+    }
+    char *p = s->rtr + s->rtlen;
+    memcpy(p, name, nl);
+    memcpy(p + nl, ": ", 2);
+    memcpy(p + nl + 2, value, vl);
+    memcpy(p + nl + 2 + vl, "\r\n", 2);
+    s->rtlen += (uint32_t)need;
+    return 0;
+}
+
 static int on_header(nghttp2_session *ses, const nghttp2_frame *f, const uint8_t *name,
                      size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *ud)
 {
     struct moat_h2conn *c = ud;
     (void)flags;
-    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (f->hd.type != NGHTTP2_HEADERS)
         return 0;
     struct moat_h2stream *s = nghttp2_session_get_stream_user_data(ses, f->hd.stream_id);
     if (!s)
         return 0;
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return trailer_field(c, s, name, nl, value, vl);
     c->hs_list += nl + vl + 32;
     const struct moat_config *cfg = c->w->wcfg->cfg;
     if (c->hs_list > c->lim.max_header_list || c->nhe >= cfg->h1.max_headers) {

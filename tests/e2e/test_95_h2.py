@@ -284,6 +284,24 @@ def test_response_trailers_forwarded(moat_factory, h2origin):
         assert r.trailers and ("x-sum", "42") in r.trailers, r
 
 
+def test_request_trailers_forwarded(moat_factory, h2origin):
+    """A request body without a length goes to the origin chunked, its trailer section with it
+    (filtered as over HTTP/1.1: framing fields never pass)."""
+    m = h2_moat(moat_factory, h2origin)
+    with H2(m.port) as c:
+        sid = c.request("POST", "/echo", end=False)
+        c.send_body(sid, b"abc" * 1000, end=False)
+        c.conn.send_headers(sid, [("x-checksum", "c0ffee"), ("expect", "5-nothing")],
+                            end_stream=True)
+        c.flush()
+        r = c.response(sid)
+        assert r.status == 200 and bytes(r.body) == b"abc" * 1000
+    req = h2origin.requests[-1]
+    assert req.chunked and req.body == b"abc" * 1000
+    tail = req.raw.split(b"\r\n0\r\n", 1)[1].lower()
+    assert b"x-checksum: c0ffee\r\n" in tail and b"expect" not in tail, req.raw[-200:]
+
+
 @pytest.mark.parametrize("bad", [
     [("connection", "close")],
     [("keep-alive", "timeout=5")],
