@@ -476,6 +476,12 @@ static ssize_t h2_send_data(struct moat_req *r, const char *p, size_t n, bool mo
     s->olen += (uint32_t)take;
     c->out_buffered += take;
     r->resp_bytes += take;
+    if (take < n) {
+        /* Short: the caller waits to be driven, which the provider does once it took some. */
+        s->blocked = true;
+        if (take == croom)
+            c->conn_blocked = true;
+    }
     resume(s);
     return (ssize_t)take;
 }

@@ -188,6 +188,26 @@ def test_cache_filled_by_h1_served_by_h2_and_reverse(moat_factory, h2origin):
     assert len([q for q in h2origin.requests if q.path.startswith("/c/")]) == 2
 
 
+@pytest.mark.parametrize("bufs", [{}, {"stream_buffer": "8KiB", "connection_buffer": "16KiB"}],
+                         ids=["default", "small-buffers"])
+def test_large_cache_hits_in_sequence_and_parallel(moat_factory, h2origin, bufs):
+    """1 MiB hits from the cache, one after the other and eight at once on one connection with
+    the client's default 64 KiB windows: the cache serves in bites the stream's buffer takes,
+    and each bite is driven by the room the client's WINDOW_UPDATEs make."""
+    m = h2_moat(moat_factory, h2origin, http2=bufs)
+    with H2(m.port) as c:
+        assert bytes(c.get(f"/c/big/{MIB}").body) == pattern(MIB)
+        for _ in range(3):
+            r = c.get(f"/c/big/{MIB}", timeout=10)
+            assert r.status == 200 and "hit" in r.header("cache-status")
+            assert bytes(r.body) == pattern(MIB)
+        sids = [c.request("GET", f"/c/big/{MIB}") for _ in range(8)]
+        for sid in sids:
+            r = c.response(sid, timeout=20)
+            assert r.status == 200 and bytes(r.body) == pattern(MIB)
+    assert len([q for q in h2origin.requests if q.path.startswith("/c/big")]) == 1
+
+
 def test_100_streams_mixing_hits_misses_passes(moat_factory, h2origin):
     m = h2_moat(moat_factory, h2origin)
     with H2(m.port) as c:
