@@ -169,6 +169,57 @@ def test_upload_window_opens_as_the_origin_takes(moat_factory, origin_factory):
 
 # --- the cache ------------------------------------------------------------------------------
 
+def test_parallel_uploads_on_one_connection(moat_factory, h2origin):
+    """Eight 1 MiB uploads interleaved on one connection (the client sends each as its windows
+    allow), each echoed back whole to its own stream."""
+    m = h2_moat(moat_factory, h2origin, http2={"stream_window": "16KiB"})
+    bodies = [bytes([65 + i]) * MIB for i in range(8)]
+    with H2(m.port) as c:
+        sids = [c.request("POST", f"/echo/{i}", end=False) for i in range(8)]
+        left = {sid: memoryview(b) for sid, b in zip(sids, bodies)}
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            sent = False
+            for sid in list(left):
+                win = min(c.conn.local_flow_control_window(sid), 16384)
+                if win > 0:
+                    c.conn.send_data(sid, left[sid][:win].tobytes())
+                    left[sid] = left[sid][win:]
+                    sent = True
+                    if not left[sid]:
+                        c.conn.end_stream(sid)
+                        del left[sid]
+            c.flush()
+            if not sent:
+                c.read_once(0.2)
+        assert not left
+        for sid, b in zip(sids, bodies):
+            r = c.response(sid, timeout=30)
+            assert r.status == 200 and bytes(r.body) == b
+
+
+def test_client_resets_mid_response(moat_factory, h2origin):
+    """Streams reset by the client while their bodies flow: the others complete; a cache fill
+    whose stream was reset finishes without it (the next request is a hit)."""
+    m = h2_moat(moat_factory, h2origin)
+    with H2(m.port) as c:
+        sids = [c.request("GET", f"/size/{4 * MIB + i}") for i in range(4)]
+        fill = c.request("GET", f"/c/fill/{4 * MIB}")
+        c.pump(lambda: all(len(c.streams[s].body) > 100000 for s in sids[:2] + [fill]), 10)
+        for s in sids[:2] + [fill]:
+            c.conn.reset_stream(s, error_code=CANCEL)
+        c.flush()
+        for i, s in enumerate(sids[2:], 2):
+            r = c.response(s, timeout=30)
+            assert r.status == 200 and bytes(r.body) == pattern(4 * MIB + i)
+        time.sleep(0.5)
+        r = c.get(f"/c/fill/{4 * MIB}", timeout=30)
+        assert r.status == 200 and bytes(r.body) == pattern(4 * MIB)
+        assert "hit" in r.header("cache-status"), r.headers
+    mt = h2m(m, lambda mt: metric(mt, "moat_http2_resets_received_total") >= 3)
+    assert metric(mt, "moat_http2_resets_received_total") >= 3  # the client may re-reset
+
+
 def test_cache_filled_by_h1_served_by_h2_and_reverse(moat_factory, h2origin):
     m = h2_moat(moat_factory, h2origin)
     with Client(m.port) as h1:
