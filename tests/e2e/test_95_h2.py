@@ -17,7 +17,7 @@ import pytest
 
 from conftest import free_port, metric
 from h2client import H2, PREFACE, frame, h2_context
-from origins import default_handler, pattern, response
+from origins import default_handler, early_hints_handler, pattern, response
 from rawhttp import Client
 
 MIB = 1024 * 1024
@@ -257,6 +257,29 @@ def test_large_cache_hits_in_sequence_and_parallel(moat_factory, h2origin, bufs)
             r = c.response(sid, timeout=20)
             assert r.status == 200 and bytes(r.body) == pattern(MIB)
     assert len([q for q in h2origin.requests if q.path.startswith("/c/big")]) == 1
+
+
+def test_early_hints_head_and_304_over_h2(moat_factory, origin_factory):
+    """103 Early Hints arrive as an interim HEADERS before the answer; a HEAD hit and a 304
+    from the cache carry no body (and no DATA frame the client would reject)."""
+    o = origin_factory(early_hints_handler, "eh")
+    m = h2_moat(moat_factory, o)
+    with H2(m.port) as c:
+        r = c.get("/page")
+        assert r.status == 200 and r.body == b"final /page\n"
+        assert r.interim and dict(r.interim[0])[":status"] == "103", r.interim
+        assert "rel=preload" in dict(r.interim[0])["link"]
+        r = c.get("/page", method="HEAD")
+        assert r.status == 200 and r.body == b"" and "hit" in r.header("cache-status")
+        assert r.header("content-length") == "12"
+        etag = r.header("etag")
+        lm = r.header("last-modified")
+        cond = [("if-none-match", etag)] if etag else [("if-modified-since", lm or
+                                                        r.header("date"))]
+        r = c.get("/page", headers=cond)
+        assert r.status == 304 and r.body == b"", r
+        assert c.get("/page").status == 200
+    assert len(o.requests) == 1
 
 
 def test_100_streams_mixing_hits_misses_passes(moat_factory, h2origin):
