@@ -33,10 +33,19 @@
 struct moat_h2stream;
 
 /* Why moat sent GOAWAY (0: nghttp2 did, reason from the error code). */
-enum ga_reason { GA_NONE = 0, GA_DRAIN, GA_IDLE, GA_STALL, GA_RESET, GA_CONTROL, GA_EMPTY };
+enum ga_reason {
+    GA_NONE = 0,
+    GA_DRAIN,
+    GA_IDLE,
+    GA_HEADER,
+    GA_STALL,
+    GA_RESET,
+    GA_CONTROL,
+    GA_EMPTY
+};
 
 /* What the connection timer waits for. */
-enum tmode { T_NONE = 0, T_IDLE, T_STALL };
+enum tmode { T_NONE = 0, T_IDLE, T_HEADER, T_STALL };
 
 struct hent {
     uint32_t no, nl, vo, vl; /* offsets and lengths in the connection's header scratch */
@@ -51,6 +60,7 @@ struct moat_h2conn {
     struct moat_h2conn *prev, *next; /* worker's list */
     nghttp2_session *ses;
     struct moat_cfg_h2 lim;       /* the limits it started with */
+    uint64_t header_timeout_ms;   /* timeouts.client_header: a header block must end in it */
     char *ob;                     /* frames not yet taken by the socket */
     size_t opos, olen, ocap;
     struct moat_h2stream *streams; /* all streams we hold */
@@ -70,6 +80,7 @@ struct moat_h2conn {
     enum ga_reason ga;
     enum tmode tmode;
     bool in_run, run_again, kick_queued, closed, fatal, conn_blocked, drain_sent, progress;
+    bool hdr_open; /* a header block has begun and not ended (CONTINUATION may follow) */
     bool tls;
     uint8_t peer[16];
     char peer_text[48];
@@ -166,6 +177,9 @@ static void count_goaway(struct moat_h2conn *c, uint32_t code)
         return;
     case GA_IDLE:
         MOAT_STAT_INC(st, h2_ga_idle);
+        return;
+    case GA_HEADER:
+        MOAT_STAT_INC(st, h2_ga_header);
         return;
     case GA_STALL:
         MOAT_STAT_INC(st, h2_ga_stall);
@@ -674,6 +688,7 @@ static int on_begin_headers(nghttp2_session *ses, const nghttp2_frame *f, void *
     struct moat_h2conn *c = ud;
     if (f->hd.type != NGHTTP2_HEADERS)
         return 0;
+    c->hdr_open = true;
     c->hs_len = c->hs_list = c->nhe = 0;
     c->hs_over = c->has_method = c->has_path = c->has_authority = c->has_host = c->has_cl =
         false;
@@ -922,6 +937,7 @@ static int on_frame_recv(nghttp2_session *ses, const nghttp2_frame *f, void *ud)
     bool es = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
+        c->hdr_open = false;
         if (!s)
             break;
         if (f->headers.cat == NGHTTP2_HCAT_REQUEST && s->hdr_ok && !s->r) {
@@ -1266,7 +1282,9 @@ static void h2_run(struct moat_h2conn *c)
         h2_close(c);
         return;
     }
-    if (out_pending || c->out_buffered)
+    if (c->hdr_open) /* a slow header block (slowloris over HTTP/2) */
+        arm(c, T_HEADER, c->header_timeout_ms, false);
+    else if (out_pending || c->out_buffered)
         arm(c, T_STALL, c->lim.stall_timeout_ms, c->progress);
     else if (c->nopen == 0)
         arm(c, T_IDLE, c->lim.idle_timeout_ms, c->tmode != T_IDLE);
@@ -1295,7 +1313,10 @@ static void conn_timeout(struct moat_loop *loop, struct moat_timer *t)
         h2_close(c);
         return;
     }
-    go_away(c, GA_IDLE, NGHTTP2_NO_ERROR);
+    if (c->tmode == T_HEADER)
+        go_away(c, GA_HEADER, NGHTTP2_ENHANCE_YOUR_CALM);
+    else
+        go_away(c, GA_IDLE, NGHTTP2_NO_ERROR);
     c->tmode = T_NONE;
     h2_run(c);
 }
@@ -1374,6 +1395,7 @@ void moat_h2_takeover(struct moat_h1conn *h)
     memcpy(c->peer_text, h->peer_text, sizeof c->peer_text);
     c->peer_len = h->peer_len;
     c->lim = w->wcfg->cfg->h2;
+    c->header_timeout_ms = w->wcfg->cfg->client_header_timeout_ms;
     c->win_start = w->loop.now_ms;
     c->next = w->h2conns;
     if (w->h2conns)

@@ -32,6 +32,7 @@
     X(h2_ga_drain, "moat_http2_goaways_total", "reason=\"drain\"", "counter",                      \
       "GOAWAY frames sent, by reason")                                                             \
     X(h2_ga_idle, "moat_http2_goaways_total", "reason=\"idle\"", "counter", "")                    \
+    X(h2_ga_header, "moat_http2_goaways_total", "reason=\"header_timeout\"", "counter", "")        \
     X(h2_ga_stall, "moat_http2_goaways_total", "reason=\"stall\"", "counter", "")                  \
     X(h2_ga_rapid_reset, "moat_http2_goaways_total", "reason=\"rapid_reset\"", "counter", "")      \
     X(h2_ga_control, "moat_http2_goaways_total", "reason=\"control_flood\"", "counter", "")        \
