@@ -45,7 +45,7 @@ enum ga_reason {
 };
 
 /* What the connection timer waits for. */
-enum tmode { T_NONE = 0, T_IDLE, T_HEADER, T_STALL };
+enum tmode { T_NONE = 0, T_IDLE, T_HEADER, T_STALL, T_LINGER };
 
 struct hent {
     uint32_t no, nl, vo, vl; /* offsets and lengths in the connection's header scratch */
@@ -80,7 +80,9 @@ struct moat_h2conn {
     enum ga_reason ga;
     enum tmode tmode;
     bool in_run, run_again, kick_queued, closed, fatal, conn_blocked, drain_sent, progress;
-    bool hdr_open; /* a header block has begun and not ended (CONTINUATION may follow) */
+    bool hdr_open;  /* a header block has begun and not ended (CONTINUATION may follow) */
+    bool lingering; /* GOAWAY went: write side shut, reading and dropping until EOF or 2 s */
+    bool shut_sent; /* lingering: the write side is shut (TLS: close_notify out) */
     bool tls;
     uint8_t peer[16];
     char peer_text[48];
@@ -1088,14 +1090,10 @@ static void conn_free(struct moat_defer *d)
     free(c);
 }
 
-static void h2_close(struct moat_h2conn *c)
+/* Ends every stream (their requests go on without the client, or end) and the session. */
+static void release_streams(struct moat_h2conn *c)
 {
     struct moat_worker *w = c->w;
-    if (c->closed)
-        return;
-    c->closed = true;
-    if (moat_timer_armed(&c->timer))
-        moat_timer_stop(&w->loop, &c->timer);
     while (c->streams) {
         struct moat_h2stream *s = c->streams;
         if (!s->closed) {
@@ -1112,6 +1110,17 @@ static void h2_close(struct moat_h2conn *c)
     c->todo = c->todo_tail = NULL;
     nghttp2_session_del(c->ses);
     c->ses = NULL;
+}
+
+static void h2_close(struct moat_h2conn *c)
+{
+    struct moat_worker *w = c->w;
+    if (c->closed)
+        return;
+    c->closed = true;
+    if (moat_timer_armed(&c->timer))
+        moat_timer_stop(&w->loop, &c->timer);
+    release_streams(c);
     moat_sock_close(&c->sk);
     if (c->prev)
         c->prev->next = c->next;
@@ -1248,12 +1257,56 @@ static void arm(struct moat_h2conn *c, enum tmode m, uint64_t ms, bool restart)
     moat_timer_set(&c->w->loop, &c->timer, ms);
 }
 
+/* The GOAWAY is out and the session over: shut the write side and read and drop what the
+ * client still sends until it closes (or 2 s), so that closing with its frames unread does
+ * not reset the connection under the GOAWAY before the client read it (HTTP/1's lingering
+ * close, h1conn.c). */
+static void linger_step(struct moat_h2conn *c)
+{
+    if (!c->shut_sent) {
+        if (moat_sock_pending(&c->sk) && moat_sock_flush(&c->sk) == MOAT_AGAIN)
+            return;
+        int rc = moat_sock_shutdown(&c->sk);
+        if (rc == MOAT_AGAIN)
+            return;
+        c->shut_sent = true;
+        if (rc != MOAT_OK) {
+            h2_close(c);
+            return;
+        }
+    }
+    char sink[4096];
+    for (int i = 0; i < 64; i++) {
+        if (!c->sk.readable)
+            return;
+        ssize_t n = moat_sock_read(&c->sk, sink, sizeof sink);
+        if (n == MOAT_AGAIN)
+            return;
+        if (n <= 0)
+            break;
+    }
+    h2_close(c); /* EOF, an error, or 256 KiB of patience */
+}
+
+static void h2_linger(struct moat_h2conn *c)
+{
+    release_streams(c);
+    c->lingering = true;
+    c->tmode = T_LINGER;
+    moat_timer_set(&c->w->loop, &c->timer, 2000);
+    linger_step(c);
+}
+
 static void h2_run(struct moat_h2conn *c)
 {
     if (c->closed)
         return;
     if (c->in_run) {
         c->run_again = true;
+        return;
+    }
+    if (c->lingering) {
+        linger_step(c);
         return;
     }
     c->in_run = true;
@@ -1275,11 +1328,13 @@ static void h2_run(struct moat_h2conn *c)
         moat_loop_defer(&c->w->loop, &c->kick);
     }
     bool out_pending = c->opos < c->olen || moat_sock_pending(&c->sk);
-    if (c->fatal && !out_pending)
-        fail = true; /* the GOAWAY went (or cannot): done */
-    if (fail || (!nghttp2_session_want_read(c->ses) && !nghttp2_session_want_write(c->ses) &&
-                 !out_pending)) {
+    if (fail) {
         h2_close(c);
+        return;
+    }
+    if (!out_pending && (c->fatal || (!nghttp2_session_want_read(c->ses) &&
+                                      !nghttp2_session_want_write(c->ses)))) {
+        h2_linger(c); /* the GOAWAY is out: done */
         return;
     }
     if (c->hdr_open) /* a slow header block (slowloris over HTTP/2) */
@@ -1306,6 +1361,10 @@ static void conn_timeout(struct moat_loop *loop, struct moat_timer *t)
 {
     struct moat_h2conn *c = MOAT_CONTAINER_OF(t, struct moat_h2conn, timer);
     (void)loop;
+    if (c->lingering) {
+        h2_close(c);
+        return;
+    }
     if (c->tmode == T_STALL) {
         /* The client takes nothing: a GOAWAY it will not read either; counted, closed. */
         c->ga = GA_STALL;
@@ -1432,7 +1491,7 @@ void moat_h2_drain(struct moat_worker *w, bool late)
         struct moat_h2conn *next = c->next;
         if (late) {
             h2_close(c);
-        } else if (!c->drain_sent) {
+        } else if (!c->drain_sent && !c->lingering) {
             /* Graceful: streams up to the last one seen finish; new ones are refused. */
             c->drain_sent = true;
             c->ga = GA_DRAIN;
