@@ -7,9 +7,11 @@
 #include <time.h>
 
 #include "admin/admin.h"
+#include "admin/dash.h"
 #include "cache/store.h"
 #include "core/log.h"
 #include "proxy/server.h"
+#include "shield/shield.h"
 #include "tls/tls.h"
 
 #ifndef MOAT_VERSION
@@ -23,6 +25,7 @@ struct admin {
     char *config_path;
     struct moat_loop *loop;
     struct purge_task *purges; /* purges in progress */
+    struct moat_dash *dash;    /* the live dashboard (NULL: admin.dashboard is false) */
 };
 
 static bool token_ok(const struct admin *a, const struct moat_h1_req *r)
@@ -312,13 +315,79 @@ static void cert_entry(const struct moat_tls_cert_info *ci, void *ud)
                                          (double)(ci->not_after - now) / 86400.0));
 }
 
+/* POST /shield/under_attack {"site": HOST, "mode": "on"|"off"|"auto"|"config"} */
+static void handle_under_attack(const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
+    const char *site = json_string_value(json_object_get(o, "site"));
+    const char *mode = json_string_value(json_object_get(o, "mode"));
+    if (!o || !json_is_object(o) || !site || !mode) {
+        json_decref(o);
+        moat_httpd_error(resp, 400,
+                         "body must be a JSON object {\"site\": HOST, \"mode\": "
+                         "\"on\"|\"off\"|\"auto\"|\"config\"}");
+        return;
+    }
+    char err[256];
+    struct moat_config *cfg = moat_server_config();
+    int rc = moat_shield_set_mode(cfg, site, mode, err, sizeof err);
+    moat_config_release(&cfg);
+    if (rc != MOAT_OK) {
+        json_decref(o);
+        moat_httpd_error(resp, 400, err);
+        return;
+    }
+    json_reply(resp, 200, json_pack("{s:b, s:s, s:s}", "ok", 1, "site", site, "mode", mode));
+    json_decref(o);
+}
+
+/* POST /shield/block {"cidr": CIDR, "for": DURATION (default 1h)}, POST /shield/unblock
+ * {"cidr": CIDR} */
+static void handle_block(const struct moat_httpd_req *req, struct moat_httpd_resp *resp,
+                         bool block)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
+    const char *cidr = json_string_value(json_object_get(o, "cidr"));
+    json_t *forv = json_object_get(o, "for");
+    const char *for_s = forv ? json_string_value(forv) : "1h";
+    uint64_t ms = 0;
+    char err[256];
+    if (!o || !json_is_object(o) || !cidr || !for_s) {
+        snprintf(err, sizeof err, "body must be a JSON object {\"cidr\": CIDR%s}",
+                 block ? ", \"for\": DURATION" : "");
+    } else if (block && (moat_parse_duration_ms(for_s, &ms) != MOAT_OK || ms == 0 ||
+                         ms > 365ull * 86400000)) {
+        snprintf(err, sizeof err, "\"for\": \"%s\" is not a duration from 1ms to 365d", for_s);
+    } else if ((block ? moat_shield_block(cidr, ms, err, sizeof err)
+                      : moat_shield_unblock(cidr, err, sizeof err)) == MOAT_OK) {
+        json_reply(resp, 200, json_pack("{s:b, s:s}", "ok", 1, "cidr", cidr));
+        json_decref(o);
+        return;
+    }
+    json_decref(o);
+    moat_httpd_error(resp, 400, err);
+}
+
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
 {
     struct admin *a = ctx;
     const struct moat_h1_req *r = req->h1;
-    if (!token_ok(a, r)) {
+    bool bearer = token_ok(a, r);
+    bool cookie = !bearer && moat_dash_cookie_ok(a->dash, r);
+    if (moat_dash_handle(a->dash, req, bearer || cookie, resp))
+        return;
+    if (!bearer && !cookie) {
         moat_httpd_error(resp, 401, "missing or wrong bearer token");
         snprintf(resp->extra, sizeof resp->extra, "WWW-Authenticate: Bearer realm=\"moat\"\r\n");
+        return;
+    }
+    /* A change by cookie must come from the dashboard's own script (SameSite=Strict already
+     * keeps other sites' forms out; the custom field keeps out plain forms of any origin). */
+    if (cookie && r->meth != MOAT_M_GET && r->meth != MOAT_M_HEAD &&
+        !moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("x-moat-dashboard"))) {
+        moat_httpd_error(resp, 403, "changes by cookie need the X-Moat-Dashboard field");
         return;
     }
     struct moat_str path = r->path;
@@ -345,6 +414,7 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             moat_tls_each_cert(cfg, cert_entry, certs);
             json_object_set_new(o, "certificates", certs);
         }
+        json_object_set_new(o, "shield", moat_shield_status(cfg));
         moat_config_release(&cfg);
         json_reply(resp, 200, o);
         return;
@@ -357,9 +427,11 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         }
         char err[MOAT_CONFIG_ERRLEN];
         if (moat_server_reload(a->config_path, err, sizeof err) != MOAT_OK) {
+            moat_dash_note_reload(a->dash, false, err);
             moat_httpd_error(resp, a->config_path ? 400 : 409, err);
             return;
         }
+        moat_dash_note_reload(a->dash, true, NULL);
         json_reply(resp, 200,
                    json_pack("{s:b, s:I}", "ok", 1, "generation",
                              (json_int_t)atomic_load(&moat_srv.generation)));
@@ -392,8 +464,38 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         handle_purge(a, req, resp);
         return;
     }
+    if (moat_str_eq(path, MOAT_STR("/shield/top"))) {
+        if (!get) {
+            moat_httpd_error(resp, 405, "use GET");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: GET, HEAD\r\n");
+            return;
+        }
+        json_reply(resp, 200, json_pack("{s:o}", "top", moat_shield_top(20)));
+        return;
+    }
+    if (moat_str_eq(path, MOAT_STR("/shield/block")) ||
+        moat_str_eq(path, MOAT_STR("/shield/unblock"))) {
+        if (r->meth != MOAT_M_POST) {
+            moat_httpd_error(resp, 405, "use POST");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
+            return;
+        }
+        handle_block(req, resp, path.len == MOAT_STR("/shield/block").len);
+        return;
+    }
+    if (moat_str_eq(path, MOAT_STR("/shield/under_attack"))) {
+        if (r->meth != MOAT_M_POST) {
+            moat_httpd_error(resp, 405, "use POST");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
+            return;
+        }
+        handle_under_attack(req, resp);
+        return;
+    }
     moat_httpd_error(resp, 404,
-                     "no such endpoint (try /status, /metrics, POST /reload, POST /purge)");
+                     "no such endpoint (try /status, /metrics, POST /reload, POST /purge, "
+                     "/dashboard, GET /shield/top, POST /shield/block, /shield/unblock, "
+                     "/shield/under_attack)");
 }
 
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,
@@ -412,6 +514,7 @@ struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_co
         free(a);
         return NULL;
     }
+    a->dash = moat_dash_start(loop, cfg, a->token);
     moat_log_info("admin API on http://%s/", cfg->admin.listen.text);
     return s;
 }
@@ -427,6 +530,7 @@ void moat_admin_stop(struct moat_httpd *s)
             moat_timer_stop(a->loop, &t->timer);
             free(t);
         }
+        moat_dash_stop(a->dash);
         free(a->token);
         free(a->config_path);
         free(a);

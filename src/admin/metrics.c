@@ -2,8 +2,10 @@
 #include <stdarg.h>
 
 #include "admin/admin.h"
+#include "admin/dash.h"
 #include "cache/store.h"
 #include "proxy/server.h"
+#include "shield/shield.h"
 #include "tls/tls.h"
 
 struct sb {
@@ -148,6 +150,12 @@ char *moat_metrics_render(size_t *len)
             (unsigned long long)cs.objects, (unsigned long long)cs.bytes,
             (unsigned long long)cs.evictions, (unsigned long long)cs.purged);
     }
+    size_t shl = 0;
+    char *shm = moat_shield_metrics(&shl);
+    if (shm) {
+        sbf(&b, "%.*s", (int)shl, shm);
+        free(shm);
+    }
     struct moat_config *cfg = moat_server_config();
     if (cfg->rt) {
         sbf(&b, "# HELP moat_tls_certificate_expiry_seconds When each server certificate expires "
@@ -159,6 +167,9 @@ char *moat_metrics_render(size_t *len)
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
         "moat_uptime_seconds %.3f\n",
         (double)(moat_wall_us() - moat_srv.started_us) / 1e6);
+    char dash[1024];
+    moat_dash_metrics(dash, sizeof dash);
+    sbf(&b, "%s", dash);
     *len = b.n;
     return b.p;
 }

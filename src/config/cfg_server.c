@@ -176,7 +176,7 @@ static int trusted_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *
     char buf[128], msg[256];
     if (cfg_scalar(ld, n, buf, sizeof(buf), "a CIDR block") != MOAT_OK)
         return MOAT_ERR;
-    if (moat_cidr_parse(buf, &c->trusted[idx], msg, sizeof(msg)) != MOAT_OK)
+    if (moat_cidr_parse_err(buf, &c->trusted[idx], msg, sizeof(msg)) != 0)
         return cfg_fail(ld, n, "%s", msg);
     return MOAT_OK;
 }
@@ -285,6 +285,19 @@ static const struct cfg_key admin_keys[] = {
      .fn = k_token_file,
      .tname = "path",
      .doc = "file holding the bearer token; required unless listen is loopback"},
+    {.name = "dashboard",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_config, admin.dashboard),
+     .def = "true",
+     .names = cfg_bool_names,
+     .doc = "serve the live dashboard at / (docs/dashboard.md)"},
+    {.name = "dashboard_clients",
+     .type = KT_UINT,
+     CFG_AT(struct moat_config, admin.dashboard_clients),
+     .def = "16",
+     .min = 1,
+     .max = 1024,
+     .doc = "most dashboards open at once (GET /events streams; 503 beyond)"},
 };
 const struct cfg_table cfg_admin_table = CFG_TABLE(admin_keys, admin_post);
 

@@ -185,7 +185,7 @@ struct cfg_table {
     }
 /* The most keys a table may have (the walker keeps per-key state on the stack); tables assert
  * it next to their definition. */
-#define CFG_MAX_KEYS 16
+#define CFG_MAX_KEYS 20
 
 #define KiB    1024ull
 #define MiB    (1024ull * 1024)
@@ -227,6 +227,11 @@ cfg_key_fn cfg_k_listen, cfg_k_workers, cfg_k_demo_origin, cfg_k_trusted, cfg_k_
 cfg_key_fn cfg_k_pools;    /* cfg_pools.c */
 cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
 cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */
+cfg_key_fn cfg_k_rule_path, cfg_k_rule_methods, cfg_k_rule_header,
+    cfg_k_rule_cookie;            /* cfg_sites.c: rules[].match rows, shared with the shield */
+cfg_key_fn cfg_k_challenge_exempt; /* cfg_shield.c */
+extern const char *const cfg_under_attack_names[]; /* cfg_shield.c */
+extern const struct cfg_table cfg_shield_table;    /* cfg_shield.c */
 
 /* Sets <o>'s host and authority (the Host value for host_header: origin) from <host> and
  * <port>, leaving out <default_port> (80 for http, 443 for https) (cfg_pools.c). */

@@ -28,6 +28,7 @@
 #include "proxy/pipeline.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
+#include "shield/shield.h"
 #include "tls/tls.h"
 
 struct moat_h2stream;
@@ -84,6 +85,7 @@ struct moat_h2conn {
     bool lingering; /* GOAWAY went: write side shut, reading and dropping until EOF or 2 s */
     bool shut_sent; /* lingering: the write side is shut (TLS: close_notify out) */
     bool tls;
+    bool sh_counted; /* counted by the shield's connections.per_ip (taken over from HTTP/1) */
     uint8_t peer[16];
     char peer_text[48];
     uint8_t peer_len;
@@ -1131,6 +1133,8 @@ static void h2_close(struct moat_h2conn *c)
     w->nconns--;
     MOAT_STAT_ADD(&w->stats, conn_active, (uint64_t)-1);
     MOAT_STAT_ADD(&w->stats, h2_conn_active, (uint64_t)-1);
+    if (c->sh_counted)
+        moat_shield_conn_close(c->peer);
     if (!c->kick_queued) /* else the queued run frees it: one entry in the defer list */
         moat_loop_defer(&w->loop, &c->defer);
 }
@@ -1450,6 +1454,8 @@ void moat_h2_takeover(struct moat_h1conn *h)
     c->kick.fn = kick_fn;
     c->timer.cb = conn_timeout;
     c->tls = h->tls;
+    c->sh_counted = h->sh_counted; /* the connection's place in connections.per_ip moves too */
+    h->sh_counted = false;
     memcpy(c->peer, h->peer, sizeof c->peer);
     memcpy(c->peer_text, h->peer_text, sizeof c->peer_text);
     c->peer_len = h->peer_len;
