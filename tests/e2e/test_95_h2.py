@@ -712,6 +712,22 @@ def test_metrics_by_protocol(moat_factory, h2origin, pki):
     assert metric(mt, "moat_http2_streams_active") == 0
 
 
+def test_shield_connections_per_ip_counts_h2(moat_factory, h2origin):
+    """An HTTP/2 connection keeps the place in shield.connections.per_ip its HTTP/1 start took
+    (held while it is open, given back when it closes)."""
+    m = h2_moat(moat_factory, h2origin, shield={"connections": {"per_ip": 2}})
+    a, b = H2(m.port), H2(m.port)
+    assert a.get("/size/1").status == 200 and b.get("/size/1").status == 200
+    with H2(m.port) as extra:
+        assert extra.wait_closed(5)  # refused at accept: a third connection from 127.0.0.1
+    assert metric(m.metrics(), "moat_shield_connections_refused_total") == 1
+    a.__exit__()
+    time.sleep(0.3)
+    with H2(m.port) as c:
+        assert c.get("/size/1").status == 200  # the slot came back with the close
+    b.__exit__()
+
+
 def test_h2c_and_tls_config_refused(moat_factory, h2origin, tmp_path):
     from conftest import MOAT_BIN
     cfg = tmp_path / "bad.yaml"
