@@ -4,7 +4,7 @@
 #
 #   bash bench/run.sh [SET...] [--write-results]
 #
-# SET is a scenario set (proxy, cache, tls; default: all three). --write-results (or
+# SET is a scenario set (proxy, cache, tls, h2; default: proxy, cache, tls). --write-results (or
 # WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
@@ -18,6 +18,7 @@
 #                two builds in the same rounds; RESULTS.md is not written from such a run)
 #   WORKLOADS ["" = every workload of the set]  e.g. WORKLOADS="1k-keepalive 128k-keepalive"
 #   TLS_CONNS [32]  concurrent connections of bench/lib/tls_load.c (the tls set's handshake rows)
+#   H2_CONNS [10]  H2_STREAMS [100]  h2load's connections and streams per connection (h2 set)
 #
 # Layout: every server under test has a start_<name> function (writes its config into the run's
 # temp dir, starts it pinned to SERVER_CPU, sets PORT[name] and ROOTPID[name]). A scenario set
@@ -43,6 +44,8 @@ WORKLOADS=${WORKLOADS:-}
 WRITE_RESULTS=${WRITE_RESULTS:-0}
 
 TLS_CONNS=${TLS_CONNS:-32}
+H2_CONNS=${H2_CONNS:-10}
+H2_STREAMS=${H2_STREAMS:-100}
 
 ALL_SETS=(proxy cache tls)
 
@@ -363,11 +366,12 @@ build_tls_load() {
 }
 
 # nginx_tls: nginx's fastest TLS answer: 1 KiB via `return 200` over TLS, both certificates,
-# a shared session cache and tickets (nginx's defaults for tickets).
-start_nginx_tls() {
+# a shared session cache and tickets (nginx's defaults for tickets). nginx_h2 (the h2 set): the
+# same with `listen ... ssl http2` (ALPN h2).
+start_nginx_tls_as() {   # NAME LISTEN_EXTRA
   make_certs
   local port; port=$(free_port)
-  run_nginx_conf "$TMP/nginx_tls" "$port" "
+  run_nginx_conf "$TMP/$1" "$port" "
         ssl_certificate $CERTS/ec.pem;
         ssl_certificate_key $CERTS/ec.key;
         ssl_certificate $CERTS/rsa.pem;
@@ -377,31 +381,36 @@ start_nginx_tls() {
         ssl_ecdh_curve $TLS_GROUP;
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
-        location = /1k { return 200 \"${BODY_1K}\n\"; }" "" "ssl"
-  run_nginx nginx_tls "$SERVER_CPU" "$TMP/nginx_tls"
-  PORT[nginx_tls]=$port; ROOTPID[nginx_tls]=$LASTPID; SCHEME[nginx_tls]=https
+        location = /1k { return 200 \"${BODY_1K}\n\"; }" "" "$2"
+  run_nginx "$1" "$SERVER_CPU" "$TMP/$1"
+  PORT[$1]=$port; ROOTPID[$1]=$LASTPID; SCHEME[$1]=https
 }
+start_nginx_tls() { start_nginx_tls_as nginx_tls ssl; }
+start_nginx_h2() { start_nginx_tls_as nginx_h2 "ssl http2"; }
 
 # haproxy_tls: one thread, the same certificates, suite and group; 1 KiB from
 # `http-request return ... file` (read once at start, answered from memory: HAProxy's own
-# "return 200"), its default session cache and tickets.
-start_haproxy_tls() {
+# "return 200"), its default session cache and tickets. haproxy_h2 (the h2 set): the same with
+# ALPN h2,http/1.1.
+start_haproxy_tls_as() {   # NAME ALPN
   make_certs
-  local port; port=$(free_port); local dir="$TMP/haproxy_tls"
+  local name=$1 port; port=$(free_port); local dir="$TMP/$1"
   mkdir -p "$dir"
   { haproxy_head "$dir"; cat <<EOF
 
 frontend fe
-    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn http/1.1
+    bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn $2
     http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
     http-request return status 404
 EOF
   } >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
-    || { cat "$dir/check.log" >&2; die "haproxy_tls: config invalid ($dir/haproxy.cfg)"; }
-  start haproxy_tls "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
-  PORT[haproxy_tls]=$port; ROOTPID[haproxy_tls]=$LASTPID; SCHEME[haproxy_tls]=https
+    || { cat "$dir/check.log" >&2; die "$name: config invalid ($dir/haproxy.cfg)"; }
+  start "$name" "$SERVER_CPU" "$dir/stdout.log" haproxy -db -f "$dir/haproxy.cfg"
+  PORT[$name]=$port; ROOTPID[$name]=$LASTPID; SCHEME[$name]=https
 }
+start_haproxy_tls() { start_haproxy_tls_as haproxy_tls http/1.1; }
+start_haproxy_h2() { start_haproxy_tls_as haproxy_h2 h2,http/1.1; }
 
 # moat_tls: one worker, a TLS listener from a config file (the TLS configuration of
 # docs/configuration.md), the same certificates, suite and group; the origin's 1 KiB comes from
@@ -509,6 +518,18 @@ start_moat_b_cache() {
   # shellcheck disable=SC2086
   BIN=$MOAT_B moat_proxy moat_b_cache ${MOAT_CACHE_ARGS:-}
 }
+# HTTP/2: 1 KiB cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS streams each,
+# the issue's 10 x 100): moat
+# (moat_tls, ALPN h2, from its cache) against nginx and HAProxy answering from memory. limit is
+# the plain-HTTP/1.1 `return 200` (wrk keep-alive), the reference. Not in the default sets:
+# `bash bench/run.sh h2`.
+set_h2() {
+  SET_SERVERS=(limit nginx_h2 haproxy_h2 moat_tls)
+  SET_WORKLOADS=(h2-hit-1k:/1k:h2)
+  SET_EXPECT=hit
+  command -v h2load >/dev/null || die "h2load missing (Debian nghttp2-client: scripts/install-deps)"
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Scenario sets. A workload is NAME:PATH:MODE (MODE = ka | close).
@@ -625,6 +646,16 @@ tls_load_cmd() {   # SERVER PORT PATH MODE DURATION
   fi
   timeout "$WRK_TIMEOUT" "${args[@]}"
 }
+# h2load over TLS (ALPN h2) for the h2 set; its summary becomes the WRKJSON line measure()
+# reads. h2load reports no percentiles: p50 is its mean time per request, p99 and max its max.
+h2load_cmd() {   # PORT PATH DURATION
+  local secs; secs=$(seconds "$3"); secs=${secs%.*}; [ "${secs:-0}" -ge 1 ] || secs=1
+  local out
+  out=$(timeout "$WRK_TIMEOUT" taskset -c "$CLIENT_CPU" h2load -t1 -c "$H2_CONNS" -m "$H2_STREAMS" \
+        -D "$secs" "https://127.0.0.1:$1$2" 2>&1) || true
+  printf '%s\n' "$out"
+  $PY "$HERE/lib/h2load_json.py" "$out"
+}
 # load_cmd SERVER PORT PATH MODE DURATION: the client for the workload's MODE: ka, close: wrk
 # over http; tlska: wrk keep-alive over the server's scheme (https, or http for limit);
 # full-ec, full-rsa, resumed: tls_load (--plain for limit).
@@ -632,6 +663,7 @@ load_cmd() {
   case "$4" in
     full-ec|full-rsa|resumed) tls_load_cmd "$@" ;;
     tlska) wrk_cmd "$2" "$3" ka "$5" "${SCHEME[$1]:-http}" ;;
+    h2) if [ "$1" = limit ]; then wrk_cmd "$2" "$3" ka "$5"; else h2load_cmd "$2" "$3" "$5"; fi ;;
     *) wrk_cmd "$2" "$3" "$4" "$5" ;;
   esac
 }

@@ -29,6 +29,12 @@ static const struct cfg_key listen_keys[] = {
      .def = "false",
      .names = cfg_bool_names,
      .doc = "clients speak TLS on this address (needs tls.certificates)"},
+    {.name = "h2c",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_listen, h2c),
+     .def = "false",
+     .names = cfg_bool_names,
+     .doc = "a plain listener also takes HTTP/2 with prior knowledge (behind a TLS terminator)"},
 };
 const struct cfg_table cfg_listen_table = CFG_TABLE(listen_keys, NULL);
 
@@ -39,6 +45,8 @@ static int listen_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *u
     if (fy_node_get_type(n) == FYNT_MAPPING) {
         if (cfg_walk(ld, &cfg_listen_table, n, l, false) != MOAT_OK)
             return MOAT_ERR;
+        if (l->tls && l->h2c)
+            return cfg_fail(ld, n, "h2c is for plain listeners (a TLS listener offers h2 by ALPN)");
     } else if (fy_node_get_type(n) != FYNT_SCALAR || cfg_is_null(n)) {
         return cfg_fail(ld, n, "expected \"HOST:PORT\" or { addr: HOST:PORT, tls: true }, got %s",
                         cfg_what(n));

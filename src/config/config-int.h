@@ -219,6 +219,7 @@ extern const struct cfg_table cfg_pool_table;     /* cfg_pools.c */
 extern const struct cfg_table cfg_origin_table;   /* cfg_pools.c */
 extern const struct cfg_table cfg_site_table;     /* cfg_sites.c */
 extern const struct cfg_table cfg_tls_table;      /* cfg_tls.c */
+extern const struct cfg_table cfg_http2_table;    /* cfg_http2.c */
 extern const struct cfg_table cfg_pool_tls_table; /* cfg_tls.c */
 
 cfg_key_fn cfg_k_listen, cfg_k_workers, cfg_k_demo_origin, cfg_k_trusted, cfg_k_forward,

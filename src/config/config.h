@@ -302,6 +302,27 @@ enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERR
 struct moat_cfg_listen {
     struct moat_addr addr;
     bool tls; /* TLS on this listener (needs tls.certificates) */
+    bool h2c; /* plain listener: HTTP/2 with prior knowledge too (h2c: true) */
+};
+
+/* http2: the HTTP/2 downstream's limits (src/proxy/h2conn.c, docs/http2.md). */
+struct moat_cfg_h2 {
+    unsigned max_streams;        /* max_concurrent_streams: 128 (SETTINGS) */
+    uint64_t max_header_list;    /* max_header_list: 64 KiB decoded (SETTINGS; 431 beyond) */
+    uint64_t stream_window;      /* stream_window: 64 KiB, request body held per stream */
+    uint64_t conn_window;        /* connection_window: 1 MiB, request bodies per connection */
+    uint64_t stream_buffer;      /* stream_buffer: 64 KiB, response bytes held per stream */
+    uint64_t conn_buffer;        /* connection_buffer: 1 MiB, response bytes per connection */
+    uint64_t flood_window_ms;    /* flood_window: 10s, the window the budgets below count in */
+    unsigned max_resets;         /* max_resets: 200 streams reset by the client per window */
+    unsigned max_control;        /* max_control_frames: 1000 PING/SETTINGS/PRIORITY/
+                                    WINDOW_UPDATE per window (plus one per stream and DATA) */
+    unsigned max_empty;          /* max_empty_frames: 100 empty DATA frames per window */
+    unsigned max_continuations;  /* max_continuations: 8 per header block */
+    unsigned max_settings;       /* max_settings: 32 entries per SETTINGS frame */
+    unsigned max_outbound_ack;   /* max_outbound_ack: 1000 queued PING/SETTINGS acks */
+    uint64_t idle_timeout_ms;    /* idle_timeout: 60s without a stream open */
+    uint64_t stall_timeout_ms;   /* stall_timeout: 30s with bytes to send and no progress */
 };
 
 /* tls.certificates[] */
@@ -397,6 +418,7 @@ struct moat_config {
     } cache;
 
     struct moat_cfg_tls tls;
+    struct moat_cfg_h2 h2;
 
     struct moat_cfg_monitor *monitors;
     size_t nmonitors;

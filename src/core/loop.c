@@ -245,6 +245,15 @@ void moat_loop_stop(struct moat_loop *loop)
     loop->stop = true;
 }
 
+static void run_deferred(struct moat_loop *loop)
+{
+    while (loop->defer_head) {
+        struct moat_defer *d = loop->defer_head;
+        loop->defer_head = d->next;
+        d->fn(d);
+    }
+}
+
 static void dispatch(struct moat_loop *loop, const struct epoll_event *evs, int n)
 {
     loop->now_ms = moat_now_ms();
@@ -253,11 +262,7 @@ static void dispatch(struct moat_loop *loop, const struct epoll_event *evs, int 
         if (io->fd >= 0)
             io->cb(loop, io, evs[i].events);
     }
-    while (loop->defer_head) {
-        struct moat_defer *d = loop->defer_head;
-        loop->defer_head = d->next;
-        d->fn(d);
-    }
+    run_deferred(loop);
 }
 
 /* Single-writer counters: a relaxed load and store, no locked instruction. */
@@ -291,6 +296,12 @@ void moat_loop_run(struct moat_loop *loop)
     while (!loop->stop) {
         loop->now_ms = moat_now_ms();
         int timeout = run_timers(loop);
+        /* Work timers deferred runs now too (an HTTP/2 connection's output queued by a
+         * timeout), not after the next event, which may never come. */
+        if (loop->defer_head) {
+            run_deferred(loop);
+            timeout = 0; /* it may have armed timers or made events: look again at once */
+        }
         if (loop->stop)
             break;
         if (busy && !loop->nap_us)

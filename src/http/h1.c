@@ -195,7 +195,7 @@ static bool valid_authority(struct moat_str a, bool need_port)
     return port <= 65535;
 }
 
-static enum moat_method method_id(const char *p, size_t n)
+enum moat_method moat_http_method_id(const char *p, size_t n)
 {
     switch (n) {
     case 3:
@@ -573,7 +573,7 @@ int moat_h1_parse_request(const char *buf, size_t len, const struct moat_h1_limi
         goto fail;
     }
     req->method = moat_str_make(m, (size_t)(p - m));
-    req->meth = method_id(m, (size_t)(p - m));
+    req->meth = moat_http_method_id(m, (size_t)(p - m));
 
     const char *t = ++p;
     p = scan_target(p, lend);

@@ -201,6 +201,10 @@ const char *moat_h1_err_name(enum moat_h1_err e);
  * Transfer-Encoding or Upgrade? moat's one list of them; the framing fields (Content-Length,
  * Trailer) are each caller's to decide. Inline, and a switch on length: it runs for every
  * field of every request and response, and costs one or two comparisons for most. */
+/* The method <p,n> (case-sensitive, RFC 9110 9.1), MOAT_M_OTHER when moat has no name for it
+ * (HTTP/1's request line and HTTP/2's :method share it). */
+enum moat_method moat_http_method_id(const char *p, size_t n);
+
 static inline bool moat_http_hop(struct moat_str n)
 {
     switch (n.len) {

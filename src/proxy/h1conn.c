@@ -541,6 +541,26 @@ static int do_head(struct moat_h1conn *c)
     struct moat_worker *w = c->w;
     for (;;) {
         uint32_t len = moat_buf_len(&c->s.in);
+        if (len && c->h2c && c->nreq == 0 && moat_buf_rptr(&c->s.in)[0] == 'P') {
+            /* HTTP/2 with prior knowledge: the client preface (RFC 9113 3.4). */
+            static const char pri[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            size_t k = MOAT_MIN((size_t)len, sizeof pri - 1);
+            if (!memcmp(moat_buf_rptr(&c->s.in), pri, k)) {
+                if (k == sizeof pri - 1) {
+                    moat_h2_takeover(c);
+                    return MOAT_DONE;
+                }
+                if (!c->s.sk.eof && c->s.sk.readable) {
+                    if (moat_side_read(&c->s) == MOAT_ERR)
+                        return MOAT_DONE;
+                    continue;
+                }
+                if (!c->s.sk.eof) {
+                    arm(c, ccfg(c)->client_header_timeout_ms);
+                    return MOAT_AGAIN;
+                }
+            }
+        }
         if (len) {
             const struct moat_config *cfg = ccfg(c);
             struct moat_h1_limits lim = cfg->h1;
@@ -619,6 +639,11 @@ static int do_handshake(struct moat_h1conn *c)
         return MOAT_AGAIN;
     if (rc != MOAT_OK)
         return MOAT_DONE;
+    struct moat_str alpn = moat_tls_alpn(&c->s.sk);
+    if (alpn.len == 2 && !memcmp(alpn.ptr, "h2", 2)) {
+        moat_h2_takeover(c); /* HTTP/2 goes on with the socket */
+        return MOAT_DONE;
+    }
     c->state = H_HEAD;
     arm(c, ccfg(c)->client_header_timeout_ms);
     return MOAT_OK;
@@ -721,7 +746,8 @@ static void conn_close(struct moat_h1conn *c)
         moat_req_client_gone(r);
     }
     disarm(c);
-    moat_sock_close(&c->s.sk);
+    if (!c->handed_off)
+        moat_sock_close(&c->s.sk);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -746,7 +772,8 @@ void moat_h1_close_any(struct moat_h1conn *c)
     conn_close(c);
 }
 
-void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss, bool tls)
+void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss, bool tls,
+                    bool h2c)
 {
     /* shield connections.per_ip: refused before anything is allocated (two atomic adds) */
     bool counted = false;
@@ -782,6 +809,7 @@ void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage
     c->w = w;
     c->state = H_HEAD;
     c->keepalive = true;
+    c->h2c = h2c;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
         memset(c->peer, 0, 10);

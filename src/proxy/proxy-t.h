@@ -59,6 +59,7 @@ struct moat_worker {
     struct moat_timer tick; /* 100 ms: access log flush, config poll, drain checks */
     unsigned nconns;
     struct moat_h1conn *conns; /* all client connections (for drain) */
+    struct moat_h2conn *h2conns; /* the HTTP/2 ones (h2conn.c), counted in nconns too */
     struct moat_req *orphans;  /* requests with no client (background refreshes, cache fills
                                   whose client left): they end on their own */
     unsigned norphans;
@@ -74,6 +75,7 @@ struct moat_listener {
     struct moat_io io;
     struct moat_worker *w;
     bool tls;
+    bool h2c;      /* plain, and HTTP/2 with prior knowledge is taken too */
     uint16_t port; /* the port it listens on (https.redirect sends clients to a TLS one) */
 };
 
@@ -118,6 +120,8 @@ struct moat_h1conn {
     bool keepalive;    /* may carry another request after this one */
     bool client_close; /* the request itself asked to close the connection */
     bool tls;          /* accepted on a TLS listener */
+    bool h2c;          /* accepted on a listener with h2c: the HTTP/2 preface is looked for */
+    bool handed_off;   /* the socket went to an HTTP/2 connection (h2conn.c): not closed here */
     bool aborted;      /* the response was cut: close at once when the request ends */
     bool werr;         /* writing to the client failed */
     bool hard_close;   /* H_CLOSING: close without lingering */
@@ -142,11 +146,19 @@ struct moat_h1conn {
 };
 
 /* h1conn.c */
-void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss, bool tls);
+void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss, bool tls,
+                    bool h2c);
 /* Closes <c> if it is between requests (drain). */
 void moat_h1_close_idle(struct moat_h1conn *c);
 /* Closes <c> whatever it is doing (drain deadline, shutdown). */
 void moat_h1_close_any(struct moat_h1conn *c);
+
+/* h2conn.c: the HTTP/2 server side. */
+/* Takes <c>'s socket (TLS with ALPN h2, or h2c whose input starts with the preface) and the
+ * bytes it read: an HTTP/2 connection goes on with them. <c> is closed by its caller. */
+void moat_h2_takeover(struct moat_h1conn *c);
+/* Drain: GOAWAY to every HTTP/2 connection (once); <late>: close them whatever they do. */
+void moat_h2_drain(struct moat_worker *w, bool late);
 
 /* worker.c: the worker's view of the current configuration, counted per request. */
 struct moat_wcfg *moat_worker_wcfg_get(struct moat_worker *w);

@@ -11,6 +11,38 @@
 #include "proxy/errors.h"
 #include "tls/tls.h"
 
+/* HTTP/2 (h2conn.c): connections and streams, resets and GOAWAYs by reason. */
+#define MOAT_H2_STATS(X)                                                                           \
+    X(h2_conn_total, "moat_http2_connections_total", "", "counter",                                \
+      "Client connections that spoke HTTP/2 (ALPN h2 or h2c)")                                     \
+    X(h2_conn_active, "moat_http2_connections_active", "", "gauge",                                \
+      "HTTP/2 client connections open now")                                                        \
+    X(h2_streams, "moat_http2_streams_total", "", "counter", "HTTP/2 requests (streams) started")  \
+    X(h2_streams_active, "moat_http2_streams_active", "", "gauge", "HTTP/2 streams open now")      \
+    X(h2_rst_recv, "moat_http2_resets_received_total", "", "counter",                              \
+      "RST_STREAM frames received from clients")                                                   \
+    X(h2_rst_protocol, "moat_http2_resets_sent_total", "reason=\"protocol\"", "counter",           \
+      "RST_STREAM frames sent, by reason (malformed stream, refused, cancelled, ...)")             \
+    X(h2_rst_refused, "moat_http2_resets_sent_total", "reason=\"refused\"", "counter", "")         \
+    X(h2_rst_cancel, "moat_http2_resets_sent_total", "reason=\"cancel\"", "counter", "")           \
+    X(h2_rst_internal, "moat_http2_resets_sent_total", "reason=\"internal\"", "counter", "")       \
+    X(h2_rst_flow, "moat_http2_resets_sent_total", "reason=\"flow_control\"", "counter", "")       \
+    X(h2_rst_no_error, "moat_http2_resets_sent_total", "reason=\"no_error\"", "counter", "")       \
+    X(h2_rst_other, "moat_http2_resets_sent_total", "reason=\"other\"", "counter", "")             \
+    X(h2_ga_drain, "moat_http2_goaways_total", "reason=\"drain\"", "counter",                      \
+      "GOAWAY frames sent, by reason")                                                             \
+    X(h2_ga_idle, "moat_http2_goaways_total", "reason=\"idle\"", "counter", "")                    \
+    X(h2_ga_header, "moat_http2_goaways_total", "reason=\"header_timeout\"", "counter", "")        \
+    X(h2_ga_stall, "moat_http2_goaways_total", "reason=\"stall\"", "counter", "")                  \
+    X(h2_ga_rapid_reset, "moat_http2_goaways_total", "reason=\"rapid_reset\"", "counter", "")      \
+    X(h2_ga_control, "moat_http2_goaways_total", "reason=\"control_flood\"", "counter", "")        \
+    X(h2_ga_empty, "moat_http2_goaways_total", "reason=\"empty_data\"", "counter", "")             \
+    X(h2_ga_calm, "moat_http2_goaways_total", "reason=\"flood\"", "counter", "")                   \
+    X(h2_ga_protocol, "moat_http2_goaways_total", "reason=\"protocol\"", "counter", "")            \
+    X(h2_ga_other, "moat_http2_goaways_total", "reason=\"other\"", "counter", "")                  \
+    X(h2_hdr_too_large, "moat_http2_header_lists_too_large_total", "", "counter",                  \
+      "HTTP/2 requests whose header list exceeded http2.max_header_list (431)")
+
 /* X(field, metric, labels, type, help) */
 #define MOAT_STATS(X)                                                                              \
     X(req_1xx, "moat_requests_total", "class=\"1xx\"", "counter",                                  \
@@ -56,7 +88,8 @@
     X(loop_naps, "moat_loop_naps_total", "", "counter",                                            \
       "Pauses of tuning.batch_wait_us taken by a busy worker to collect events")                   \
     X(loop_events, "moat_loop_events_total", "", "counter",                                        \
-      "Socket events handled by the workers' event loops")
+      "Socket events handled by the workers' event loops")                                         \
+    MOAT_H2_STATS(X)
 
 /* le: 1ms 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
 #define MOAT_HIST_BUCKETS 13

@@ -188,7 +188,7 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
             close(fd);
             continue;
         }
-        moat_h1_accept(w, fd, &ss, l->tls);
+        moat_h1_accept(w, fd, &ss, l->tls, l->h2c);
     }
     /* More may wait: the listener is level-triggered, so epoll reports it again next turn;
      * the cap keeps one busy listener from starving established connections. */
@@ -286,6 +286,7 @@ static void tick(struct moat_loop *loop, struct moat_timer *t)
                 moat_h1_close_idle(c);
             c = next;
         }
+        moat_h2_drain(w, late);
         while (late && w->orphans)
             moat_req_abort(w->orphans);
         if (w->nconns == 0 && w->norphans == 0) {
@@ -305,6 +306,7 @@ static void *worker_main(void *arg)
     close_listeners(w);
     while (w->conns)
         moat_h1_close_any(w->conns);
+    moat_h2_drain(w, true);
     while (w->orphans)
         moat_req_abort(w->orphans);
     for (struct moat_upool *p = w->upools; p; p = p->next)
@@ -409,6 +411,7 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
             w->listeners[k].io.cb = on_accept;
             w->listeners[k].w = w;
             w->listeners[k].tls = cfg->listen[k].tls;
+            w->listeners[k].h2c = cfg->listen[k].h2c;
             const struct sockaddr_storage *ss = &cfg->listen[k].addr.ss;
             w->listeners[k].port = ss->ss_family == AF_INET6
                                        ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
@@ -434,7 +437,7 @@ static bool addrs_equal(const struct moat_cfg_listen *a, size_t na, const struct
     if (na != nb)
         return false;
     for (size_t i = 0; i < na; i++)
-        if (strcmp(a[i].addr.text, b[i].addr.text) || a[i].tls != b[i].tls)
+        if (strcmp(a[i].addr.text, b[i].addr.text) || a[i].tls != b[i].tls || a[i].h2c != b[i].h2c)
             return false;
     return true;
 }

@@ -86,6 +86,11 @@ int moat_tls_accept(const struct moat_config *cfg, struct moat_sock *s,
 int moat_tls_connect(const struct moat_cfg_pool *pool, const char *host, struct moat_sock *s,
                      struct moat_tls_stats *stats);
 
+/* <s> was copied (struct assignment) from the moat_sock the TLS session was started on, which
+ * is no longer used: the session reaches its socket through <s> from now on (a connection
+ * handed from HTTP/1 to HTTP/2 after ALPN). */
+void moat_tls_moved(struct moat_sock *s);
+
 /* The protocol ALPN chose on <s> ("http/1.1", "h2"), or an empty string when none. */
 struct moat_str moat_tls_alpn(const struct moat_sock *s);
 /* Was <s>'s session resumed? */

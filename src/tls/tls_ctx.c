@@ -52,9 +52,10 @@
 #define DEFAULT_GROUPS      "X25519:P-256:P-384"
 #define DEFAULT_ROTATION_MS (12ull * 3600 * 1000)
 #define DEFAULT_TIMEOUT_MS  (3600ull * 1000)
-/* The protocols a server accepts by ALPN, best first. "h2" joins the front when HTTP/2 does:
- * it is a parameter of server_build, not a constant in the callbacks. */
-#define SERVER_ALPN "http/1.1"
+/* The protocols a server accepts by ALPN, best first: h2 when the client offers it (HTTP/2,
+ * src/proxy/h2conn.c), else HTTP/1.1. A parameter of server_build, not a constant in the
+ * callbacks. */
+#define SERVER_ALPN "h2,http/1.1"
 #define CLIENT_ALPN "http/1.1"
 
 static const unsigned char sid_ctx[] = "moat";

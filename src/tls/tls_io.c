@@ -758,6 +758,13 @@ int moat_tls_connect(const struct moat_cfg_pool *pool, const char *host, struct 
 
 /* --- questions ------------------------------------------------------------------------------ */
 
+void moat_tls_moved(struct moat_sock *s)
+{
+    struct tls_conn *c = s->tls;
+    if (c)
+        c->s = s;
+}
+
 struct moat_str moat_tls_alpn(const struct moat_sock *s)
 {
     const struct tls_conn *c = s->tls;

@@ -157,14 +157,14 @@ def test_protocols_key_limits_versions(moat_factory, origin, pki):
     assert handshake(m.tls_port, "shop.test", ca=pki.ca, version="1.3").ok
 
 
-def test_alpn_answers_http11(moat_factory, origin, pki):
-    """moat speaks HTTP/1.1 only (for now): a client offering h2 first gets http/1.1, and a
-    client without ALPN is served too. (When HTTP/2 lands, the first case changes.)"""
+def test_alpn_prefers_h2(moat_factory, origin, pki):
+    """A client offering h2 and http/1.1 gets h2 (HTTP/2 itself: test_95_h2.py); one offering
+    only http/1.1 gets it, and a client without ALPN is served HTTP/1.1."""
     m = tls_moat(moat_factory, pki, origin)
-    h = handshake(m.tls_port, "shop.test", ca=pki.ca, alpn=["h2", "http/1.1"])
-    assert h.ok and h.alpn == "http/1.1" and h.status == 200, h
+    h = handshake(m.tls_port, "shop.test", ca=pki.ca, alpn=["h2", "http/1.1"], request=False)
+    assert h.ok and h.alpn == "h2", h
     h = handshake(m.tls_port, "shop.test", ca=pki.ca, alpn=["http/1.1"])
-    assert h.ok and h.alpn == "http/1.1", h
+    assert h.ok and h.alpn == "http/1.1" and h.status == 200, h
     h = handshake(m.tls_port, "shop.test", ca=pki.ca)
     assert h.ok and h.alpn is None and h.status == 200, h
 

@@ -229,6 +229,22 @@ static void test_defaults(void **state)
     assert_null(c->access_log);
     assert_string_equal(c->error_log, "stderr");
     assert_int_equal(c->log_level, MOAT_LOG_INFO);
+    assert_false(c->listen[0].h2c);
+    assert_int_equal(c->h2.max_streams, 128);
+    assert_int_equal(c->h2.max_header_list, 65536);
+    assert_int_equal(c->h2.stream_window, 65536);
+    assert_int_equal(c->h2.conn_window, 1048576);
+    assert_int_equal(c->h2.stream_buffer, 65536);
+    assert_int_equal(c->h2.conn_buffer, 1048576);
+    assert_int_equal(c->h2.flood_window_ms, 10000);
+    assert_int_equal(c->h2.max_resets, 200);
+    assert_int_equal(c->h2.max_control, 1000);
+    assert_int_equal(c->h2.max_empty, 100);
+    assert_int_equal(c->h2.max_continuations, 8);
+    assert_int_equal(c->h2.max_settings, 32);
+    assert_int_equal(c->h2.max_outbound_ack, 1000);
+    assert_int_equal(c->h2.idle_timeout_ms, 60000);
+    assert_int_equal(c->h2.stall_timeout_ms, 30000);
     const struct moat_cfg_pool *p = &c->pools[0];
     assert_int_equal(p->keepalive, 256);
     assert_int_equal(p->connect_timeout_ms, 5000);
@@ -291,7 +307,15 @@ static const struct err_case err_cases[] = {
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
      "moat.yaml:5:1: base: unknown key (known here: listen, tls, workers, demo_origin, admin, "
-     "limits, timeouts, trusted_proxies, forward_headers, via, log, cache, monitors, pools, load_balancers, sites, shield, tuning)"},
+     "limits, timeouts, trusted_proxies, forward_headers, via, log, cache, monitors, pools, "
+     "load_balancers, sites, shield, http2, tuning)"},
+    /* http2 */
+    {POOL_SITE "http2:\n  max_concurrent_streams: 0\n",
+     "moat.yaml:6:27: http2.max_concurrent_streams: \"0\" is not a whole number from 1 to 10000"},
+    {POOL_SITE "http2: { stream_window: 10 }\n",
+     "moat.yaml:5:25: http2.stream_window: 10 is out of range (1KiB to 16MiB)"},
+    {"listen: [{ addr: \"127.0.0.1:1\", tls: true, h2c: true }]\n" POOL_SITE,
+     "moat.yaml:1:10: listen[0]: h2c is for plain listeners (a TLS listener offers h2 by ALPN)"},
     /* wrong types */
     {POOL_SITE "timeouts:\n  send: { a: 1 }\n",
      "moat.yaml:6:9: timeouts.send: expected a duration, got a map"},
