@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <time.h>
 
+#include "acme/acme.h"
 #include "admin/admin.h"
 #include "cache/store.h"
 #include "core/log.h"
@@ -312,6 +313,27 @@ static void cert_entry(const struct moat_tls_cert_info *ci, void *ud)
                                          (double)(ci->not_after - now) / 86400.0));
 }
 
+/* /status "acme": each ACME certificate with its state and the last error. */
+static void acme_entry(const struct moat_acme_status *st, void *ud)
+{
+    char exp[32] = "";
+    time_t na = (time_t)st->not_after;
+    struct tm tm;
+    if (st->not_after && gmtime_r(&na, &tm))
+        strftime(exp, sizeof exp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int64_t now = (int64_t)(moat_wall_us() / 1000000);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:I, s:I, s:i, s:I}", "site",
+                          st->site, "names", st->names, "state", st->state, "not_before",
+                          (json_int_t)st->not_before, "not_after", (json_int_t)st->not_after,
+                          "expires", exp, "last_error", st->last_error, "last_error_at",
+                          (json_int_t)st->last_error_at, "next_attempt",
+                          (json_int_t)st->next_attempt, "failures", (int)st->failures, "issued",
+                          (json_int_t)st->issued);
+    if (o && st->not_after)
+        json_object_set_new(o, "days_left", json_real((double)(st->not_after - now) / 86400.0));
+    json_array_append_new(ud, o);
+}
+
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
 {
     struct admin *a = ctx;
@@ -344,6 +366,11 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             json_t *certs = json_array();
             moat_tls_each_cert(cfg, cert_entry, certs);
             json_object_set_new(o, "certificates", certs);
+        }
+        if (moat_acme_active()) {
+            json_t *acme = json_array();
+            moat_acme_each(acme_entry, acme);
+            json_object_set_new(o, "acme", acme);
         }
         moat_config_release(&cfg);
         json_reply(resp, 200, o);

@@ -1,6 +1,7 @@
 /* metrics.c: Prometheus text exposition (version 0.0.4) generated from the counter table. */
 #include <stdarg.h>
 
+#include "acme/acme.h"
 #include "admin/admin.h"
 #include "cache/store.h"
 #include "proxy/server.h"
@@ -52,6 +53,26 @@ static void xerr_rows(struct sb *b, const struct moat_stats *s)
         if (moat_xerr_defs[e].src == MOAT_ERR_SRC_ORIGIN)
             sbf(b, "moat_upstream_errors_total{kind=\"%s\"} %llu\n", moat_xerr_defs[e].name,
                 (unsigned long long)atomic_load(&s->xerr[e]));
+}
+
+/* ACME certificates (src/acme/) join moat_tls_certificate_expiry_seconds as file="acme"
+ * once they exist; their names are the site's hosts, which the configuration checked. */
+static void acme_expiry_row(const struct moat_acme_status *st, void *ud)
+{
+    if (st->not_after)
+        sbf(ud, "moat_tls_certificate_expiry_seconds{file=\"acme\",names=\"%s\"} %lld\n",
+            st->names, (long long)st->not_after);
+}
+
+static void acme_fail_row(const struct moat_acme_status *st, void *ud)
+{
+    sbf(ud, "moat_acme_order_failures{site=\"%s\"} %u\n", st->site, st->failures);
+}
+
+static void acme_issued_row(const struct moat_acme_status *st, void *ud)
+{
+    sbf(ud, "moat_acme_certificates_issued_total{site=\"%s\"} %llu\n", st->site,
+        (unsigned long long)st->issued);
 }
 
 static void cert_row(const struct moat_tls_cert_info *ci, void *ud)
@@ -153,8 +174,17 @@ char *moat_metrics_render(size_t *len)
         sbf(&b, "# HELP moat_tls_certificate_expiry_seconds When each server certificate expires "
                 "(Unix time)\n# TYPE moat_tls_certificate_expiry_seconds gauge\n");
         moat_tls_each_cert(cfg, cert_row, &b);
+        moat_acme_each(acme_expiry_row, &b);
     }
     moat_config_release(&cfg);
+    if (moat_acme_active()) {
+        sbf(&b, "# HELP moat_acme_order_failures ACME orders failed in a row, per site (0: the "
+                "last one succeeded)\n# TYPE moat_acme_order_failures gauge\n");
+        moat_acme_each(acme_fail_row, &b);
+        sbf(&b, "# HELP moat_acme_certificates_issued_total Certificates obtained from the ACME "
+                "CA since start, per site\n# TYPE moat_acme_certificates_issued_total counter\n");
+        moat_acme_each(acme_issued_row, &b);
+    }
     sbf(&b,
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
         "moat_uptime_seconds %.3f\n",

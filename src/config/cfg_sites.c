@@ -536,6 +536,11 @@ static const struct cfg_key site_keys[] = {
      .tname = "protocol name or list",
      .def = "[websocket]",
      .doc = "Upgrade protocols forwarded to the origin ([] = none; h2c is refused)"},
+    {.name = "tls",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_site_tls,
+     .tname = "acme",
+     .doc = "acme: the hosts' certificate is obtained from tls.acme (no wildcards)"},
 };
 const struct cfg_table cfg_site_table = CFG_TABLE(site_keys, NULL);
 

@@ -220,12 +220,14 @@ extern const struct cfg_table cfg_origin_table;   /* cfg_pools.c */
 extern const struct cfg_table cfg_site_table;     /* cfg_sites.c */
 extern const struct cfg_table cfg_tls_table;      /* cfg_tls.c */
 extern const struct cfg_table cfg_pool_tls_table; /* cfg_tls.c */
+extern const struct cfg_table cfg_acme_table;     /* cfg_acme.c */
 
 cfg_key_fn cfg_k_listen, cfg_k_workers, cfg_k_demo_origin, cfg_k_trusted, cfg_k_forward,
     cfg_k_via;             /* cfg_server.c */
 cfg_key_fn cfg_k_pools;    /* cfg_pools.c */
 cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
 cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */
+cfg_key_fn cfg_k_site_tls; /* cfg_acme.c */
 
 /* Sets <o>'s host and authority (the Host value for host_header: origin) from <host> and
  * <port>, leaving out <default_port> (80 for http, 443 for https) (cfg_pools.c). */

@@ -124,6 +124,7 @@ struct moat_cfg_site {
        speak HTTP/2 to the origin past every rule moat enforces. */
     char **upgrades;
     size_t nupgrades;
+    bool tls_acme; /* tls: acme: the certificate for hosts comes from tls.acme (src/acme/) */
 };
 
 enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERROR };
@@ -144,6 +145,24 @@ struct moat_cfg_cert {
 #define MOAT_TLS_V12 0x1u
 #define MOAT_TLS_V13 0x2u
 
+/* tls.acme: certificates obtained by moat itself from an ACME CA (RFC 8555, src/acme/). */
+#define MOAT_ACME_HTTP01    0x1u
+#define MOAT_ACME_TLSALPN01 0x2u
+struct moat_cfg_acme {
+    bool enabled;               /* tls.acme given */
+    char *directory;            /* the CA's directory URL (https://, or http:// for tests) */
+    char *email;                /* contact for the account; NULL = none */
+    char *storage;              /* directory: account key, certificates, keys (0600), lock */
+    char *ca_file;              /* PEM bundle to trust for the CA's API; NULL = system store */
+    unsigned challenges;        /* MOAT_ACME_* bits; default both */
+    bool tls_alpn_first;        /* challenges lists tls-alpn-01 before http-01 */
+    uint64_t renew_before_ms;   /* default 30d: renew when the certificate expires sooner */
+    uint64_t check_interval_ms; /* default 1h: how often certificates are looked at */
+    uint64_t retry_min_ms;      /* default 1m: first wait after a failed order (doubles) */
+    uint64_t retry_max_ms;      /* default 1d: the longest wait between failed orders */
+    uint64_t timeout_ms;        /* default 30s: one request to the CA */
+};
+
 /* tls: the server side of TLS (src/tls/ builds OpenSSL contexts from it). */
 struct moat_cfg_tls {
     struct moat_cfg_cert *certs; /* the first is the default (no SNI, unknown name) */
@@ -162,6 +181,7 @@ struct moat_cfg_tls {
                                       default 20480; 0 = off */
     uint64_t session_timeout_ms;   /* default 1h: how long a session can be resumed */
     uint64_t handshake_timeout_ms; /* default 10s: accept to handshake done */
+    struct moat_cfg_acme acme;     /* tls.acme: automatic certificates (default off) */
 };
 
 struct moat_config {
