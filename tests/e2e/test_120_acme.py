@@ -1,0 +1,357 @@
+"""test_120_acme: certificates from an ACME CA (src/acme/, docs/acme.md) against Debian's
+pebble (the Let's Encrypt project's test CA) and pebble-challtestsrv as its DNS, both started
+here on 127.0.0.1:
+
+    challtestsrv: DNS on a free port, every A query answered 127.0.0.1 (no AAAA), its own
+                  http-01 / tls-alpn-01 servers off so that they take no port
+    pebble:       directory over HTTPS with the session's test PKI (pki.origin: SAN IP
+                  127.0.0.1), httpPort / tlsPort = moat's plain and TLS listener ports, so
+                  the validations reach moat; PEBBLE_VA_NOSLEEP=1, PEBBLE_WFE_NONCEREJECT=0
+                  and PEBBLE_AUTHZREUSE=0 keep it fast and deterministic
+    moat:         tls.acme -> pebble with ca_file = the test CA
+
+The certificates moat serves are checked against pebble's issuing root, fetched from its
+management port (/roots/0), with Python's ssl and `openssl s_client`.
+"""
+
+import json
+import os
+import shutil
+import ssl
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import MOAT_BIN, free_port, metric, wait_listening
+
+PEBBLE = shutil.which("pebble")
+CHALLTESTSRV = shutil.which("pebble-challtestsrv")
+
+
+class Pebble:
+    """pebble + pebble-challtestsrv on free ports, validating against moat's <http_port> and
+    <tls_port>."""
+
+    def __init__(self, workdir, pki, http_port, tls_port):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pki = pki
+        self.port = free_port()
+        self.mgmt = free_port()
+        self.dns = free_port()
+        self.chal_mgmt = free_port()
+        self.http_port, self.tls_port = http_port, tls_port
+        self.procs = []
+        self.pebble = None
+
+    @property
+    def directory(self):
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def start(self):
+        assert PEBBLE and CHALLTESTSRV, "pebble is not installed: run scripts/install-deps"
+        if not self.procs:
+            log = open(self.dir / "challtestsrv.log", "ab")
+            self.procs.append(subprocess.Popen(
+                [CHALLTESTSRV, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+                 "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "",
+                 "-tlsalpn01", "", "-management", f"127.0.0.1:{self.chal_mgmt}"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+            assert wait_listening(self.chal_mgmt, 10), "challtestsrv did not start"
+        cfg = {"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.mgmt}",
+            "certificate": self.pki.origin.cert, "privateKey": self.pki.origin.key,
+            "httpPort": self.http_port, "tlsPort": self.tls_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": False}}
+        (self.dir / "pebble.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0",
+                   PEBBLE_AUTHZREUSE="0")
+        log = open(self.dir / "pebble.log", "ab")
+        self.pebble = subprocess.Popen(
+            [PEBBLE, "-config", str(self.dir / "pebble.json"), "-dnsserver",
+             f"127.0.0.1:{self.dns}"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env=env)
+        assert wait_listening(self.port, 10) and wait_listening(self.mgmt, 10), self.log()
+        return self
+
+    def stop_pebble(self):
+        if self.pebble and self.pebble.poll() is None:
+            self.pebble.terminate()
+            self.pebble.wait(10)
+
+    def stop(self):
+        self.stop_pebble()
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+
+    def log(self):
+        f = self.dir / "pebble.log"
+        return f.read_text(errors="replace") if f.exists() else ""
+
+    def root(self):
+        """pebble's issuing root (PEM path): a new one per pebble run."""
+        r = requests.get(f"https://127.0.0.1:{self.mgmt}/roots/0", verify=self.pki.ca,
+                         timeout=5)
+        assert r.status_code == 200, r.text
+        p = self.dir / f"root-{self.pebble.pid}.pem"
+        p.write_text(r.text)
+        return str(p)
+
+
+@pytest.fixture
+def pebbles(tmp_path):
+    started = []
+
+    def make(pki, http_port, tls_port):
+        pb = Pebble(tmp_path / f"pebble{len(started)}", pki, http_port, tls_port)
+        started.append(pb)
+        return pb
+
+    yield make
+    for pb in started:
+        pb.stop()
+
+
+NAMES = ["a.test", "www.a.test"]
+
+
+def acme_moat(moat_factory, pebbles, pki, origin, challenges, storage=None, site=None,
+              certs=None, directory=None, start_pebble=True, **acme):
+    """A moat with a plain and a TLS listener, admin on, site NAMES with tls: acme (and the
+    keys of <site>), a pebble for it; returns (moat, pebble)."""
+    cfg = moat_factory.config([origin], admin=True)
+    d = Path(cfg["_dir"])
+    cfg["listen"] = [cfg["listen"][0], {"addr": f"127.0.0.1:{free_port()}", "tls": True}]
+    http_port = int(cfg["listen"][0].rsplit(":", 1)[1])
+    tls_port = int(cfg["listen"][1]["addr"].rsplit(":", 1)[1])
+    pb = pebbles(pki, http_port, tls_port)
+    a = {"directory": directory or pb.directory, "email": "ops@a.test",
+         "storage": str(storage or d / "acme"), "ca_file": pki.ca,
+         "challenges": challenges, "check_interval": "1s", "retry_min": "1s",
+         "retry_max": "2s", "timeout": "5s"}
+    a.update(acme)
+    cfg["tls"] = {"acme": a}
+    if certs:
+        cfg["tls"]["certificates"] = [{"cert": c.cert, "key": c.key} for c in certs]
+    s = {"hosts": NAMES, "pool": "main", "tls": "acme"}
+    s.update(site or {})
+    cfg["sites"] = [s, {"hosts": ["*"], "pool": "main"}]
+    if start_pebble:
+        pb.start()
+    return moat_factory(config=cfg), pb
+
+
+def acme_status(m):
+    st = m.status().get("acme") or []
+    assert len(st) == 1, st
+    return st[0]
+
+
+def wait_state(m, pred, timeout=20):
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = acme_status(m)
+        if pred(st):
+            return st
+        time.sleep(0.1)
+    raise AssertionError(f"acme status never matched: {st}\nmoat stderr:\n{m.stderr()[-3000:]}")
+
+
+def served(port, name, root):
+    """The certificate moat serves for SNI <name>, verified for <name> against <root>:
+    (serial, SAN DNS names, notAfter)."""
+    ctx = ssl.create_default_context(cafile=root)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as s:
+            c = s.getpeercert()
+    return (c["serialNumber"], sorted(v for k, v in c.get("subjectAltName", ()) if k == "DNS"),
+            c["notAfter"])
+
+
+def handshake_fails(port, name):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname=name):
+                return False
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_http01_certificate_served_for_the_site_names(moat_factory, pebbles, pki, origin,
+                                                      http):
+    # The site redirects every plain-HTTP request to https: the CA's HTTP-01 request must be
+    # answered before that rule.
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"],
+                      site={"https": {"redirect": True}})
+    st = wait_state(m, lambda s: s["state"] == "valid")
+    assert st["names"] == "a.test,www.a.test" and st["issued"] == 1 and st["failures"] == 0
+    assert st["not_after"] > time.time() + 86400
+    root = pb.root()
+    for name in NAMES:
+        serial, sans, _ = served(m.tls_port, name, root)
+        assert sans == sorted(NAMES)
+    # and with openssl s_client, verified against pebble's root
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{m.tls_port}",
+                          "-servername", "www.a.test", "-CAfile", root, "-verify_hostname",
+                          "www.a.test", "-verify_return_error"],
+                         input=b"", capture_output=True, timeout=10)
+    assert out.returncode == 0 and b"Verify return code: 0 (ok)" in out.stdout, out.stdout
+    # The validations went through moat's plain listener and got the key authorization,
+    # not the site's redirect.
+    lines = [l for l in m.access_lines(2) if "acme-challenge" in l["path"]]
+    assert len(lines) >= 2 and all(l["status"] == 200 for l in lines), lines
+    # An unknown token is an ordinary request: the site's rule applies.
+    r = http.get(m.url("/.well-known/acme-challenge/nope"), headers={"Host": "a.test"},
+                 allow_redirects=False)
+    assert r.status_code == 301
+    # /metrics: the certificate's expiry and the issue count
+    mt = m.metrics()
+    assert metric(mt, "moat_tls_certificate_expiry_seconds", file="acme",
+                  names="a.test,www.a.test") == st["not_after"]
+    assert metric(mt, "moat_acme_certificates_issued_total", site="a.test") == 1
+    assert metric(mt, "moat_acme_order_failures", site="a.test") == 0
+    # stored 0600 for a restart
+    store = Path(m.config["tls"]["acme"]["storage"])
+    for f in ("account.key", "a.test.crt", "a.test.key"):
+        assert (store / f).stat().st_mode & 0o777 == 0o600, f
+    assert "http-01" in m.stderr() and "tls-alpn-01" not in m.stderr()
+
+
+@pytest.mark.timeout(60)
+def test_tls_alpn01_certificate(moat_factory, pebbles, pki, origin):
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["tls-alpn-01"])
+    wait_state(m, lambda s: s["state"] == "valid")
+    root = pb.root()
+    serial, sans, _ = served(m.tls_port, "a.test", root)
+    assert sans == sorted(NAMES)
+    assert "answering tls-alpn-01" in m.stderr()
+    # no HTTP-01 request reached the plain listener
+    assert not [l for l in m.access_lines(0, timeout=0.2) if "acme-challenge" in json.dumps(l)]
+    # acme-tls/1 without a pending challenge is refused (no protocol in common)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["acme-tls/1"])
+    with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
+        with socket.create_connection(("127.0.0.1", m.tls_port), timeout=5) as raw:
+            ctx.wrap_socket(raw, server_hostname="a.test")
+
+
+@pytest.mark.timeout(60)
+def test_renewal_when_renew_before_is_reached_then_ca_down_keeps_serving(
+        moat_factory, pebbles, pki, origin):
+    # pebble's certificates live 5 years: renew_before 3650d is always reached, so moat
+    # renews at every check_interval (1s).
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], renew_before="3650d")
+    wait_state(m, lambda s: s["issued"] >= 1)
+    root = pb.root()
+    first, _, _ = served(m.tls_port, "a.test", root)
+    wait_state(m, lambda s: s["issued"] >= 2)
+    deadline = time.monotonic() + 5
+    second = first
+    while second == first and time.monotonic() < deadline:
+        second, _, _ = served(m.tls_port, "a.test", root)
+        time.sleep(0.1)
+    assert second != first, "the renewed certificate is not served"
+    # The CA goes away: renewals fail, are logged and reported, the certificate stays.
+    pb.stop_pebble()
+    st = wait_state(m, lambda s: s["failures"] >= 2)
+    assert st["state"] == "failing" and "connect" in st["last_error"], st
+    assert st["not_after"] > time.time()
+    current, sans, _ = served(m.tls_port, "a.test", root)
+    assert sans == sorted(NAMES)
+    assert "order failed" in m.stderr() and "the current certificate is still served" in \
+        m.stderr()
+    assert metric(m.metrics(), "moat_acme_order_failures", site="a.test") >= 2
+
+
+@pytest.mark.timeout(60)
+def test_certificate_kept_across_a_restart(moat_factory, pebbles, pki, origin, tmp_path):
+    store = tmp_path / "shared-acme"
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], storage=store)
+    wait_state(m, lambda s: s["state"] == "valid")
+    root = pb.root()
+    serial, _, _ = served(m.tls_port, "www.a.test", root)
+    m.stop()
+    pb.stop_pebble()  # the CA is down: the stored certificate must do
+    m.start()
+    st = acme_status(m)
+    assert st["state"] == "valid" and st["issued"] == 0
+    assert served(m.tls_port, "www.a.test", root)[0] == serial
+    assert "loaded from" in m.stderr()
+
+
+@pytest.mark.timeout(60)
+def test_before_the_first_certificate(moat_factory, pebbles, pki, origin):
+    # The CA cannot be reached: without tls.certificates the ACME names fail their handshake;
+    # with them, they get the default certificate. /status says why.
+    dead = f"https://127.0.0.1:{free_port()}/dir"
+    m, _ = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], directory=dead,
+                     start_pebble=False)
+    st = wait_state(m, lambda s: s["failures"] >= 1)
+    assert st["state"] == "failing" and st["not_after"] == 0 and "connect" in st["last_error"]
+    assert handshake_fails(m.tls_port, "a.test")
+    assert "order failed" in m.stderr()
+    m2, _ = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], directory=dead,
+                      start_pebble=False, certs=[pki.shop_ec])
+    ctx = ssl.create_default_context(cafile=pki.ca)
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", m2.tls_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+            sans = [v for k, v in s.getpeercert()["subjectAltName"]]
+    assert "shop.test" in sans
+
+
+def check(tmp_path, text):
+    p = tmp_path / "moat.yaml"
+    p.write_text(text)
+    r = subprocess.run([MOAT_BIN, "-t", "-c", str(p)], capture_output=True, text=True,
+                       timeout=10)
+    return r.returncode, r.stdout + r.stderr
+
+
+BAD_BASE = """\
+listen: ["127.0.0.1:1", {addr: "127.0.0.1:2", tls: true}]
+tls:
+  acme:
+    directory: https://127.0.0.1:3/dir
+    storage: /tmp/none
+pools:
+  p: {origins: ["127.0.0.1:9"]}
+sites:
+  - hosts: [shop.test, "*.shop.test"]
+    pool: p
+    tls: acme
+"""
+
+
+def test_config_refuses_wildcards_and_bad_acme_keys(tmp_path):
+    rc, out = check(tmp_path, BAD_BASE)
+    assert rc == 1
+    assert 'moat.yaml:11:10: sites[0].tls: host "*.shop.test" is a wildcard' in out, out
+    assert "dns-01" in out
+    rc, out = check(tmp_path, BAD_BASE.replace('"*.shop.test"', "www.shop.test"))
+    assert rc == 0, out
+    rc, out = check(tmp_path, BAD_BASE.replace('"*.shop.test"', "www.shop.test")
+                    .replace("    storage: /tmp/none\n", ""))
+    assert rc == 1 and "tls.acme.storage: required key is missing" in out, out
+    rc, out = check(tmp_path, BAD_BASE.replace('"*.shop.test"', "www.shop.test")
+                    .replace("    storage:", "    challenges: [dns-01]\n    storage:"))
+    assert rc == 1 and "moat.yaml:5:18: tls.acme.challenges[0]: dns-01 is not supported" in out, \
+        out
+    no_acme = BAD_BASE.replace('"*.shop.test"', "www.shop.test").replace(
+        "tls:\n  acme:\n    directory: https://127.0.0.1:3/dir\n    storage: /tmp/none\n", "")
+    rc, out = check(tmp_path, no_acme)
+    assert rc == 1 and "tls: acme needs tls.acme" in out, out
