@@ -31,15 +31,17 @@ struct acme_resp {
 /* A client context verifying against <ca_file> (NULL: the system store), or NULL with <err>. */
 SSL_CTX *acme_http_ctx(const char *ca_file, char *err, size_t errlen);
 
-/* One request: <method> <url> with <body> (NULL: none) of <ctype>; the whole answer is read
+/* One request: <method> <url> with <body,blen> (NULL: none) of <ctype>; the whole answer is read
  * (up to 1 MiB) into <out>. MOAT_OK whatever the status, or MOAT_ERR (no answer) with <err>.
  * <out> must be cleared with acme_resp_clear after MOAT_OK. */
 int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *ctype,
-              const char *body, uint64_t timeout_ms, struct acme_resp *out, char *err,
-              size_t errlen);
-/* Parses a whole answer <buf,len> (head and body, read until the server closed). Exposed for
- * tests and the fuzz target. */
-int acme_http_parse(const char *buf, size_t len, struct acme_resp *out, char *err, size_t errlen);
+              const void *body, size_t blen, uint64_t timeout_ms, struct acme_resp *out,
+              char *err, size_t errlen);
+/* Parses a whole answer <buf,len> (head and body, read until the server closed); with
+ * <no_body> (the answer to a HEAD) the body framing is not looked at. Exposed for tests and
+ * the fuzz target. */
+int acme_http_parse(const char *buf, size_t len, bool no_body, struct acme_resp *out, char *err,
+                    size_t errlen);
 void acme_resp_clear(struct acme_resp *r);
 
 #endif

@@ -24,6 +24,13 @@ struct acme_site {
     unsigned failures;
     uint64_t issued;
     bool wanted; /* in the configuration in use */
+    /* OCSP stapling (acme_ocsp.c): the last good response for x (DER), when it runs out */
+    unsigned char *ocsp;
+    size_t ocsp_len;
+    int64_t ocsp_this_update, ocsp_next_update;
+    int64_t ocsp_next_try; /* thread only: when to fetch again */
+    unsigned ocsp_failures;
+    char ocsp_error[256];
 };
 
 /* A pending challenge: HTTP-01 (token -> key authorization) or TLS-ALPN-01 (name -> its
@@ -53,5 +60,20 @@ extern struct acme_store acme_store;
 
 /* The site serving <name> (lowercase, <len> bytes), or NULL. Lock held. */
 struct acme_site *acme_site_find(const char *name, size_t len);
+
+/* acme_ocsp.c, on the ACME thread. Fetches <s>'s OCSP response when it has none or half its
+ * validity has passed (and s->ocsp_next_try has come), over <ctx> (http:// responders need
+ * none), checks it and installs it (store and <storage>/<first host>.ocsp). A failure is
+ * logged, kept in s->ocsp_error and retried after <a>'s backoff; it never touches the
+ * certificate. */
+void acme_ocsp_round(const struct moat_cfg_acme *a, SSL_CTX *ctx, struct acme_site *s);
+/* Loads <storage>/<first host>.ocsp when it is a valid response for <s>'s certificate. */
+void acme_ocsp_load(const char *storage, struct acme_site *s);
+/* Drops <s>'s response (a new certificate). Lock held. */
+void acme_ocsp_clear(struct acme_site *s);
+/* When the next OCSP fetch of <s> is due (Unix seconds), 0 when it has no OCSP URL. */
+int64_t acme_ocsp_due(const struct acme_site *s);
+/* The wait after the <n>th failure in a row (acme_client.c). */
+uint64_t acme_backoff_ms(const struct moat_cfg_acme *a, unsigned n);
 
 #endif

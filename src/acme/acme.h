@@ -41,6 +41,11 @@ bool moat_acme_alpn_offered(const unsigned char *in, size_t inlen);
  * name without a certificate yet and <has_default> false). Cheap when ACME is off (one
  * atomic load). */
 int moat_acme_pick(SSL *ssl, const char *sni, bool alpn, bool has_default);
+/* From a TLS server's status callback (the client asked for OCSP): staples the OCSP
+ * response of the ACME site of <sni> when <ssl> is being served that site's certificate.
+ * Returns SSL_TLSEXT_ERR_OK (stapled) or SSL_TLSEXT_ERR_NOACK (nothing to staple): never a
+ * failure, so a failing responder never breaks a handshake. */
+int moat_acme_staple(SSL *ssl, const char *sni);
 /* Is ACME configured (the store has sites)? One atomic load. */
 bool moat_acme_active(void);
 
@@ -56,6 +61,8 @@ struct moat_acme_status {
     int64_t next_attempt;   /* Unix seconds of the next order or check */
     unsigned failures;      /* orders failed in a row */
     uint64_t issued;        /* certificates obtained since start */
+    int64_t ocsp_next_update; /* the stapled OCSP response's nextUpdate; 0 when none */
+    const char *ocsp_error;   /* "" when the last OCSP fetch succeeded (or none was made) */
 };
 /* Calls <fn> for each ACME certificate in the store, under the store's lock (<fn> must not
  * call back into this module). */

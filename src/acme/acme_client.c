@@ -221,6 +221,7 @@ static void install(struct acme_site *s, struct chain *c)
     s->chain = c->rest;
     s->not_before = asn1_unix(X509_get0_notBefore(c->x));
     s->not_after = asn1_unix(X509_get0_notAfter(c->x));
+    acme_ocsp_clear(s); /* the response was about the old certificate */
     pthread_mutex_unlock(&acme_store.lock);
     memset(c, 0, sizeof *c);
 }
@@ -251,8 +252,10 @@ static bool load_stored(const char *dir, struct acme_site *s)
         moat_log_warn("acme: %s: %s does not hold a usable certificate for %s with its key; "
                       "ignored",
                       s->names[0], cp, s->joined);
-    if (ok)
+    if (ok) {
         install(s, &c);
+        acme_ocsp_load(dir, s);
+    }
     chain_clear(&c);
     return ok;
 }
@@ -283,7 +286,7 @@ static int get_nonce(struct acme_run *r)
     if (r->nonce[0])
         return MOAT_OK;
     struct acme_resp rs;
-    if (acme_http(r->ctx, "HEAD", dir_url(r, "newNonce"), NULL, NULL, r->cfg->timeout_ms, &rs,
+    if (acme_http(r->ctx, "HEAD", dir_url(r, "newNonce"), NULL, NULL, 0, r->cfg->timeout_ms, &rs,
                   r->err, sizeof r->err) != MOAT_OK)
         return MOAT_ERR;
     snprintf(r->nonce, sizeof r->nonce, "%s", rs.nonce);
@@ -303,8 +306,8 @@ static int post(struct acme_run *r, const char *url, const char *payload, bool u
         r->nonce[0] = '\0';
         if (!jws)
             return fail(r, "cannot sign the request to %.200s", url);
-        int rc = acme_http(r->ctx, "POST", url, "application/jose+json", jws, r->cfg->timeout_ms,
-                           rs, r->err, sizeof r->err);
+        int rc = acme_http(r->ctx, "POST", url, "application/jose+json", jws, strlen(jws),
+                           r->cfg->timeout_ms, rs, r->err, sizeof r->err);
         free(jws);
         if (rc != MOAT_OK)
             return MOAT_ERR;
@@ -345,8 +348,8 @@ static json_t *post_json(struct acme_run *r, const char *what, const char *url,
 static int directory(struct acme_run *r)
 {
     struct acme_resp rs;
-    if (acme_http(r->ctx, "GET", r->cfg->directory, NULL, NULL, r->cfg->timeout_ms, &rs, r->err,
-                  sizeof r->err) != MOAT_OK)
+    if (acme_http(r->ctx, "GET", r->cfg->directory, NULL, NULL, 0, r->cfg->timeout_ms, &rs,
+                  r->err, sizeof r->err) != MOAT_OK)
         return MOAT_ERR;
     int rc = MOAT_OK;
     if (rs.status != 200)
@@ -671,6 +674,7 @@ static void site_free(struct acme_site *s)
     X509_free(s->x);
     EVP_PKEY_free(s->pk);
     sk_X509_pop_free(s->chain, X509_free);
+    free(s->ocsp);
     free(s);
 }
 
@@ -744,7 +748,7 @@ static bool needs_order(const struct acme_site *s, int64_t now, uint64_t renew_b
 /* The wait after the <n>th failure in a row: retry_min doubled per failure up to retry_max,
  * then 0.75x to 1.25x of that at random, so that nodes and sites that failed together do
  * not retry together. */
-static uint64_t backoff_ms(const struct moat_cfg_acme *a, unsigned n)
+uint64_t acme_backoff_ms(const struct moat_cfg_acme *a, unsigned n)
 {
     uint64_t w = a->retry_min_ms;
     for (unsigned i = 1; i < n && w < a->retry_max_ms; i++)
@@ -798,7 +802,7 @@ static void site_round(struct acme_run *r, struct acme_site *s, int lockfd)
                           (long long)s->not_after);
             set_result(s, NULL, now + (int64_t)(a->check_interval_ms / 1000));
         } else {
-            uint64_t w = backoff_ms(a, s->failures + 1);
+            uint64_t w = acme_backoff_ms(a, s->failures + 1);
             if (r->retry_after > 0) /* rate limited: never sooner than the CA asks */
                 w = MOAT_MAX(w, (uint64_t)r->retry_after * 1000);
             moat_log_error("acme: %s: order failed (%u in a row; next try in %llus%s): %s",
@@ -854,9 +858,13 @@ static void *thread_main(void *arg)
                 int64_t now = (int64_t)time(NULL);
                 if (needs_order(s, now, a->renew_before_ms) && s->next_attempt <= now)
                     site_round(&r, s, lockfd);
+                acme_ocsp_round(a, r.ctx, s);
                 int64_t due = needs_order(s, now, a->renew_before_ms)
                                   ? s->next_attempt
                                   : s->not_after - (int64_t)(a->renew_before_ms / 1000);
+                int64_t odue = acme_ocsp_due(s);
+                if (odue)
+                    due = MOAT_MIN(due, odue);
                 now = (int64_t)time(NULL);
                 if (due > now)
                     wait_ms = MOAT_MIN(wait_ms, (uint64_t)(due - now) * 1000);

@@ -132,7 +132,8 @@ static void hdr_copy(const struct moat_h1_resp *r, const char *name, char *out, 
     snprintf(out, outlen, "%.*s", (int)MOAT_MIN(v.len, outlen - 1), v.ptr);
 }
 
-int acme_http_parse(const char *buf, size_t len, struct acme_resp *out, char *err, size_t errlen)
+int acme_http_parse(const char *buf, size_t len, bool no_body, struct acme_resp *out, char *err,
+                    size_t errlen)
 {
     struct moat_hdr hdrs[64];
     struct moat_h1_limits lim = {.request_line = 8192, .head_bytes = 32768, .max_headers = 64};
@@ -158,7 +159,9 @@ int acme_http_parse(const char *buf, size_t len, struct acme_resp *out, char *er
     if (!out->body)
         return failf(err, errlen, "out of memory");
     out->blen = 0;
-    if (r.flags & MOAT_H1_F_CHUNKED) {
+    if (no_body) {
+        /* nothing: a HEAD's answer describes a body it does not carry */
+    } else if (r.flags & MOAT_H1_F_CHUNKED) {
         struct moat_h1_chunked st;
         moat_h1_chunked_init(&st, 8192);
         size_t pos = 0;
@@ -219,8 +222,8 @@ static int send_all(int fd, SSL *ssl, const char *p, size_t n)
 }
 
 int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *ctype,
-              const char *body, uint64_t timeout_ms, struct acme_resp *out, char *err,
-              size_t errlen)
+              const void *body, size_t blen, uint64_t timeout_ms, struct acme_resp *out,
+              char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     struct acme_url u;
@@ -254,7 +257,8 @@ int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *cty
             goto out;
         }
     }
-    size_t blen = body ? strlen(body) : 0;
+    if (!body)
+        blen = 0;
     char head[2048];
     int hn = snprintf(head, sizeof head,
                       "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moat-acme/1\r\n"
@@ -318,7 +322,7 @@ int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *cty
         failf(err, errlen, "out of memory");
         goto out;
     }
-    if (acme_http_parse(buf, len, out, err, errlen) != MOAT_OK) {
+    if (acme_http_parse(buf, len, !strcmp(method, "HEAD"), out, err, errlen) != MOAT_OK) {
         acme_resp_clear(out);
         goto out;
     }

@@ -331,6 +331,11 @@ static void acme_entry(const struct moat_acme_status *st, void *ud)
                           (json_int_t)st->issued);
     if (o && st->not_after)
         json_object_set_new(o, "days_left", json_real((double)(st->not_after - now) / 86400.0));
+    if (o)
+        json_object_set_new(o, "ocsp",
+                            json_pack("{s:I, s:s}", "next_update",
+                                      (json_int_t)st->ocsp_next_update, "last_error",
+                                      st->ocsp_error ? st->ocsp_error : ""));
     json_array_append_new(ud, o);
 }
 

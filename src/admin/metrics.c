@@ -69,6 +69,12 @@ static void acme_fail_row(const struct moat_acme_status *st, void *ud)
     sbf(ud, "moat_acme_order_failures{site=\"%s\"} %u\n", st->site, st->failures);
 }
 
+static void acme_ocsp_row(const struct moat_acme_status *st, void *ud)
+{
+    sbf(ud, "moat_acme_ocsp_next_update_seconds{site=\"%s\"} %lld\n", st->site,
+        (long long)st->ocsp_next_update);
+}
+
 static void acme_issued_row(const struct moat_acme_status *st, void *ud)
 {
     sbf(ud, "moat_acme_certificates_issued_total{site=\"%s\"} %llu\n", st->site,
@@ -184,6 +190,10 @@ char *moat_metrics_render(size_t *len)
         sbf(&b, "# HELP moat_acme_certificates_issued_total Certificates obtained from the ACME "
                 "CA since start, per site\n# TYPE moat_acme_certificates_issued_total counter\n");
         moat_acme_each(acme_issued_row, &b);
+        sbf(&b, "# HELP moat_acme_ocsp_next_update_seconds When the stapled OCSP response of "
+                "each ACME certificate runs out (Unix time; 0: none stapled)\n"
+                "# TYPE moat_acme_ocsp_next_update_seconds gauge\n");
+        moat_acme_each(acme_ocsp_row, &b);
     }
     sbf(&b,
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"

@@ -537,15 +537,12 @@ static int acme_hello_cb(SSL *ssl, int *alert, void *arg)
     return SSL_CLIENT_HELLO_SUCCESS;
 }
 
-static int acme_cert_cb(SSL *ssl, void *arg)
+/* The client's SNI name lowercased, without a final dot, into <lc> ("" when none). */
+static void sni_lower(SSL *ssl, char lc[256])
 {
-    if (!moat_acme_active())
-        return 1;
-    struct tls_conn *c = SSL_get_app_data(ssl);
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    char lc[256];
     size_t n = name ? strlen(name) : 0;
-    if (n >= sizeof lc)
+    if (n >= 256)
         n = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)name[i];
@@ -554,7 +551,26 @@ static int acme_cert_cb(SSL *ssl, void *arg)
     if (n && lc[n - 1] == '.')
         n--;
     lc[n] = '\0';
+}
+
+static int acme_cert_cb(SSL *ssl, void *arg)
+{
+    if (!moat_acme_active())
+        return 1;
+    struct tls_conn *c = SSL_get_app_data(ssl);
+    char lc[256];
+    sni_lower(ssl, lc);
     return moat_acme_pick(ssl, lc, c && c->acme_alpn, SSL_get_certificate(ssl) != NULL);
+}
+
+/* OCSP stapling of the ACME certificates (called when the client asks for a status). */
+static int acme_status_cb(SSL *ssl, void *arg)
+{
+    if (!moat_acme_active())
+        return SSL_TLSEXT_ERR_NOACK;
+    char lc[256];
+    sni_lower(ssl, lc);
+    return moat_acme_staple(ssl, lc);
 }
 
 /* ALPN: our first protocol the client also offers. None in common is a fatal
@@ -692,6 +708,7 @@ static SSL_CTX *server_ctx_new(const struct moat_cfg_tls *t, struct tls_server *
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, srv);
     SSL_CTX_set_client_hello_cb(ctx, acme_hello_cb, NULL);
     SSL_CTX_set_cert_cb(ctx, acme_cert_cb, NULL);
+    SSL_CTX_set_tlsext_status_cb(ctx, acme_status_cb);
     SSL_CTX_set_app_data(ctx, srv);
     return ctx;
 fail:

@@ -16,6 +16,7 @@ management port (/roots/0), with Python's ssl and `openssl s_client`.
 
 import json
 import os
+import re
 import shutil
 import ssl
 import socket
@@ -47,6 +48,7 @@ class Pebble:
         self.http_port, self.tls_port = http_port, tls_port
         self.procs = []
         self.pebble = None
+        self.ocsp_url = ""  # pebble writes it into the certificates' AIA extension
 
     @property
     def directory(self):
@@ -67,7 +69,7 @@ class Pebble:
             "managementListenAddress": f"127.0.0.1:{self.mgmt}",
             "certificate": self.pki.origin.cert, "privateKey": self.pki.origin.key,
             "httpPort": self.http_port, "tlsPort": self.tls_port,
-            "ocspResponderURL": "", "externalAccountBindingRequired": False}}
+            "ocspResponderURL": self.ocsp_url, "externalAccountBindingRequired": False}}
         (self.dir / "pebble.json").write_text(json.dumps(cfg))
         env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0",
                    PEBBLE_AUTHZREUSE="0")
@@ -123,7 +125,7 @@ NAMES = ["a.test", "www.a.test"]
 
 
 def acme_moat(moat_factory, pebbles, pki, origin, challenges, storage=None, site=None,
-              certs=None, directory=None, start_pebble=True, **acme):
+              certs=None, directory=None, start_pebble=True, ocsp_url="", **acme):
     """A moat with a plain and a TLS listener, admin on, site NAMES with tls: acme (and the
     keys of <site>), a pebble for it; returns (moat, pebble)."""
     cfg = moat_factory.config([origin], admin=True)
@@ -132,6 +134,7 @@ def acme_moat(moat_factory, pebbles, pki, origin, challenges, storage=None, site
     http_port = int(cfg["listen"][0].rsplit(":", 1)[1])
     tls_port = int(cfg["listen"][1]["addr"].rsplit(":", 1)[1])
     pb = pebbles(pki, http_port, tls_port)
+    pb.ocsp_url = ocsp_url
     a = {"directory": directory or pb.directory, "email": "ops@a.test",
          "storage": str(storage or d / "acme"), "ca_file": pki.ca,
          "challenges": challenges, "check_interval": "1s", "retry_min": "1s",
@@ -355,3 +358,113 @@ def test_config_refuses_wildcards_and_bad_acme_keys(tmp_path):
         "tls:\n  acme:\n    directory: https://127.0.0.1:3/dir\n    storage: /tmp/none\n", "")
     rc, out = check(tmp_path, no_acme)
     assert rc == 1 and "tls: acme needs tls.acme" in out, out
+
+
+class OcspResponder:
+    """An OCSP responder on 127.0.0.1: each POSTed request is answered by `openssl ocsp` in
+    responder mode (-index, -rsigner: pebble's intermediate and its key, from pebble's
+    management API), one process per request, so nothing listens beyond loopback."""
+
+    def __init__(self, workdir, port):
+        import http.server
+        import threading
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.requests = 0
+        me = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                (me.dir / "req.der").write_bytes(self.rfile.read(n))
+                me.requests += 1
+                subprocess.run(
+                    ["openssl", "ocsp", "-index", str(me.dir / "index.txt"), "-CA",
+                     str(me.dir / "inter.pem"), "-rsigner", str(me.dir / "inter.pem"),
+                     "-rkey", str(me.dir / "inter.key"), "-reqin", str(me.dir / "req.der"),
+                     "-respout", str(me.dir / "resp.der"), "-nmin", "10"],
+                    capture_output=True, timeout=10, check=True)
+                body = (me.dir / "resp.der").read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+        self.thread = None
+        self.threading = threading
+
+    def setup(self, pb, leaf_serial_hex, not_after):
+        r = requests.get(f"https://127.0.0.1:{pb.mgmt}/intermediates/0", verify=pb.pki.ca,
+                         timeout=5)
+        (self.dir / "inter.pem").write_text(r.text)
+        r = requests.get(f"https://127.0.0.1:{pb.mgmt}/intermediate-keys/0", verify=pb.pki.ca,
+                         timeout=5)
+        (self.dir / "inter.key").write_text(r.text)
+        exp = time.strftime("%y%m%d%H%M%SZ", time.gmtime(not_after))
+        (self.dir / "index.txt").write_text(f"V\t{exp}\t\t{leaf_serial_hex}\tunknown\t/CN=a.test\n")
+
+    def start(self):
+        self.thread = self.threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def s_client_status(port, name, root):
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                          "-servername", name, "-CAfile", root, "-status",
+                          "-verify_return_error"],
+                         input=b"", capture_output=True, timeout=10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.decode(errors="replace")
+
+
+@pytest.mark.timeout(90)
+def test_ocsp_stapling(moat_factory, pebbles, pki, origin, tmp_path):
+    ocsp_port = free_port()
+    store = tmp_path / "acme-ocsp"
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], storage=store,
+                      ocsp_url=f"http://127.0.0.1:{ocsp_port}/")
+    wait_state(m, lambda s: s["state"] == "valid")
+    root = pb.root()
+    # No responder yet: the fetch fails and is reported; handshakes go on without a staple.
+    st = wait_state(m, lambda s: s["ocsp"]["last_error"] != "")
+    assert "connect" in st["ocsp"]["last_error"] and st["ocsp"]["next_update"] == 0
+    out = s_client_status(m.tls_port, "a.test", root)
+    assert "OCSP response: no response sent" in out, out
+    # The responder comes up: moat's next try gets a good response and staples it.
+    ctx = ssl.create_default_context(cafile=root)
+    with socket.create_connection(("127.0.0.1", m.tls_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+            der = s.getpeercert(binary_form=True)
+    leaf = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-serial",
+                           "-enddate"], input=der, capture_output=True, check=True).stdout.decode()
+    serial = re.search(r"serial=([0-9A-F]+)", leaf).group(1)
+    resp = OcspResponder(tmp_path / "ocsp", ocsp_port)
+    resp.setup(pb, serial, time.time() + 86400 * 365)
+    resp.start()
+    try:
+        st = wait_state(m, lambda s: s["ocsp"]["next_update"] > 0)
+        assert st["ocsp"]["last_error"] == "" and st["ocsp"]["next_update"] > time.time()
+        out = s_client_status(m.tls_port, "a.test", root)
+        assert "OCSP Response Status: successful" in out and "Cert Status: good" in out, out
+        assert resp.requests >= 1
+        assert metric(m.metrics(), "moat_acme_ocsp_next_update_seconds", site="a.test") == \
+            st["ocsp"]["next_update"]
+        assert (store / "a.test.ocsp").stat().st_size > 0
+    finally:
+        resp.stop()
+    # Restarted with the CA and the responder gone: the response cached on disk is stapled.
+    m.stop()
+    pb.stop_pebble()
+    m.start()
+    out = s_client_status(m.tls_port, "a.test", root)
+    assert "Cert Status: good" in out, out

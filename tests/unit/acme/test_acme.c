@@ -245,7 +245,7 @@ static void test_http_parse(void **state)
                                   "5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
     struct acme_resp r;
     char err[128];
-    assert_int_equal(acme_http_parse(chunked, sizeof chunked - 1, &r, err, sizeof err), MOAT_OK);
+    assert_int_equal(acme_http_parse(chunked, sizeof chunked - 1, false, &r, err, sizeof err), MOAT_OK);
     assert_int_equal(r.status, 201);
     assert_string_equal(r.nonce, "abc_-1");
     assert_string_equal(r.location, "https://ca/acct/1");
@@ -253,19 +253,23 @@ static void test_http_parse(void **state)
     assert_string_equal(r.body, "{\"a\":1}");
     acme_resp_clear(&r);
     static const char sized[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing";
-    assert_int_equal(acme_http_parse(sized, sizeof sized - 1, &r, err, sizeof err), MOAT_OK);
+    assert_int_equal(acme_http_parse(sized, sizeof sized - 1, false, &r, err, sizeof err), MOAT_OK);
     assert_string_equal(r.body, "{}");
     assert_int_equal(r.retry_after, 0);
     acme_resp_clear(&r);
     static const char cut[] = "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{}";
-    assert_int_equal(acme_http_parse(cut, sizeof cut - 1, &r, err, sizeof err), MOAT_ERR);
+    assert_int_equal(acme_http_parse(cut, sizeof cut - 1, false, &r, err, sizeof err), MOAT_ERR);
     assert_non_null(strstr(err, "cut short"));
     acme_resp_clear(&r);
+    /* the same head answering a HEAD carries no body */
+    assert_int_equal(acme_http_parse(cut, sizeof cut - 3, true, &r, err, sizeof err), MOAT_OK);
+    assert_int_equal(r.blen, 0);
+    acme_resp_clear(&r);
     static const char badchunk[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab";
-    assert_int_equal(acme_http_parse(badchunk, sizeof badchunk - 1, &r, err, sizeof err),
+    assert_int_equal(acme_http_parse(badchunk, sizeof badchunk - 1, false, &r, err, sizeof err),
                      MOAT_ERR);
     acme_resp_clear(&r);
-    assert_int_equal(acme_http_parse("HTTP/1.1 200", 12, &r, err, sizeof err), MOAT_ERR);
+    assert_int_equal(acme_http_parse("HTTP/1.1 200", 12, false, &r, err, sizeof err), MOAT_ERR);
     acme_resp_clear(&r);
 }
 
