@@ -46,6 +46,8 @@ int moat_acme_pick(SSL *ssl, const char *sni, bool alpn, bool has_default);
  * Returns SSL_TLSEXT_ERR_OK (stapled) or SSL_TLSEXT_ERR_NOACK (nothing to staple): never a
  * failure, so a failing responder never breaks a handshake. */
 int moat_acme_staple(SSL *ssl, const char *sni);
+/* Is <name> (lowercase, <len> bytes) a host of an ACME site? Takes the store's lock. */
+bool moat_acme_has_name(const char *name, size_t len);
 /* Is ACME configured (the store has sites)? One atomic load. */
 bool moat_acme_active(void);
 

@@ -365,7 +365,11 @@ static int account(struct acme_run *r)
 {
     char kp[1100];
     spath(kp, sizeof kp, r->cfg->storage, "account", ".key");
-    if (!(r->account = read_key(kp))) {
+    /* A key that exists but cannot be read is an error, never replaced: it is the account. */
+    if (!(r->account = read_key(kp)) && access(kp, F_OK) == 0)
+        return fail(r, "account key: %s cannot be read as a PEM private key (fix or remove it)",
+                    kp);
+    if (!r->account) {
         size_t len = 0;
         char *pem = NULL;
         if (!(r->account = moat_acme_key_new()) || !(pem = key_pem(r->account, &len)) ||
@@ -782,7 +786,9 @@ static void site_round(struct acme_run *r, struct acme_site *s, int lockfd)
     const struct moat_cfg_acme *a = r->cfg;
     int64_t now = (int64_t)time(NULL);
     if (lockfd >= 0 && flock(lockfd, LOCK_EX | LOCK_NB) != 0) {
+        pthread_mutex_lock(&acme_store.lock);
         s->next_attempt = now + 5; /* another node orders; look again soon */
+        pthread_mutex_unlock(&acme_store.lock);
         return;
     }
     if (load_stored(a->storage, s) && !needs_order(s, now, a->renew_before_ms)) {
@@ -806,7 +812,7 @@ static void site_round(struct acme_run *r, struct acme_site *s, int lockfd)
             if (r->retry_after > 0) /* rate limited: never sooner than the CA asks */
                 w = MOAT_MAX(w, (uint64_t)r->retry_after * 1000);
             moat_log_error("acme: %s: order failed (%u in a row; next try in %llus%s): %s",
-                           s->names[0], s->failures + 1, (unsigned long long)(w / 1000),
+                           s->names[0], s->failures + 1, (unsigned long long)((w + 999) / 1000),
                            s->x ? "; the current certificate is still served" : "", r->err);
             set_result(s, r->err, now + (int64_t)((w + 999) / 1000));
             /* The next order starts from the directory again: the CA may have moved on. */

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -275,9 +276,18 @@ int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *cty
         failf(err, errlen, "send to %s: %s", u.authority, errno ? strerror(errno) : "failed");
         goto out;
     }
+    /* Each read waits at most timeout_ms (SO_RCVTIMEO); the whole answer gets four times
+     * that, so that a CA sending a byte now and then cannot hold the thread. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     size_t cap = 16384, len = 0;
     buf = malloc(cap);
     while (buf) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if ((uint64_t)(t1.tv_sec - t0.tv_sec) * 1000 > 4 * timeout_ms + 1000) {
+            failf(err, errlen, "the answer from %s took too long", u.authority);
+            goto out;
+        }
         if (len == cap) {
             if (cap >= RESP_MAX) {
                 failf(err, errlen, "the answer from %s is over %u bytes", u.authority, RESP_MAX);

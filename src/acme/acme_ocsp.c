@@ -243,7 +243,7 @@ out:
         pthread_mutex_unlock(&acme_store.lock);
         moat_log_warn("acme: %s: OCSP from %s failed (%u in a row; next try in %llus; "
                       "handshakes go on without a staple): %s",
-                      s->names[0], url, s->ocsp_failures, (unsigned long long)(w / 1000), err);
+                      s->names[0], url, s->ocsp_failures, (unsigned long long)((w + 999) / 1000), err);
     }
     acme_resp_clear(&rs);
     OPENSSL_free(reqder);

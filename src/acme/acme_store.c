@@ -34,6 +34,16 @@ struct acme_site *acme_site_find(const char *name, size_t len)
     return NULL;
 }
 
+bool moat_acme_has_name(const char *name, size_t len)
+{
+    if (!moat_acme_active())
+        return false;
+    pthread_mutex_lock(&acme_store.lock);
+    bool found = acme_site_find(name, len) != NULL;
+    pthread_mutex_unlock(&acme_store.lock);
+    return found;
+}
+
 bool moat_acme_http01(const char *token, size_t len, char *out, size_t outlen)
 {
     if (!moat_acme_active() || !len)

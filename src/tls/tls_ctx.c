@@ -509,7 +509,7 @@ static int sni_cb(SSL *ssl, int *alert, void *arg)
         ctx = sni_find(srv, lc, n);
     }
     if (!ctx) {
-        if (c)
+        if (c && !(n < sizeof lc && moat_acme_has_name(lc, n))) /* ACME: acme_cert_cb */
             TLS_COUNT(c, tls_sni_default);
         return SSL_TLSEXT_ERR_OK;
     }

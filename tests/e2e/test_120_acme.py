@@ -225,6 +225,8 @@ def test_http01_certificate_served_for_the_site_names(moat_factory, pebbles, pki
                   names="a.test,www.a.test") == st["not_after"]
     assert metric(mt, "moat_acme_certificates_issued_total", site="a.test") == 1
     assert metric(mt, "moat_acme_order_failures", site="a.test") == 0
+    # the ACME names were served their own certificate, not the default one
+    assert metric(mt, "moat_tls_sni_default_total") == 0
     # stored 0600 for a restart
     store = Path(m.config["tls"]["acme"]["storage"])
     for f in ("account.key", "a.test.crt", "a.test.key"):
@@ -268,13 +270,22 @@ def test_renewal_when_renew_before_is_reached_then_ca_down_keeps_serving(
         second, _, _ = served(m.tls_port, "a.test", root)
         time.sleep(0.1)
     assert second != first, "the renewed certificate is not served"
+    # The CA refuses the next orders: a.test now resolves (challtestsrv) to an address moat
+    # does not listen on, so pebble's validation fails and the authorization is invalid.
+    r = requests.post(f"http://127.0.0.1:{pb.chal_mgmt}/add-a",
+                      json={"host": "a.test", "addresses": ["127.0.0.2"]}, timeout=5)
+    assert r.status_code == 200, r.text
+    st = wait_state(m, lambda s: s["failures"] >= 1)
+    assert st["state"] == "failing" and "a.test: authorization invalid" in st["last_error"], st
+    still, sans, _ = served(m.tls_port, "www.a.test", root)
+    assert sans == sorted(NAMES)
     # The CA goes away: renewals fail, are logged and reported, the certificate stays.
     pb.stop_pebble()
-    st = wait_state(m, lambda s: s["failures"] >= 2)
-    assert st["state"] == "failing" and "connect" in st["last_error"], st
+    st = wait_state(m, lambda s: s["failures"] >= 3 and "connect" in s["last_error"])
+    assert st["state"] == "failing", st
     assert st["not_after"] > time.time()
     current, sans, _ = served(m.tls_port, "a.test", root)
-    assert sans == sorted(NAMES)
+    assert sans == sorted(NAMES) and current == still
     assert "order failed" in m.stderr() and "the current certificate is still served" in \
         m.stderr()
     assert metric(m.metrics(), "moat_acme_order_failures", site="a.test") >= 2
