@@ -22,7 +22,8 @@ int moat_acme_start(struct moat_config *cfg, struct moat_config *(*current)(void
                     size_t errlen);
 /* Wakes the client thread to look at the configuration now (after a reload). */
 void moat_acme_kick(void);
-/* Stops and joins the client thread (an order under way is abandoned at its next request). */
+/* Stops the client thread (an order under way is abandoned at its next request) and joins
+ * it, waiting at most 2 s (a request to a slow CA is left to the process exit). */
 void moat_acme_stop(void);
 
 /* HTTP-01: the key authorization for <token> (the path after /.well-known/acme-challenge/)

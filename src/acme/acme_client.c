@@ -935,6 +935,15 @@ void moat_acme_stop(void)
     th.stop = true;
     pthread_cond_signal(&th.cond);
     pthread_mutex_unlock(&th.lock);
-    pthread_join(th.thread, NULL);
+    /* The thread sees the flag between requests; one may be waiting on a slow CA (up to
+     * four times tls.acme.timeout), and shutting down must not wait for it: after 2 s the
+     * thread is left to the process's exit. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 2;
+    if (pthread_timedjoin_np(th.thread, NULL, &ts) != 0) {
+        moat_log_warn("acme: a request to the CA is still under way; not waiting for it");
+        pthread_detach(th.thread);
+    }
     th.running = false;
 }
