@@ -479,3 +479,29 @@ def test_ocsp_stapling(moat_factory, pebbles, pki, origin, tmp_path):
     m.start()
     out = s_client_status(m.tls_port, "a.test", root)
     assert "Cert Status: good" in out, out
+
+
+@pytest.mark.timeout(60)
+def test_storage_lock_keeps_a_second_node_from_ordering(moat_factory, pebbles, pki, origin,
+                                                        tmp_path, http):
+    import fcntl
+    store = tmp_path / "shared"
+    store.mkdir(mode=0o700)
+    # Another node holds the lock (it is ordering): this one must not order meanwhile.
+    with open(store / "lock", "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], storage=store)
+        time.sleep(3)
+        st = acme_status(m)
+        assert st["state"] == "pending" and st["issued"] == 0 and st["failures"] == 0, st
+        assert "/order-plz" not in pb.log() and "ordering" not in m.stderr()
+    # Lock released: it looks again within 5 s and orders.
+    st = wait_state(m, lambda s: s["state"] == "valid", timeout=20)
+    root = pb.root()
+    serial = served(m.tls_port, "a.test", root)[0]
+    # A second node on the same storage serves the stored certificate without ordering.
+    m2, pb2 = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"], storage=store)
+    st2 = acme_status(m2)
+    assert st2["state"] == "valid" and st2["issued"] == 0
+    assert served(m2.tls_port, "a.test", root)[0] == serial
+    assert "/order-plz" not in pb2.log()
