@@ -41,10 +41,10 @@ class Pebble:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pki = pki
-        self.port = free_port()
-        self.mgmt = free_port()
-        self.dns = free_port()
-        self.chal_mgmt = free_port()
+        ports = set()
+        while len(ports) < 4:  # free_port() may hand out the same port twice
+            ports.add(free_port())
+        self.port, self.mgmt, self.dns, self.chal_mgmt = sorted(ports)
         self.http_port, self.tls_port = http_port, tls_port
         self.procs = []
         self.pebble = None
@@ -78,7 +78,10 @@ class Pebble:
             [PEBBLE, "-config", str(self.dir / "pebble.json"), "-dnsserver",
              f"127.0.0.1:{self.dns}"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             env=env)
-        assert wait_listening(self.port, 10) and wait_listening(self.mgmt, 10), self.log()
+        # pebble makes two RSA keys before it listens: slow on a loaded machine
+        ok = wait_listening(self.port, 30, self.pebble) and \
+            wait_listening(self.mgmt, 30, self.pebble)
+        assert ok, f"pebble did not start (exit {self.pebble.poll()}):\n{self.log()[-3000:]}"
         return self
 
     def stop_pebble(self):
@@ -125,7 +128,8 @@ NAMES = ["a.test", "www.a.test"]
 
 
 def acme_moat(moat_factory, pebbles, pki, origin, challenges, storage=None, site=None,
-              certs=None, directory=None, start_pebble=True, ocsp_url="", **acme):
+              certs=None, directory=None, start_pebble=True, ocsp_url="", tls_extra=None,
+              extra_sites=(), **acme):
     """A moat with a plain and a TLS listener, admin on, site NAMES with tls: acme (and the
     keys of <site>), a pebble for it; returns (moat, pebble)."""
     cfg = moat_factory.config([origin], admin=True)
@@ -141,27 +145,28 @@ def acme_moat(moat_factory, pebbles, pki, origin, challenges, storage=None, site
          "retry_max": "2s", "timeout": "5s"}
     a.update(acme)
     cfg["tls"] = {"acme": a}
+    cfg["tls"].update(tls_extra or {})
     if certs:
         cfg["tls"]["certificates"] = [{"cert": c.cert, "key": c.key} for c in certs]
     s = {"hosts": NAMES, "pool": "main", "tls": "acme"}
     s.update(site or {})
-    cfg["sites"] = [s, {"hosts": ["*"], "pool": "main"}]
+    cfg["sites"] = [s] + list(extra_sites) + [{"hosts": ["*"], "pool": "main"}]
     if start_pebble:
         pb.start()
     return moat_factory(config=cfg), pb
 
 
-def acme_status(m):
-    st = m.status().get("acme") or []
-    assert len(st) == 1, st
+def acme_status(m, site="a.test"):
+    st = [e for e in m.status().get("acme") or [] if e["site"] == site]
+    assert len(st) == 1, m.status().get("acme")
     return st[0]
 
 
-def wait_state(m, pred, timeout=20):
+def wait_state(m, pred, timeout=20, site="a.test"):
     deadline = time.monotonic() + timeout
     st = None
     while time.monotonic() < deadline:
-        st = acme_status(m)
+        st = acme_status(m, site)
         if pred(st):
             return st
         time.sleep(0.1)
@@ -235,8 +240,12 @@ def test_http01_certificate_served_for_the_site_names(moat_factory, pebbles, pki
 
 
 @pytest.mark.timeout(60)
-def test_tls_alpn01_certificate(moat_factory, pebbles, pki, origin):
-    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["tls-alpn-01"])
+@pytest.mark.parametrize("protocols", ["default", "tls1.2"])
+def test_tls_alpn01_certificate(moat_factory, pebbles, pki, origin, protocols):
+    # With TLS 1.2 OpenSSL picks the certificate before it selects ALPN: the acme-tls/1
+    # offer must be noticed in the ClientHello.
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["tls-alpn-01"],
+                      tls_extra={} if protocols == "default" else {"protocols": protocols})
     wait_state(m, lambda s: s["state"] == "valid")
     root = pb.root()
     serial, sans, _ = served(m.tls_port, "a.test", root)
@@ -358,6 +367,7 @@ def test_config_refuses_wildcards_and_bad_acme_keys(tmp_path):
     assert "dns-01" in out
     rc, out = check(tmp_path, BAD_BASE.replace('"*.shop.test"', "www.shop.test"))
     assert rc == 0, out
+    assert "has no certificate" not in out, out  # ACME sites are not "uncovered" names
     rc, out = check(tmp_path, BAD_BASE.replace('"*.shop.test"', "www.shop.test")
                     .replace("    storage: /tmp/none\n", ""))
     assert rc == 1 and "tls.acme.storage: required key is missing" in out, out
@@ -505,3 +515,27 @@ def test_storage_lock_keeps_a_second_node_from_ordering(moat_factory, pebbles, p
     assert st2["state"] == "valid" and st2["issued"] == 0
     assert served(m2.tls_port, "a.test", root)[0] == serial
     assert "/order-plz" not in pb2.log()
+
+
+@pytest.mark.timeout(60)
+def test_reload_adds_a_site_and_it_is_ordered(moat_factory, pebbles, pki, origin):
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"])
+    wait_state(m, lambda s: s["state"] == "valid")
+    cfg = dict(m.config)
+    cfg["sites"] = [cfg["sites"][0], {"hosts": ["b.test"], "pool": "main", "tls": "acme"},
+                    cfg["sites"][-1]]
+    m.reload(cfg)
+    st = wait_state(m, lambda s: s["state"] == "valid", site="b.test")
+    assert st["names"] == "b.test" and st["issued"] == 1
+    root = pb.root()
+    assert served(m.tls_port, "b.test", root)[1] == ["b.test"]
+    assert acme_status(m)["issued"] == 1  # a.test was kept, not ordered again
+    # and removed again: the site leaves /status, its name gets no certificate
+    cfg["sites"] = [cfg["sites"][0], cfg["sites"][-1]]
+    m.reload(cfg)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and \
+            any(e["site"] == "b.test" for e in m.status().get("acme") or []):
+        time.sleep(0.1)
+    assert [e["site"] for e in m.status()["acme"]] == ["a.test"]
+    assert handshake_fails(m.tls_port, "b.test")
