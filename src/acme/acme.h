@@ -43,10 +43,22 @@ bool moat_acme_alpn_offered(const unsigned char *in, size_t inlen);
  * atomic load). */
 int moat_acme_pick(SSL *ssl, const char *sni, bool alpn, bool has_default);
 /* From a TLS server's status callback (the client asked for OCSP): staples the OCSP
- * response of the ACME site of <sni> when <ssl> is being served that site's certificate.
+ * response of the ACME site of <sni> when <ssl> is being served that site's certificate, or
+ * else the response of the tls.certificates[] entry it is served.
  * Returns SSL_TLSEXT_ERR_OK (stapled) or SSL_TLSEXT_ERR_NOACK (nothing to staple): never a
  * failure, so a failing responder never breaks a handshake. */
 int moat_acme_staple(SSL *ssl, const char *sni);
+/* OCSP stapling of tls.certificates[] (src/acme/acme_staple.c, on the ACME thread): each
+ * certificate with an OCSP URL, as /status and /metrics show it. <fn> runs under the store's
+ * lock. */
+struct moat_ocsp_status {
+    const char *file;       /* tls.certificates[].cert */
+    const char *url;        /* the responder */
+    int64_t next_update;    /* of the stapled response; 0 when none */
+    const char *last_error; /* "" when the last fetch succeeded (or none was made) */
+};
+void moat_ocsp_each(void (*fn)(const struct moat_ocsp_status *st, void *ud), void *ud);
+
 /* Is <name> (lowercase, <len> bytes) a host of an ACME site? Takes the store's lock. */
 bool moat_acme_has_name(const char *name, size_t len);
 /* Is ACME configured (the store has sites)? One atomic load. */

@@ -678,7 +678,7 @@ static void site_free(struct acme_site *s)
     X509_free(s->x);
     EVP_PKEY_free(s->pk);
     sk_X509_pop_free(s->chain, X509_free);
-    free(s->ocsp);
+    free(s->ocsp.der);
     free(s);
 }
 
@@ -879,6 +879,12 @@ static void *thread_main(void *arg)
             }
             if (lockfd >= 0)
                 close(lockfd);
+        }
+        /* OCSP for tls.certificates, with or without tls.acme */
+        int64_t sdue = acme_staples_round(cfg, r.ctx);
+        if (sdue) {
+            int64_t now = (int64_t)time(NULL);
+            wait_ms = MOAT_MIN(wait_ms, sdue > now ? (uint64_t)(sdue - now) * 1000 : 1000);
         }
         r.cfg = NULL;
         moat_config_release(&cfg);

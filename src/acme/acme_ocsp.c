@@ -115,27 +115,50 @@ static void put(struct acme_site *s, X509 *x, unsigned char *der, size_t len, in
 {
     pthread_mutex_lock(&acme_store.lock);
     if (s->x == x) { /* not renewed meanwhile */
-        free(s->ocsp);
-        s->ocsp = der;
-        s->ocsp_len = len;
-        s->ocsp_this_update = tu;
-        s->ocsp_next_update = nu;
-        s->ocsp_error[0] = '\0';
+        acme_ocsp_resp_set(&s->ocsp, der, len, tu, nu);
         der = NULL;
     }
     pthread_mutex_unlock(&acme_store.lock);
     free(der);
 }
 
+void acme_ocsp_resp_set(struct acme_ocsp_resp *r, unsigned char *der, size_t len, int64_t tu,
+                        int64_t nu)
+{
+    free(r->der);
+    r->der = der;
+    r->len = len;
+    r->this_up = tu;
+    r->next_up = nu;
+    r->error[0] = '\0';
+}
+
+int64_t acme_ocsp_resp_due(const struct acme_ocsp_resp *r, int64_t next_try)
+{
+    int64_t due = r->der ? r->this_up + (r->next_up - r->this_up) / 2 : 0;
+    return MOAT_MAX(due, next_try);
+}
+
+int acme_ocsp_resp_staple(SSL *ssl, const struct acme_ocsp_resp *r)
+{
+    unsigned char *der = r->der ? OPENSSL_malloc(r->len) : NULL;
+    if (!der)
+        return SSL_TLSEXT_ERR_NOACK;
+    memcpy(der, r->der, r->len);
+    if (!SSL_set_tlsext_status_ocsp_resp(ssl, der, (long)r->len)) { /* takes <der> */
+        OPENSSL_free(der);
+        ERR_clear_error();
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
 void acme_ocsp_clear(struct acme_site *s)
 {
-    free(s->ocsp);
-    s->ocsp = NULL;
-    s->ocsp_len = 0;
-    s->ocsp_this_update = s->ocsp_next_update = 0;
+    acme_ocsp_resp_set(&s->ocsp, NULL, 0, 0, 0);
     s->ocsp_next_try = 0;
     s->ocsp_failures = 0;
-    s->ocsp_error[0] = '\0';
+    s->ocsp.error[0] = '\0';
 }
 
 int64_t acme_ocsp_due(const struct acme_site *s)
@@ -143,9 +166,7 @@ int64_t acme_ocsp_due(const struct acme_site *s)
     char url[16];
     if (!s->x || !ocsp_url(s->x, url, sizeof url))
         return 0;
-    int64_t due = s->ocsp ? s->ocsp_this_update + (s->ocsp_next_update - s->ocsp_this_update) / 2
-                          : 0;
-    return MOAT_MAX(due, s->ocsp_next_try);
+    return acme_ocsp_resp_due(&s->ocsp, s->ocsp_next_try);
 }
 
 void acme_ocsp_load(const char *storage, struct acme_site *s)
@@ -173,6 +194,64 @@ void acme_ocsp_load(const char *storage, struct acme_site *s)
     sk_X509_pop_free(chain, X509_free);
 }
 
+int acme_ocsp_fetch(SSL_CTX *ctx, uint64_t timeout_ms, const char *url, X509 *x,
+                    STACK_OF(X509) * chain, unsigned char **der, size_t *len, int64_t *tu,
+                    int64_t *nu, char *err, size_t errlen)
+{
+    OCSP_REQUEST *req = OCSP_REQUEST_new();
+    OCSP_CERTID *id = NULL;
+    unsigned char *reqder = NULL;
+    struct acme_resp rs = {0};
+    int rc = MOAT_ERR, rl;
+    X509 *issuer = chain && sk_X509_num(chain) > 0 ? sk_X509_value(chain, 0) : NULL;
+    *der = NULL;
+    if (!issuer) {
+        snprintf(err, errlen, "no issuer certificate in the chain");
+        goto out;
+    }
+    if (!req || !(id = OCSP_cert_to_id(NULL, x, issuer)) || !OCSP_request_add0_id(req, id)) {
+        snprintf(err, errlen, "cannot build the request");
+        goto out;
+    }
+    id = NULL; /* owned by req */
+    if ((rl = i2d_OCSP_REQUEST(req, &reqder)) <= 0) {
+        snprintf(err, errlen, "cannot encode the request");
+        goto out;
+    }
+    char herr[512];
+    if (acme_http(ctx, "POST", url, "application/ocsp-request", reqder, (size_t)rl, timeout_ms,
+                  &rs, herr, sizeof herr) != MOAT_OK) {
+        snprintf(err, errlen, "%.250s", herr);
+        goto out;
+    }
+    if (rs.status != 200) {
+        snprintf(err, errlen, "HTTP %d from %.200s", rs.status, url);
+        goto out;
+    }
+    if (check_response((unsigned char *)rs.body, rs.blen, x, issuer, chain, tu, nu, err,
+                       errlen) != MOAT_OK)
+        goto out;
+    if (!(*der = malloc(rs.blen))) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    memcpy(*der, rs.body, rs.blen);
+    *len = rs.blen;
+    rc = MOAT_OK;
+out:
+    acme_resp_clear(&rs);
+    OPENSSL_free(reqder);
+    OCSP_CERTID_free(id);
+    OCSP_REQUEST_free(req);
+    ERR_clear_error();
+    return rc;
+}
+
+bool acme_ocsp_url(X509 *x, char *out, size_t outlen)
+{
+    return ocsp_url(x, out, outlen);
+}
+
 void acme_ocsp_round(const struct moat_cfg_acme *a, SSL_CTX *ctx, struct acme_site *s)
 {
     char url[1024], err[256] = "";
@@ -181,75 +260,41 @@ void acme_ocsp_round(const struct moat_cfg_acme *a, SSL_CTX *ctx, struct acme_si
         return;
     X509 *x = NULL;
     STACK_OF(X509) *chain = NULL;
-    OCSP_REQUEST *req = OCSP_REQUEST_new();
-    OCSP_CERTID *id = NULL;
-    unsigned char *reqder = NULL;
-    struct acme_resp rs = {0};
+    unsigned char *der = NULL;
+    size_t len = 0;
     int64_t tu = 0, nu = 0;
-    if (!take_cert(s, &x, &chain)) {
+    if (!take_cert(s, &x, &chain))
         snprintf(err, sizeof err, "no issuer certificate in the chain");
-        goto out;
+    else if (acme_ocsp_fetch(ctx, a->timeout_ms, url, x, chain, &der, &len, &tu, &nu, err,
+                             sizeof err) == MOAT_OK) {
+        char path[1100], tmp[1200];
+        snprintf(path, sizeof path, "%s/%s.ocsp", a->storage, s->names[0]);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *f = fopen(tmp, "wb");
+        if (f) {
+            bool ok = fwrite(der, 1, len, f) == len;
+            ok &= fclose(f) == 0;
+            if (!ok || rename(tmp, path) != 0)
+                moat_log_warn("acme: %s: cannot write %s", s->names[0], path);
+        }
+        put(s, x, der, len, tu, nu);
+        moat_log_info("acme: %s: OCSP response stapled (good, next update %lld)", s->names[0],
+                      (long long)nu);
+        s->ocsp_failures = 0;
+        s->ocsp_next_try = 0;
     }
-    X509 *issuer = sk_X509_value(chain, 0);
-    int rl;
-    if (!req || !(id = OCSP_cert_to_id(NULL, x, issuer)) || !OCSP_request_add0_id(req, id)) {
-        snprintf(err, sizeof err, "cannot build the request");
-        goto out;
-    }
-    id = NULL; /* owned by req */
-    if ((rl = i2d_OCSP_REQUEST(req, &reqder)) <= 0) {
-        snprintf(err, sizeof err, "cannot encode the request");
-        goto out;
-    }
-    char herr[512];
-    if (acme_http(ctx, "POST", url, "application/ocsp-request", reqder, (size_t)rl, a->timeout_ms,
-                  &rs, herr, sizeof herr) != MOAT_OK) {
-        snprintf(err, sizeof err, "%.250s", herr);
-        goto out;
-    }
-    if (rs.status != 200) {
-        snprintf(err, sizeof err, "HTTP %d from %.200s", rs.status, url);
-        goto out;
-    }
-    if (check_response((unsigned char *)rs.body, rs.blen, x, issuer, chain, &tu, &nu, err,
-                       sizeof err) != MOAT_OK)
-        goto out;
-    char path[1100], tmp[1200];
-    snprintf(path, sizeof path, "%s/%s.ocsp", a->storage, s->names[0]);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (f) {
-        bool ok = fwrite(rs.body, 1, rs.blen, f) == rs.blen;
-        ok &= fclose(f) == 0;
-        if (!ok || rename(tmp, path) != 0)
-            moat_log_warn("acme: %s: cannot write %s", s->names[0], path);
-    }
-    unsigned char *der = malloc(rs.blen);
-    if (der) {
-        memcpy(der, rs.body, rs.blen);
-        put(s, x, der, rs.blen, tu, nu);
-    }
-    moat_log_info("acme: %s: OCSP response stapled (good, next update %lld)", s->names[0],
-                  (long long)nu);
-    s->ocsp_failures = 0;
-    s->ocsp_next_try = 0;
-out:
     if (err[0]) {
         s->ocsp_failures++;
         uint64_t w = acme_backoff_ms(a, s->ocsp_failures);
         s->ocsp_next_try = now + (int64_t)((w + 999) / 1000);
         pthread_mutex_lock(&acme_store.lock);
-        snprintf(s->ocsp_error, sizeof s->ocsp_error, "%s", err);
+        snprintf(s->ocsp.error, sizeof s->ocsp.error, "%s", err);
         pthread_mutex_unlock(&acme_store.lock);
         moat_log_warn("acme: %s: OCSP from %s failed (%u in a row; next try in %llus; "
                       "handshakes go on without a staple): %s",
-                      s->names[0], url, s->ocsp_failures, (unsigned long long)((w + 999) / 1000), err);
+                      s->names[0], url, s->ocsp_failures, (unsigned long long)((w + 999) / 1000),
+                      err);
     }
-    acme_resp_clear(&rs);
-    OPENSSL_free(reqder);
-    OCSP_CERTID_free(id);
-    OCSP_REQUEST_free(req);
     X509_free(x);
     sk_X509_pop_free(chain, X509_free);
-    ERR_clear_error();
 }

@@ -141,25 +141,15 @@ int moat_acme_pick(SSL *ssl, const char *sni, bool alpn, bool has_default)
 int moat_acme_staple(SSL *ssl, const char *sni)
 {
     if (!moat_acme_active() || !sni || !*sni)
-        return SSL_TLSEXT_ERR_NOACK;
-    unsigned char *der = NULL;
-    size_t len = 0;
+        return acme_staple_static(ssl);
     X509 *cur = SSL_get_certificate(ssl);
+    int rc = SSL_TLSEXT_ERR_NOACK;
     pthread_mutex_lock(&acme_store.lock);
     struct acme_site *s = acme_site_find(sni, strlen(sni));
-    if (s && s->ocsp && s->x == cur && (der = OPENSSL_malloc(s->ocsp_len))) {
-        memcpy(der, s->ocsp, s->ocsp_len);
-        len = s->ocsp_len;
-    }
+    if (s && s->x == cur) /* the site's certificate, not the default one */
+        rc = acme_ocsp_resp_staple(ssl, &s->ocsp);
     pthread_mutex_unlock(&acme_store.lock);
-    if (!der)
-        return SSL_TLSEXT_ERR_NOACK;
-    if (!SSL_set_tlsext_status_ocsp_resp(ssl, der, (long)len)) { /* takes <der> on success */
-        OPENSSL_free(der);
-        ERR_clear_error();
-        return SSL_TLSEXT_ERR_NOACK;
-    }
-    return SSL_TLSEXT_ERR_OK;
+    return rc == SSL_TLSEXT_ERR_OK ? rc : acme_staple_static(ssl);
 }
 
 static const char *state_of(const struct acme_site *s, int64_t now, uint64_t renew_before_ms)
@@ -190,8 +180,8 @@ void moat_acme_each(void (*fn)(const struct moat_acme_status *st, void *ud), voi
             .next_attempt = s->next_attempt,
             .failures = s->failures,
             .issued = s->issued,
-            .ocsp_next_update = s->ocsp ? s->ocsp_next_update : 0,
-            .ocsp_error = s->ocsp_error,
+            .ocsp_next_update = s->ocsp.der ? s->ocsp.next_up : 0,
+            .ocsp_error = s->ocsp.error,
         };
         fn(&st, ud);
     }

@@ -339,6 +339,14 @@ static void acme_entry(const struct moat_acme_status *st, void *ud)
     json_array_append_new(ud, o);
 }
 
+/* /status "ocsp": the tls.certificates[] with an OCSP URL and their stapled response. */
+static void ocsp_entry(const struct moat_ocsp_status *st, void *ud)
+{
+    json_array_append_new(ud, json_pack("{s:s, s:s, s:I, s:s}", "file", st->file, "url", st->url,
+                                        "next_update", (json_int_t)st->next_update,
+                                        "last_error", st->last_error));
+}
+
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
 {
     struct admin *a = ctx;
@@ -372,6 +380,12 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             moat_tls_each_cert(cfg, cert_entry, certs);
             json_object_set_new(o, "certificates", certs);
         }
+        json_t *ocsp = json_array();
+        moat_ocsp_each(ocsp_entry, ocsp);
+        if (json_array_size(ocsp))
+            json_object_set_new(o, "ocsp", ocsp);
+        else
+            json_decref(ocsp);
         if (moat_acme_active()) {
             json_t *acme = json_array();
             moat_acme_each(acme_entry, acme);

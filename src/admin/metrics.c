@@ -75,6 +75,27 @@ static void acme_ocsp_row(const struct moat_acme_status *st, void *ud)
         (long long)st->ocsp_next_update);
 }
 
+/* <in> as a label value: '"' and '\\' escaped, cut to fit <out>. */
+static void label_escape(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = in; *p && n + 2 < cap; p++) {
+        if (*p == '"' || *p == '\\')
+            out[n++] = '\\';
+        out[n++] = *p;
+    }
+    out[n] = 0;
+}
+
+static void ocsp_row(const struct moat_ocsp_status *st, void *ud)
+{
+    struct sb *b = ud;
+    char file[512];
+    label_escape(st->file, file, sizeof file);
+    sbf(b, "moat_ocsp_next_update_seconds{file=\"%s\"} %lld\n", file,
+        (long long)st->next_update);
+}
+
 static void acme_issued_row(const struct moat_acme_status *st, void *ud)
 {
     sbf(ud, "moat_acme_certificates_issued_total{site=\"%s\"} %llu\n", st->site,
@@ -87,20 +108,8 @@ static void cert_row(const struct moat_tls_cert_info *ci, void *ud)
     /* label values: the file and names are the operator's own text; escape what the text
      * format needs escaped */
     char file[512], names[1024];
-    size_t n = 0;
-    for (const char *p = ci->file; *p && n + 2 < sizeof file; p++) {
-        if (*p == '"' || *p == '\\')
-            file[n++] = '\\';
-        file[n++] = *p;
-    }
-    file[n] = 0;
-    n = 0;
-    for (const char *p = ci->names; *p && n + 2 < sizeof names; p++) {
-        if (*p == '"' || *p == '\\')
-            names[n++] = '\\';
-        names[n++] = *p;
-    }
-    names[n] = 0;
+    label_escape(ci->file, file, sizeof file);
+    label_escape(ci->names, names, sizeof names);
     sbf(b, "moat_tls_certificate_expiry_seconds{file=\"%s\",names=\"%s\"} %lld\n", file, names,
         (long long)ci->not_after);
 }
@@ -183,6 +192,10 @@ char *moat_metrics_render(size_t *len)
         moat_acme_each(acme_expiry_row, &b);
     }
     moat_config_release(&cfg);
+    sbf(&b, "# HELP moat_ocsp_next_update_seconds When the stapled OCSP response of each "
+            "tls.certificates entry with an OCSP URL runs out (Unix time; 0: none stapled)\n"
+            "# TYPE moat_ocsp_next_update_seconds gauge\n");
+    moat_ocsp_each(ocsp_row, &b);
     if (moat_acme_active()) {
         sbf(&b, "# HELP moat_acme_order_failures ACME orders failed in a row, per site (0: the "
                 "last one succeeded)\n# TYPE moat_acme_order_failures gauge\n");

@@ -563,11 +563,10 @@ static int acme_cert_cb(SSL *ssl, void *arg)
     return moat_acme_pick(ssl, lc, c && c->acme_alpn, SSL_get_certificate(ssl) != NULL);
 }
 
-/* OCSP stapling of the ACME certificates (called when the client asks for a status). */
+/* OCSP stapling (src/acme/: ACME certificates and tls.certificates), called only when the
+ * client asks for a status. */
 static int acme_status_cb(SSL *ssl, void *arg)
 {
-    if (!moat_acme_active())
-        return SSL_TLSEXT_ERR_NOACK;
     char lc[256];
     sni_lower(ssl, lc);
     return moat_acme_staple(ssl, lc);

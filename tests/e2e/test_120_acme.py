@@ -426,10 +426,14 @@ class OcspResponder:
     def setup(self, pb, leaf_serial_hex, not_after):
         r = requests.get(f"https://127.0.0.1:{pb.mgmt}/intermediates/0", verify=pb.pki.ca,
                          timeout=5)
-        (self.dir / "inter.pem").write_text(r.text)
+        inter = r.text
         r = requests.get(f"https://127.0.0.1:{pb.mgmt}/intermediate-keys/0", verify=pb.pki.ca,
                          timeout=5)
-        (self.dir / "inter.key").write_text(r.text)
+        self.setup_files(inter, r.text, leaf_serial_hex, not_after)
+
+    def setup_files(self, inter_pem, inter_key, leaf_serial_hex, not_after):
+        (self.dir / "inter.pem").write_text(inter_pem)
+        (self.dir / "inter.key").write_text(inter_key)
         exp = time.strftime("%y%m%d%H%M%SZ", time.gmtime(not_after))
         (self.dir / "index.txt").write_text(f"V\t{exp}\t\t{leaf_serial_hex}\tunknown\t/CN=a.test\n")
 
@@ -542,3 +546,59 @@ def test_reload_adds_a_site_and_it_is_ordered(moat_factory, pebbles, pki, origin
         time.sleep(0.1)
     assert [e["site"] for e in m.status()["acme"]] == ["a.test"]
     assert handshake_fails(m.tls_port, "b.test")
+
+
+@pytest.mark.timeout(60)
+def test_ocsp_stapling_for_configured_certificates(moat_factory, pki, origin, tmp_path):
+    """tls.certificates entries with an OCSP URL are stapled too (no tls.acme needed)."""
+    from types import SimpleNamespace
+    from pki import cert_info, keygen, run
+    ocsp_port = free_port()
+    d = tmp_path / "leaf"
+    d.mkdir()
+    key, csr, ext, leaf = d / "k.pem", d / "c.csr", d / "ext.cnf", d / "leaf.pem"
+    keygen(key, "ec")
+    run("openssl", "req", "-new", "-key", str(key), "-out", str(csr), "-subj", "/CN=stapled.test")
+    ext.write_text("[ leaf ]\nbasicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n"
+                   "subjectAltName = DNS:stapled.test\n"
+                   f"authorityInfoAccess = OCSP;URI:http://127.0.0.1:{ocsp_port}/\n")
+    pki.inter.sign(csr, leaf, "leaf", extfile=ext)
+    full = d / "full.pem"
+    full.write_text(leaf.read_text() + pki.inter.chain)
+    stapled = SimpleNamespace(cert=str(full), key=str(key))
+    info = cert_info(str(leaf))
+    # The responder is down: the handshake goes on without a staple, /status says why.
+    cfg = moat_factory.tls_config([origin], pki, certs=[pki.shop_ec, stapled])
+    m = moat_factory(config=cfg)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (m.status().get("ocsp") or [{}])[0].get(
+            "last_error"):
+        time.sleep(0.1)
+    st = m.status()["ocsp"]
+    assert len(st) == 1 and st[0]["file"] == str(full) and "connect" in st[0]["last_error"], st
+    out = s_client_status(m.tls_port, "stapled.test", pki.ca)
+    assert "OCSP response: no response sent" in out, out
+    assert "fetch from http://127.0.0.1" in m.stderr()
+    m.stop()
+    # With the responder up, a start staples a good response; the certificate without an
+    # OCSP URL gets none.
+    resp = OcspResponder(tmp_path / "ocsp", ocsp_port)
+    resp.setup_files(pki.inter.cert.read_text(), pki.inter.key.read_text(),
+                     info["serial"], time.time() + 86400 * 365)
+    resp.start()
+    try:
+        m.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not m.status()["ocsp"][0]["next_update"]:
+            time.sleep(0.1)
+        st = m.status()["ocsp"][0]
+        assert st["next_update"] > time.time() and st["last_error"] == "", st
+        out = s_client_status(m.tls_port, "stapled.test", pki.ca)
+        assert "OCSP Response Status: successful" in out and "Cert Status: good" in out, out
+        out = s_client_status(m.tls_port, "shop.test", pki.ca)
+        assert "OCSP response: no response sent" in out, out
+        assert metric(m.metrics(), "moat_ocsp_next_update_seconds", file=str(full)) == \
+            st["next_update"]
+    finally:
+        resp.stop()
