@@ -48,6 +48,15 @@ $(B)/tests/unit/%: tests/unit/%.c $(B)/libmoat.a
 
 -include $(OBJS:.o=.d)
 
+# The dashboard's page (src/admin/dash/*) as byte arrays in a generated header, included by
+# src/admin/dash.c: the binary serves it with no file beside it.
+DASH_ASSETS := $(sort $(wildcard src/admin/dash/*))
+CFLAGS += -Ibuild/gen
+build/gen/dash_assets.h: $(DASH_ASSETS) scripts/embed-assets
+	@mkdir -p build/gen
+	bash scripts/embed-assets $@ $(DASH_ASSETS)
+$(B)/src/admin/dash.o: build/gen/dash_assets.h
+
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
@@ -72,11 +81,11 @@ FUZZ_SECONDS ?= 30
 FUZZ_SRCS    := $(shell find tests/fuzz -name 'fuzz_*.c' 2>/dev/null | sort)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=build-fuzz/%)
 FUZZ_LIBSRCS := $(filter-out src/main.c,$(SRCS))
-FUZZ_CFLAGS  := $(CSTD) -O1 -g -Isrc $(PKGCFLAGS) -pthread -fsanitize=fuzzer,address,undefined
+FUZZ_CFLAGS  := $(CSTD) -O1 -g -Isrc -Ibuild/gen $(PKGCFLAGS) -pthread -fsanitize=fuzzer,address,undefined
 
 fuzz: $(FUZZ_BINS)
 
-build-fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRCS)
+build-fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRCS) build/gen/dash_assets.h
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIBSRCS) $(PKGLIBS) -lm
 

@@ -260,6 +260,8 @@ int main(int argc, char **argv)
     }
     if (demo)
         fprintf(stderr, "moat: demo origin on http://%s/\n", boot->demo.listen.text);
+    if (admin && boot->admin.dashboard)
+        fprintf(stderr, "moat: dashboard on http://%s/\n", boot->admin.listen.text);
     if (admin)
         fprintf(stderr, "moat: admin API on http://%s/status\n", boot->admin.listen.text);
     moat_config_release(&boot);

@@ -8,6 +8,7 @@
 
 #include "acme/acme.h"
 #include "admin/admin.h"
+#include "admin/dash.h"
 #include "cache/store.h"
 #include "core/log.h"
 #include "proxy/server.h"
@@ -24,6 +25,7 @@ struct admin {
     char *config_path;
     struct moat_loop *loop;
     struct purge_task *purges; /* purges in progress */
+    struct moat_dash *dash;    /* the live dashboard (NULL: admin.dashboard is false) */
 };
 
 static bool token_ok(const struct admin *a, const struct moat_h1_req *r)
@@ -351,9 +353,20 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
 {
     struct admin *a = ctx;
     const struct moat_h1_req *r = req->h1;
-    if (!token_ok(a, r)) {
+    bool bearer = token_ok(a, r);
+    bool cookie = !bearer && moat_dash_cookie_ok(a->dash, r);
+    if (moat_dash_handle(a->dash, req, bearer || cookie, resp))
+        return;
+    if (!bearer && !cookie) {
         moat_httpd_error(resp, 401, "missing or wrong bearer token");
         snprintf(resp->extra, sizeof resp->extra, "WWW-Authenticate: Bearer realm=\"moat\"\r\n");
+        return;
+    }
+    /* A change by cookie must come from the dashboard's own script (SameSite=Strict already
+     * keeps other sites' forms out; the custom field keeps out plain forms of any origin). */
+    if (cookie && r->meth != MOAT_M_GET && r->meth != MOAT_M_HEAD &&
+        !moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("x-moat-dashboard"))) {
+        moat_httpd_error(resp, 403, "changes by cookie need the X-Moat-Dashboard field");
         return;
     }
     struct moat_str path = r->path;
@@ -403,9 +416,11 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         }
         char err[MOAT_CONFIG_ERRLEN];
         if (moat_server_reload(a->config_path, err, sizeof err) != MOAT_OK) {
+            moat_dash_note_reload(a->dash, false, err);
             moat_httpd_error(resp, a->config_path ? 400 : 409, err);
             return;
         }
+        moat_dash_note_reload(a->dash, true, NULL);
         json_reply(resp, 200,
                    json_pack("{s:b, s:I}", "ok", 1, "generation",
                              (json_int_t)atomic_load(&moat_srv.generation)));
@@ -439,7 +454,8 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         return;
     }
     moat_httpd_error(resp, 404,
-                     "no such endpoint (try /status, /metrics, POST /reload, POST /purge)");
+                     "no such endpoint (try /status, /metrics, POST /reload, POST /purge, "
+                     "/dashboard)");
 }
 
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,
@@ -458,6 +474,7 @@ struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_co
         free(a);
         return NULL;
     }
+    a->dash = moat_dash_start(loop, cfg, a->token);
     moat_log_info("admin API on http://%s/", cfg->admin.listen.text);
     return s;
 }
@@ -473,6 +490,7 @@ void moat_admin_stop(struct moat_httpd *s)
             moat_timer_stop(a->loop, &t->timer);
             free(t);
         }
+        moat_dash_stop(a->dash);
         free(a->token);
         free(a->config_path);
         free(a);

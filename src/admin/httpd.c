@@ -23,6 +23,9 @@ struct hconn {
     size_t outlen, outoff;
     bool close_after;
     bool later, later_head, later_keep; /* an answer is owed (moat_httpd_later) */
+    bool stream;                        /* moat_httpd_stream: out grows by pushes */
+    moat_httpd_closed *closed_cb;
+    void *closed_arg;
     char peer[48];
 };
 
@@ -86,6 +89,11 @@ static void hc_close(struct hconn *c)
     moat_timer_stop(c->srv->loop, &c->timer);
     close(c->io.fd);
     c->io.fd = -1;
+    if (c->closed_cb) {
+        moat_httpd_closed *cb = c->closed_cb;
+        c->closed_cb = NULL;
+        cb(c->closed_arg);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -122,6 +130,28 @@ static void queue_response(struct hconn *c, struct moat_httpd_resp *r, bool head
     c->close_after = !keep;
 }
 
+static void queue_stream_head(struct hconn *c, struct moat_httpd_resp *r)
+{
+    char hdr[768];
+    int n = snprintf(hdr, sizeof hdr,
+                     "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-store\r\n"
+                     "%sConnection: close\r\n\r\n",
+                     r->ctype ? r->ctype : "text/event-stream", r->extra);
+    char *o = malloc((size_t)n + r->len);
+    if (!o) {
+        c->close_after = true;
+        return;
+    }
+    memcpy(o, hdr, (size_t)n);
+    if (r->len)
+        memcpy(o + n, r->body, r->len);
+    free(c->out);
+    c->out = o;
+    c->outlen = (size_t)n + r->len;
+    c->outoff = 0;
+    moat_timer_stop(c->srv->loop, &c->timer);
+}
+
 /* Returns true when a whole request was consumed and answered (queued). */
 static bool try_request(struct hconn *c)
 {
@@ -154,7 +184,9 @@ static bool try_request(struct hconn *c)
     bool keep = req.minor == 1 && !(req.flags & MOAT_H1_F_CONN_CLOSE);
     resp.conn_ = c;
     c->srv->h(c->srv->ctx, &hr, &resp);
-    if (resp.later_) {
+    if (c->stream) {
+        queue_stream_head(c, &resp);
+    } else if (resp.later_) {
         c->later = true;
         c->later_head = req.meth == MOAT_M_HEAD;
         c->later_keep = keep;
@@ -166,7 +198,80 @@ static bool try_request(struct hconn *c)
     size_t used = (size_t)n + (size_t)blen;
     memmove(c->in, c->in + used, c->inlen - used);
     c->inlen -= used;
+    if (c->stream)
+        c->inlen = 0; /* whatever the client sends from now on is read and dropped */
     return true;
+}
+
+void *moat_httpd_stream(struct moat_httpd_resp *resp, moat_httpd_closed *cb, void *arg)
+{
+    struct hconn *c = resp->conn_;
+    c->stream = true;
+    c->closed_cb = cb;
+    c->closed_arg = arg;
+    return c;
+}
+
+/* Writes what a stream has queued; false if the connection failed (and is closed). */
+static bool stream_flush(struct hconn *c)
+{
+    while (c->outoff < c->outlen) {
+        ssize_t w = write(c->io.fd, c->out + c->outoff, c->outlen - c->outoff);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return true;
+        if (w <= 0) {
+            hc_close(c);
+            return false;
+        }
+        c->outoff += (size_t)w;
+    }
+    c->outoff = c->outlen = 0;
+    return true;
+}
+
+int moat_httpd_push(void *h, const char *data, size_t len, size_t max_pending)
+{
+    struct hconn *c = h;
+    if (c->io.fd < 0)
+        return MOAT_ERR;
+    if (c->outlen - c->outoff + len > max_pending) {
+        hc_close(c);
+        return MOAT_ERR;
+    }
+    if (c->outoff) { /* drop what was sent */
+        memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
+        c->outlen -= c->outoff;
+        c->outoff = 0;
+    }
+    char *o = realloc(c->out, c->outlen + len);
+    if (!o) {
+        hc_close(c);
+        return MOAT_ERR;
+    }
+    memcpy(o + c->outlen, data, len);
+    c->out = o;
+    c->outlen += len;
+    return stream_flush(c) ? MOAT_OK : MOAT_ERR;
+}
+
+/* A stream's connection is ready: send what is queued; read and drop input to see EOF. */
+static void stream_drive(struct hconn *c)
+{
+    if (!stream_flush(c))
+        return;
+    for (;;) {
+        ssize_t r = read(c->io.fd, c->in, HTTPD_BUF);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EAGAIN)
+            return;
+        if (r <= 0) {
+            hc_close(c);
+            return;
+        }
+    }
 }
 
 void *moat_httpd_later(struct moat_httpd_resp *resp)
@@ -190,6 +295,10 @@ void moat_httpd_finish(void *handle, struct moat_httpd_resp *resp)
 static void hc_drive(struct hconn *c)
 {
     for (;;) {
+        if (c->stream) {
+            stream_drive(c);
+            return;
+        }
         if (c->later)
             return; /* nothing to write yet, and the next request waits its turn */
         while (c->out && c->outoff < c->outlen) {

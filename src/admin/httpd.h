@@ -44,6 +44,18 @@ void *moat_httpd_later(struct moat_httpd_resp *resp);
 /* Answers the request moat_httpd_later put off with <resp> (its body is freed here). */
 void moat_httpd_finish(void *handle, struct moat_httpd_resp *resp);
 
+/* Server-sent events (or any stream that ends with the connection). */
+typedef void moat_httpd_closed(void *arg);
+/* Called by a handler that turns the connection into a stream: the head (200, <resp>'s ctype
+ * and extra lines, no length, Connection: close) and <resp>'s body are sent at once; later
+ * data goes out with moat_httpd_push. When the client leaves (or the server stops), <cb>
+ * gets <arg>, and the handle is dead from then on. Returns the stream's handle. */
+void *moat_httpd_stream(struct moat_httpd_resp *resp, moat_httpd_closed *cb, void *arg);
+/* Queues <len> bytes on stream <h>. MOAT_OK, or MOAT_ERR when the client is more than
+ * <max_pending> bytes behind or the write failed: the stream is then closed (its callback
+ * runs before this returns). */
+int moat_httpd_push(void *h, const char *data, size_t len, size_t max_pending);
+
 /* Sets <resp> to a copy of <body> with <status> and <ctype>. */
 void moat_httpd_set(struct moat_httpd_resp *resp, int status, const char *ctype, const char *body,
                     size_t len);

@@ -3,6 +3,7 @@
 
 #include "acme/acme.h"
 #include "admin/admin.h"
+#include "admin/dash.h"
 #include "cache/store.h"
 #include "proxy/server.h"
 #include "tls/tls.h"
@@ -212,6 +213,9 @@ char *moat_metrics_render(size_t *len)
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
         "moat_uptime_seconds %.3f\n",
         (double)(moat_wall_us() - moat_srv.started_us) / 1e6);
+    char dash[1024];
+    moat_dash_metrics(dash, sizeof dash);
+    sbf(&b, "%s", dash);
     *len = b.n;
     return b.p;
 }

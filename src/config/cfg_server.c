@@ -277,6 +277,19 @@ static const struct cfg_key admin_keys[] = {
      .fn = k_token_file,
      .tname = "path",
      .doc = "file holding the bearer token; required unless listen is loopback"},
+    {.name = "dashboard",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_config, admin.dashboard),
+     .def = "true",
+     .names = cfg_bool_names,
+     .doc = "serve the live dashboard at / (docs/dashboard.md)"},
+    {.name = "dashboard_clients",
+     .type = KT_UINT,
+     CFG_AT(struct moat_config, admin.dashboard_clients),
+     .def = "16",
+     .min = 1,
+     .max = 1024,
+     .doc = "most dashboards open at once (GET /events streams; 503 beyond)"},
 };
 const struct cfg_table cfg_admin_table = CFG_TABLE(admin_keys, admin_post);
 

@@ -198,6 +198,9 @@ struct moat_config {
         struct moat_addr listen;
         char *token; /* read from token_file at load time; NULL = no auth
                         (only allowed when listen is loopback) */
+
+        bool dashboard;             /* admin.dashboard: true, the live page at / */
+        unsigned dashboard_clients; /* admin.dashboard_clients: 16 open /events streams */
     } admin;
 
     struct {

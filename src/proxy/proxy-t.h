@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "http/h1.h"
+#include "proxy/dashrec.h"
 #include "proxy/flow.h"
 #include "proxy/stats.h"
 
@@ -52,6 +53,7 @@ struct moat_worker {
     uint64_t gen;
     struct moat_upool *upools;
     struct moat_stats stats;
+    struct moat_dashrec dash; /* the live dashboard's counters and sketches */
     struct moat_alog alog;
     char *alog_dest;        /* what alog was opened with, to reopen on change */
     struct moat_timer tick; /* 100 ms: access log flush, config poll, drain checks */

@@ -40,12 +40,23 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
                      "ERROR: ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
 
 
+_handed_out = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nothing listens on now and that this test run has not handed out before: the
+    kernel may give the same ephemeral port to two binds in a row once the first socket is
+    closed, and a moat whose listener and admin API got the same port would exit with "address
+    already in use"."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("free_port: no fresh port in 100 tries")
 
 
 def listening(port):
