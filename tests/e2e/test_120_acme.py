@@ -235,6 +235,19 @@ def test_http01_certificate_served_for_the_site_names(moat_factory, pebbles, pki
     assert metric(mt, "moat_acme_order_failures", site="a.test") == 0
     # the ACME names were served their own certificate, not the default one
     assert metric(mt, "moat_tls_sni_default_total") == 0
+    # the dashboard's snapshot (GET /events) shows it with its days left
+    # (a snapshot a second: one built before the certificate arrived may come first)
+    certs, deadline = [], time.monotonic() + 5
+    with requests.get(f"http://127.0.0.1:{m.admin_port}/events", stream=True, timeout=8) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data:"):
+                d = json.loads(line[5:])
+                certs = [c for c in d.get("certs", []) if c["source"] == "acme"]
+                if (certs and certs[0]["state"] == "valid") or time.monotonic() > deadline:
+                    break
+    assert len(certs) == 1 and certs[0]["names"] == "a.test,www.a.test"
+    assert certs[0]["state"] == "valid" and certs[0]["days_left"] > 1000, certs
     # stored 0600 for a restart
     store = Path(m.config["tls"]["acme"]["storage"])
     for f in ("account.key", "a.test.crt", "a.test.key"):
