@@ -830,7 +830,7 @@ static void site_round(struct acme_run *r, struct acme_site *s, int lockfd)
 static void *thread_main(void *arg)
 {
     struct acme_run r = {0};
-    char ca_seen[1024] = "";
+    char ca_seen[3200] = "";
     bool have_ctx = false;
     for (;;) {
         struct moat_config *cfg = th.current();
@@ -840,17 +840,24 @@ static void *thread_main(void *arg)
         if (a->enabled) {
             r.cfg = a;
             wait_ms = a->check_interval_ms;
-            if (!have_ctx || strcmp(ca_seen, a->ca_file ? a->ca_file : "")) {
+            /* A reload that changes the CA, its trust or the storage starts over: a new
+             * context, directory and account. */
+            char seen[3200];
+            snprintf(seen, sizeof seen, "%s|%s|%s", a->ca_file ? a->ca_file : "", a->directory,
+                     a->storage);
+            if (!have_ctx || strcmp(ca_seen, seen)) {
                 SSL_CTX_free(r.ctx);
                 char e[512];
                 r.ctx = acme_http_ctx(a->ca_file, e, sizeof e);
                 if (!r.ctx)
                     moat_log_error("acme: %s", e);
-                snprintf(ca_seen, sizeof ca_seen, "%s", a->ca_file ? a->ca_file : "");
+                snprintf(ca_seen, sizeof ca_seen, "%s", seen);
                 have_ctx = r.ctx != NULL;
                 json_decref(r.dir);
                 r.dir = NULL;
                 r.kid[0] = r.nonce[0] = '\0';
+                EVP_PKEY_free(r.account);
+                r.account = NULL;
             }
             if (ensure_dir(a->storage) != MOAT_OK)
                 moat_log_error("acme: storage %s: %s", a->storage, strerror(errno));
