@@ -35,8 +35,8 @@ SSL_CTX *acme_http_ctx(const char *ca_file, char *err, size_t errlen);
  * (up to 1 MiB) into <out>. MOAT_OK whatever the status, or MOAT_ERR (no answer) with <err>.
  * <out> must be cleared with acme_resp_clear after MOAT_OK. */
 int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *ctype,
-              const void *body, size_t blen, uint64_t timeout_ms, struct acme_resp *out,
-              char *err, size_t errlen);
+              const void *body, size_t blen, uint64_t timeout_ms, struct acme_resp *out, char *err,
+              size_t errlen);
 /* Parses a whole answer <buf,len> (head and body, read until the server closed); with
  * <no_body> (the answer to a HEAD) the body framing is not looked at. Exposed for tests and
  * the fuzz target. */

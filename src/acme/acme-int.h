@@ -38,7 +38,7 @@ struct acme_site {
     int64_t last_error_at, next_attempt;
     unsigned failures;
     uint64_t issued;
-    bool wanted; /* in the configuration in use */
+    bool wanted;                /* in the configuration in use */
     struct acme_ocsp_resp ocsp; /* OCSP stapling (acme_ocsp.c) */
     int64_t ocsp_next_try;      /* thread only: when to fetch again */
     unsigned ocsp_failures;
@@ -60,11 +60,11 @@ struct acme_chal {
 /* OCSP stapling of one tls.certificates[] entry (acme_staple.c). The response fields are
  * under the store's lock; the rest is the thread's. */
 struct acme_staple {
-    char *file;              /* the configured cert path */
-    unsigned char sha1[20];  /* of the leaf read from it: what a handshake is served */
+    char *file;             /* the configured cert path */
+    unsigned char sha1[20]; /* of the leaf read from it: what a handshake is served */
     X509 *x;
     STACK_OF(X509) * chain;
-    char url[1024];          /* "" when the certificate has no OCSP URL */
+    char url[1024]; /* "" when the certificate has no OCSP URL */
     struct acme_ocsp_resp resp;
     int64_t next_try;
     unsigned failures;
@@ -79,7 +79,7 @@ struct acme_store {
     size_t nsites;
     struct acme_chal chal[ACME_MAX_CHAL];
     size_t nchal;
-    uint64_t renew_before_ms; /* for /status's state */
+    uint64_t renew_before_ms;   /* for /status's state */
     atomic_bool staples_active; /* a tls.certificates[] entry has an OCSP response */
     struct acme_staple **staples;
     size_t nstaples;

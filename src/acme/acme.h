@@ -66,16 +66,16 @@ bool moat_acme_active(void);
 
 /* A certificate as /status and /metrics show it. */
 struct moat_acme_status {
-    const char *site;       /* the site's first host */
-    const char *names;      /* comma-separated */
-    int64_t not_before;     /* Unix seconds; 0 when there is no certificate yet */
-    int64_t not_after;      /* 0 when there is none */
-    const char *state;      /* "valid", "renewing", "pending" (none yet), "failing" */
-    const char *last_error; /* "" when the last order succeeded (or none was made) */
-    int64_t last_error_at;  /* Unix seconds, 0 if none */
-    int64_t next_attempt;   /* Unix seconds of the next order or check */
-    unsigned failures;      /* orders failed in a row */
-    uint64_t issued;        /* certificates obtained since start */
+    const char *site;         /* the site's first host */
+    const char *names;        /* comma-separated */
+    int64_t not_before;       /* Unix seconds; 0 when there is no certificate yet */
+    int64_t not_after;        /* 0 when there is none */
+    const char *state;        /* "valid", "renewing", "pending" (none yet), "failing" */
+    const char *last_error;   /* "" when the last order succeeded (or none was made) */
+    int64_t last_error_at;    /* Unix seconds, 0 if none */
+    int64_t next_attempt;     /* Unix seconds of the next order or check */
+    unsigned failures;        /* orders failed in a row */
+    uint64_t issued;          /* certificates obtained since start */
     int64_t ocsp_next_update; /* the stapled OCSP response's nextUpdate; 0 when none */
     const char *ocsp_error;   /* "" when the last OCSP fetch succeeded (or none was made) */
 };

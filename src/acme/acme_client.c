@@ -322,8 +322,8 @@ static int post(struct acme_run *r, const char *url, const char *payload, bool u
 }
 
 /* POSTs and parses a JSON answer with a 2xx status; else the problem is the error. */
-static json_t *post_json(struct acme_run *r, const char *what, const char *url,
-                         const char *payload, bool use_jwk, char *location, size_t loclen)
+static json_t *post_json(struct acme_run *r, const char *what, const char *url, const char *payload,
+                         bool use_jwk, char *location, size_t loclen)
 {
     struct acme_resp rs;
     if (post(r, url, payload, use_jwk, &rs) != MOAT_OK) {
@@ -348,8 +348,8 @@ static json_t *post_json(struct acme_run *r, const char *what, const char *url,
 static int directory(struct acme_run *r)
 {
     struct acme_resp rs;
-    if (acme_http(r->ctx, "GET", r->cfg->directory, NULL, NULL, 0, r->cfg->timeout_ms, &rs,
-                  r->err, sizeof r->err) != MOAT_OK)
+    if (acme_http(r->ctx, "GET", r->cfg->directory, NULL, NULL, 0, r->cfg->timeout_ms, &rs, r->err,
+                  sizeof r->err) != MOAT_OK)
         return MOAT_ERR;
     int rc = MOAT_OK;
     if (rs.status != 200)
@@ -392,15 +392,15 @@ static int account(struct acme_run *r)
     }
     char *ps = json_dumps(p, JSON_COMPACT);
     json_decref(p);
-    json_t *j = post_json(r, "newAccount", dir_url(r, "newAccount"), ps, true, r->kid,
-                          sizeof r->kid);
+    json_t *j =
+        post_json(r, "newAccount", dir_url(r, "newAccount"), ps, true, r->kid, sizeof r->kid);
     free(ps);
     if (!j)
         return MOAT_ERR;
     const char *st = json_string_value(json_object_get(j, "status"));
-    int rc = !r->kid[0]                      ? fail(r, "newAccount: no Location")
+    int rc = !r->kid[0]                       ? fail(r, "newAccount: no Location")
              : st && strcmp(st, "valid") != 0 ? fail(r, "newAccount: the account is %s", st)
-                                               : MOAT_OK;
+                                              : MOAT_OK;
     json_decref(j);
     return rc;
 }
@@ -479,7 +479,8 @@ static int authorize(struct acme_run *r, const char *url)
     if (!a)
         return MOAT_ERR;
     const char *st = json_string_value(json_object_get(a, "status"));
-    const char *name = json_string_value(json_object_get(json_object_get(a, "identifier"), "value"));
+    const char *name =
+        json_string_value(json_object_get(json_object_get(a, "identifier"), "value"));
     int rc = MOAT_ERR;
     if (st && !strcmp(st, "valid")) {
         rc = MOAT_OK;
@@ -517,9 +518,10 @@ static int authorize(struct acme_run *r, const char *url)
     }
     const char *token = json_string_value(json_object_get(chosen, "token"));
     const char *curl = json_string_value(json_object_get(chosen, "url"));
-    if (!token || !curl || strlen(token) > 100 || strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                              "abcdefghijklmnopqrstuvwxyz"
-                                                              "0123456789-_") != strlen(token)) {
+    if (!token || !curl || strlen(token) > 100 ||
+        strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                      "abcdefghijklmnopqrstuvwxyz"
+                      "0123456789-_") != strlen(token)) {
         fail(r, "%s: the challenge has no usable token or url", name);
         goto out;
     }
@@ -704,8 +706,7 @@ static void sync_sites(const struct moat_config *cfg)
                 s = t;
         }
         if (!s) {
-            struct acme_site **v =
-                realloc(acme_store.sites, (acme_store.nsites + 1) * sizeof *v);
+            struct acme_site **v = realloc(acme_store.sites, (acme_store.nsites + 1) * sizeof *v);
             s = calloc(1, sizeof *s);
             if (!v || !s || !(s->names = calloc(cs->nhosts, sizeof *s->names))) {
                 if (v)
@@ -913,8 +914,7 @@ int moat_acme_start(struct moat_config *cfg, struct moat_config *(*current)(void
         return MOAT_OK;
     sync_sites(cfg);
     if (cfg->tls.acme.enabled && ensure_dir(cfg->tls.acme.storage) != MOAT_OK) {
-        snprintf(err, errlen, "tls.acme.storage: %s: %s", cfg->tls.acme.storage,
-                 strerror(errno));
+        snprintf(err, errlen, "tls.acme.storage: %s: %s", cfg->tls.acme.storage, strerror(errno));
         return MOAT_ERR;
     }
     for (size_t i = 0; i < acme_store.nsites; i++)

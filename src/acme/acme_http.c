@@ -223,8 +223,8 @@ static int send_all(int fd, SSL *ssl, const char *p, size_t n)
 }
 
 int acme_http(SSL_CTX *ctx, const char *method, const char *url, const char *ctype,
-              const void *body, size_t blen, uint64_t timeout_ms, struct acme_resp *out,
-              char *err, size_t errlen)
+              const void *body, size_t blen, uint64_t timeout_ms, struct acme_resp *out, char *err,
+              size_t errlen)
 {
     memset(out, 0, sizeof *out);
     struct acme_url u;

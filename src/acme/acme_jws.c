@@ -135,10 +135,12 @@ char *moat_acme_jws(EVP_PKEY *pk, const char *kid, const char *nonce, const char
     char *hdr = malloc(hcap);
     if (!hdr)
         return NULL;
-    int hn = kid ? snprintf(hdr, hcap, "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}",
-                            kid, nonce, url)
-                 : snprintf(hdr, hcap, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
-                            jwk, nonce, url);
+    int hn =
+        kid ? snprintf(hdr, hcap,
+                       "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}", kid,
+                       nonce, url)
+            : snprintf(hdr, hcap, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
+                       jwk, nonce, url);
     char *ph = hn > 0 && (size_t)hn < hcap ? b64_dup(hdr, (size_t)hn) : NULL;
     free(hdr);
     char *pl = b64_dup(payload ? payload : "", payload ? strlen(payload) : 0);
@@ -202,8 +204,8 @@ long moat_acme_csr(EVP_PKEY *pk, char *const *names, size_t nnames, unsigned cha
     long len = -1;
     if (!req || !nm || !gens || !exts)
         goto out;
-    if (!X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC, (const unsigned char *)names[0], -1,
-                                    -1, 0) ||
+    if (!X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC, (const unsigned char *)names[0], -1, -1,
+                                    0) ||
         !X509_REQ_set_version(req, 0) || !X509_REQ_set_subject_name(req, nm) ||
         !X509_REQ_set_pubkey(req, pk))
         goto out;

@@ -19,8 +19,8 @@
 static bool ocsp_url(X509 *x, char *out, size_t outlen)
 {
     STACK_OF(OPENSSL_STRING) *urls = X509_get1_ocsp(x);
-    const char *u = urls && sk_OPENSSL_STRING_num(urls) > 0 ? sk_OPENSSL_STRING_value(urls, 0)
-                                                            : NULL;
+    const char *u =
+        urls && sk_OPENSSL_STRING_num(urls) > 0 ? sk_OPENSSL_STRING_value(urls, 0) : NULL;
     if (u)
         snprintf(out, outlen, "%s", u);
     X509_email_free(urls);
@@ -56,8 +56,7 @@ static int check_response(const unsigned char *der, size_t len, X509 *x, X509 *i
                  OCSP_response_status_str(OCSP_response_status(resp)));
         goto out;
     }
-    if (!(bs = OCSP_response_get1_basic(resp)) ||
-        !(id = OCSP_cert_to_id(NULL, x, issuer))) {
+    if (!(bs = OCSP_response_get1_basic(resp)) || !(id = OCSP_cert_to_id(NULL, x, issuer))) {
         snprintf(err, errlen, "no basic response");
         goto out;
     }
@@ -184,8 +183,8 @@ void acme_ocsp_load(const char *storage, struct acme_site *s)
     int64_t tu, nu;
     char err[256];
     if (der && len && take_cert(s, &x, &chain) &&
-        check_response(der, len, x, sk_X509_value(chain, 0), chain, &tu, &nu, err,
-                       sizeof err) == MOAT_OK) {
+        check_response(der, len, x, sk_X509_value(chain, 0), chain, &tu, &nu, err, sizeof err) ==
+            MOAT_OK) {
         put(s, x, der, len, tu, nu);
         der = NULL;
     }
@@ -219,8 +218,8 @@ int acme_ocsp_fetch(SSL_CTX *ctx, uint64_t timeout_ms, const char *url, X509 *x,
         goto out;
     }
     char herr[512];
-    if (acme_http(ctx, "POST", url, "application/ocsp-request", reqder, (size_t)rl, timeout_ms,
-                  &rs, herr, sizeof herr) != MOAT_OK) {
+    if (acme_http(ctx, "POST", url, "application/ocsp-request", reqder, (size_t)rl, timeout_ms, &rs,
+                  herr, sizeof herr) != MOAT_OK) {
         snprintf(err, errlen, "%.250s", herr);
         goto out;
     }
@@ -228,8 +227,8 @@ int acme_ocsp_fetch(SSL_CTX *ctx, uint64_t timeout_ms, const char *url, X509 *x,
         snprintf(err, errlen, "HTTP %d from %.200s", rs.status, url);
         goto out;
     }
-    if (check_response((unsigned char *)rs.body, rs.blen, x, issuer, chain, tu, nu, err,
-                       errlen) != MOAT_OK)
+    if (check_response((unsigned char *)rs.body, rs.blen, x, issuer, chain, tu, nu, err, errlen) !=
+        MOAT_OK)
         goto out;
     if (!(*der = malloc(rs.blen))) {
         snprintf(err, errlen, "out of memory");

@@ -146,8 +146,8 @@ int64_t acme_staples_round(const struct moat_config *cfg, SSL_CTX *ctx)
             size_t len = 0;
             int64_t tu = 0, nu = 0;
             char err[256] = "";
-            if (acme_ocsp_fetch(ctx, timeout, st->url, st->x, st->chain, &der, &len, &tu, &nu,
-                                err, sizeof err) == MOAT_OK) {
+            if (acme_ocsp_fetch(ctx, timeout, st->url, st->x, st->chain, &der, &len, &tu, &nu, err,
+                                sizeof err) == MOAT_OK) {
                 pthread_mutex_lock(&acme_store.lock);
                 acme_ocsp_resp_set(&st->resp, der, len, tu, nu);
                 pthread_mutex_unlock(&acme_store.lock);

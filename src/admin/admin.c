@@ -324,20 +324,18 @@ static void acme_entry(const struct moat_acme_status *st, void *ud)
     if (st->not_after && gmtime_r(&na, &tm))
         strftime(exp, sizeof exp, "%Y-%m-%dT%H:%M:%SZ", &tm);
     int64_t now = (int64_t)(moat_wall_us() / 1000000);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:I, s:I, s:i, s:I}", "site",
-                          st->site, "names", st->names, "state", st->state, "not_before",
-                          (json_int_t)st->not_before, "not_after", (json_int_t)st->not_after,
-                          "expires", exp, "last_error", st->last_error, "last_error_at",
-                          (json_int_t)st->last_error_at, "next_attempt",
-                          (json_int_t)st->next_attempt, "failures", (int)st->failures, "issued",
-                          (json_int_t)st->issued);
+    json_t *o = json_pack(
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:I, s:I, s:i, s:I}", "site", st->site, "names",
+        st->names, "state", st->state, "not_before", (json_int_t)st->not_before, "not_after",
+        (json_int_t)st->not_after, "expires", exp, "last_error", st->last_error, "last_error_at",
+        (json_int_t)st->last_error_at, "next_attempt", (json_int_t)st->next_attempt, "failures",
+        (int)st->failures, "issued", (json_int_t)st->issued);
     if (o && st->not_after)
         json_object_set_new(o, "days_left", json_real((double)(st->not_after - now) / 86400.0));
     if (o)
         json_object_set_new(o, "ocsp",
-                            json_pack("{s:I, s:s}", "next_update",
-                                      (json_int_t)st->ocsp_next_update, "last_error",
-                                      st->ocsp_error ? st->ocsp_error : ""));
+                            json_pack("{s:I, s:s}", "next_update", (json_int_t)st->ocsp_next_update,
+                                      "last_error", st->ocsp_error ? st->ocsp_error : ""));
     json_array_append_new(ud, o);
 }
 
@@ -345,8 +343,8 @@ static void acme_entry(const struct moat_acme_status *st, void *ud)
 static void ocsp_entry(const struct moat_ocsp_status *st, void *ud)
 {
     json_array_append_new(ud, json_pack("{s:s, s:s, s:I, s:s}", "file", st->file, "url", st->url,
-                                        "next_update", (json_int_t)st->next_update,
-                                        "last_error", st->last_error));
+                                        "next_update", (json_int_t)st->next_update, "last_error",
+                                        st->last_error));
 }
 
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)

@@ -223,8 +223,8 @@ static void cert_row_json(const struct moat_tls_cert_info *ci, void *ud)
 static void acme_row_json(const struct moat_acme_status *st, void *ud)
 {
     double left = (double)(st->not_after - (int64_t)(moat_wall_us() / 1000000)) / 86400.0;
-    json_array_append_new(ud, json_pack("{s:s, s:s, s:o, s:s, s:s}", "names", st->names,
-                                        "source", "acme", "days_left",
+    json_array_append_new(ud, json_pack("{s:s, s:s, s:o, s:s, s:s}", "names", st->names, "source",
+                                        "acme", "days_left",
                                         st->not_after ? json_real(left) : json_null(), "state",
                                         st->state, "error", st->last_error));
 }

@@ -61,8 +61,8 @@ static void xerr_rows(struct sb *b, const struct moat_stats *s)
 static void acme_expiry_row(const struct moat_acme_status *st, void *ud)
 {
     if (st->not_after)
-        sbf(ud, "moat_tls_certificate_expiry_seconds{file=\"acme\",names=\"%s\"} %lld\n",
-            st->names, (long long)st->not_after);
+        sbf(ud, "moat_tls_certificate_expiry_seconds{file=\"acme\",names=\"%s\"} %lld\n", st->names,
+            (long long)st->not_after);
 }
 
 static void acme_fail_row(const struct moat_acme_status *st, void *ud)
@@ -93,8 +93,7 @@ static void ocsp_row(const struct moat_ocsp_status *st, void *ud)
     struct sb *b = ud;
     char file[512];
     label_escape(st->file, file, sizeof file);
-    sbf(b, "moat_ocsp_next_update_seconds{file=\"%s\"} %lld\n", file,
-        (long long)st->next_update);
+    sbf(b, "moat_ocsp_next_update_seconds{file=\"%s\"} %lld\n", file, (long long)st->next_update);
 }
 
 static void acme_issued_row(const struct moat_acme_status *st, void *ud)

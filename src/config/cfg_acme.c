@@ -102,8 +102,8 @@ static int acme_post(struct cfg_ld *ld, struct fy_node *map, void *base)
 {
     struct moat_cfg_acme *a = &((struct moat_config *)base)->tls.acme;
     if (a->retry_max_ms < a->retry_min_ms)
-        return cfg_fail(ld, cfg_map_lookup(map, "retry_max") ? cfg_map_lookup(map, "retry_max")
-                                                             : map,
+        return cfg_fail(ld,
+                        cfg_map_lookup(map, "retry_max") ? cfg_map_lookup(map, "retry_max") : map,
                         "retry_max is shorter than retry_min");
     a->enabled = true;
     return MOAT_OK;

@@ -530,8 +530,9 @@ static int acme_hello_cb(SSL *ssl, int *alert, void *arg)
     const unsigned char *p;
     size_t len;
     struct tls_conn *c = SSL_get_app_data(ssl);
-    if (c && SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation,
-                                       &p, &len) &&
+    if (c &&
+        SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &p,
+                                  &len) &&
         len >= 2 && (size_t)(p[0] << 8 | p[1]) == len - 2)
         c->acme_alpn = moat_acme_alpn_offered(p + 2, len - 2);
     return SSL_CLIENT_HELLO_SUCCESS;

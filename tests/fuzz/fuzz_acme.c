@@ -16,7 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct acme_resp r;
     char err[256];
     memset(&r, 0, sizeof r);
-    if (acme_http_parse((const char *)data, size, size && (data[0] & 1), &r, err, sizeof err) == MOAT_OK) {
+    if (acme_http_parse((const char *)data, size, size && (data[0] & 1), &r, err, sizeof err) ==
+        MOAT_OK) {
         assert(r.status >= 100 && r.status <= 999);
         assert(r.body && r.blen <= size && r.body[r.blen] == '\0');
         assert(strlen(r.nonce) < sizeof r.nonce && strlen(r.location) < sizeof r.location);

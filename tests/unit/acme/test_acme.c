@@ -23,9 +23,14 @@ static void test_b64url(void **state)
         size_t n;
         const char *want;
     } v[] = {
-        {"", 0, ""},          {"f", 1, "Zg"},          {"fo", 2, "Zm8"},
-        {"foo", 3, "Zm9v"},   {"foob", 4, "Zm9vYg"},   {"fooba", 5, "Zm9vYmE"},
-        {"foobar", 6, "Zm9vYmFy"}, {"\xfb\xff", 2, "-_8"}, /* the URL alphabet, no padding */
+        {"", 0, ""},
+        {"f", 1, "Zg"},
+        {"fo", 2, "Zm8"},
+        {"foo", 3, "Zm9v"},
+        {"foob", 4, "Zm9vYg"},
+        {"fooba", 5, "Zm9vYmE"},
+        {"foobar", 6, "Zm9vYmFy"},
+        {"\xfb\xff", 2, "-_8"}, /* the URL alphabet, no padding */
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         long n = moat_acme_b64url((const unsigned char *)v[i].in, v[i].n, out, sizeof out);
@@ -204,9 +209,11 @@ static void test_alpn_cert(void **state)
 
 static void test_alpn_offered(void **state)
 {
-    const unsigned char yes[] = "\x02h2\x0a" "acme-tls/1";
+    const unsigned char yes[] = "\x02h2\x0a"
+                                "acme-tls/1";
     const unsigned char no[] = "\x08http/1.1";
-    const unsigned char bad[] = "\x0b" "acme-tls/1"; /* length past the end */
+    const unsigned char bad[] = "\x0b"
+                                "acme-tls/1"; /* length past the end */
     atomic_store(&acme_store.alpn_pending, true);
     assert_true(moat_acme_alpn_offered(yes, sizeof yes - 1));
     assert_false(moat_acme_alpn_offered(no, sizeof no - 1));
@@ -245,7 +252,8 @@ static void test_http_parse(void **state)
                                   "5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
     struct acme_resp r;
     char err[128];
-    assert_int_equal(acme_http_parse(chunked, sizeof chunked - 1, false, &r, err, sizeof err), MOAT_OK);
+    assert_int_equal(acme_http_parse(chunked, sizeof chunked - 1, false, &r, err, sizeof err),
+                     MOAT_OK);
     assert_int_equal(r.status, 201);
     assert_string_equal(r.nonce, "abc_-1");
     assert_string_equal(r.location, "https://ca/acct/1");
@@ -276,10 +284,10 @@ static void test_http_parse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64url),      cmocka_unit_test(test_jwk_and_thumbprint),
-        cmocka_unit_test(test_jws),         cmocka_unit_test(test_csr),
-        cmocka_unit_test(test_alpn_cert),   cmocka_unit_test(test_alpn_offered),
-        cmocka_unit_test(test_url_parse),   cmocka_unit_test(test_http_parse),
+        cmocka_unit_test(test_b64url),    cmocka_unit_test(test_jwk_and_thumbprint),
+        cmocka_unit_test(test_jws),       cmocka_unit_test(test_csr),
+        cmocka_unit_test(test_alpn_cert), cmocka_unit_test(test_alpn_offered),
+        cmocka_unit_test(test_url_parse), cmocka_unit_test(test_http_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,11 +11,11 @@
 static char errbuf[MOAT_CONFIG_ERRLEN];
 
 #define HEAD                                                                                       \
-    "listen: [\"127.0.0.1:80\", { addr: \"127.0.0.1:443\", tls: true }]\n" /* 1 */              \
-    "pools: { p: { origins: [\"127.0.0.1:9\"] } }\n"                       /* 2 */              \
-    "tls:\n"                                                               /* 3 */              \
-    "  acme:\n"                                                            /* 4 */              \
-    "    directory: https://ca.test/dir\n"                                 /* 5 */              \
+    "listen: [\"127.0.0.1:80\", { addr: \"127.0.0.1:443\", tls: true }]\n" /* 1 */                 \
+    "pools: { p: { origins: [\"127.0.0.1:9\"] } }\n"                       /* 2 */                 \
+    "tls:\n"                                                               /* 3 */                 \
+    "  acme:\n"                                                            /* 4 */                 \
+    "    directory: https://ca.test/dir\n"                                 /* 5 */                 \
     "    storage: /var/lib/moat/acme\n"                                    /* 6 */
 
 #define SITE                                                                                       \
