@@ -281,13 +281,35 @@ static void test_http_parse(void **state)
     acme_resp_clear(&r);
 }
 
+/* Backoff: retry_min doubled per failure up to retry_max, spread 0.75x..1.25x. */
+static void test_backoff(void **state)
+{
+    struct moat_cfg_acme a = {.retry_min_ms = 1000, .retry_max_ms = 8000};
+    struct {
+        unsigned n;
+        uint64_t base;
+    } v[] = {{1, 1000}, {2, 2000}, {3, 4000}, {4, 8000}, {10, 8000}, {1000, 8000}};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (int k = 0; k < 200; k++) {
+            uint64_t w = acme_backoff_ms(&a, v[i].n);
+            lo = w < lo ? w : lo;
+            hi = w > hi ? w : hi;
+        }
+        assert_true(lo >= v[i].base * 3 / 4);
+        assert_true(hi <= v[i].base * 5 / 4);
+        assert_true(hi > lo); /* jitter: not the same wait every time */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64url),    cmocka_unit_test(test_jwk_and_thumbprint),
-        cmocka_unit_test(test_jws),       cmocka_unit_test(test_csr),
-        cmocka_unit_test(test_alpn_cert), cmocka_unit_test(test_alpn_offered),
-        cmocka_unit_test(test_url_parse), cmocka_unit_test(test_http_parse),
+        cmocka_unit_test(test_b64url),     cmocka_unit_test(test_jwk_and_thumbprint),
+        cmocka_unit_test(test_jws),        cmocka_unit_test(test_csr),
+        cmocka_unit_test(test_alpn_cert),  cmocka_unit_test(test_alpn_offered),
+        cmocka_unit_test(test_url_parse),  cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_http_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
