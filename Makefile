@@ -1,7 +1,7 @@
 # moat: build, test, bench. `make` builds ./moat; `make test` runs everything a release needs.
 SHELL   := /bin/bash
 CC      ?= gcc
-PKGS    := libfyaml jansson libxxhash openssl
+PKGS    := libfyaml jansson libxxhash openssl libmaxminddb
 CSTD    := -std=c17 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
 OPT     ?= -O2 -g

@@ -12,6 +12,7 @@
 #include "cache/store.h"
 #include "core/log.h"
 #include "proxy/server.h"
+#include "shield/shield.h"
 #include "tls/tls.h"
 
 #ifndef MOAT_VERSION
@@ -347,6 +348,61 @@ static void ocsp_entry(const struct moat_ocsp_status *st, void *ud)
                                         st->last_error));
 }
 
+/* POST /shield/under_attack {"site": HOST, "mode": "on"|"off"|"auto"|"config"} */
+static void handle_under_attack(const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
+    const char *site = json_string_value(json_object_get(o, "site"));
+    const char *mode = json_string_value(json_object_get(o, "mode"));
+    if (!o || !json_is_object(o) || !site || !mode) {
+        json_decref(o);
+        moat_httpd_error(resp, 400,
+                         "body must be a JSON object {\"site\": HOST, \"mode\": "
+                         "\"on\"|\"off\"|\"auto\"|\"config\"}");
+        return;
+    }
+    char err[256];
+    struct moat_config *cfg = moat_server_config();
+    int rc = moat_shield_set_mode(cfg, site, mode, err, sizeof err);
+    moat_config_release(&cfg);
+    if (rc != MOAT_OK) {
+        json_decref(o);
+        moat_httpd_error(resp, 400, err);
+        return;
+    }
+    json_reply(resp, 200, json_pack("{s:b, s:s, s:s}", "ok", 1, "site", site, "mode", mode));
+    json_decref(o);
+}
+
+/* POST /shield/block {"cidr": CIDR, "for": DURATION (default 1h)}, POST /shield/unblock
+ * {"cidr": CIDR} */
+static void handle_block(const struct moat_httpd_req *req, struct moat_httpd_resp *resp,
+                         bool block)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
+    const char *cidr = json_string_value(json_object_get(o, "cidr"));
+    json_t *forv = json_object_get(o, "for");
+    const char *for_s = forv ? json_string_value(forv) : "1h";
+    uint64_t ms = 0;
+    char err[256];
+    if (!o || !json_is_object(o) || !cidr || !for_s) {
+        snprintf(err, sizeof err, "body must be a JSON object {\"cidr\": CIDR%s}",
+                 block ? ", \"for\": DURATION" : "");
+    } else if (block && (moat_parse_duration_ms(for_s, &ms) != MOAT_OK || ms == 0 ||
+                         ms > 365ull * 86400000)) {
+        snprintf(err, sizeof err, "\"for\": \"%s\" is not a duration from 1ms to 365d", for_s);
+    } else if ((block ? moat_shield_block(cidr, ms, err, sizeof err)
+                      : moat_shield_unblock(cidr, err, sizeof err)) == MOAT_OK) {
+        json_reply(resp, 200, json_pack("{s:b, s:s}", "ok", 1, "cidr", cidr));
+        json_decref(o);
+        return;
+    }
+    json_decref(o);
+    moat_httpd_error(resp, 400, err);
+}
+
 static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
 {
     struct admin *a = ctx;
@@ -402,6 +458,7 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             moat_acme_each(acme_entry, acme);
             json_object_set_new(o, "acme", acme);
         }
+        json_object_set_new(o, "shield", moat_shield_status(cfg));
         moat_config_release(&cfg);
         json_reply(resp, 200, o);
         return;
@@ -451,9 +508,38 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         handle_purge(a, req, resp);
         return;
     }
+    if (moat_str_eq(path, MOAT_STR("/shield/top"))) {
+        if (!get) {
+            moat_httpd_error(resp, 405, "use GET");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: GET, HEAD\r\n");
+            return;
+        }
+        json_reply(resp, 200, json_pack("{s:o}", "top", moat_shield_top(20)));
+        return;
+    }
+    if (moat_str_eq(path, MOAT_STR("/shield/block")) ||
+        moat_str_eq(path, MOAT_STR("/shield/unblock"))) {
+        if (r->meth != MOAT_M_POST) {
+            moat_httpd_error(resp, 405, "use POST");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
+            return;
+        }
+        handle_block(req, resp, path.len == MOAT_STR("/shield/block").len);
+        return;
+    }
+    if (moat_str_eq(path, MOAT_STR("/shield/under_attack"))) {
+        if (r->meth != MOAT_M_POST) {
+            moat_httpd_error(resp, 405, "use POST");
+            snprintf(resp->extra, sizeof resp->extra, "Allow: POST\r\n");
+            return;
+        }
+        handle_under_attack(req, resp);
+        return;
+    }
     moat_httpd_error(resp, 404,
                      "no such endpoint (try /status, /metrics, POST /reload, POST /purge, "
-                     "/dashboard)");
+                     "/dashboard, GET /shield/top, POST /shield/block, /shield/unblock, "
+                     "/shield/under_attack)");
 }
 
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,

@@ -6,6 +6,7 @@
 #include "admin/dash.h"
 #include "cache/store.h"
 #include "proxy/server.h"
+#include "shield/shield.h"
 #include "tls/tls.h"
 
 struct sb {
@@ -183,6 +184,12 @@ char *moat_metrics_render(size_t *len)
             "# TYPE moat_cache_purged_total counter\nmoat_cache_purged_total %llu\n",
             (unsigned long long)cs.objects, (unsigned long long)cs.bytes,
             (unsigned long long)cs.evictions, (unsigned long long)cs.purged);
+    }
+    size_t shl = 0;
+    char *shm = moat_shield_metrics(&shl);
+    if (shm) {
+        sbf(&b, "%.*s", (int)shl, shm);
+        free(shm);
     }
     struct moat_config *cfg = moat_server_config();
     if (cfg->rt) {

@@ -168,7 +168,7 @@ static int trusted_elem(struct cfg_ld *ld, struct fy_node *n, size_t idx, void *
     char buf[128], msg[256];
     if (cfg_scalar(ld, n, buf, sizeof(buf), "a CIDR block") != MOAT_OK)
         return MOAT_ERR;
-    if (moat_cidr_parse(buf, &c->trusted[idx], msg, sizeof(msg)) != MOAT_OK)
+    if (moat_cidr_parse_err(buf, &c->trusted[idx], msg, sizeof(msg)) != 0)
         return cfg_fail(ld, n, "%s", msg);
     return MOAT_OK;
 }

@@ -113,7 +113,7 @@ static int k_site_pool(struct cfg_ld *ld, const struct cfg_key *k, struct fy_nod
     return cfg_fail(ld, n, "no pool named \"%s\" (defined: %s)", name, list);
 }
 
-static int k_rule_methods(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
+int cfg_k_rule_methods(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
     static const char *const names[] = {"",       "GET",     "HEAD",  "POST",    "PUT",
                                         "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"};
@@ -141,7 +141,7 @@ static int k_rule_methods(struct cfg_ld *ld, const struct cfg_key *k, struct fy_
     return MOAT_OK;
 }
 
-static int k_rule_path(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
+int cfg_k_rule_path(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
     struct moat_cfg_rule *r = base;
     char buf[1024];
@@ -167,12 +167,12 @@ static int rule_token(struct cfg_ld *ld, struct fy_node *n, char **out, const ch
     return *out ? MOAT_OK : cfg_oom(ld);
 }
 
-static int k_rule_header(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
+int cfg_k_rule_header(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
     return rule_token(ld, n, &((struct moat_cfg_rule *)base)->header, "a header field name");
 }
 
-static int k_rule_cookie(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
+int cfg_k_rule_cookie(struct cfg_ld *ld, const struct cfg_key *k, struct fy_node *n, void *base)
 {
     return rule_token(ld, n, &((struct moat_cfg_rule *)base)->cookie, "a cookie name");
 }
@@ -180,12 +180,12 @@ static int k_rule_cookie(struct cfg_ld *ld, const struct cfg_key *k, struct fy_n
 static const struct cfg_key rule_match_keys[] = {
     {.name = "path",
      .type = KT_CUSTOM,
-     .fn = k_rule_path,
+     .fn = cfg_k_rule_path,
      .tname = "glob",
      .doc = "the request path matches this glob (* any run of bytes, ? one byte)"},
     {.name = "methods",
      .type = KT_CUSTOM,
-     .fn = k_rule_methods,
+     .fn = cfg_k_rule_methods,
      .tname = "method or list",
      .doc = "the request method is one of these"},
     {.name = "query",
@@ -194,12 +194,12 @@ static const struct cfg_key rule_match_keys[] = {
      .doc = "the query string has this parameter"},
     {.name = "header",
      .type = KT_CUSTOM,
-     .fn = k_rule_header,
+     .fn = cfg_k_rule_header,
      .tname = "header field name",
      .doc = "the request has this header field"},
     {.name = "cookie",
      .type = KT_CUSTOM,
-     .fn = k_rule_cookie,
+     .fn = cfg_k_rule_cookie,
      .tname = "cookie name",
      .doc = "the request has this cookie"},
 };
@@ -541,8 +541,31 @@ static const struct cfg_key site_keys[] = {
      .fn = cfg_k_site_tls,
      .tname = "acme",
      .doc = "acme: the hosts' certificate is obtained from tls.acme (no wildcards)"},
+    {.name = "under_attack",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_site, under_attack),
+     .def = "off",
+     .names = cfg_under_attack_names,
+     .doc = "the browser challenge for every visitor: off, on, or auto (shield.auto decides)"},
+    {.name = "challenge_exempt",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_challenge_exempt,
+     .tname = "path glob or list",
+     .def = "[]",
+     .doc = "paths never challenged (API clients, websockets); still rate-limited"},
 };
-const struct cfg_table cfg_site_table = CFG_TABLE(site_keys, NULL);
+/* The site's runtime state (the shield's counters, under-attack switch) is keyed by its first
+ * host name, which survives reloads (FNV-1a: load time only). */
+static int site_post(struct cfg_ld *ld, struct fy_node *map, void *base)
+{
+    struct moat_cfg_site *s = base;
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = s->nhosts ? s->hosts[0] : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    s->shield_id = h ? h : 1;
+    return MOAT_OK;
+}
+const struct cfg_table cfg_site_table = CFG_TABLE(site_keys, site_post);
 
 static int cmp_ent(const void *a, const void *b)
 {

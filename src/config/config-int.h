@@ -228,6 +228,11 @@ cfg_key_fn cfg_k_pools;    /* cfg_pools.c */
 cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
 cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */
 cfg_key_fn cfg_k_site_tls; /* cfg_acme.c */
+cfg_key_fn cfg_k_rule_path, cfg_k_rule_methods, cfg_k_rule_header,
+    cfg_k_rule_cookie;            /* cfg_sites.c: rules[].match rows, shared with the shield */
+cfg_key_fn cfg_k_challenge_exempt; /* cfg_shield.c */
+extern const char *const cfg_under_attack_names[]; /* cfg_shield.c */
+extern const struct cfg_table cfg_shield_table;    /* cfg_shield.c */
 
 /* Sets <o>'s host and authority (the Host value for host_header: origin) from <host> and
  * <port>, leaving out <default_port> (80 for http, 443 for https) (cfg_pools.c). */

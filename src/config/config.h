@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "core/common.h"
+#include "core/geoip.h"
 #include "http/h1.h"
 
 /* A resolved socket address and the text it came from ("127.0.0.1:8080", "[::1]:80"). */
@@ -18,12 +19,6 @@ struct moat_addr {
     struct sockaddr_storage ss;
     socklen_t len;
     char text[80];
-};
-
-/* An IPv4 or IPv6 CIDR block (IPv4 stored as v4-mapped IPv6). */
-struct moat_cidr {
-    uint8_t addr[16];
-    uint8_t prefix; /* 0..128 on the mapped form */
 };
 
 struct moat_cfg_origin {
@@ -125,6 +120,87 @@ struct moat_cfg_site {
     char **upgrades;
     size_t nupgrades;
     bool tls_acme; /* tls: acme: the certificate for hosts comes from tls.acme (src/acme/) */
+    /* shield (src/shield/, docs/shield.md) */
+    unsigned under_attack;    /* enum moat_under_attack: off (default), on, auto */
+    char **challenge_exempt;  /* path globs never challenged (API clients, websockets) */
+    size_t nchallenge_exempt;
+    uint64_t shield_id;       /* hash of hosts[0]: the key of the site's runtime state */
+};
+
+
+/* --- shield: rate limits, access rules, the challenge (src/shield/, docs/shield.md) --------- */
+
+enum moat_under_attack { MOAT_UA_OFF = 0, MOAT_UA_ON, MOAT_UA_AUTO };
+/* What a shield rule does to a request. */
+enum moat_shield_action {
+    MOAT_SA_BLOCK = 0, /* rate limits: 429 + Retry-After; access rules: 403 */
+    MOAT_SA_CHALLENGE, /* the browser challenge unless the client has a valid clearance */
+    MOAT_SA_DROP,      /* close the connection without an answer */
+    MOAT_SA_ALLOW,     /* access rules only: skip every other shield rule */
+};
+/* rate_limits[].key */
+enum moat_shield_key { MOAT_SK_CLIENT_IP = 0, MOAT_SK_HEADER, MOAT_SK_COOKIE, MOAT_SK_IP_PREFIX };
+
+/* An inclusive range of (v4-mapped when IPv4) addresses, big-endian bytes. */
+struct moat_ip_range {
+    uint8_t lo[16], hi[16];
+};
+
+/* The addresses of <c> as an inclusive range (the shield's CIDR lists and blocks). */
+void moat_cidr_range(const struct moat_cidr *c, struct moat_ip_range *r);
+
+/* match: of a shield rule: a cache rule's conditions plus hosts, user agent, CIDRs, countries. */
+struct moat_cfg_smatch {
+    struct moat_cfg_rule rule; /* path, methods, query, header, cookie (same rows as rules) */
+    char **hosts;              /* lowercase exact host names (no port); NULL = any */
+    size_t nhosts;
+    char *user_agent;          /* glob on User-Agent; NULL = any */
+    struct moat_ip_range *ranges; /* cidr: sorted, merged, for a binary search; NULL = any */
+    size_t nranges;
+    char (*countries)[3];      /* ISO 3166 codes, uppercase; NULL = any */
+    size_t ncountries;
+};
+
+struct moat_cfg_ratelimit {
+    struct moat_cfg_smatch match;
+    unsigned key;           /* enum moat_shield_key */
+    char *key_name;         /* header:NAME (lowercase) / cookie:NAME */
+    unsigned prefix;        /* ip_prefix:/N (IPv4 /N; IPv6 /N of the v6 address) */
+    uint64_t interval_ns;   /* rate: one request per this many ns */
+    unsigned rate_n;        /* rate as written: rate_n per rate_unit_s seconds */
+    unsigned rate_unit_s;
+    unsigned burst;         /* default: the rate per second, at least 1 */
+    unsigned count_origin;  /* count: all (0) | origin (1) */
+    unsigned count_refused; /* refused requests use up the budget (true, default) */
+    unsigned action;        /* enum moat_shield_action (block, challenge, drop) */
+};
+
+struct moat_cfg_access {
+    struct moat_cfg_smatch match;
+    unsigned action; /* enum moat_shield_action */
+};
+
+#define MOAT_SHIELD_RULES_MAX 64 /* rate_limits and access rules each */
+
+struct moat_cfg_shield {
+    struct moat_cfg_ratelimit *rate_limits;
+    size_t nrate_limits;
+    struct moat_cfg_access *access;
+    size_t naccess;
+    unsigned conn_per_ip;   /* connections.per_ip; 0 = no limit */
+    uint64_t keys;          /* keys: rate-limit entries kept (16 B each), read at start */
+    unsigned difficulty;    /* challenge.difficulty: leading zero bits */
+    uint64_t clearance_ms;  /* challenge.clearance */
+    char *secret_file;      /* challenge.secret_file, resolved; NULL: a random key per process */
+    uint8_t secret[64];     /* the HMAC key read from (or written to) secret_file */
+    unsigned secret_len;
+    uint64_t auto_rps;      /* auto.requests_per_second; 0 = not a trigger */
+    unsigned auto_err_pm;   /* auto.origin_errors in permille; 0 = not a trigger */
+    uint64_t auto_for_ms;   /* auto.for */
+    uint64_t auto_quiet_ms; /* auto.quiet */
+    char *geoip;            /* geoip: MaxMind country database for match.country */
+    bool any_challenge;     /* derived: a rule may challenge or a site is not under_attack: off
+                               (the answer endpoint is served) */
 };
 
 enum moat_log_level { MOAT_LOG_DEBUG, MOAT_LOG_INFO, MOAT_LOG_WARN, MOAT_LOG_ERROR };
@@ -248,6 +324,8 @@ struct moat_config {
 
     struct moat_cfg_tls tls;
 
+    struct moat_cfg_shield shield;
+
     struct moat_cfg_pool *pools;
     size_t npools;
     struct moat_cfg_site *sites;
@@ -310,14 +388,6 @@ int moat_addr_parse(const char *text, struct moat_addr *out, char *err, size_t e
  * ("512", "16k", "16KiB", "512MiB", "1GiB", "1g"; powers of 1024). MOAT_OK or MOAT_ERR. */
 int moat_parse_duration_ms(const char *s, uint64_t *out);
 int moat_parse_size(const char *s, uint64_t *out);
-
-/* Parses "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128) into <out>. Host
- * bits set below the prefix are an error (a typo more often than intent). MOAT_OK or MOAT_ERR
- * with a message in <err>. */
-int moat_cidr_parse(const char *text, struct moat_cidr *out, char *err, size_t errlen);
-
-/* True if the (v4-mapped when IPv4) 16-byte <addr> is inside <c>. */
-bool moat_cidr_match(const struct moat_cidr *c, const uint8_t addr[16]);
 
 /* Calls <fn> once per configuration key, in table order, with its dotted path
  * ("pools.*.connect_timeout", "sites[].hosts"), its type name, its default as YAML text (NULL

@@ -98,6 +98,11 @@ static const struct cfg_key root_keys[] = {
      .tname = "list of sites",
      .flags = K_REQUIRED_FILE,
      .doc = "which pool serves which Host; first match as described (required)"},
+    {.name = "shield",
+     .type = KT_MAP,
+     .sub = &cfg_shield_table,
+     .sub_sep = ".",
+     .doc = "rate limits, connection limits, access rules and the browser challenge"},
     {.name = "tuning",
      .type = KT_MAP,
      .sub = &cfg_tuning_table,
@@ -514,7 +519,7 @@ bool moat_config_wants_tls(const struct moat_config *c)
 bool moat_config_trusted(const struct moat_config *c, const uint8_t addr[16])
 {
     for (size_t i = 0; i < c->ntrusted; i++)
-        if (moat_cidr_match(&c->trusted[i], addr))
+        if (moat_cidr_match_addr(&c->trusted[i], addr))
             return true;
     return false;
 }

@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include "proxy/req.h"
+#include "shield/shield.h"
 
 static const char *err_name(const struct moat_req *r)
 {
@@ -90,6 +91,7 @@ void moat_req_account(struct moat_req *r)
     MOAT_STAT_ADD(st, resp_bytes, r->resp_bytes);
     MOAT_STAT_ADD(st, req_bytes, r->req_bytes);
     moat_stats_observe(st, now - r->t_start_us);
+    moat_shield_account(r);
     moat_dashrec_record(&r->w->dash, r, now);
     if (r->w->alog.fd >= 0)
         write_access_log(r, now);

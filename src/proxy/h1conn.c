@@ -18,6 +18,7 @@
 #include "proxy/pipeline.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
+#include "shield/shield.h"
 #include "tls/tls.h"
 
 static void h1_drive(struct moat_h1conn *c);
@@ -729,6 +730,8 @@ static void conn_close(struct moat_h1conn *c)
         c->next->prev = c->prev;
     w->nconns--;
     MOAT_STAT_ADD(&w->stats, conn_active, (uint64_t)-1);
+    if (c->sh_counted)
+        moat_shield_conn_close(c->peer);
     moat_loop_defer(&w->loop, &c->defer);
 }
 
@@ -745,12 +748,32 @@ void moat_h1_close_any(struct moat_h1conn *c)
 
 void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss, bool tls)
 {
+    /* shield connections.per_ip: refused before anything is allocated (two atomic adds) */
+    bool counted = false;
+    uint8_t ip[16] = {0};
+    if (w->wcfg->cfg->shield.conn_per_ip) {
+        if (ss->ss_family == AF_INET) {
+            ip[10] = ip[11] = 0xff;
+            memcpy(ip + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        } else if (ss->ss_family == AF_INET6) {
+            memcpy(ip, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+        }
+        if (!moat_shield_conn_open(w->wcfg->cfg, ip)) {
+            MOAT_STAT_INC(&w->stats, conn_rejected);
+            close(fd);
+            return;
+        }
+        counted = true;
+    }
     struct moat_h1conn *c = calloc(1, sizeof *c);
     if (!c || moat_buf_get(&c->s.in, w->bufsize) != MOAT_OK) {
         free(c);
         close(fd);
+        if (counted)
+            moat_shield_conn_close(ip);
         return;
     }
+    c->sh_counted = counted;
     /* TCP_NODELAY is inherited from the listener (Linux copies it to accepted sockets):
      * no setsockopt per connection. */
     moat_sock_init_tcp(&c->s.sk, fd, conn_io);

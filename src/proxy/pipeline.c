@@ -5,19 +5,28 @@
 #include "proxy/pipeline.h"
 
 #include "acme/acme.h"
+#include "shield/shield.h"
 
-/* --- shield: nothing yet; the shield issue adds ACLs, rate limits and the challenge ------ */
+static struct moat_str host_only(struct moat_str host);
+
+/* --- shield: access rules, rate limits, the under-attack challenge (src/shield/). It runs
+ * before route, so it looks the site up itself (the same lookup route makes): per-site state
+ * (under_attack, challenge_exempt) needs it. */
 static int phase_shield(struct moat_req *r)
 {
-    (void)r;
-    return MOAT_DECLINED;
+    const struct moat_config *cfg = r->wcfg->cfg;
+    if (moat_shield_idle(cfg))
+        return MOAT_DECLINED;
+    const struct moat_cfg_site *site =
+        r->wcfg->only_site ? r->wcfg->only_site : moat_config_site(cfg, host_only(r->authority));
+    return moat_shield_request(r, site);
 }
 
 /* --- rules: the site's cache rules, first match wins ------------------------------------ */
 
 /* Glob match: '*' any run of bytes (including '/'), '?' one byte. Iterative with one
  * backtrack point: linear in practice, never exponential. */
-static bool glob_match(const char *g, struct moat_str s)
+bool moat_glob_match(const char *g, struct moat_str s)
 {
     size_t i = 0, star_g = (size_t)-1, star_i = 0;
     const char *p = g;
@@ -73,11 +82,11 @@ static bool has_cookie(struct moat_str v, const char *name)
     return false;
 }
 
-static bool rule_matches(const struct moat_cfg_rule *r, const struct moat_req *q)
+bool moat_rule_matches(const struct moat_cfg_rule *r, const struct moat_req *q)
 {
     if (r->methods && !(r->methods & (1u << q->meth)))
         return false;
-    if (r->path && !glob_match(r->path, q->path))
+    if (r->path && !moat_glob_match(r->path, q->path))
         return false;
     if (r->query && !has_param(q->query, r->query))
         return false;
@@ -121,7 +130,7 @@ static void pick_rule(struct moat_req *r)
     r->rule = NULL;
     r->static_default = false;
     for (size_t i = 0; i < r->site->nrules; i++) {
-        if (rule_matches(&r->site->rules[i], r)) {
+        if (moat_rule_matches(&r->site->rules[i], r)) {
             r->rule = &r->site->rules[i];
             return;
         }
@@ -255,6 +264,8 @@ static int phase_cache(struct moat_req *r)
 static int phase_balance(struct moat_req *r)
 {
     const struct moat_config *cfg = r->wcfg->cfg;
+    if (r->sh_rule) /* a count: origin rate limit: this request reaches the origin */
+        moat_shield_origin(r);
     unsigned pi = (unsigned)(r->site->pool - cfg->pools);
     const struct moat_cfg_pool *pool = &cfg->pools[pi];
     unsigned pos = r->wcfg->rr[pi]++ % r->wcfg->wsum[pi];

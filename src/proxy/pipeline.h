@@ -32,4 +32,11 @@ int moat_pipeline_request(struct moat_req *r);
 /* Is the protocol of the Upgrade token <tok> one <site> forwards (sites[].upgrades)? */
 bool moat_upgrade_allowed(const struct moat_cfg_site *site, struct moat_str tok);
 
+/* Glob match of <s> against the NUL-terminated <g>: '*' any run of bytes (including '/'),
+ * '?' one byte. Linear in practice, never exponential. */
+bool moat_glob_match(const char *g, struct moat_str s);
+/* Do the match conditions of the cache rule <r> (path, methods, query, header, cookie) hold
+ * for <q>? (The shield's rules use the same conditions.) */
+bool moat_rule_matches(const struct moat_cfg_rule *r, const struct moat_req *q);
+
 #endif

@@ -138,6 +138,7 @@ struct moat_h1conn {
     uint8_t peer[16]; /* v4-mapped when IPv4 */
     char peer_text[48];
     uint8_t peer_len; /* strlen(peer_text) */
+    bool sh_counted;  /* counted by the shield's connections.per_ip: uncount at close */
 };
 
 /* h1conn.c */

@@ -215,6 +215,10 @@ struct moat_req {
     struct moat_buf lbody; /* the body of moat's own answer (R_LOCAL) */
     uint32_t lbody_sent;
 
+    /* --- the shield (src/shield/) */
+    uint64_t sh_key; /* count: origin: the bucket charged when the request goes to the origin */
+    uint8_t sh_rule; /* ...and its rate_limits index + 1; 0: none */
+
     /* --- the cache */
     struct moat_rcache c;
 

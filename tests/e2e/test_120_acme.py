@@ -615,3 +615,22 @@ def test_ocsp_stapling_for_configured_certificates(moat_factory, pki, origin, tm
             st["next_update"]
     finally:
         resp.stop()
+
+
+@pytest.mark.timeout(60)
+def test_http01_answered_under_attack_mode(moat_factory, pebbles, pki, origin, http):
+    """The shield's under-attack challenge (503 page) stands in front of every request of
+    the site, but not of the CA's HTTP-01 requests: they are answered before the phases."""
+    m, pb = acme_moat(moat_factory, pebbles, pki, origin, ["http-01"],
+                      site={"under_attack": "on"})
+    r = http.get(m.url("/"), headers={"Host": "a.test"}, allow_redirects=False)
+    assert r.status_code == 503  # a visitor is challenged
+    st = wait_state(m, lambda s: s["state"] == "valid")
+    assert st["issued"] == 1
+    assert served(m.tls_port, "a.test", pb.root())[1] == sorted(NAMES)
+    lines = [l for l in m.access_lines(3) if "acme-challenge" in l["path"]]
+    assert len(lines) >= 2 and all(l["status"] == 200 for l in lines), lines
+    # an unknown token is an ordinary request: challenged like the rest
+    r = http.get(m.url("/.well-known/acme-challenge/nope"), headers={"Host": "a.test"},
+                 allow_redirects=False)
+    assert r.status_code == 503
