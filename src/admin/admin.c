@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "acme/acme.h"
+#include "lb/lb.h"
 #include "admin/admin.h"
 #include "admin/dash.h"
 #include "cache/store.h"
@@ -536,10 +537,20 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
         handle_under_attack(req, resp);
         return;
     }
+    if (path.len >= 6 && !memcmp(path.ptr, "/pools", 6) && (path.len == 6 || path.ptr[6] == '/')) {
+        /* pools and origins at run time (src/lb/lb_admin.c) */
+        char *out = NULL;
+        int st = moat_lb_admin(r->meth, path.ptr, path.len, req->body.ptr, req->body.len, &out);
+        free(resp->body);
+        resp->status = st;
+        resp->body = out;
+        resp->len = out ? strlen(out) : 0;
+        return;
+    }
     moat_httpd_error(resp, 404,
                      "no such endpoint (try /status, /metrics, POST /reload, POST /purge, "
                      "/dashboard, GET /shield/top, POST /shield/block, /shield/unblock, "
-                     "/shield/under_attack)");
+                     "/shield/under_attack, /pools)");
 }
 
 struct moat_httpd *moat_admin_start(struct moat_loop *loop, const struct moat_config *cfg,

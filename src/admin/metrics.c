@@ -5,6 +5,7 @@
 #include "admin/admin.h"
 #include "admin/dash.h"
 #include "cache/store.h"
+#include "lb/lb.h"
 #include "proxy/server.h"
 #include "shield/shield.h"
 #include "tls/tls.h"
@@ -214,6 +215,11 @@ char *moat_metrics_render(size_t *len)
                 "each ACME certificate runs out (Unix time; 0: none stapled)\n"
                 "# TYPE moat_acme_ocsp_next_update_seconds gauge\n");
         moat_acme_each(acme_ocsp_row, &b);
+    }
+    char *lbm = moat_lb_metrics_text(); /* pools and origins (src/lb/lb_admin.c) */
+    if (lbm) {
+        sbf(&b, "%s", lbm);
+        free(lbm);
     }
     sbf(&b,
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"

@@ -139,6 +139,84 @@ static const struct cfg_key pool_keys[] = {
      .tname = "true|false or map",
      .doc = "speak TLS to the origins (off when absent; true = verified against the system "
             "store)"},
+    /* load balancing (cfg_lb.c, docs/load-balancing.md) */
+    {.name = "monitor",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_pool_monitor,
+     .tname = "monitor name",
+     .doc = "the active health check of the origins (none: always up)"},
+    {.name = "min_origins",
+     .type = KT_UINT,
+     CFG_AT(struct moat_cfg_pool, min_origins),
+     .def = "1",
+     .min = 1,
+     .max = 10000,
+     .doc = "the pool is healthy while this many origins are up"},
+    {.name = "balance",
+     .type = KT_ENUM,
+     CFG_AT(struct moat_cfg_pool, balance),
+     .def = "round_robin",
+     .names = cfg_balance_names,
+     .doc = "round_robin (weighted), least_outstanding, random_two or hash"},
+    {.name = "hash_key",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_hash_key,
+     .tname = "client_ip|url|header:NAME|cookie:NAME",
+     .def = "client_ip",
+     .doc = "for balance: hash, what is hashed (consistent hashing)"},
+    {.name = "max_requests",
+     .type = KT_UINT,
+     CFG_AT(struct moat_cfg_pool, max_requests),
+     .def = "0",
+     .min = 0,
+     .max = 1000000,
+     .doc = "concurrent requests per origin, beyond which requests queue (0 = no limit)"},
+    {.name = "queue",
+     .type = KT_MAP,
+     .sub = &cfg_pool_queue_table,
+     .sub_sep = ".",
+     .doc = "the waiting line when every origin is at max_requests"},
+    {.name = "passive",
+     .type = KT_MAP,
+     .sub = &cfg_pool_passive_table,
+     .sub_sep = ".",
+     .doc = "outlier detection from live traffic"},
+    {.name = "slow_start",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_pool, slow_start_ms),
+     .def = "0s",
+     .min = 0,
+     .max = 3600000,
+     .doc = "an origin that comes up ramps from few requests to its full share over this"},
+    {.name = "weight",
+     .type = KT_UINT,
+     CFG_AT(struct moat_cfg_pool, weight),
+     .def = "1",
+     .min = 1,
+     .max = 1000,
+     .doc = "the pool's share under steering: random"},
+    {.name = "try_timeout",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_pool, try_timeout_ms),
+     .def = "0s",
+     .min = 0,
+     .max = 86400000,
+     .doc = "first-byte timeout after which an idempotent request is retried on another "
+            "origin (0 = off: first_byte_timeout applies)"},
+    {.name = "resolve",
+     .type = KT_DURATION,
+     CFG_AT(struct moat_cfg_pool, resolve_ms),
+     .def = "0s",
+     .min = 0,
+     .max = 86400000,
+     .doc = "re-resolve origins given by name this often: every address joins, gone ones "
+            "drain (0 = off: resolved once at load)"},
+    {.name = "autoscale",
+     .type = KT_MAP,
+     .sub = &cfg_pool_autoscale_table,
+     .sub_sep = ".",
+     .flags = K_PRESENCE,
+     .doc = "run a command when the pool stays busy or idle (off when absent)"},
 };
 
 /* The origins were read before tls, with the authority of plain HTTP ("host" for port 80);
@@ -147,6 +225,14 @@ static const struct cfg_key pool_keys[] = {
 static int pool_post(struct cfg_ld *ld, struct fy_node *map, void *base)
 {
     struct moat_cfg_pool *p = base;
+    if (p->min_origins > p->norigins)
+        return cfg_fail(ld, map, "min_origins is %u but the pool has %zu origin%s",
+                        p->min_origins, p->norigins, p->norigins == 1 ? "" : "s");
+    if (p->tls.enabled && p->monitor && p->monitor->type == MOAT_MON_HTTP)
+        return cfg_fail(ld, map,
+                        "monitor \"%s\" checks over plain HTTP, which a pool with tls does not "
+                        "speak: give it type: tcp",
+                        p->monitor->name);
     if (!p->tls.enabled)
         return MOAT_OK;
     for (size_t i = 0; i < p->norigins; i++) {

@@ -516,8 +516,19 @@ static const struct cfg_key site_keys[] = {
      .type = KT_CUSTOM,
      .fn = k_site_pool,
      .tname = "pool name",
-     .flags = K_REQUIRED,
-     .doc = "the pool requests for this site go to (required)"},
+     .doc = "the pool requests for this site go to (this or load_balancer is required)"},
+    {.name = "load_balancer",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_site_lb,
+     .tname = "load balancer name",
+     .doc = "the load balancer requests for this site go to, instead of pool"},
+    {.name = "waiting_room",
+     .type = KT_MAP,
+     .sub = &cfg_site_wroom_table,
+     .sub_sep = ".",
+     .flags = K_PRESENCE,
+     .doc = "beyond max_active visitors, browsers wait on a page in arrival order (off when "
+            "absent)"},
     {.name = "rules",
      .type = KT_CUSTOM,
      .fn = k_rules,
@@ -554,11 +565,14 @@ static const struct cfg_key site_keys[] = {
      .def = "[]",
      .doc = "paths never challenged (API clients, websockets); still rate-limited"},
 };
-/* The site's runtime state (the shield's counters, under-attack switch) is keyed by its first
- * host name, which survives reloads (FNV-1a: load time only). */
+/* A site needs pool or load_balancer. Its runtime state (the shield's counters,
+ * under-attack switch) is keyed by its first host name, which survives reloads (FNV-1a: load
+ * time only). */
 static int site_post(struct cfg_ld *ld, struct fy_node *map, void *base)
 {
     struct moat_cfg_site *s = base;
+    if (!s->pool)
+        return cfg_fail(ld, map, "a site needs pool: NAME or load_balancer: NAME");
     uint64_t h = 1469598103934665603ull;
     for (const char *p = s->nhosts ? s->hosts[0] : ""; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;

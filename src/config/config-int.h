@@ -185,7 +185,7 @@ struct cfg_table {
     }
 /* The most keys a table may have (the walker keeps per-key state on the stack); tables assert
  * it next to their definition. */
-#define CFG_MAX_KEYS 16
+#define CFG_MAX_KEYS 32
 
 #define KiB    1024ull
 #define MiB    (1024ull * 1024)
@@ -225,6 +225,16 @@ extern const struct cfg_table cfg_acme_table;     /* cfg_acme.c */
 cfg_key_fn cfg_k_listen, cfg_k_workers, cfg_k_demo_origin, cfg_k_trusted, cfg_k_forward,
     cfg_k_via;             /* cfg_server.c */
 cfg_key_fn cfg_k_pools;    /* cfg_pools.c */
+cfg_key_fn cfg_k_monitors, cfg_k_lbs, cfg_k_pool_monitor, cfg_k_hash_key,
+    cfg_k_site_lb;         /* cfg_lb.c */
+extern const struct cfg_table cfg_monitor_table;   /* cfg_lb.c */
+extern const struct cfg_table cfg_lb_table;        /* cfg_lb.c */
+extern const struct cfg_table cfg_pool_queue_table;   /* cfg_lb.c */
+extern const struct cfg_table cfg_pool_passive_table; /* cfg_lb.c */
+extern const char *const cfg_balance_names[];      /* cfg_lb.c */
+extern const struct cfg_table cfg_pool_autoscale_table; /* cfg_lb.c */
+extern const struct cfg_table cfg_site_wroom_table;     /* cfg_lb.c */
+cfg_key_fn cfg_k_autoscale_exec;                    /* cfg_lb.c */
 cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
 cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */
 cfg_key_fn cfg_k_site_tls; /* cfg_acme.c */

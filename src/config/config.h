@@ -30,6 +30,21 @@ struct moat_cfg_origin {
                               brackets: the Host value when host_header is "origin" */
 };
 
+/* monitors.*: an active health check that pools name (src/lb/monitor.c runs them). */
+enum moat_mon_type { MOAT_MON_HTTP = 0, MOAT_MON_TCP };
+#define MOAT_MON_EXPECT_MAX 8
+struct moat_cfg_monitor {
+    char *name;
+    unsigned type;     /* enum moat_mon_type */
+    char *path;        /* http: request path (default "/") */
+    char *host;        /* http: Host header; NULL = the origin's address */
+    uint16_t expect_lo[MOAT_MON_EXPECT_MAX], expect_hi[MOAT_MON_EXPECT_MAX];
+    unsigned nexpect;  /* 0: the default 200-399 */
+    char *body;        /* http: a substring the body must hold; NULL = none */
+    uint64_t interval_ms, timeout_ms;
+    unsigned fall, rise;
+};
+
 /* pools.*.tls: TLS to the pool's origins (OpenSSL 3, src/tls/). */
 struct moat_cfg_pool_tls {
     bool enabled;  /* tls: given (a map, or `true`); quick mode: an https:// origin */
@@ -57,6 +72,79 @@ struct moat_cfg_pool {
     struct moat_cfg_pool_tls tls;   /* tls: TLS to the origins (default off) */
     void *tls_client;               /* runtime: the pool's client context, built by
                                        src/tls/ (moat_tls_build) and freed with the snapshot */
+    /* load balancing (src/lb/, docs/load-balancing.md) */
+    const struct moat_cfg_monitor *monitor; /* monitor: NULL = always up */
+    unsigned min_origins;       /* healthy while this many origins are up (default 1) */
+    unsigned balance;           /* enum moat_balance (default round_robin) */
+    unsigned hash_kind;         /* enum moat_hash_kind (hash_key) */
+    char *hash_name;            /* header:NAME / cookie:NAME: the name (lowercase for headers) */
+    unsigned max_requests;      /* concurrent requests per origin; 0 = unlimited */
+    unsigned queue_size;        /* queue.size: requests waiting for an origin (all workers) */
+    uint64_t queue_timeout_ms;  /* queue.timeout */
+    unsigned passive_failures;  /* passive.failures: consecutive failures to eject; 0 = off */
+    uint64_t passive_eject_ms;  /* passive.eject: first ejection (doubles on repeat) */
+    uint64_t slow_start_ms;     /* ramp a returning or new origin over this; 0 = off */
+    unsigned weight;            /* weight of the pool for steering: random */
+    uint64_t try_timeout_ms;    /* first-byte timeout of a try that may be retried; 0 = off */
+    uint64_t resolve_ms;        /* re-resolve origins given by name this often; 0 = off */
+    struct {                    /* autoscale: the scaling hook; off while exec is NULL */
+        char *exec;             /* the command run with the pool's name and the action */
+        unsigned above, below;  /* in flight per usable origin: scale out above, in below */
+        uint64_t for_ms, cooldown_ms;
+    } autoscale;
+};
+
+enum moat_balance {
+    MOAT_BAL_ROUND_ROBIN = 0,
+    MOAT_BAL_LEAST_OUTSTANDING,
+    MOAT_BAL_RANDOM_TWO,
+    MOAT_BAL_HASH,
+};
+enum moat_hash_kind { MOAT_HASH_CLIENT_IP = 0, MOAT_HASH_HEADER, MOAT_HASH_COOKIE, MOAT_HASH_URL };
+enum moat_steering {
+    MOAT_STEER_FAILOVER = 0,
+    MOAT_STEER_RANDOM,
+    MOAT_STEER_GEO,
+    MOAT_STEER_LATENCY,
+    MOAT_STEER_LEAST_OUTSTANDING,
+};
+
+/* load_balancers.*.regions.NAME: a region's pools in order of preference. */
+struct moat_cfg_region {
+    char *name;
+    const struct moat_cfg_pool **pools;
+    size_t npools;
+};
+struct moat_cfg_geo_country {
+    char cc[3];    /* ISO 3166 code, upper case */
+    char *region;
+};
+struct moat_cfg_geo_cidr {
+    struct moat_cidr cidr;
+    char *region;
+};
+
+/* load_balancers.*: pools in order, a fallback, a steering policy, affinity. */
+struct moat_cfg_lb {
+    char *name;
+    const struct moat_cfg_pool **pools;
+    size_t npools;
+    const struct moat_cfg_pool *fallback; /* NULL = none */
+    unsigned steering;                    /* enum moat_steering */
+    struct moat_cfg_region *regions;
+    size_t nregions;
+    char *geo_mmdb; /* geo.mmdb: a MaxMind country database; NULL = none */
+    struct moat_cfg_geo_country *countries;
+    size_t ncountries;
+    struct moat_cfg_geo_cidr *cidrs;
+    size_t ncidrs;
+    char *geo_default;      /* geo.default: the region when nothing matched; NULL = none */
+    char *affinity_cookie;  /* affinity.cookie: the cookie's name; NULL = off */
+    uint64_t affinity_ttl_ms; /* affinity.ttl: Max-Age of the cookie */
+    char *affinity_key;     /* affinity.key: HMAC key of the cookie; NULL = a random key per
+                               start */
+    bool affinity_client_ip; /* affinity.client_ip: hash the client address instead */
+    unsigned retries;        /* retries: tries on other origins after a failure (default 2) */
 };
 
 /* A cache rule (sites[].rules[]): the first whose match fits a request decides how the
@@ -103,7 +191,13 @@ struct moat_cfg_rule {
 struct moat_cfg_site {
     char **hosts; /* lowercase; "*" matches any; "*.example.com" a suffix */
     size_t nhosts;
-    struct moat_cfg_pool *pool;  /* points into the snapshot's pools[] */
+    struct moat_cfg_pool *pool;  /* points into the snapshot's pools[] (with load_balancer:
+                                    its first pool, whose timeouts apply) */
+    const struct moat_cfg_lb *lb; /* load_balancer: NULL = the pool alone */
+    /* waiting_room: { max_active, session, refresh }: off while wr_max_active is 0 */
+    unsigned wr_max_active;
+    uint64_t wr_session_ms;
+    uint64_t wr_refresh_ms;
     struct moat_cfg_rule *rules; /* first match wins */
     size_t nrules;
     /* https: { redirect, hsts, hsts_subdomains, hsts_preload, same_cache } */
@@ -324,10 +418,14 @@ struct moat_config {
 
     struct moat_cfg_tls tls;
 
+    struct moat_cfg_monitor *monitors;
+    size_t nmonitors;
     struct moat_cfg_shield shield;
 
     struct moat_cfg_pool *pools;
     size_t npools;
+    struct moat_cfg_lb *lbs;
+    size_t nlbs;
     struct moat_cfg_site *sites;
     size_t nsites;
 
@@ -336,6 +434,10 @@ struct moat_config {
      * snapshot. Set once, before the snapshot is installed. */
     void *rt;
     void (*rt_free)(void *rt);
+    /* The load balancer's runtime for this snapshot (src/lb/: geo databases, the pools'
+     * runtime state), freed the same way. */
+    void *lb_rt;
+    void (*lb_rt_free)(void *lb_rt);
 };
 
 /* Error text is "FILE:LINE:COL: what is wrong" (or "moat: what is wrong" for errors that

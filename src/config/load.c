@@ -83,6 +83,13 @@ static const struct cfg_key root_keys[] = {
      .sub = &cfg_cache_table,
      .sub_sep = ".",
      .doc = "the shared in-memory HTTP cache"},
+    {.name = "monitors",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_monitors,
+     .sub = &cfg_monitor_table,
+     .sub_sep = ".*.",
+     .tname = "map of name to monitor",
+     .doc = "active health checks that pools name"},
     {.name = "pools",
      .type = KT_CUSTOM,
      .fn = cfg_k_pools,
@@ -90,6 +97,13 @@ static const struct cfg_key root_keys[] = {
      .sub_sep = ".*.",
      .tname = "map of name to pool",
      .doc = "named groups of origins"},
+    {.name = "load_balancers",
+     .type = KT_CUSTOM,
+     .fn = cfg_k_lbs,
+     .sub = &cfg_lb_table,
+     .sub_sep = ".*.",
+     .tname = "map of name to load balancer",
+     .doc = "pools in order, steering, failover and affinity, for sites to use"},
     {.name = "sites",
      .type = KT_CUSTOM,
      .fn = cfg_k_sites,
@@ -453,6 +467,8 @@ void moat_config_release(struct moat_config **cp)
     if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
         if (c->rt_free)
             c->rt_free(c->rt);
+        if (c->lb_rt_free)
+            c->lb_rt_free(c->lb_rt);
         cfg_box_free(cfg_box_of(c));
     }
 }

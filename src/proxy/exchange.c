@@ -16,6 +16,7 @@
 #include "proxy/pipeline.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
+#include "lb/lb.h"
 #include "tls/tls.h"
 
 /* Results of the pumps. */
@@ -78,6 +79,25 @@ static int upstream_fail(struct moat_req *r, enum moat_xerr e, bool maybe_stale)
             return MOAT_OK;
         }
     }
+    if (moat_lb_retry(r, e)) {
+        /* Another origin (src/lb/): the head is written again for it (its Host may differ). */
+        MOAT_STAT_INC(st, up_retries);
+        bool reused = false;
+        r->uhead.rpos = r->uhead.wpos = 0;
+        r->uhead_sent = 0;
+        r->uhead_done = false;
+        if (moat_fwd_request_head(r, &r->uhead) == MOAT_OK) {
+            r->uhead_len = r->uhead.wpos;
+            r->u = moat_up_get(r->w, r->upool, rpool(r), r->origin, r, false, &reused);
+        }
+        if (r->u) {
+            r->up_reusable = true;
+            moat_timer_set(&r->w->loop, &r->u->timer,
+                           reused ? moat_lb_first_byte_ms(r, rpool(r)->first_byte_timeout_ms)
+                                  : rpool(r)->connect_timeout_ms);
+            return MOAT_OK;
+        }
+    }
     MOAT_STAT_INC(st, xerr[e]);
     r->xerr = e;
     if (e == MOAT_XERR_TLS_VERIFY)
@@ -126,7 +146,8 @@ void moat_xchg_forward(struct moat_req *r)
     r->uhead_len = r->uhead.wpos;
     const struct moat_cfg_pool *p = rpool(r);
     moat_timer_set(&w->loop, &r->u->timer,
-                   reused ? p->first_byte_timeout_ms : p->connect_timeout_ms);
+                   reused ? moat_lb_first_byte_ms(r, p->first_byte_timeout_ms)
+                          : p->connect_timeout_ms);
 }
 
 /* --- the response head ---------------------------------------------------------------------- */
@@ -230,6 +251,7 @@ static int resp_head(struct moat_req *r)
                     continue;
                 }
                 r->t_up_first_us = moat_wall_us(); /* the final head: upstream_header_ms */
+                moat_lb_response(r, q.status);
                 if (q.status >= 500 && r->c.stale) {
                     /* The origin answers with an error while a stale copy is at hand. */
                     if (moat_pcache_stale_on_error(r)) {
@@ -507,7 +529,8 @@ int moat_xchg_drive(struct moat_req *r)
                 return upstream_fail(r, MOAT_XERR_CONNECT, false);
             u->connected = true;
             if (u->handshaken)
-                moat_timer_set(&w->loop, &u->timer, p->first_byte_timeout_ms);
+                moat_timer_set(&w->loop, &u->timer,
+                               moat_lb_first_byte_ms(r, p->first_byte_timeout_ms));
         }
         if (!u->handshaken) {
             if (u->timed_out) {
@@ -521,7 +544,7 @@ int moat_xchg_drive(struct moat_req *r)
                 return upstream_fail(
                     r, u->s.sk.verify_failed ? MOAT_XERR_TLS_VERIFY : MOAT_XERR_TLS, false);
             u->handshaken = true;
-            moat_timer_set(&w->loop, &u->timer, p->first_byte_timeout_ms);
+            moat_timer_set(&w->loop, &u->timer, moat_lb_first_byte_ms(r, p->first_byte_timeout_ms));
         }
 
         /* 2. request: the head alone (no body; kept for a retry), or with the body */
@@ -630,7 +653,9 @@ int moat_xchg_drive(struct moat_req *r)
     next:
         if (r->u && progress)
             moat_timer_set(&w->loop, &r->u->timer,
-                           r->resp_head_parsed ? p->idle_timeout_ms : p->first_byte_timeout_ms);
+                           r->resp_head_parsed
+                               ? p->idle_timeout_ms
+                               : moat_lb_first_byte_ms(r, p->first_byte_timeout_ms));
         if (!progress || spins > 64)
             return progress ? MOAT_OK : MOAT_AGAIN;
     }

@@ -5,6 +5,7 @@
 #include "proxy/pipeline.h"
 
 #include "acme/acme.h"
+#include "lb/lb.h"
 #include "shield/shield.h"
 
 static struct moat_str host_only(struct moat_str host);
@@ -259,13 +260,16 @@ static int phase_cache(struct moat_req *r)
     return moat_pcache_request(r);
 }
 
-/* --- balance: site -> pool -> origin, smooth enough weighted round-robin. The load-balancing
- * issue replaces this with pools, health and steering. */
+/* --- balance: site -> load balancer -> pool -> origin (src/lb/: steering, health, affinity,
+ * admission). A snapshot without the balancer's runtime (unit tests that build one by hand)
+ * keeps the plain weighted round-robin below. */
 static int phase_balance(struct moat_req *r)
 {
     const struct moat_config *cfg = r->wcfg->cfg;
     if (r->sh_rule) /* a count: origin rate limit: this request reaches the origin */
         moat_shield_origin(r);
+    if (cfg->lb_rt)
+        return moat_lb_balance(r);
     unsigned pi = (unsigned)(r->site->pool - cfg->pools);
     const struct moat_cfg_pool *pool = &cfg->pools[pi];
     unsigned pos = r->wcfg->rr[pi]++ % r->wcfg->wsum[pi];

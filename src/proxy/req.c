@@ -8,6 +8,7 @@
 #include "proxy/pipeline.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
+#include "lb/lb.h"
 
 /* --- memory -------------------------------------------------------------------------------- */
 
@@ -176,6 +177,7 @@ static void req_end(struct moat_req *r)
     moat_pcache_end(r, r->respf.done);
     if (r->u)
         moat_xchg_release(r);
+    moat_lb_req_end(r);
     moat_worker_wcfg_put(w, r->wcfg);
     r->wcfg = NULL;
     r->ds->done(r);

@@ -15,6 +15,7 @@
 
 #include "cache/policy.h"
 #include "cache/store.h"
+#include "lb/lb-t.h"
 #include "proxy/errors.h"
 #include "proxy/proxy-t.h"
 
@@ -229,6 +230,10 @@ struct moat_req {
     bool in_drive, drive_again;
     _Atomic bool wake_pending; /* a cache wake-up is posted to this worker's loop */
     bool zombie;               /* ended while a wake-up was posted: freed by it */
+
+    /* --- the load balancer's part (src/lb/): the origin's in-flight slot, origins tried,
+     * its place in a queue, the affinity cookie to set */
+    struct moat_lbreq lb;
 };
 
 /* --- life (req.c) -------------------------------------------------------------------------- */

@@ -126,6 +126,12 @@ size_t moat_resp_extras(const struct moat_req *r, const struct moat_resp *resp, 
         out[n++] = (struct moat_hdr){MOAT_STR("Strict-Transport-Security"),
                                      moat_str_make(scratch + s, k - s)};
     }
+    if (r->lb.set_cookie && resp->origin && n < MOAT_RESP_EXTRAS)
+        out[n++] = (struct moat_hdr){MOAT_STR("Set-Cookie"),
+                                     moat_str_make(r->lb.cookie, r->lb.cookie_len)};
+    if (r->lb.set_wr && resp->origin && n < MOAT_RESP_EXTRAS)
+        out[n++] = (struct moat_hdr){MOAT_STR("Set-Cookie"),
+                                     moat_str_make(r->lb.wr_cookie, r->lb.wr_len)};
 #undef SCRATCH_PUT
     return n;
 }

@@ -9,6 +9,7 @@
 #include "cache/store.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
+#include "lb/lb.h"
 #include "tls/tls.h"
 
 struct moat_server moat_srv = {.cfg_lock = PTHREAD_MUTEX_INITIALIZER};
@@ -321,6 +322,7 @@ static void *worker_main(void *arg)
     }
     moat_alog_close(&w->alog);
     moat_req_thread_cleanup();
+    moat_lb_thread_cleanup();
     moat_buf_thread_cleanup();
     atomic_fetch_sub(&moat_srv.workers_running, 1);
     return NULL;
@@ -344,6 +346,8 @@ int moat_server_prepare(struct moat_config *cfg, char *err, size_t errlen)
 {
     if (moat_tls_build(cfg, err, errlen) != MOAT_OK)
         return MOAT_ERR;
+    if (moat_lb_prepare(cfg, err, errlen) != MOAT_OK)
+        return MOAT_ERR;
     return need_tls_runtime(cfg, err, errlen);
 }
 
@@ -354,6 +358,8 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
     moat_srv.cfg = cfg;
     atomic_store(&moat_srv.generation, 1);
     cfg->generation = 1;
+    if (cfg->lb_rt)
+        moat_lb_install(cfg);
     moat_srv.started_us = moat_wall_us();
     unsigned n = cfg->workers ? cfg->workers : 1;
     moat_srv.workers = calloc(n, sizeof *moat_srv.workers);
@@ -454,6 +460,8 @@ void moat_server_install(struct moat_config *cfg)
     cfg->generation = gen;
     moat_srv.cfg = cfg;
     atomic_store_explicit(&moat_srv.generation, gen, memory_order_release);
+    if (cfg->lb_rt)
+        moat_lb_install(cfg);
     pthread_mutex_unlock(&moat_srv.cfg_lock);
     moat_config_release(&old);
     moat_acme_kick(); /* ACME sites may have changed */

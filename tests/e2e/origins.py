@@ -206,16 +206,16 @@ def _parse_request(buf):
 class Origin:
     """A threaded raw-socket HTTP/1.1 origin that records everything it receives."""
 
-    def __init__(self, handler=None, name="origin", port=0):
+    def __init__(self, handler=None, name="origin", port=0, host="127.0.0.1"):
         self.handler = handler or default_handler
         self.name = name
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", port))
+        self.lsock.bind((host, port))
         self.lsock.listen(128)
         self.lsock.settimeout(0.05)
         self.port = self.lsock.getsockname()[1]
-        self.addr = f"127.0.0.1:{self.port}"
+        self.addr = f"{host}:{self.port}"
         self.conns = []
         self.accept_base = 0
         self.lock = threading.Lock()
@@ -381,9 +381,11 @@ class Origin:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for t in self.threads:
-            t.join(2)
+        # The accept loop first: it may be between appending a connection's thread and
+        # starting it, and joining a thread not started yet raises.
         self.t.join(2)
+        for t in list(self.threads):
+            t.join(2)
 
 
 class TLSOrigin(Origin):

@@ -291,7 +291,7 @@ static const struct err_case err_cases[] = {
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
      "moat.yaml:5:1: base: unknown key (known here: listen, tls, workers, demo_origin, admin, "
-     "limits, timeouts, trusted_proxies, forward_headers, via, log, cache, pools, sites, shield, tuning)"},
+     "limits, timeouts, trusted_proxies, forward_headers, via, log, cache, monitors, pools, load_balancers, sites, shield, tuning)"},
     /* wrong types */
     {POOL_SITE "timeouts:\n  send: { a: 1 }\n",
      "moat.yaml:6:9: timeouts.send: expected a duration, got a map"},
