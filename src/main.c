@@ -115,6 +115,8 @@ static void check_site_names(const struct moat_config *cfg)
     if (!tls || !cfg->rt)
         return;
     for (size_t s = 0; s < cfg->nsites; s++) {
+        if (cfg->sites[s].tls_acme) /* its certificate comes from tls.acme */
+            continue;
         for (size_t h = 0; h < cfg->sites[s].nhosts; h++) {
             const char *host = cfg->sites[s].hosts[h];
             if (!strcmp(host, "*"))

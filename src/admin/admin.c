@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <time.h>
 
+#include "acme/acme.h"
 #include "lb/lb.h"
 #include "admin/admin.h"
 #include "admin/dash.h"
@@ -316,6 +317,38 @@ static void cert_entry(const struct moat_tls_cert_info *ci, void *ud)
                                          (double)(ci->not_after - now) / 86400.0));
 }
 
+/* /status "acme": each ACME certificate with its state and the last error. */
+static void acme_entry(const struct moat_acme_status *st, void *ud)
+{
+    char exp[32] = "";
+    time_t na = (time_t)st->not_after;
+    struct tm tm;
+    if (st->not_after && gmtime_r(&na, &tm))
+        strftime(exp, sizeof exp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int64_t now = (int64_t)(moat_wall_us() / 1000000);
+    json_t *o = json_pack(
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:I, s:I, s:i, s:I}", "site", st->site, "names",
+        st->names, "state", st->state, "not_before", (json_int_t)st->not_before, "not_after",
+        (json_int_t)st->not_after, "expires", exp, "last_error", st->last_error, "last_error_at",
+        (json_int_t)st->last_error_at, "next_attempt", (json_int_t)st->next_attempt, "failures",
+        (int)st->failures, "issued", (json_int_t)st->issued);
+    if (o && st->not_after)
+        json_object_set_new(o, "days_left", json_real((double)(st->not_after - now) / 86400.0));
+    if (o)
+        json_object_set_new(o, "ocsp",
+                            json_pack("{s:I, s:s}", "next_update", (json_int_t)st->ocsp_next_update,
+                                      "last_error", st->ocsp_error ? st->ocsp_error : ""));
+    json_array_append_new(ud, o);
+}
+
+/* /status "ocsp": the tls.certificates[] with an OCSP URL and their stapled response. */
+static void ocsp_entry(const struct moat_ocsp_status *st, void *ud)
+{
+    json_array_append_new(ud, json_pack("{s:s, s:s, s:I, s:s}", "file", st->file, "url", st->url,
+                                        "next_update", (json_int_t)st->next_update, "last_error",
+                                        st->last_error));
+}
+
 /* POST /shield/under_attack {"site": HOST, "mode": "on"|"off"|"auto"|"config"} */
 static void handle_under_attack(const struct moat_httpd_req *req, struct moat_httpd_resp *resp)
 {
@@ -414,6 +447,17 @@ static void handle(void *ctx, const struct moat_httpd_req *req, struct moat_http
             json_t *certs = json_array();
             moat_tls_each_cert(cfg, cert_entry, certs);
             json_object_set_new(o, "certificates", certs);
+        }
+        json_t *ocsp = json_array();
+        moat_ocsp_each(ocsp_entry, ocsp);
+        if (json_array_size(ocsp))
+            json_object_set_new(o, "ocsp", ocsp);
+        else
+            json_decref(ocsp);
+        if (moat_acme_active()) {
+            json_t *acme = json_array();
+            moat_acme_each(acme_entry, acme);
+            json_object_set_new(o, "acme", acme);
         }
         json_object_set_new(o, "shield", moat_shield_status(cfg));
         moat_config_release(&cfg);

@@ -12,11 +12,13 @@
 
 #include <ctype.h>
 
+#include "acme/acme.h"
 #include "admin/dash.h"
 #include "admin/series.h"
 #include "cache/store.h"
 #include "core/log.h"
 #include "proxy/server.h"
+#include "tls/tls.h"
 
 #ifndef MOAT_VERSION
 #define MOAT_VERSION "0.1.0"
@@ -208,6 +210,35 @@ static json_t *point_json(const struct moat_series_pt *p)
     return pt;
 }
 
+/* The certificates panel: tls.certificates of the configuration in force and the ACME
+ * certificates (src/acme/), with days left and, for ACME, the state and last error. */
+static void cert_row_json(const struct moat_tls_cert_info *ci, void *ud)
+{
+    double left = (double)(ci->not_after - (int64_t)(moat_wall_us() / 1000000)) / 86400.0;
+    json_array_append_new(ud, json_pack("{s:s, s:s, s:f, s:s, s:s}", "names", ci->names, "source",
+                                        "file", "days_left", left, "state",
+                                        left < 0 ? "expired" : "valid", "error", ""));
+}
+
+static void acme_row_json(const struct moat_acme_status *st, void *ud)
+{
+    double left = (double)(st->not_after - (int64_t)(moat_wall_us() / 1000000)) / 86400.0;
+    json_array_append_new(ud, json_pack("{s:s, s:s, s:o, s:s, s:s}", "names", st->names, "source",
+                                        "acme", "days_left",
+                                        st->not_after ? json_real(left) : json_null(), "state",
+                                        st->state, "error", st->last_error));
+}
+
+static json_t *certs_json(void)
+{
+    json_t *a = json_array();
+    struct moat_config *cfg = moat_server_config();
+    moat_tls_each_cert(cfg, cert_row_json, a);
+    moat_config_release(&cfg);
+    moat_acme_each(acme_row_json, a);
+    return a;
+}
+
 static void sample(struct moat_dash *d)
 {
     uint64_t now_us = moat_wall_us(), sec = now_us / 1000000;
@@ -327,6 +358,7 @@ static void sample(struct moat_dash *d)
     /* Filled by the load-balancing and shield work as it lands: null means "not built". */
     json_object_set_new(o, "pools", json_null());
     json_object_set_new(o, "shield", json_null());
+    json_object_set_new(o, "certs", certs_json());
 
     d->prev = cur;
     d->prev_st = st;

@@ -1,6 +1,7 @@
 /* metrics.c: Prometheus text exposition (version 0.0.4) generated from the counter table. */
 #include <stdarg.h>
 
+#include "acme/acme.h"
 #include "admin/admin.h"
 #include "admin/dash.h"
 #include "cache/store.h"
@@ -57,26 +58,60 @@ static void xerr_rows(struct sb *b, const struct moat_stats *s)
                 (unsigned long long)atomic_load(&s->xerr[e]));
 }
 
+/* ACME certificates (src/acme/) join moat_tls_certificate_expiry_seconds as file="acme"
+ * once they exist; their names are the site's hosts, which the configuration checked. */
+static void acme_expiry_row(const struct moat_acme_status *st, void *ud)
+{
+    if (st->not_after)
+        sbf(ud, "moat_tls_certificate_expiry_seconds{file=\"acme\",names=\"%s\"} %lld\n", st->names,
+            (long long)st->not_after);
+}
+
+static void acme_fail_row(const struct moat_acme_status *st, void *ud)
+{
+    sbf(ud, "moat_acme_order_failures{site=\"%s\"} %u\n", st->site, st->failures);
+}
+
+static void acme_ocsp_row(const struct moat_acme_status *st, void *ud)
+{
+    sbf(ud, "moat_acme_ocsp_next_update_seconds{site=\"%s\"} %lld\n", st->site,
+        (long long)st->ocsp_next_update);
+}
+
+/* <in> as a label value: '"' and '\\' escaped, cut to fit <out>. */
+static void label_escape(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = in; *p && n + 2 < cap; p++) {
+        if (*p == '"' || *p == '\\')
+            out[n++] = '\\';
+        out[n++] = *p;
+    }
+    out[n] = 0;
+}
+
+static void ocsp_row(const struct moat_ocsp_status *st, void *ud)
+{
+    struct sb *b = ud;
+    char file[512];
+    label_escape(st->file, file, sizeof file);
+    sbf(b, "moat_ocsp_next_update_seconds{file=\"%s\"} %lld\n", file, (long long)st->next_update);
+}
+
+static void acme_issued_row(const struct moat_acme_status *st, void *ud)
+{
+    sbf(ud, "moat_acme_certificates_issued_total{site=\"%s\"} %llu\n", st->site,
+        (unsigned long long)st->issued);
+}
+
 static void cert_row(const struct moat_tls_cert_info *ci, void *ud)
 {
     struct sb *b = ud;
     /* label values: the file and names are the operator's own text; escape what the text
      * format needs escaped */
     char file[512], names[1024];
-    size_t n = 0;
-    for (const char *p = ci->file; *p && n + 2 < sizeof file; p++) {
-        if (*p == '"' || *p == '\\')
-            file[n++] = '\\';
-        file[n++] = *p;
-    }
-    file[n] = 0;
-    n = 0;
-    for (const char *p = ci->names; *p && n + 2 < sizeof names; p++) {
-        if (*p == '"' || *p == '\\')
-            names[n++] = '\\';
-        names[n++] = *p;
-    }
-    names[n] = 0;
+    label_escape(ci->file, file, sizeof file);
+    label_escape(ci->names, names, sizeof names);
     sbf(b, "moat_tls_certificate_expiry_seconds{file=\"%s\",names=\"%s\"} %lld\n", file, names,
         (long long)ci->not_after);
 }
@@ -162,8 +197,25 @@ char *moat_metrics_render(size_t *len)
         sbf(&b, "# HELP moat_tls_certificate_expiry_seconds When each server certificate expires "
                 "(Unix time)\n# TYPE moat_tls_certificate_expiry_seconds gauge\n");
         moat_tls_each_cert(cfg, cert_row, &b);
+        moat_acme_each(acme_expiry_row, &b);
     }
     moat_config_release(&cfg);
+    sbf(&b, "# HELP moat_ocsp_next_update_seconds When the stapled OCSP response of each "
+            "tls.certificates entry with an OCSP URL runs out (Unix time; 0: none stapled)\n"
+            "# TYPE moat_ocsp_next_update_seconds gauge\n");
+    moat_ocsp_each(ocsp_row, &b);
+    if (moat_acme_active()) {
+        sbf(&b, "# HELP moat_acme_order_failures ACME orders failed in a row, per site (0: the "
+                "last one succeeded)\n# TYPE moat_acme_order_failures gauge\n");
+        moat_acme_each(acme_fail_row, &b);
+        sbf(&b, "# HELP moat_acme_certificates_issued_total Certificates obtained from the ACME "
+                "CA since start, per site\n# TYPE moat_acme_certificates_issued_total counter\n");
+        moat_acme_each(acme_issued_row, &b);
+        sbf(&b, "# HELP moat_acme_ocsp_next_update_seconds When the stapled OCSP response of "
+                "each ACME certificate runs out (Unix time; 0: none stapled)\n"
+                "# TYPE moat_acme_ocsp_next_update_seconds gauge\n");
+        moat_acme_each(acme_ocsp_row, &b);
+    }
     char *lbm = moat_lb_metrics_text(); /* pools and origins (src/lb/lb_admin.c) */
     if (lbm) {
         sbf(&b, "%s", lbm);

@@ -233,6 +233,12 @@ static const struct cfg_key tls_keys[] = {
      .min = 1,
      .max = DAY_MS,
      .doc = "time from accept to a completed handshake"},
+    {.name = "acme",
+     .type = KT_MAP,
+     .sub = &cfg_acme_table,
+     .sub_sep = ".",
+     .flags = K_PRESENCE,
+     .doc = "certificates from an ACME CA (RFC 8555) for the sites with tls: acme"},
 };
 const struct cfg_table cfg_tls_table = CFG_TABLE(tls_keys, NULL);
 _Static_assert(MOAT_ARRAY_LEN(tls_keys) <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");

@@ -221,6 +221,7 @@ extern const struct cfg_table cfg_site_table;     /* cfg_sites.c */
 extern const struct cfg_table cfg_tls_table;      /* cfg_tls.c */
 extern const struct cfg_table cfg_http2_table;    /* cfg_http2.c */
 extern const struct cfg_table cfg_pool_tls_table; /* cfg_tls.c */
+extern const struct cfg_table cfg_acme_table;     /* cfg_acme.c */
 
 cfg_key_fn cfg_k_listen, cfg_k_workers, cfg_k_demo_origin, cfg_k_trusted, cfg_k_forward,
     cfg_k_via;             /* cfg_server.c */
@@ -237,6 +238,7 @@ extern const struct cfg_table cfg_site_wroom_table;     /* cfg_lb.c */
 cfg_key_fn cfg_k_autoscale_exec;                    /* cfg_lb.c */
 cfg_key_fn cfg_k_sites;    /* cfg_sites.c */
 cfg_key_fn cfg_k_pool_tls; /* cfg_tls.c */
+cfg_key_fn cfg_k_site_tls; /* cfg_acme.c */
 cfg_key_fn cfg_k_rule_path, cfg_k_rule_methods, cfg_k_rule_header,
     cfg_k_rule_cookie;            /* cfg_sites.c: rules[].match rows, shared with the shield */
 cfg_key_fn cfg_k_challenge_exempt; /* cfg_shield.c */

@@ -213,6 +213,7 @@ struct moat_cfg_site {
        speak HTTP/2 to the origin past every rule moat enforces. */
     char **upgrades;
     size_t nupgrades;
+    bool tls_acme; /* tls: acme: the certificate for hosts comes from tls.acme (src/acme/) */
     /* shield (src/shield/, docs/shield.md) */
     unsigned under_attack;    /* enum moat_under_attack: off (default), on, auto */
     char **challenge_exempt;  /* path globs never challenged (API clients, websockets) */
@@ -335,6 +336,24 @@ struct moat_cfg_cert {
 #define MOAT_TLS_V12 0x1u
 #define MOAT_TLS_V13 0x2u
 
+/* tls.acme: certificates obtained by moat itself from an ACME CA (RFC 8555, src/acme/). */
+#define MOAT_ACME_HTTP01    0x1u
+#define MOAT_ACME_TLSALPN01 0x2u
+struct moat_cfg_acme {
+    bool enabled;               /* tls.acme given */
+    char *directory;            /* the CA's directory URL (https://, or http:// for tests) */
+    char *email;                /* contact for the account; NULL = none */
+    char *storage;              /* directory: account key, certificates, keys (0600), lock */
+    char *ca_file;              /* PEM bundle to trust for the CA's API; NULL = system store */
+    unsigned challenges;        /* MOAT_ACME_* bits; default both */
+    bool tls_alpn_first;        /* challenges lists tls-alpn-01 before http-01 */
+    uint64_t renew_before_ms;   /* default 30d: renew when the certificate expires sooner */
+    uint64_t check_interval_ms; /* default 1h: how often certificates are looked at */
+    uint64_t retry_min_ms;      /* default 1m: first wait after a failed order (doubles) */
+    uint64_t retry_max_ms;      /* default 1d: the longest wait between failed orders */
+    uint64_t timeout_ms;        /* default 30s: one request to the CA */
+};
+
 /* tls: the server side of TLS (src/tls/ builds OpenSSL contexts from it). */
 struct moat_cfg_tls {
     struct moat_cfg_cert *certs; /* the first is the default (no SNI, unknown name) */
@@ -353,6 +372,7 @@ struct moat_cfg_tls {
                                       default 20480; 0 = off */
     uint64_t session_timeout_ms;   /* default 1h: how long a session can be resumed */
     uint64_t handshake_timeout_ms; /* default 10s: accept to handshake done */
+    struct moat_cfg_acme acme;     /* tls.acme: automatic certificates (default off) */
 };
 
 struct moat_config {

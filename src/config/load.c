@@ -132,7 +132,9 @@ static const struct cfg_key root_keys[] = {
 static int root_post(struct cfg_ld *ld, struct fy_node *map, void *base)
 {
     const struct moat_config *c = base;
-    for (size_t i = 0; i < c->nlisten && c->tls.ncerts == 0; i++) {
+    /* With tls.acme the certificates may all come from the CA: until the first one exists a
+     * name without one fails its handshake (docs/acme.md). */
+    for (size_t i = 0; i < c->nlisten && c->tls.ncerts == 0 && !c->tls.acme.enabled; i++) {
         if (!c->listen[i].tls)
             continue;
         /* listen is a list here: a single value cannot be a map, so it has no tls. */

@@ -3,6 +3,8 @@
  * log) run from exchange.c, cache.c and alog.c as the response passes; they will move here as
  * they grow. */
 #include "proxy/pipeline.h"
+
+#include "acme/acme.h"
 #include "lb/lb.h"
 #include "shield/shield.h"
 
@@ -291,8 +293,27 @@ const struct moat_phase_def moat_phases[MOAT_PH_COUNT] = {
     {MOAT_PH_BALANCE, "balance", phase_balance},
 };
 
+/* ACME HTTP-01 (src/acme/): the CA's GET of /.well-known/acme-challenge/<token> is answered
+ * before every phase, so no site rule, redirect to https or shield decision can stand between
+ * the CA and the proof (RFC 8555 8.3). An unknown token goes on as an ordinary request. */
+static int acme_http01(struct moat_req *r)
+{
+    static const char pfx[] = MOAT_ACME_HTTP01_PREFIX;
+    if ((r->meth != MOAT_M_GET && r->meth != MOAT_M_HEAD) || r->path.len <= sizeof pfx - 1 ||
+        memcmp(r->path.ptr, pfx, sizeof pfx - 1) || !moat_acme_active())
+        return MOAT_DECLINED;
+    char ka[256];
+    if (!moat_acme_http01(r->path.ptr + sizeof pfx - 1, r->path.len - (sizeof pfx - 1), ka,
+                          sizeof ka))
+        return MOAT_DECLINED;
+    moat_req_respond(r, 200, "application/octet-stream", NULL, 0, moat_str_make(ka, strlen(ka)));
+    return MOAT_DONE;
+}
+
 int moat_pipeline_request(struct moat_req *r)
 {
+    if (acme_http01(r) == MOAT_DONE)
+        return MOAT_DONE;
     for (size_t i = 0; i < MOAT_PH_COUNT; i++) {
         int rc = moat_phases[i].fn(r);
         if (rc == MOAT_DONE || rc == MOAT_ERR)

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acme/acme.h"
 #include "cache/store.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
@@ -421,6 +422,9 @@ int moat_server_start(struct moat_config *cfg, char *err, size_t errlen)
     }
     for (size_t k = 0; k < cfg->nlisten; k++)
         moat_log_info("listening on %s (%u workers)", cfg->listen[k].addr.text, n);
+    /* ACME: the stored certificates are in the store before the first handshake. */
+    if (moat_acme_start(cfg, moat_server_config, err, errlen) != MOAT_OK)
+        return MOAT_ERR;
     for (unsigned i = 0; i < n; i++) {
         atomic_fetch_add(&moat_srv.workers_running, 1);
         if (pthread_create(&moat_srv.workers[i].thread, NULL, worker_main, &moat_srv.workers[i])) {
@@ -463,6 +467,7 @@ void moat_server_install(struct moat_config *cfg)
         moat_lb_install(cfg);
     pthread_mutex_unlock(&moat_srv.cfg_lock);
     moat_config_release(&old);
+    moat_acme_kick(); /* ACME sites may have changed */
 }
 
 int moat_server_reload(const char *path, char *err, size_t errlen)
@@ -475,7 +480,7 @@ int moat_server_reload(const char *path, char *err, size_t errlen)
     struct moat_config *cfg = moat_config_load(path, err, errlen);
     if (cfg && moat_server_prepare(cfg, err, errlen) != MOAT_OK)
         moat_config_release(&cfg);
-    if (cfg && cfg->tls.ncerts == 0 && moat_srv.nworkers) {
+    if (cfg && cfg->tls.ncerts == 0 && !cfg->tls.acme.enabled && moat_srv.nworkers) {
         /* The listeners stay as they were started (listen needs a restart): TLS ones need
          * certificates from the new snapshot too. */
         const struct moat_worker *w0 = &moat_srv.workers[0];
@@ -522,6 +527,7 @@ void moat_server_drain(uint64_t timeout_ms)
 
 void moat_server_join(void)
 {
+    moat_acme_stop();
     for (unsigned i = 0; i < moat_srv.nworkers; i++) {
         pthread_join(moat_srv.workers[i].thread, NULL);
         struct moat_worker *w = &moat_srv.workers[i];

@@ -67,6 +67,7 @@ struct tls_conn {
     uint32_t nread, nwrite;    /* read(2)/send(2) calls: tests and debugging */
     int sock_errno;            /* the socket error the BIO saw, 0 if none */
     bool server, hs_done, counted, fatal, shut_sent, sock_eof, rd_eof, kernel_more;
+    bool acme_alpn; /* server: the client offered acme-tls/1 (RFC 8737, src/acme/) */
 };
 
 /* Counters: single writer (the connection's worker), relaxed, no RMW (as src/proxy/stats.h). */

@@ -41,6 +41,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "acme/acme.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "tls/tls-int.h"
@@ -509,13 +510,68 @@ static int sni_cb(SSL *ssl, int *alert, void *arg)
         ctx = sni_find(srv, lc, n);
     }
     if (!ctx) {
-        if (c)
+        if (c && !(n < sizeof lc && moat_acme_has_name(lc, n))) /* ACME: acme_cert_cb */
             TLS_COUNT(c, tls_sni_default);
         return SSL_TLSEXT_ERR_OK;
     }
     if (ctx != SSL_get_SSL_CTX(ssl))
         SSL_set_SSL_CTX(ssl, ctx); /* copies the context's certificate set (refcounts) */
     return SSL_TLSEXT_ERR_OK;
+}
+
+/* ACME (src/acme/). The client hello callback notes a client that offers acme-tls/1 (a
+ * TLS-ALPN-01 validation, RFC 8737) before anything else runs: with TLS 1.2 OpenSSL picks the
+ * certificate (cert_cb) before it selects ALPN, so the ALPN callback would be too late to
+ * tell. cert_cb then lets src/acme/ put in the site's ACME certificate, or the challenge
+ * certificate. Both return at once when ACME is off. */
+static int acme_hello_cb(SSL *ssl, int *alert, void *arg)
+{
+    if (!moat_acme_active())
+        return SSL_CLIENT_HELLO_SUCCESS;
+    const unsigned char *p;
+    size_t len;
+    struct tls_conn *c = SSL_get_app_data(ssl);
+    if (c &&
+        SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &p,
+                                  &len) &&
+        len >= 2 && (size_t)(p[0] << 8 | p[1]) == len - 2)
+        c->acme_alpn = moat_acme_alpn_offered(p + 2, len - 2);
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* The client's SNI name lowercased, without a final dot, into <lc> ("" when none). */
+static void sni_lower(SSL *ssl, char lc[256])
+{
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    size_t n = name ? strlen(name) : 0;
+    if (n >= 256)
+        n = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        lc[i] = (char)((unsigned)(ch - 'A') < 26u ? ch | 0x20 : ch);
+    }
+    if (n && lc[n - 1] == '.')
+        n--;
+    lc[n] = '\0';
+}
+
+static int acme_cert_cb(SSL *ssl, void *arg)
+{
+    if (!moat_acme_active())
+        return 1;
+    struct tls_conn *c = SSL_get_app_data(ssl);
+    char lc[256];
+    sni_lower(ssl, lc);
+    return moat_acme_pick(ssl, lc, c && c->acme_alpn, SSL_get_certificate(ssl) != NULL);
+}
+
+/* OCSP stapling (src/acme/: ACME certificates and tls.certificates), called only when the
+ * client asks for a status. */
+static int acme_status_cb(SSL *ssl, void *arg)
+{
+    char lc[256];
+    sni_lower(ssl, lc);
+    return moat_acme_staple(ssl, lc);
 }
 
 /* ALPN: our first protocol the client also offers. None in common is a fatal
@@ -526,6 +582,13 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 {
     const struct tls_server *srv = arg;
     unsigned char *o;
+    struct tls_conn *c = SSL_get_app_data(ssl);
+    if (c && c->acme_alpn) { /* the challenge certificate is in place (acme_cert_cb) */
+        static const unsigned char acme[] = "acme-tls/1";
+        *out = acme;
+        *outlen = sizeof acme - 1;
+        return SSL_TLSEXT_ERR_OK;
+    }
     if (SSL_select_next_proto(&o, outlen, srv->alpn, srv->alpn_len, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
@@ -644,6 +707,9 @@ static SSL_CTX *server_ctx_new(const struct moat_cfg_tls *t, struct tls_server *
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, srv);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, srv);
+    SSL_CTX_set_client_hello_cb(ctx, acme_hello_cb, NULL);
+    SSL_CTX_set_cert_cb(ctx, acme_cert_cb, NULL);
+    SSL_CTX_set_tlsext_status_cb(ctx, acme_status_cb);
     SSL_CTX_set_app_data(ctx, srv);
     return ctx;
 fail:
@@ -708,8 +774,8 @@ static int server_build(const struct moat_cfg_tls *t, const char *alpn, struct m
     struct cert_load *L = calloc(n, sizeof *L);
     struct tls_server *srv = calloc(1, sizeof *srv);
     int rc = MOAT_ERR;
-    if (!L || !srv || !(srv->ctxs = calloc(n, sizeof *srv->ctxs)) ||
-        !(srv->certs = calloc(n, sizeof *srv->certs))) {
+    if (!srv || !(srv->ctxs = calloc(MOAT_MAX(n, (size_t)1), sizeof *srv->ctxs)) ||
+        !(srv->certs = calloc(MOAT_MAX(n, (size_t)1), sizeof *srv->certs)) || (n && !L)) {
         failf(err, errlen, "tls: out of memory");
         goto out;
     }
@@ -774,6 +840,15 @@ static int server_build(const struct moat_cfg_tls *t, const char *alpn, struct m
             failf(err, errlen, "tls: out of memory");
             goto out;
         }
+    }
+    if (n == 0) {
+        /* Only ACME certificates (tls.acme): a default context without one; a handshake for
+         * a name without a certificate yet fails (acme_cert_cb). */
+        SSL_CTX *ctx = server_ctx_new(t, srv, err, errlen);
+        if (!ctx)
+            goto out;
+        srv->ctxs[srv->nctxs++] = ctx;
+        SSL_CTX_set_ex_data(ctx, srv_idx, srv);
     }
     sni_sort(srv->exact, &srv->nexact);
     sni_sort(srv->wild, &srv->nwild);
@@ -943,9 +1018,10 @@ int moat_tls_build(struct moat_config *cfg, char *err, size_t errlen)
         npools += cfg->pools[i].tls.enabled;
     for (size_t i = 0; i < cfg->nlisten; i++)
         listener |= cfg->listen[i].tls;
-    if (listener && !cfg->tls.ncerts)
+    bool acme = cfg->tls.acme.enabled;
+    if (listener && !cfg->tls.ncerts && !acme)
         return failf(err, errlen, "listen: a listener with tls: true needs tls.certificates");
-    if (!cfg->tls.ncerts && !npools)
+    if (!cfg->tls.ncerts && !npools && !(listener && acme))
         return MOAT_OK;
     if (cfg->rt)
         return failf(err, errlen, "tls: the snapshot already has a runtime");
@@ -958,7 +1034,8 @@ int moat_tls_build(struct moat_config *cfg, char *err, size_t errlen)
         failf(err, errlen, "tls: out of memory");
         goto fail;
     }
-    if (cfg->tls.ncerts && server_build(&cfg->tls, SERVER_ALPN, rt, err, errlen) != MOAT_OK)
+    if ((cfg->tls.ncerts || (listener && acme)) &&
+        server_build(&cfg->tls, SERVER_ALPN, rt, err, errlen) != MOAT_OK)
         goto fail;
     for (size_t i = 0; i < cfg->npools; i++) {
         if (!cfg->pools[i].tls.enabled)

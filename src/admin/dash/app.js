@@ -212,6 +212,13 @@
     topTable('top-urls', s.top.urls);
     topTable('top-hosts', s.top.hosts);
     topTable('top-clients', s.top.clients);
+    // certificates: names, days left, state (ACME: valid / renewing / pending / failing + why)
+    const certs = (s.certs || []).map((c) => [c.names,
+      c.days_left === null ? '–' : Math.floor(c.days_left) + ' d',
+      c.source === 'acme' ? 'acme ' + c.state + (c.error ? ': ' + c.error : '') : c.state]);
+    if (!certs.length) certs.push(['no TLS certificates', '', '']);
+    fillRows('certs', certs, 3);
+    for (const tr of $('certs').rows) tr.cells[2].title = tr.cells[2].textContent;
     document.body.dataset.snapshots = String(s.snapshots);
   }
 
