@@ -247,7 +247,7 @@ start_limit() {
 nginx_proxy() {   # NAME [LOCATION_EXTRA] [HTTP_EXTRA]
   nginx_proxy_upstream "$1" "${2:-}" "${3:-}" "        server 127.0.0.1:${PORT[origin]};"
 }
-nginx_proxy_upstream() {   # NAME LOCATION_EXTRA HTTP_EXTRA UPSTREAM_SERVERS
+nginx_proxy_upstream() {   # NAME LOCATION_EXTRA HTTP_EXTRA UPSTREAM_SERVERS [KEEPALIVE]
   local name=$1 port; port=$(free_port)
   run_nginx_conf "$TMP/$name" "$port" "
         location / {
@@ -261,7 +261,7 @@ nginx_proxy_upstream() {   # NAME LOCATION_EXTRA HTTP_EXTRA UPSTREAM_SERVERS
         }" "
     upstream origin {
 $4
-        keepalive 32;
+        keepalive ${5:-32};
         keepalive_requests 100000000;
         keepalive_timeout 60s;
     }
@@ -582,12 +582,15 @@ start_haproxy_lb() {
     option httpchk GET /__origin_status" "$servers"
 }
 # nginx_lb: one worker, upstream with the 4 servers (round robin, nginx's default),
-# max_fails=1 fail_timeout=10s, proxy_next_upstream error timeout, keepalive 32.
+# max_fails=1 fail_timeout=10s, proxy_next_upstream error timeout. keepalive 128 idle upstream
+# connections (over all 4 origins): with the proxy set's 32, the 50 clients spread over 4
+# origins overflow nginx's idle cache and it opens a new origin connection for about every
+# fourth request.
 start_nginx_lb() {
   local ups="" o
   for o in "${LB_ORIGINS[@]}"; do ups+="        server 127.0.0.1:${PORT[$o]} max_fails=1 fail_timeout=10s;
 "; done
-  nginx_proxy_upstream nginx_lb "proxy_next_upstream error timeout;" "" "$ups"
+  nginx_proxy_upstream nginx_lb "proxy_next_upstream error timeout;" "" "$ups" 128
 }
 # pass-through across a pool of 4 origins: requests per CPU-second of the balancer. Not in the
 # default sets: `bash bench/run.sh lb`.
@@ -691,11 +694,11 @@ ensure_alive() {
 cpu_ticks() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/cputicks.py" "$1"; }
 # The origins' request counter (nginx stub_status; includes the status request itself), summed
 # over every origin process.
-origin_reqs() {   # the counters, one per origin, space-separated
+origin_reqs() {   # the counters, one ACCEPTS:REQUESTS per origin, space-separated
   local o n out=""
   for o in "${ORIGINS[@]}"; do
-    n=$(timeout 5 curl -s --max-time 3 "http://127.0.0.1:${PORT[$o]}/__origin_status" | awk 'NR == 3 { print $3 }')
-    out+="${out:+ }${n:-0}"
+    n=$(timeout 5 curl -s --max-time 3 "http://127.0.0.1:${PORT[$o]}/__origin_status" | awk 'NR == 3 { print $1 ":" $3 }')
+    out+="${out:+ }${n:-0:0}"
   done
   echo "$out"
 }
@@ -703,8 +706,15 @@ origin_reqs() {   # the counters, one per origin, space-separated
 origin_split() {   # BEFORE AFTER
   local -a a b; read -r -a a <<<"$1"; read -r -a b <<<"$2"
   local i out=""
-  for i in "${!b[@]}"; do out+="${out:+ }$(( b[i] - ${a[i]:-0} - 1 ))"; done
+  for i in "${!b[@]}"; do out+="${out:+ }$(( ${b[i]#*:} - ${a[i]#*:} - 1 ))"; done
   echo "$out"
+}
+# connections the origins accepted between two readings (minus the status requests' own)
+origin_conns() {   # BEFORE AFTER
+  local -a a b; read -r -a a <<<"$1"; read -r -a b <<<"$2"
+  local i t=0
+  for i in "${!b[@]}"; do t=$(( t + ${b[i]%%:*} - ${a[i]%%:*} - 1 )); done
+  echo "$t"
 }
 origins_cpu_ticks() {
   local o n t=0
@@ -786,10 +796,10 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
   [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
   printf '%s\n' "$out" >>"$OUT/wrk.log"
-  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$(origin_split "$o0" "$o1")" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" "$AFTER" >>"$RAW" <<'EOF'
+  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$(origin_split "$o0" "$o1")" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" "$AFTER" "$(origin_conns "$o0" "$o1")" >>"$RAW" <<'EOF'
 import json, sys
 w = json.loads(sys.argv[1])
-set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks, after = sys.argv[2:]
+set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks, after, oconns = sys.argv[2:]
 split = [int(x) for x in oreq.split()]
 ticks, hz, size, oreq, oticks = int(ticks), int(hz), int(size), sum(split), int(oticks)
 cbusy, sbusy, wticks = int(cbusy), int(sbusy), int(wticks)
@@ -830,14 +840,14 @@ row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=s
            requests=req, duration_s=dur, rps=req / dur if dur else 0.0,
            p50_us=w["p50_us"], p90_us=w["p90_us"], p99_us=w["p99_us"], max_us=w["max_us"],
            cpu_ticks=ticks, cpu_s=cpu_s, req_per_cpu_s=(req / cpu_s) if cpu_s else None,
-           bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect, origin_split=split,
+           bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect, origin_split=split, origin_conns=int(oconns),
            origin_cpu_s=oticks / hz, wrk_cpu_s=wticks / hz,
            client_core_busy_s=cbusy / hz, server_core_busy_s=sbusy / hz,
            after=after, ok=not why, why="; ".join(why), **tls)
 print(json.dumps(row))
 EOF
   local last; last=$(tail -n1 "$RAW")
-  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s  wrk cpu %5.2f s  core busy %4.2f/%4.2f s%s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], r["wrk_cpu_s"], r["server_core_busy_s"], r["client_core_busy_s"], "  origins " + "/".join(map(str, r["origin_split"])) if len(r.get("origin_split", [])) > 1 else "", "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
+  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s  wrk cpu %5.2f s  core busy %4.2f/%4.2f s%s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], r["wrk_cpu_s"], r["server_core_busy_s"], r["client_core_busy_s"], "  origins " + "/".join(map(str, r["origin_split"])) + " (%d new conns)" % r["origin_conns"] if len(r.get("origin_split", [])) > 1 else "", "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
   [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$last")" = True ] \
     || loud "$srv $wl round $round FAILED: $($PY -c 'import json,sys; print(json.loads(sys.argv[1])["why"])' "$last")"
 }
