@@ -92,7 +92,7 @@ def render_tables(order, stats):
         # cache-hit and TLS tables also show the CPU cost of one request in µs (1e6 /
         # req-per-CPU-s; on the handshake rows, one request = one connection = one handshake)
         us = set_ in ("cache", "tls")
-        ous = set_ == "proxy"
+        ous = set_ in ("proxy", "lb")
         lines.append(f"### {set_}: {wl}")
         lines.append("")
         lines.append("| server | req/s | ×limit | p50 ms | ×limit | p99 ms | ×limit | req/CPU-s | ×limit |"
