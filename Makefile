@@ -77,17 +77,31 @@ test:
 	$(MAKE) fuzz-run
 
 # libFuzzer targets (clang). FUZZ_SECONDS bounds each run.
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 20
 FUZZ_SRCS    := $(shell find tests/fuzz -name 'fuzz_*.c' 2>/dev/null | sort)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=build-fuzz/%)
 FUZZ_LIBSRCS := $(filter-out src/main.c,$(SRCS))
 FUZZ_CFLAGS  := $(CSTD) -O1 -g -Isrc -Ibuild/gen $(PKGCFLAGS) -pthread -fsanitize=fuzzer,address,undefined
 
+FUZZ_OBJS    := $(FUZZ_LIBSRCS:%.c=build-fuzz/obj/%.o)
+
 fuzz: $(FUZZ_BINS)
 
-build-fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRCS) build/gen/dash_assets.h
+# moat's sources are compiled once (instrumented, without libFuzzer's main) into one archive
+# that every target links: eight targets used to compile every source eight times.
+build-fuzz/obj/%.o: %.c build/gen/dash_assets.h
+	@mkdir -p $(dir $@)
+	clang $(subst -fsanitize=fuzzer,-fsanitize=fuzzer-no-link,$(FUZZ_CFLAGS)) -MMD -MP -c -o $@ $<
+
+build-fuzz/libmoat-fuzz.a: $(FUZZ_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+-include $(FUZZ_OBJS:.o=.d)
+
+build-fuzz/%: tests/fuzz/%.c build-fuzz/libmoat-fuzz.a
 	@mkdir -p build-fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_LIBSRCS) $(PKGLIBS) -lm
+	clang $(FUZZ_CFLAGS) -o $@ $< build-fuzz/libmoat-fuzz.a $(PKGLIBS) -lm
 
 # A crash, a leak (bar tests/fuzz/lsan.supp: bugs outside moat) or a unit slower than 10 s
 # (a hang) fails the run; the input is kept as
