@@ -23,6 +23,7 @@ KIB = 1024
 
 def handler(req, origin):
     """/c/NAME/N: N bytes, cacheable for a minute; /slow/NAME/N: the same after 1 s;
+    /slownostore/NAME/N: N bytes after 1 s, Cache-Control: no-store;
     /pass/...: a short answer (a rule bypasses the cache for it); anything else: 404."""
     p = req.path
     parts = p.split("/")
@@ -31,6 +32,8 @@ def handler(req, origin):
         return response(200, pattern(int(parts[-1])), cc)
     if p.startswith("/slow/"):
         return [1.0, response(200, pattern(int(parts[-1])), cc)]
+    if p.startswith("/slownostore/"):
+        return [1.0, response(200, pattern(int(parts[-1])), [("Cache-Control", "no-store")])]
     if p.startswith("/pass/"):
         return response(200, f"pass {p}\n", cc)
     return response(404, b"no\n")
@@ -289,3 +292,90 @@ def test_curl_http2_demo(moat_factory, origin_factory, pki, tmp_path):
     mt = m.metrics(lambda mt: metric(mt, "moat_http2_streams_total") >= 3)
     assert metric(mt, "moat_http2_connections_total") == 3
     assert metric(mt, "moat_http2_streams_total") == 3
+
+
+@pytest.mark.parametrize("writer_via", ["h2", "h1"])
+def test_collapsed_waiters_reset_and_writer_reset(moat_factory, origin_factory, writer_via):
+    """Streams leave while collapsed: a waiter stream reset by its client, a whole HTTP/2
+    connection of waiters closed, and the writer's client gone before the origin answers (its
+    HTTP/2 stream reset, or its HTTP/1.1 connection closed). The waiters that stay (HTTP/2 GET
+    and HEAD, HTTP/1.1) still get the whole body from the one origin request: the fill goes on
+    without its client. (Before the fix an HTTP/2 writer's reset, seen at once, aborted the
+    object and sent each of the 7 waiters to the origin itself.)"""
+    o = origin_factory(handler, "slow")
+    m = moat_with(moat_factory, o, workers=1)
+    size = 200 * KIB
+    path = f"/slow/w/{size}"
+    body = pattern(size)
+    with H2(m.port) as w, H2(m.port) as a, H2(m.port) as gone, Client(m.port, timeout=20) as h1, \
+            Client(m.port, timeout=20) as h1w:
+        if writer_via == "h2":
+            writer = w.request("GET", path, authority="shop.test")
+        else:
+            h1w.send(f"GET {path} HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
+        assert o.wait_requests(1, timeout=5)
+        keep = [a.request("GET", path, authority="shop.test") for _ in range(4)]
+        head = a.request("HEAD", path, authority="shop.test")
+        drop = [a.request("GET", path, authority="shop.test") for _ in range(3)]
+        for _ in range(5):
+            gone.request("GET", path, authority="shop.test")
+        h1.send(f"GET {path} HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
+        time.sleep(0.2)
+        for sid in drop:
+            a.conn.reset_stream(sid, 8)  # CANCEL
+        a.flush()
+        gone.sock.close()
+        if writer_via == "h2":
+            w.conn.reset_stream(writer, 8)
+            w.flush()
+        else:
+            h1w.close()
+        for sid in keep:
+            r = a.response(sid, timeout=20)
+            assert r.status == 200 and r.reset is None and bytes(r.body) == body, r
+        r = a.response(head, timeout=20)
+        assert r.status == 200 and r.body == b"" and r.header("content-length") == str(size), r
+        r1 = h1.read_response()
+        assert r1.status == 200 and r1.body == body, (r1.status, len(r1.body))
+        # the connections are still good for more
+        r = w.get(path, authority="shop.test")
+        assert r.status == 200 and bytes(r.body) == body
+    assert m.alive()
+    assert origin_count(o, "/slow/") == 1, [q.path for q in o.requests]
+    if writer_via == "h2":  # an HTTP/1.1 client's close is seen at the first write: a hit
+        mt = m.metrics(lambda mt: metric(mt, "moat_cache_detached_fetches_total") >= 1)
+        assert metric(mt, "moat_cache_detached_fetches_total") == 1
+    with H2(m.port) as c:
+        r = c.get(path, authority="shop.test")
+        assert bytes(r.body) == body and is_hit(r.header("cache-status")), r.headers
+
+
+def test_writer_reset_before_an_uncacheable_head(moat_factory, origin_factory):
+    """The writer's stream is reset before the origin answers, and the answer says no-store:
+    the orphaned fill ends at the head (nobody wants its body), and the waiters, told the
+    object is not stored, each fetch their own answer and get it whole."""
+    o = origin_factory(handler, "slow")
+    m = moat_with(moat_factory, o, workers=1)
+    path = f"/slownostore/p/{100 * KIB}"
+    body = pattern(100 * KIB)
+    with H2(m.port) as w, H2(m.port) as a:
+        writer = w.request("GET", path, authority="shop.test")
+        assert o.wait_requests(1, timeout=5)
+        sids = [a.request("GET", path, authority="shop.test") for _ in range(3)]
+        time.sleep(0.2)
+        w.conn.reset_stream(writer, 8)
+        w.flush()
+        for sid in sids:
+            r = a.response(sid, timeout=20)
+            assert r.status == 200 and r.reset is None and bytes(r.body) == body, r
+        r = w.get(path, authority="shop.test")
+        assert r.status == 200 and bytes(r.body) == body
+    # the writer's request, then each waiter's own (at least one; collapsed again or not),
+    # then the last GET
+    assert 3 <= origin_count(o, "/slownostore/") <= 5, [q.path for q in o.requests]
+    assert m.alive()
+    mt = m.metrics(lambda mt: metric(mt, "moat_cache_detached_fetches_total") >= 1)
+    assert metric(mt, "moat_cache_detached_fetches_total") == 1
+    lines = m.access_lines(5)
+    gone = [l for l in lines if l.get("error") == "client_gone"]
+    assert len(gone) == 1, lines
