@@ -379,3 +379,25 @@ def test_writer_reset_before_an_uncacheable_head(moat_factory, origin_factory):
     lines = m.access_lines(5)
     gone = [l for l in lines if l.get("error") == "client_gone"]
     assert len(gone) == 1, lines
+
+
+def test_stalled_writer_fill_fails_waiters_reset_not_short(moat_factory, origin_factory):
+    """The writer's client opens no window, so the origin is not read further and the pool's
+    idle_timeout (2 s here) fails the fill: the waiter's stream, which has the full
+    content-length, is reset (INTERNAL_ERROR) with part of the body, never ended short; the
+    connections stay usable and moat stays up. (The limitation docs/http2.md names.)"""
+    o = origin_factory(handler, "slow")
+    m = moat_with(moat_factory, o, workers=1, pools={"main": {"idle_timeout": "2s"}})
+    size = 2 * 1024 * KIB
+    path = f"/slow/stall/{size}"
+    with H2(m.port, auto_ack=False, window=16384) as w, H2(m.port) as a:
+        w.request("GET", path, authority="shop.test")
+        assert o.wait_requests(1, timeout=5)
+        sid = a.request("GET", path, authority="shop.test")
+        r = a.response(sid, timeout=30)
+        assert r.status == 200 and r.header("content-length") == str(size)
+        assert "collapsed" in r.header("cache-status"), r.headers
+        assert r.reset == 2 and not r.ended and len(r.body) < size, r
+        assert bytes(r.body) == pattern(size)[:len(r.body)]
+        assert a.get("/c/after/100").status == 200
+    assert m.alive()
