@@ -18,7 +18,8 @@ import paired
 
 SERVER_ORDER = ["limit", "moat", "moat_b", "moat_nofwd", "haproxy", "nginx",
                 "moat_cache", "varnish", "haproxy_cache", "nginx_cache",
-                "moat_tls", "haproxy_tls", "nginx_tls", "haproxy_h2", "nginx_h2"]
+                "moat_tls", "haproxy_tls", "nginx_tls", "moat_lb", "haproxy_lb", "nginx_lb",
+                "haproxy_h2", "nginx_h2"]
 
 # Figures the TLS issue quotes, measured earlier on this machine (per CPU-second of the server;
 # keep-alive: ratio to the plain-HTTP limit per CPU-second). Shown under the tls tables.
@@ -92,7 +93,7 @@ def render_tables(order, stats):
         # cache-hit and TLS tables also show the CPU cost of one request in µs (1e6 /
         # req-per-CPU-s; on the handshake rows, one request = one connection = one handshake)
         us = set_ in ("cache", "tls", "h2")
-        ous = set_ == "proxy"
+        ous = set_ in ("proxy", "lb")
         lines.append(f"### {set_}: {wl}")
         lines.append("")
         lines.append("| server | req/s | ×limit | p50 ms | ×limit | p99 ms | ×limit | req/CPU-s | ×limit |"
@@ -134,6 +135,8 @@ def target_lines(set_, st, wl=""):
         return tls_lines(st, wl)
     if set_ == "h2":
         return h2_target_lines(st)
+    if set_ == "lb":
+        return lb_target_lines(st)
     if set_ != "proxy":
         return []
     m, h = st.get("moat"), st.get("haproxy")
@@ -160,6 +163,19 @@ def target_lines(set_, st, wl=""):
                         f"{c['n']} rounds; median of moat's p99 / HAProxy's in the same round "
                         f"{c['median']:.2f}{ci_txt}."]
     return lines
+
+
+def lb_target_lines(st):
+    """The lb set: moat_lb's req/CPU-s ratio to limit >= haproxy_lb's (the issue: >= 1.0x
+    HAProxy across a pool of 4 origins)."""
+    m, h = st.get("moat_lb"), st.get("haproxy_lb")
+    if not m or not h or m["req_per_cpu_s_ratio"] is None or h["req_per_cpu_s_ratio"] is None:
+        return ["Target (moat_lb ≥ 1.0x haproxy_lb per CPU-second): needs both rows.", ""]
+    ok = m["req_per_cpu_s_ratio"] >= h["req_per_cpu_s_ratio"]
+    return [f"Target: **{'MET' if ok else 'NOT MET'}** (per CPU-second moat_lb "
+            f"{m['req_per_cpu_s_ratio']:.2f}x vs haproxy_lb {h['req_per_cpu_s_ratio']:.2f}x of limit "
+            f"{'✓' if ok else '✗'}; pairs round by round: bench/paired.py --set lb --a moat_lb "
+            f"--b haproxy_lb)", ""]
 
 
 def cache_target_lines(st, wl):

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# bench/run.sh: moat side by side with nginx, HAProxy and Varnish (proxy, cache-hit and TLS
-# sets).
+# bench/run.sh: moat side by side with nginx, HAProxy and Varnish (proxy, cache-hit, TLS and
+# load-balancing sets).
 #
 #   bash bench/run.sh [SET...] [--write-results]
 #
-# SET is a scenario set (proxy, cache, tls, h2; default: proxy, cache, tls). --write-results (or
-# WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
+# SET is a scenario set (proxy, cache, tls, lb, h2; default: proxy, cache, tls, lb).
+# --write-results (or WRITE_RESULTS=1 in the environment, e.g. `make bench WRITE_RESULTS=1`) rewrites
 # bench/RESULTS.md from this run. Raw runs and the tables always go to bench/out/<stamp>/.
 #
 # Environment knobs (defaults in brackets):
@@ -47,7 +47,7 @@ TLS_CONNS=${TLS_CONNS:-32}
 H2_CONNS=${H2_CONNS:-10}
 H2_STREAMS=${H2_STREAMS:-100}
 
-ALL_SETS=(proxy cache tls)
+ALL_SETS=(proxy cache tls lb)
 
 knobs=""
 for v in ROUNDS DURATION WARMUP CONNS TLS_CONNS SERVERS SERVER_CPU CLIENT_CPU MOAT_EXTRA_ARGS MOAT_CACHE_ARGS MOAT_B WORKLOADS WRITE_RESULTS; do
@@ -205,19 +205,25 @@ run_nginx() {    # NAME CPU DIR
 }
 
 # ---- the origin: nginx, one worker, static files, keep-alive; on the client core -----------
-start_origin() {
-  local port; port=$(free_port)
-  run_nginx_conf "$TMP/origin" "$port" "
+# ORIGINS lists the origin processes started so far: `origin`, plus origin2..origin4 once the
+# lb set has started them (the same nginx, 4 processes on 4 ports, all on the client core).
+# The origin request counter and the origin CPU of a run sum over all of them.
+ORIGINS=()
+start_origin_as() {   # NAME
+  local name=$1 port; port=$(free_port)
+  run_nginx_conf "$TMP/$name" "$port" "
         location / {
             root $WWW;
             open_file_cache max=64 inactive=60s;
             add_header Cache-Control \"public, max-age=3600\";
         }
         location = /__origin_status { stub_status; }"
-  run_nginx origin "$CLIENT_CPU" "$TMP/origin"
-  wait_port origin "$LASTPID" "$port" || { tail -n 20 "$TMP/origin/error.log" "$TMP/origin/stdout.log" >&2; die "origin nginx did not start"; }
-  PORT[origin]=$port; ROOTPID[origin]=$LASTPID
+  run_nginx "$name" "$CLIENT_CPU" "$TMP/$name"
+  wait_port "$name" "$LASTPID" "$port" || { tail -n 20 "$TMP/$name/error.log" "$TMP/$name/stdout.log" >&2; die "origin nginx $name did not start"; }
+  PORT[$name]=$port; ROOTPID[$name]=$LASTPID
+  ORIGINS+=("$name")
 }
+start_origin() { start_origin_as origin; }
 
 # ---- servers under test ----------------------------------------------------------------------
 # limit: the fastest path nginx has: 1 KiB via `return` (body in the config, from memory);
@@ -239,6 +245,9 @@ start_limit() {
 # nginx: proxy_pass with upstream keep-alive. proxy_buffers hold a whole 128 KiB response in
 # memory (the defaults, 8 x 4k, would spill it to a temp file on disk on every request).
 nginx_proxy() {   # NAME [LOCATION_EXTRA] [HTTP_EXTRA]
+  nginx_proxy_upstream "$1" "${2:-}" "${3:-}" "        server 127.0.0.1:${PORT[origin]};"
+}
+nginx_proxy_upstream() {   # NAME LOCATION_EXTRA HTTP_EXTRA UPSTREAM_SERVERS [KEEPALIVE]
   local name=$1 port; port=$(free_port)
   run_nginx_conf "$TMP/$name" "$port" "
         location / {
@@ -251,8 +260,8 @@ nginx_proxy() {   # NAME [LOCATION_EXTRA] [HTTP_EXTRA]
             ${2:-}
         }" "
     upstream origin {
-        server 127.0.0.1:${PORT[origin]};
-        keepalive 32;
+$4
+        keepalive ${5:-32};
         keepalive_requests 100000000;
         keepalive_timeout 60s;
     }
@@ -292,6 +301,9 @@ EOF
 # haproxy: one thread, mode http, no logging, server connections shared across clients
 # (http-reuse always: the same thing nginx's keepalive pool and moat's pool do).
 haproxy_proxy() {   # NAME [BACKEND_EXTRA] [TOP_EXTRA]
+  haproxy_proxy_servers "$1" "${2:-}" "    server origin 127.0.0.1:${PORT[origin]}" "${3:-}"
+}
+haproxy_proxy_servers() {   # NAME BACKEND_EXTRA SERVER_LINES [TOP_EXTRA]
   local name=$1 port; port=$(free_port); local dir="$TMP/$name"
   mkdir -p "$dir"
   { haproxy_head "$dir"; cat <<EOF
@@ -303,8 +315,8 @@ frontend fe
 backend be
     http-reuse always
 ${2:-}
-    server origin 127.0.0.1:${PORT[origin]}
-${3:-}
+$3
+${4:-}
 EOF
   } >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
@@ -545,6 +557,77 @@ start_moat_b_cache() {
   # shellcheck disable=SC2086
   BIN=$MOAT_B moat_proxy moat_b_cache ${MOAT_CACHE_ARGS:-}
 }
+# ---- the lb set's servers: a pool of 4 origins (origin, origin2..origin4) --------------------
+# Every balancer round-robins over the same 4 origins with upstream keep-alive and checks
+# their health the way it can: moat and HAProxy with an active HTTP check of each origin every
+# second (GET /__origin_status, nginx's stub_status), nginx passively (max_fails; open-source
+# nginx has no active checks). The checks reach the origins (a few per second in all), never
+# the measured client.
+LB_ORIGINS=(origin origin2 origin3 origin4)
+lb_origins_up() {
+  local o
+  for o in "${LB_ORIGINS[@]}"; do [ -n "${PORT[$o]:-}" ] || start_origin_as "$o"; done
+}
+# moat_lb: one worker, a pool of the 4 origins (round_robin, the default) with an http monitor,
+# cache off (every request is forwarded), everything else moat's defaults.
+start_moat_lb() {
+  moat_usable moat_lb || return 1
+  local port; port=$(free_port); local dir="$TMP/moat_lb" o list=""
+  mkdir -p "$dir"
+  for o in "${LB_ORIGINS[@]}"; do list+="${list:+, }\"127.0.0.1:${PORT[$o]}\""; done
+  cat >"$dir/moat.yaml" <<EOF
+listen: ["127.0.0.1:$port"]
+workers: 1
+cache: { enabled: false }
+monitors:
+  web: { type: http, path: /__origin_status, interval: 1s, timeout: 1s, fall: 3, rise: 2 }
+pools:
+  o:
+    origins: [$list]
+    monitor: web
+    balance: round_robin
+sites: [{ hosts: ["*"], pool: o }]
+EOF
+  "$MOAT" -t -c "$dir/moat.yaml" >"$dir/check.log" 2>&1 \
+    || { cat "$dir/check.log" >&2; die "moat_lb: config invalid ($dir/moat.yaml)"; }
+  # shellcheck disable=SC2086
+  start moat_lb "$SERVER_CPU" "$dir/moat.log" "$MOAT" -c "$dir/moat.yaml" $MOAT_EXTRA_ARGS
+  PORT[moat_lb]=$port; ROOTPID[moat_lb]=$LASTPID
+}
+# haproxy_lb: one thread, balance roundrobin, option redispatch, retries 2, an HTTP check of
+# each server every second (fall 3, rise 2), server connections shared (http-reuse always).
+start_haproxy_lb() {
+  local servers="" i=0 o
+  for o in "${LB_ORIGINS[@]}"; do
+    i=$((i + 1))
+    servers+="    server o$i 127.0.0.1:${PORT[$o]} check inter 1s fall 3 rise 2
+"
+  done
+  haproxy_proxy_servers haproxy_lb "    balance roundrobin
+    option redispatch
+    retries 2
+    option httpchk GET /__origin_status" "$servers"
+}
+# nginx_lb: one worker, upstream with the 4 servers (round robin, nginx's default),
+# max_fails=1 fail_timeout=10s, proxy_next_upstream error timeout. keepalive 128 idle upstream
+# connections (over all 4 origins): with the proxy set's 32, the 50 clients spread over 4
+# origins overflow nginx's idle cache and it opens a new origin connection for about every
+# fourth request.
+start_nginx_lb() {
+  local ups="" o
+  for o in "${LB_ORIGINS[@]}"; do ups+="        server 127.0.0.1:${PORT[$o]} max_fails=1 fail_timeout=10s;
+"; done
+  nginx_proxy_upstream nginx_lb "proxy_next_upstream error timeout;" "" "$ups" 128
+}
+# pass-through across a pool of 4 origins: requests per CPU-second of the balancer (issue 21;
+# in the default sets, alone: `bash bench/run.sh lb`).
+set_lb() {
+  SET_SERVERS=(limit nginx_lb haproxy_lb moat_lb)
+  SET_WORKLOADS=(lb-1k-keepalive:/1k:ka lb-1k-close:/1k:close)
+  SET_EXPECT=forward
+  lb_origins_up
+}
+
 # HTTP/2: 1 KiB and 128 KiB cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS
 # streams each, the issue's 10 x 100): moat (moat_tls, ALPN h2, from its cache) against nginx
 # and HAProxy. 1 KiB: nginx `return`, HAProxy `http-request return` (from memory). 128 KiB:
@@ -639,9 +722,34 @@ ensure_alive() {
 }
 
 cpu_ticks() { taskset -c "$CLIENT_CPU" $PY "$HERE/lib/cputicks.py" "$1"; }
-# The origin's request counter (nginx stub_status; includes the status request itself).
-origin_reqs() {
-  timeout 5 curl -s --max-time 3 "http://127.0.0.1:${PORT[origin]}/__origin_status" | awk 'NR == 3 { print $3 }'
+# The origins' request counter (nginx stub_status; includes the status request itself), summed
+# over every origin process.
+origin_reqs() {   # the counters, one ACCEPTS:REQUESTS per origin, space-separated
+  local o n out=""
+  for o in "${ORIGINS[@]}"; do
+    n=$(timeout 5 curl -s --max-time 3 "http://127.0.0.1:${PORT[$o]}/__origin_status" | awk 'NR == 3 { print $1 ":" $3 }')
+    out+="${out:+ }${n:-0:0}"
+  done
+  echo "$out"
+}
+# per-origin requests between two origin_reqs readings (minus the status request itself)
+origin_split() {   # BEFORE AFTER
+  local -a a b; read -r -a a <<<"$1"; read -r -a b <<<"$2"
+  local i out=""
+  for i in "${!b[@]}"; do out+="${out:+ }$(( ${b[i]#*:} - ${a[i]#*:} - 1 ))"; done
+  echo "$out"
+}
+# connections the origins accepted between two readings (minus the status requests' own)
+origin_conns() {   # BEFORE AFTER
+  local -a a b; read -r -a a <<<"$1"; read -r -a b <<<"$2"
+  local i t=0
+  for i in "${!b[@]}"; do t=$(( t + ${b[i]%%:*} - ${a[i]%%:*} - 1 )); done
+  echo "$t"
+}
+origins_cpu_ticks() {
+  local o n t=0
+  for o in "${ORIGINS[@]}"; do n=$(cpu_ticks "${ROOTPID[$o]}") || n=0; t=$((t + n)); done
+  echo "$t"
 }
 
 case "$DURATION" in
@@ -705,7 +813,7 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   load_cmd "$srv" "$port" "$path" "$mode" "$WARMUP" >/dev/null 2>&1 || true
   local t0 t1 o0 o1 out json expect=$SET_EXPECT
   [ "$srv" = limit ] && expect=none
-  local q0 q1; q0=$(cpu_ticks "${ROOTPID[origin]}")
+  local q0 q1; q0=$(origins_cpu_ticks)
   o0=$(origin_reqs); t0=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) is gone: exited or killed from outside; its last log lines are above"; return 1; }
   local c0 c1 s0 s1 w; c0=$(core_busy "$CLIENT_CPU"); s0=$(core_busy "$SERVER_CPU")
   # wrk's own CPU: the subshell's cutime+cstime once wrk (under timeout) has been reaped
@@ -714,15 +822,16 @@ measure() {  # SET ROUND WORKLOAD PATH MODE SERVER
   c1=$(core_busy "$CLIENT_CPU"); s1=$(core_busy "$SERVER_CPU")
   w=$(awk '/^WRKTICKS / { print $2 }' <<<"$out"); w=${w:-0}
   t1=$(cpu_ticks "$pid") || { tail -n 5 "${LOGF[$srv]}" >&2; loud "$srv (pid $pid) died during the run"; return 1; }; o1=$(origin_reqs)
-  q1=$(cpu_ticks "${ROOTPID[origin]}")
+  q1=$(origins_cpu_ticks)
   json=$(grep '^WRKJSON ' <<<"$out" | sed 's/^WRKJSON //' || true)
   [ -n "$json" ] || { echo "$out" >&2; json='{"requests":0,"duration_us":1,"bytes":0,"connect_errors":0,"read_errors":0,"write_errors":0,"status_errors":0,"timeouts":0,"p50_us":0,"p90_us":0,"p99_us":0,"max_us":0,"mean_us":0,"wrk_failed":1}'; }
   printf '%s\n' "$out" >>"$OUT/wrk.log"
-  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$((o1 - o0 - 1))" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" "$AFTER" >>"$RAW" <<'EOF'
+  $PY - "$json" "$set" "$round" "$wl" "$path" "$mode" "$srv" "$((t1 - t0))" "$(getconf CLK_TCK)" "${SIZE[$path]}" "$(origin_split "$o0" "$o1")" "$expect" "$((q1 - q0))" "$((c1 - c0))" "$((s1 - s0))" "$w" "$AFTER" "$(origin_conns "$o0" "$o1")" >>"$RAW" <<'EOF'
 import json, sys
 w = json.loads(sys.argv[1])
-set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks, after = sys.argv[2:]
-ticks, hz, size, oreq, oticks = int(ticks), int(hz), int(size), int(oreq), int(oticks)
+set_, rnd, wl, path, mode, srv, ticks, hz, size, oreq, expect, oticks, cbusy, sbusy, wticks, after, oconns = sys.argv[2:]
+split = [int(x) for x in oreq.split()]
+ticks, hz, size, oreq, oticks = int(ticks), int(hz), int(size), sum(split), int(oticks)
 cbusy, sbusy, wticks = int(cbusy), int(sbusy), int(wticks)
 req = w["requests"]
 dur = w["duration_us"] / 1e6
@@ -736,6 +845,12 @@ if expect == "forward" and oreq < 0.99 * req:
     why.append(f"only {oreq} of {req} requests reached the origin (answering without forwarding?)")
 if expect == "hit" and oreq > max(10, 0.01 * req):
     why.append(f"{oreq} of {req} requests reached the origin (not cache hits)")
+# a pool of several origins (the lb set): round robin must give each its share (within 5
+# points of 1/N; the health checks add a few requests per second to each)
+if set_ == "lb" and len(split) > 1 and srv != "limit" and oreq >= 1000:
+    shares = [x / oreq for x in split]
+    if max(abs(x - 1 / len(split)) for x in shares) > 0.05:
+        why.append("origins' shares " + "/".join(f"{x:.0%}" for x in shares) + f", not 1/{len(split)} each")
 # tls_load's own account of its handshakes: what was measured must be what the row says
 tls = {}
 if w.get("client") == "tls_load" and w.get("mode") != "plain":
@@ -755,14 +870,14 @@ row = dict(set=set_, round=int(rnd), workload=wl, path=path, mode=mode, server=s
            requests=req, duration_s=dur, rps=req / dur if dur else 0.0,
            p50_us=w["p50_us"], p90_us=w["p90_us"], p99_us=w["p99_us"], max_us=w["max_us"],
            cpu_ticks=ticks, cpu_s=cpu_s, req_per_cpu_s=(req / cpu_s) if cpu_s else None,
-           bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect,
+           bytes=w["bytes"], errors=errs, origin_requests=oreq, expect=expect, origin_split=split, origin_conns=int(oconns),
            origin_cpu_s=oticks / hz, wrk_cpu_s=wticks / hz,
            client_core_busy_s=cbusy / hz, server_core_busy_s=sbusy / hz,
            after=after, ok=not why, why="; ".join(why), **tls)
 print(json.dumps(row))
 EOF
   local last; last=$(tail -n1 "$RAW")
-  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s  wrk cpu %5.2f s  core busy %4.2f/%4.2f s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], r["wrk_cpu_s"], r["server_core_busy_s"], r["client_core_busy_s"], "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
+  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("  round %d %-18s %-13s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %5.2f s  %9s req/cpu-s  origin cpu %5.2f s  wrk cpu %5.2f s  core busy %4.2f/%4.2f s%s %s" % (r["round"], r["workload"], r["server"], r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["cpu_s"], "%.0f" % r["req_per_cpu_s"] if r["req_per_cpu_s"] else "-", r["origin_cpu_s"], r["wrk_cpu_s"], r["server_core_busy_s"], r["client_core_busy_s"], "  origins " + "/".join(map(str, r["origin_split"])) + " (%d new conns)" % r["origin_conns"] if len(r.get("origin_split", [])) > 1 else "", "" if r["ok"] else "FAILED: " + r["why"]))' "$last" >&2
   [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$last")" = True ] \
     || loud "$srv $wl round $round FAILED: $($PY -c 'import json,sys; print(json.loads(sys.argv[1])["why"])' "$last")"
 }

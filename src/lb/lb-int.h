@@ -14,7 +14,8 @@
 #define LB_MAX_ORIGINS 4096
 #define LB_MAX_ADDED   64   /* origins the admin API may add to one pool */
 #define LB_SCHED_MAX   4096 /* round-robin schedule entries */
-#define LB_VNODES      160  /* ring points per unit of weight (weights above 16 count 16) */
+#define LB_VNODES      400  /* ring points per unit of weight (weights above 16 count 16); a
+                             * share then strays about 1/20 of itself (1/sqrt(400)) */
 
 struct lb_point {
     uint64_t h;
