@@ -18,7 +18,8 @@ import paired
 
 SERVER_ORDER = ["limit", "moat", "moat_b", "moat_nofwd", "haproxy", "nginx",
                 "moat_cache", "varnish", "haproxy_cache", "nginx_cache",
-                "moat_tls", "haproxy_tls", "nginx_tls", "moat_lb", "haproxy_lb", "nginx_lb"]
+                "moat_tls", "haproxy_tls", "nginx_tls", "moat_lb", "haproxy_lb", "nginx_lb",
+                "haproxy_h2", "nginx_h2"]
 
 # Figures the TLS issue quotes, measured earlier on this machine (per CPU-second of the server;
 # keep-alive: ratio to the plain-HTTP limit per CPU-second). Shown under the tls tables.
@@ -91,7 +92,7 @@ def render_tables(order, stats):
         set_, wl = key
         # cache-hit and TLS tables also show the CPU cost of one request in µs (1e6 /
         # req-per-CPU-s; on the handshake rows, one request = one connection = one handshake)
-        us = set_ in ("cache", "tls")
+        us = set_ in ("cache", "tls", "h2")
         ous = set_ in ("proxy", "lb")
         lines.append(f"### {set_}: {wl}")
         lines.append("")
@@ -132,6 +133,8 @@ def target_lines(set_, st, wl=""):
         return cache_target_lines(st, wl)
     if set_ == "tls":
         return tls_lines(st, wl)
+    if set_ == "h2":
+        return h2_target_lines(st)
     if set_ == "lb":
         return lb_target_lines(st)
     if set_ != "proxy":
@@ -227,6 +230,23 @@ def tls_lines(st, wl):
             lines.append("Reference (the TLS issue, per CPU-second): " + ", ".join(
                 f"{p} {v:,}" for p, v in ref.items()) + ".")
     return [" ".join(lines), ""] if lines else []
+
+
+def h2_target_lines(st):
+    """The HTTP/2 issue's bar: moat_tls's req/CPU-s ratio >= 1.1x the better of nginx_h2's and
+    haproxy_h2's (each as the median over rounds of its ratio to limit)."""
+    m = st.get("moat_tls")
+    peers = {p: st[p]["req_per_cpu_s_ratio"] for p in ("nginx_h2", "haproxy_h2")
+             if st.get(p) and st[p]["req_per_cpu_s_ratio"] is not None}
+    if not m or m["req_per_cpu_s_ratio"] is None or not peers:
+        return ["Target (moat_tls ≥ 1.1x the better of nginx_h2 and haproxy_h2 per CPU-second): "
+                "needs moat_tls and a peer row.", ""]
+    best = max(peers, key=peers.get)
+    want = 1.1 * peers[best]
+    ok = m["req_per_cpu_s_ratio"] >= want
+    return [f"Target: **{'MET' if ok else 'NOT MET'}** (per CPU-second moat_tls "
+            f"{m['req_per_cpu_s_ratio']:.2f}x vs 1.1 × {best} {peers[best]:.2f}x = {want:.2f}x "
+            f"of limit {'✓' if ok else '✗'})", ""]
 
 
 MARKER = "<!-- end of the generated tables: what follows is kept by report.py -->"

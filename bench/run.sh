@@ -379,8 +379,10 @@ build_tls_load() {
 
 # nginx_tls: nginx's fastest TLS answer: 1 KiB via `return 200` over TLS, both certificates,
 # a shared session cache and tickets (nginx's defaults for tickets). nginx_h2 (the h2 set): the
-# same with `listen ... ssl http2` (ALPN h2).
-start_nginx_tls_as() {   # NAME LISTEN_EXTRA
+# same with `listen ... ssl http2` (ALPN h2), and /128k as limit serves it: a file on tmpfs
+# (/dev/shm) with open_file_cache (no disk, no per-request open(); over TLS nginx reads it into
+# its buffers, sendfile does not apply).
+start_nginx_tls_as() {   # NAME LISTEN_EXTRA [LOCATION_EXTRA]
   make_certs
   local port; port=$(free_port)
   run_nginx_conf "$TMP/$1" "$port" "
@@ -393,18 +395,28 @@ start_nginx_tls_as() {   # NAME LISTEN_EXTRA
         ssl_ecdh_curve $TLS_GROUP;
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
-        location = /1k { return 200 \"${BODY_1K}\n\"; }" "" "$2"
+        location = /1k { return 200 \"${BODY_1K}\n\"; }
+        ${3:-}" "" "$2"
   run_nginx "$1" "$SERVER_CPU" "$TMP/$1"
   PORT[$1]=$port; ROOTPID[$1]=$LASTPID; SCHEME[$1]=https
 }
 start_nginx_tls() { start_nginx_tls_as nginx_tls ssl; }
-start_nginx_h2() { start_nginx_tls_as nginx_h2 "ssl http2"; }
+start_nginx_h2() {
+  start_nginx_tls_as nginx_h2 "ssl http2" "location = /128k {
+            root $SHM;
+            open_file_cache max=64 inactive=60s;
+            open_file_cache_valid 3600s;
+        }"
+}
 
 # haproxy_tls: one thread, the same certificates, suite and group; 1 KiB from
 # `http-request return ... file` (read once at start, answered from memory: HAProxy's own
 # "return 200"), its default session cache and tickets. haproxy_h2 (the h2 set): the same with
-# ALPN h2,http/1.1.
-start_haproxy_tls_as() {   # NAME ALPN
+# ALPN h2,http/1.1, and /128k from HAProxy's own RAM cache in front of the origin (`http-request
+# return` answers from one buffer, bufsize 16 KiB, so it cannot send 128 KiB; the cache stores
+# objects across buffers): a backend as haproxy_cache's, filled by the check, so every measured
+# /128k is a hit from memory.
+start_haproxy_tls_as() {   # NAME ALPN [128K]
   make_certs
   local name=$1 port; port=$(free_port); local dir="$TMP/$1"
   mkdir -p "$dir"
@@ -413,8 +425,23 @@ start_haproxy_tls_as() {   # NAME ALPN
 frontend fe
     bind 127.0.0.1:$port ssl crt $CERTS/ec.crt crt $CERTS/rsa.crt ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites $TLS_SUITE curves $TLS_GROUP alpn $2
     http-request return status 200 content-type application/octet-stream file $WWW/1k if { path /1k }
-    http-request return status 404
 EOF
+    if [ -n "${3:-}" ]; then cat <<EOF
+    http-request return status 404 unless { path /128k }
+    default_backend be
+
+backend be
+    http-reuse always
+    http-request cache-use bench
+    http-response cache-store bench
+    server origin 127.0.0.1:${PORT[origin]}
+
+cache bench
+    total-max-size 256
+    max-object-size 262144
+    max-age 3600
+EOF
+    else echo "    http-request return status 404"; fi
   } >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
     || { cat "$dir/check.log" >&2; die "$name: config invalid ($dir/haproxy.cfg)"; }
@@ -422,7 +449,7 @@ EOF
   PORT[$name]=$port; ROOTPID[$name]=$LASTPID; SCHEME[$name]=https
 }
 start_haproxy_tls() { start_haproxy_tls_as haproxy_tls http/1.1; }
-start_haproxy_h2() { start_haproxy_tls_as haproxy_h2 h2,http/1.1; }
+start_haproxy_h2() { start_haproxy_tls_as haproxy_h2 h2,http/1.1 128k; }
 
 # moat_tls: one worker, a TLS listener from a config file (the TLS configuration of
 # docs/configuration.md), the same certificates, suite and group; the origin's 1 KiB comes from
@@ -601,15 +628,17 @@ set_lb() {
   lb_origins_up
 }
 
-# HTTP/2: 1 KiB cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS streams each,
-# the issue's 10 x 100): moat
-# (moat_tls, ALPN h2, from its cache) against nginx and HAProxy answering from memory. limit is
-# the plain-HTTP/1.1 `return 200` (wrk keep-alive), the reference. Not in the default sets:
-# `bash bench/run.sh h2`.
+# HTTP/2: 1 KiB and 128 KiB cache hits over TLS h2 (h2load, H2_CONNS connections x H2_STREAMS
+# streams each, the issue's 10 x 100): moat (moat_tls, ALPN h2, from its cache) against nginx
+# and HAProxy. 1 KiB: nginx `return`, HAProxy `http-request return` (from memory). 128 KiB:
+# nginx a file on tmpfs with open_file_cache, HAProxy its RAM cache in front of the origin.
+# limit is plain HTTP/1.1 (wrk keep-alive; `return 200` for 1 KiB, the tmpfs file for 128 KiB),
+# the reference. Not in the default sets: `bash bench/run.sh h2`.
 set_h2() {
   SET_SERVERS=(limit nginx_h2 haproxy_h2 moat_tls)
-  SET_WORKLOADS=(h2-hit-1k:/1k:h2)
+  SET_WORKLOADS=(h2-hit-1k:/1k:h2 h2-hit-128k:/128k:h2)
   SET_EXPECT=hit
+  SET_TLS_PATHS="/1k /128k"
   command -v h2load >/dev/null || die "h2load missing (Debian nghttp2-client: scripts/install-deps)"
 }
 
@@ -641,13 +670,14 @@ set_tls() {
   SET_SERVERS=(limit nginx_tls haproxy_tls moat_tls)
   SET_WORKLOADS=(hs-full-ecdsa:/1k:full-ec hs-full-rsa:/1k:full-rsa hs-resumed:/1k:resumed tls-1k-keepalive:/1k:tlska)
   SET_EXPECT=hit
+  SET_TLS_PATHS=/1k
   build_tls_load
 }
 
 # ---------------------------------------------------------------------------------------------
 check_server() {  # NAME: status, size and bytes of every path, keep-alive and close
   local name=$1 port=${PORT[$1]} path hdr out code size sha scheme=${SCHEME[$1]:-http} paths="/1k /128k"
-  [ "$scheme" = https ] && paths=/1k   # the TLS servers answer /1k only
+  [ "$scheme" = https ] && paths=${SET_TLS_PATHS:-/1k}   # the tls set's servers answer /1k only
   for path in $paths; do
     for hdr in "Connection: keep-alive" "Connection: close"; do
       out=$(timeout 10 curl -s -k --max-time 5 -H "$hdr" -o "$TMP/check.body" -w '%{http_code} %{size_download}' \

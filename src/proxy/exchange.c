@@ -616,6 +616,10 @@ int moat_xchg_drive(struct moat_req *r)
             if (r->state != R_PROXY || !r->resp_head_parsed)
                 return MOAT_OK; /* a local error answer, a stale copy, or a retry began */
             progress = true;
+            if (r->ds == &moat_ds_sink && r->xerr == MOAT_XERR_CLIENT_GONE && !r->c.tap) {
+                r->up_reusable = false; /* a fill orphaned before its head, not stored: */
+                return MOAT_DONE;       /* nobody wants the body (see detachable, req.c) */
+            }
             if (r->status == 101) {
                 r->state = R_TUNNEL;
                 if (r->ds->send_data(r, NULL, 0, false) < 0)

@@ -194,11 +194,15 @@ void moat_req_abort(struct moat_req *r)
  * the send timeout) while the origin's response streams into the object: finish the fetch
  * without it, so the object completes for the requests collapsed onto it and for later ones,
  * instead of aborting it under them (Varnish runs its fetch apart from the client for the
- * same reason). Bounded as before by the pool's idle_timeout and cache.max_object. */
+ * same reason). Bounded as before by the pool's idle_timeout and cache.max_object.
+ * The same before the origin's head, once the request is sent: an HTTP/2 client resets its
+ * stream at once (an HTTP/1 client's close is seen only at the next write), and aborting
+ * the object then would send every request collapsed onto it to the origin at once. If the
+ * head says the answer is not stored, moat_xchg_drive ends the orphan there. */
 static bool detachable(const struct moat_req *r)
 {
-    return r->ds != &moat_ds_sink && r->state == R_PROXY && r->c.tap && r->c.writer && r->c.obj &&
-           r->u && r->body_done && !r->w->draining;
+    return r->ds != &moat_ds_sink && r->state == R_PROXY && (r->c.tap || !r->resp_head_parsed) &&
+           r->c.writer && r->c.obj && r->u && r->body_done && !r->w->draining;
 }
 
 static void become_orphan(struct moat_req *r)
