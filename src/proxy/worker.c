@@ -189,6 +189,15 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
             close(fd);
             continue;
         }
+        /* A client that reads slowly or not at all (the slow-read attack: a window of a few
+         * hundred bytes, a few bytes read every few seconds) would otherwise get its whole
+         * response queued in the kernel, which grows the send buffer to tcp_wmem's maximum
+         * (4 MiB) in small segments: a thousand such clients took 1.1 GB of socket memory
+         * here, enough to push every TCP socket of the host into memory pressure. With
+         * TCP_NOTSENT_LOWAT a write takes only this much beyond what the window lets go. */
+        int lowat = (int)w->wcfg->cfg->send_queue;
+        if (lowat)
+            setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
         moat_h1_accept(w, fd, &ss, l->tls, l->h2c);
     }
     /* More may wait: the listener is level-triggered, so epoll reports it again next turn;
