@@ -14,7 +14,7 @@ share CLIENT_CPU [1], like bench/run.sh):
                  access rules (user agent, path); timeouts left at their defaults
   moat-defaults  moat with no shield rule and every timeout at its default
   haproxy        timeout http-request 10s (+ option http-buffer-request, so it covers the body),
-                 timeout client 30s, maxconn 10000, a stick table on src: conn_cur > 200
+                 timeout client 30s, maxconn 8000 (the fd limit here is 20000), a stick table on src: conn_cur > 200
                  rejected at connection, http_req_rate(1s) > 300 denied with 429
   nginx          client_header_timeout, client_body_timeout and send_timeout 10s, limit_req
                  300r/s burst=600 nodelay and limit_conn 200 per $binary_remote_addr
@@ -203,7 +203,7 @@ def haproxy_conf(d, port, oport):
     with open(f"{d}/haproxy.cfg", "w") as f:
         f.write(f"""global
     nbthread 1
-    maxconn 20000
+    maxconn 9000
     pidfile {d}/haproxy.pid
 defaults
     mode http
@@ -216,7 +216,7 @@ defaults
     timeout http-keep-alive 10s
 frontend fe
     bind 127.0.0.1:{port}
-    maxconn 10000
+    maxconn 8000
     stick-table type ip size 100k expire 30s store conn_cur,http_req_rate(1s)
     tcp-request connection track-sc0 src
     tcp-request connection reject if {{ sc_conn_cur(0) gt 200 }}
@@ -358,8 +358,8 @@ def run_attack(name, port, attack, d):
         tail = f.read()[-400:].decode(errors="replace")
     if attack == "req-flood":
         for line in tail.splitlines():
-            if "Requests/sec" in line:
-                row["attack_note"] = line.strip()
+            if "Requests/sec" in line or "Non-2xx" in line:
+                row["attack_note"] = (row.get("attack_note", "") + " " + line.strip()).strip()
     elif attack == "conn-flood":
         row["attack_note"] = tail.strip().splitlines()[-1] if tail.strip() else ""
     return row
