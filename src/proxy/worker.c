@@ -184,10 +184,16 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
                 moat_log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (w->nconns >= w->wcfg->cfg->max_connections) {
-            MOAT_STAT_INC(&w->stats, conn_rejected);
-            close(fd);
-            continue;
+        unsigned max = w->wcfg->cfg->max_connections;
+        if (w->nconns >= max) {
+            /* give the places of connections that only wait for a request to newcomers,
+             * a sixteenth of the limit at a time (moat_h1_reclaim) */
+            MOAT_STAT_ADD(&w->stats, conn_reclaimed, moat_h1_reclaim(w, MOAT_MAX(max / 16, 32u)));
+            if (w->nconns >= max) {
+                MOAT_STAT_INC(&w->stats, conn_rejected);
+                close(fd);
+                continue;
+            }
         }
         /* A client that reads slowly or not at all (the slow-read attack: a window of a few
          * hundred bytes, a few bytes read every few seconds) would otherwise get its whole

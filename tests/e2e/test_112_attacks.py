@@ -1,11 +1,20 @@
-"""test_112_slow_read.py: the slow-read defence (limits.send_queue, TCP_NOTSENT_LOWAT on client
+"""test_112_attacks.py: the defences bench/attacks.py found missing.
+
+The slow-read defence (limits.send_queue, TCP_NOTSENT_LOWAT on client
 sockets). A client with a tiny receive window that asks for a large response and reads nothing
 must not get that response queued in the kernel for it: moat's side of the connection holds at
 most send_queue bytes beyond what the window let go. Without the bound (send_queue: 0) the
 kernel takes megabytes for the same client, which is what the slow-read attack of
-bench/attacks.py multiplies by a thousand connections."""
+bench/attacks.py multiplies by a thousand connections.
+
+A connection flood at limits.connections: connections that only wait for a request give their
+place to a new client (moat_h1_reclaim) instead of the new client being refused."""
 import socket
 import time
+
+import requests
+
+from conftest import metric
 
 BODY = 4 * 1024 * 1024
 
@@ -62,3 +71,29 @@ def test_without_the_bound_the_kernel_queues_megabytes(moat_factory, origin):
     m = moat_factory(origin, limits={"send_queue": 0})
     q = slow_reader_queue(m, f"/size/{BODY}")
     assert q > 1024 * 1024, q
+
+
+def test_a_connection_flood_at_the_limit_does_not_lock_out_a_new_client(moat_factory, origin):
+    m = moat_factory(origin, admin=True, workers=1, limits={"connections": 20})
+    flood = []
+    try:
+        for _ in range(60):  # three times the limit, each with a head that never ends
+            s = socket.create_connection(("127.0.0.1", m.port), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            flood.append(s)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            met = m.metrics()
+            if metric(met, "moat_connections_active") >= 20:
+                break
+            time.sleep(0.05)
+        assert metric(met, "moat_connections_active") >= 20
+        for _ in range(5):
+            r = requests.get(m.url("/x"), timeout=5)
+            assert r.status_code == 200 and r.text.startswith("ok main")
+        met = m.metrics()
+        assert metric(met, "moat_connections_reclaimed_total") >= 5
+        assert metric(met, "moat_connections_active") <= 20
+    finally:
+        for s in flood:
+            s.close()
