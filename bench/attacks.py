@@ -4,7 +4,8 @@ server, while a probe client makes normal requests; a server "held" an attack wh
 kept >= 99% success and a p99 under 1 s.
 
     /usr/bin/python3 bench/attacks.py                 # every server, 15 s per attack (~8 min)
-    QUICK=1 /usr/bin/python3 bench/attacks.py         # 4 s per attack, smaller attacks (smoke test)
+    QUICK=1 /usr/bin/python3 bench/attacks.py         # 4 s per attack, 300 slow / 3000 flood
+                                                      # connections (smoke test, ~1 min)
     SERVERS="moat-limits moat-defaults" DURATION=20 /usr/bin/python3 bench/attacks.py
 
 Servers (one worker each, pinned to SERVER_CPU [0]; the origin, the attackers and the probe
@@ -16,18 +17,22 @@ share CLIENT_CPU [1], like bench/run.sh):
   haproxy        timeout http-request 10s (+ option http-buffer-request, so it covers the body),
                  timeout client 30s, maxconn 8000 (the fd limit here is 20000), a stick table on src: conn_cur > 200
                  rejected at connection, http_req_rate(1s) > 300 denied with 429
-  nginx          client_header_timeout, client_body_timeout and send_timeout 10s, limit_req
+  nginx          worker_connections 10000 (moat's limits.connections), client_header_timeout,
+                 client_body_timeout and send_timeout 10s, limit_req
                  300r/s burst=600 nodelay and limit_conn 200 per $binary_remote_addr
 
 Attacks (from 127.0.0.1; the probe connects from 127.0.0.2, so per-address limits can tell
 them apart, as they would two real clients):
-  slow-headers   slowhttptest -H: CONNS connections, each sends a header line every 5 s
+  slow-headers   slowhttptest -H: CONNS [1000] connections, each sends a header line every 5 s
   slow-body      slowhttptest -B: CONNS POSTs announcing 8 KiB, 16 bytes of body every 5 s
   slow-read      slowhttptest -X: CONNS connections asking for a 512 KiB cached object three
                  times per connection, with a receive window of 512-1024 bytes, reading 32 bytes
                  every 2 s
-  conn-flood     bench/lib/conn_flood.py: FLOOD_CONNS connections held open (half idle, half
-                 with a request line and nothing more), each reopened as soon as it is closed
+  conn-flood     bench/lib/conn_flood.py: FLOOD_CONNS [15000] connections held open (half idle,
+                 half with a request line and nothing more), each reopened as soon as it is
+                 closed: more than moat's limits.connections (10000 per worker), HAProxy's
+                 maxconn or nginx's worker_connections here, so a server that refuses
+                 newcomers when full falls
   req-flood      wrk -t1 -c50: GETs of the cached 1 KiB object as fast as one core sends them
 The probe: 10 requests/s, each on a new connection (a new visitor, so a full accept queue or a
 per-address limit would show), GET of the cached 1 KiB object, 5 s timeout; a failure is an
@@ -36,6 +41,11 @@ error, a timeout or a non-2xx status. p99 counts failed requests at the time the
 Why 1 s: unloaded, the probe's p99 is a few ms here; a second is where a visitor notices a
 page as broken rather than slow (and slowhttptest's own probe only calls a server down after
 5 s), so "held" means the visitors were served as a visitor would expect, not merely eventually.
+
+Careful on a shared machine: the slow-read attack with 1000 connections against a server that
+does not bound what the kernel queues per client (moat before limits.send_queue; nginx and
+HAProxy as configured here) can take over 2 GB of kernel socket memory, which puts every TCP
+socket of the host under memory pressure (net.ipv4.tcp_mem), other programs' too.
 
 Output: the table on stdout and in bench/out/attacks-<stamp>/table.md, raw results in
 results.jsonl, server logs and configs in servers/.
@@ -56,7 +66,7 @@ ROOT = os.path.dirname(HERE)
 QUICK = os.environ.get("QUICK", "0") == "1"
 DURATION = float(os.environ.get("DURATION", "4" if QUICK else "15"))
 CONNS = int(os.environ.get("CONNS", "300" if QUICK else "1000"))
-FLOOD_CONNS = int(os.environ.get("FLOOD_CONNS", "1000" if QUICK else "4000"))
+FLOOD_CONNS = int(os.environ.get("FLOOD_CONNS", "3000" if QUICK else "15000"))
 SERVERS = os.environ.get("SERVERS", "moat-limits moat-defaults haproxy nginx").split()
 ATTACKS = os.environ.get("ATTACKS", "slow-headers slow-body slow-read conn-flood req-flood").split()
 SERVER_CPU = os.environ.get("SERVER_CPU", "0")
@@ -129,7 +139,7 @@ def wait_port(p, port):
 NGINX_HTTP = """worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 16384; }}
+events {{ worker_connections 10000; }}
 http {{
     access_log off;
     default_type application/octet-stream;
