@@ -791,8 +791,9 @@ unsigned moat_h1_reclaim(struct moat_worker *w, unsigned n)
     unsigned k = 0;
     while (c && k < n) {
         struct moat_h1conn *prev = c->prev;
+        /* nothing of a response still to go out either (a slow reader keeps its place) */
         if ((c->state == H_HEAD || c->state == H_HANDSHAKE) && !c->req && !c->in_drive &&
-            !c->closed) {
+            !c->closed && !moat_buf_len(&c->out) && !moat_sock_pending(&c->s.sk)) {
             conn_close(c);
             k++;
         }
