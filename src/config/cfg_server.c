@@ -344,6 +344,13 @@ static const struct cfg_key limits_keys[] = {
      .min = 1,
      .max = 1000000,
      .doc = "open client connections per worker"},
+    {.name = "send_queue",
+     .type = KT_SIZE,
+     CFG_AT(struct moat_config, send_queue),
+     .def = "128KiB",
+     .min = 0,
+     .max = 64 * MiB,
+     .doc = "unsent response bytes the kernel holds per client (TCP_NOTSENT_LOWAT), 0 = no bound"},
 };
 const struct cfg_table cfg_limits_table = CFG_TABLE(limits_keys, limits_post);
 

@@ -406,6 +406,9 @@ struct moat_config {
     uint64_t body_buffer;     /* limits.body_buffer: a large body is read through a buffer
                                  this big (default 64 KiB) */
     unsigned max_connections; /* limits.connections per worker (default 10000) */
+    uint64_t send_queue;      /* limits.send_queue: TCP_NOTSENT_LOWAT of client sockets, the
+                                 response bytes the kernel holds for a client beyond what its
+                                 window lets go; 0 = the kernel's (default 128 KiB) */
     unsigned batch_wait_us;   /* tuning.batch_wait_us: a busy worker's pause to collect
                                  events, 0 = off (default 20) */
 

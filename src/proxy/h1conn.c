@@ -772,6 +772,36 @@ void moat_h1_close_any(struct moat_h1conn *c)
     conn_close(c);
 }
 
+/* A worker at limits.connections would otherwise refuse every new client while a flood of
+ * connections that never send a request holds all the places (they last client_header, 10 s,
+ * and the attacker opens them again at once). Instead the connections that only wait for a
+ * request head (silent since accept, idle between requests, a head or a TLS handshake still
+ * coming) give their place up, the oldest first: a client being served keeps its place, and a
+ * new one, whose request is already in when it is accepted (TCP_DEFER_ACCEPT), is served.
+ * nginx drains its "reusable" connections the same way when worker_connections runs out. The
+ * walk is over the worker's list (newest first, so it goes to the end and back); it runs once
+ * per <n> places freed. */
+unsigned moat_h1_reclaim(struct moat_worker *w, unsigned n)
+{
+    struct moat_h1conn *c = w->conns;
+    if (!c)
+        return 0;
+    while (c->next)
+        c = c->next;
+    unsigned k = 0;
+    while (c && k < n) {
+        struct moat_h1conn *prev = c->prev;
+        /* nothing of a response still to go out either (a slow reader keeps its place) */
+        if ((c->state == H_HEAD || c->state == H_HANDSHAKE) && !c->req && !c->in_drive &&
+            !c->closed && !moat_buf_len(&c->out) && !moat_sock_pending(&c->s.sk)) {
+            conn_close(c);
+            k++;
+        }
+        c = prev;
+    }
+    return k;
+}
+
 void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage *ss, bool tls,
                     bool h2c)
 {

@@ -152,6 +152,9 @@ void moat_h1_accept(struct moat_worker *w, int fd, const struct sockaddr_storage
 void moat_h1_close_idle(struct moat_h1conn *c);
 /* Closes <c> whatever it is doing (drain deadline, shutdown). */
 void moat_h1_close_any(struct moat_h1conn *c);
+/* limits.connections reached: closes up to <n> connections waiting for a request head, the
+ * oldest first; returns how many. */
+unsigned moat_h1_reclaim(struct moat_worker *w, unsigned n);
 
 /* h2conn.c: the HTTP/2 server side. */
 /* Takes <c>'s socket (TLS with ALPN h2, or h2c whose input starts with the preface) and the

@@ -57,6 +57,8 @@
     X(conn_total, "moat_connections_total", "", "counter", "Client connections accepted")          \
     X(conn_rejected, "moat_connections_rejected_total", "", "counter",                             \
       "Connections closed at accept because limits.connections was reached")                       \
+    X(conn_reclaimed, "moat_connections_reclaimed_total", "", "counter",                           \
+      "Connections waiting for a request closed to make room at limits.connections")               \
     X(up_conn_opened, "moat_upstream_connections_opened_total", "", "counter",                     \
       "New connections to origins")                                                                \
     X(up_conn_reused, "moat_upstream_connections_reused_total", "", "counter",                     \

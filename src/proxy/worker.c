@@ -184,11 +184,26 @@ static void on_accept(struct moat_loop *loop, struct moat_io *io, uint32_t ev)
                 moat_log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (w->nconns >= w->wcfg->cfg->max_connections) {
-            MOAT_STAT_INC(&w->stats, conn_rejected);
-            close(fd);
-            continue;
+        unsigned max = w->wcfg->cfg->max_connections;
+        if (w->nconns >= max) {
+            /* give the places of connections that only wait for a request to newcomers,
+             * a sixteenth of the limit at a time (moat_h1_reclaim) */
+            MOAT_STAT_ADD(&w->stats, conn_reclaimed, moat_h1_reclaim(w, MOAT_MAX(max / 16, 32u)));
+            if (w->nconns >= max) {
+                MOAT_STAT_INC(&w->stats, conn_rejected);
+                close(fd);
+                continue;
+            }
         }
+        /* A client that reads slowly or not at all (the slow-read attack: a window of a few
+         * hundred bytes, a few bytes read every few seconds) would otherwise get its whole
+         * response queued in the kernel, which grows the send buffer to tcp_wmem's maximum
+         * (4 MiB) in small segments: a thousand such clients took 1.1 GB of socket memory
+         * here, enough to push every TCP socket of the host into memory pressure. With
+         * TCP_NOTSENT_LOWAT a write takes only this much beyond what the window lets go. */
+        int lowat = (int)w->wcfg->cfg->send_queue;
+        if (lowat)
+            setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
         moat_h1_accept(w, fd, &ss, l->tls, l->h2c);
     }
     /* More may wait: the listener is level-triggered, so epoll reports it again next turn;

@@ -302,7 +302,7 @@ static const struct err_case err_cases[] = {
     {POOL_SITE "lisen: \":80\"\n", "moat.yaml:5:1: lisen: unknown key (did you mean \"listen\"?)"},
     {POOL_SITE "limits:\n  header_lines: 3\n",
      "moat.yaml:6:3: limits.header_lines: unknown key (known here: request_line, header_bytes, "
-     "header_count, body_bytes, body_buffer, connections)"},
+     "header_count, body_bytes, body_buffer, connections, send_queue)"},
     {POOL_SITE "via: a\nvia: b\n",
      "moat.yaml:6:1: via: duplicate key (first given at line 5, column 1)"},
     {POOL_SITE "base: &b { via: x }\n<<: *b\n",
