@@ -299,12 +299,40 @@ static bool lc_name_ok(char ch)
     return !(ch >= 'A' && ch <= 'Z');
 }
 
+/* A response head's fields for nghttp2. Most heads fit the inline arrays; a larger one gets
+ * heap arrays (nv_heap / lc_heap, freed by nvb_free): a cache hit used to pay two mallocs and
+ * two frees per response here. */
+#define NVB_INLINE    48
+#define NVB_LC_INLINE 1536
 struct nvb {
     nghttp2_nv *nv;
     size_t n, cap;
     char *lc; /* lowercased names */
     size_t lcn, lccap;
+    nghttp2_nv *nv_heap;
+    char *lc_heap;
+    nghttp2_nv nv_in[NVB_INLINE];
+    char lc_in[NVB_LC_INLINE];
 };
+
+/* Only the bookkeeping: the inline arrays are written as they are used. */
+static void nvb_init(struct nvb *b)
+{
+    b->nv = b->nv_heap = NULL;
+    b->lc = b->lc_heap = NULL;
+    b->n = b->cap = b->lcn = b->lccap = 0;
+}
+
+/* <v> in decimal at the end of <buf> (24 bytes); returns where the digits start. */
+static char *dec_u64(char buf[24], uint64_t v)
+{
+    char *p = buf + 24;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
+}
 
 static void nvb_add(struct nvb *b, struct moat_str name, struct moat_str value)
 {
@@ -362,12 +390,14 @@ static int build_head(const struct moat_req *r, const struct moat_resp *resp, st
     for (size_t i = 0; i < resp->nfields; i++)
         names += resp->fields[i].name.len;
     b->cap = resp->nfields + lines + MOAT_RESP_EXTRAS + 4;
-    b->nv = malloc(b->cap * sizeof *b->nv);
+    b->nv = b->cap <= NVB_INLINE ? b->nv_in : (b->nv_heap = malloc(b->cap * sizeof *b->nv));
     b->lccap = names;
-    b->lc = malloc(names ? names : 1);
+    b->lc = names <= NVB_LC_INLINE ? b->lc_in : (b->lc_heap = malloc(names));
     if (!b->nv || !b->lc)
         return MOAT_ERR;
-    snprintf(status, 4, "%03u", (unsigned)resp->status % 1000u);
+    unsigned st = (unsigned)resp->status % 1000u;
+    status[0] = (char)('0' + st / 100), status[1] = (char)('0' + st / 10 % 10);
+    status[2] = (char)('0' + st % 10), status[3] = '\0';
     b->nv[b->n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3,
                                  NGHTTP2_NV_FLAG_NO_COPY_NAME};
     bool had_date = false;
@@ -390,16 +420,16 @@ static int build_head(const struct moat_req *r, const struct moat_resp *resp, st
         nvb_add(b, extra[i].name, extra[i].value);
     if (resp->length != MOAT_LEN_UNKNOWN && (!resp->no_body || resp->keep_cl) &&
         resp->status >= 200 && resp->status != 204 && !(resp->status == 304 && !resp->keep_cl)) {
-        int n = snprintf(clen, 24, "%llu", (unsigned long long)resp->length);
-        nvb_add(b, MOAT_STR("content-length"), moat_str_make(clen, (size_t)n));
+        char *d = dec_u64(clen, resp->length);
+        nvb_add(b, MOAT_STR("content-length"), moat_str_make(d, (size_t)(clen + 24 - d)));
     }
     return MOAT_OK;
 }
 
 static void nvb_free(struct nvb *b)
 {
-    free(b->nv);
-    free(b->lc);
+    free(b->nv_heap);
+    free(b->lc_heap);
 }
 
 static ssize_t read_data(nghttp2_session *ses, int32_t id, uint8_t *buf, size_t length,
@@ -411,7 +441,8 @@ static int h2_send_head(struct moat_req *r, const struct moat_resp *resp)
     struct moat_h2conn *c = s->c;
     if (s->closed || s->reset || s->head_done)
         return MOAT_ERR;
-    struct nvb b = {0};
+    struct nvb b;
+    nvb_init(&b);
     char status[4], clen[24];
     if (build_head(r, resp, &b, status, clen) != MOAT_OK) {
         nvb_free(&b);
@@ -433,7 +464,8 @@ static int h2_send_interim(struct moat_req *r, const struct moat_resp *resp)
     struct moat_h2stream *s = r->dsc;
     if (s->closed || s->reset || s->head_done || resp->status == 101)
         return MOAT_ERR;
-    struct nvb b = {0};
+    struct nvb b;
+    nvb_init(&b);
     char status[4], clen[24];
     struct moat_resp rs = *resp;
     rs.length = MOAT_LEN_UNKNOWN;
@@ -644,11 +676,12 @@ static ssize_t read_data(nghttp2_session *ses, int32_t id, uint8_t *buf, size_t 
         if (s->fin) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
             if (s->tlen) {
-                struct nvb b = {0};
+                struct nvb b;
+                nvb_init(&b);
                 b.cap = 64;
-                b.nv = malloc(b.cap * sizeof *b.nv);
+                b.nv = b.nv_heap = malloc(b.cap * sizeof *b.nv);
                 b.lccap = s->tlen;
-                b.lc = malloc(s->tlen);
+                b.lc = b.lc_heap = malloc(s->tlen);
                 if (b.nv && b.lc) {
                     nvb_lines(&b, moat_str_make(s->trailers, s->tlen), true);
                     if (b.n && nghttp2_submit_trailer(ses, id, b.nv, b.n) == 0)
