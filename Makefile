@@ -66,9 +66,10 @@ e2e: $(BIN)
 # The whole suite: unit + e2e on the normal build, then unit + e2e on the sanitizer build,
 # then each fuzz target for a bounded time. The sanitizer pass leaves out the tests that run
 # no moat (bench/paired.py's statistics, bench/lib/tls_load.c against a Python origin) and the
-# testssl.sh scan (a minute of handshakes that test_90/test_91 already make under ASan), to
+# testssl.sh scan (a minute of handshakes that test_90/test_91 already make under ASan) and
+# the Chromium run of the challenge page (test_110 solves it in Python under ASan), to
 # keep `make test` under 15 minutes on two cores.
-SAN_PYTEST_ARGS ?= --deselect tests/e2e/test_05_bench_paired.py --deselect tests/e2e/test_06_bench_tls_load.py --deselect tests/e2e/test_92_testssl.py
+SAN_PYTEST_ARGS ?= --deselect tests/e2e/test_05_bench_paired.py --deselect tests/e2e/test_06_bench_tls_load.py --deselect tests/e2e/test_92_testssl.py --deselect tests/e2e/test_111_shield_browser.py
 test:
 	$(MAKE) all
 	$(MAKE) unit
