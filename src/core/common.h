@@ -55,6 +55,17 @@ static inline struct moat_str moat_str_rebase(struct moat_str s, const char *fro
 
 /* ASCII case-insensitive comparison (header names, tokens). */
 bool moat_str_ieq(struct moat_str a, struct moat_str b);
+
+/* A growable text buffer for reports (metrics, status): moat_sbuf_printf appends, doubling
+ * the allocation as needed (from 8 KiB when <p> is NULL); a failed allocation sets <oom> and
+ * every later append is dropped. */
+struct moat_sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+};
+void moat_sbuf_printf(struct moat_sbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* ASCII case-insensitive comparison of <a> with the literal lowercase <lc>. Inline: it runs
  * for most header names of every request and response. */
 static inline bool moat_str_ieq_lc(struct moat_str a, const char *lc, size_t lclen)

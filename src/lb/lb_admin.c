@@ -310,34 +310,6 @@ int moat_lb_admin(int method, const char *path, size_t pathlen, const char *body
 
 /* --- metrics ----------------------------------------------------------------------------- */
 
-struct sbuf {
-    char *p;
-    size_t n, cap;
-};
-
-static void put(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct sbuf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
-        va_end(ap);
-        if (k < 0)
-            return;
-        if ((size_t)k < b->cap - b->n) {
-            b->n += (size_t)k;
-            return;
-        }
-        size_t ncap = b->cap * 2 + (size_t)k;
-        char *np = realloc(b->p, ncap);
-        if (!np)
-            return;
-        b->p = np;
-        b->cap = ncap;
-    }
-}
-
 /* One family: a row per member origin of every configured pool. */
 typedef double origin_val(const struct moat_lb_origin *o, uint64_t now);
 static double v_up(const struct moat_lb_origin *o, uint64_t now)
@@ -385,24 +357,24 @@ static double v_checks_failed(const struct moat_lb_origin *o, uint64_t now)
     return (double)atomic_load(&o->checks_failed);
 }
 
-static void origin_family(struct sbuf *b, const char *name, const char *type, const char *help,
+static void origin_family(struct moat_sbuf *b, const char *name, const char *type, const char *help,
                           const char *extra, origin_val *fn, bool head, uint64_t now)
 {
     if (head)
-        put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+        moat_sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
     const struct moat_config *c = lb_reg.cur;
     for (size_t i = 0; c && i < c->npools; i++) {
         struct lb_pool *lp = find_pool(c->pools[i].name);
         const struct lb_members *m = lp ? atomic_load(&lp->m) : NULL;
         for (size_t j = 0; m && j < m->n; j++)
-            put(b, "%s{pool=\"%s\",origin=\"%s\"%s} %.6g\n", name, lp->name, m->o[j]->o.addr.text,
+            moat_sbuf_printf(b, "%s{pool=\"%s\",origin=\"%s\"%s} %.6g\n", name, lp->name, m->o[j]->o.addr.text,
                 extra, fn(m->o[j], now));
     }
 }
 
 char *moat_lb_metrics_text(void)
 {
-    struct sbuf b = {malloc(8192), 0, 8192};
+    struct moat_sbuf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p)
         return NULL;
     b.p[0] = '\0';
@@ -439,7 +411,7 @@ char *moat_lb_metrics_text(void)
         {"moat_pool_rejected_total", "counter", "Requests answered 503 by admission control"},
     };
     for (size_t f = 0; f < MOAT_ARRAY_LEN(pool_help); f++) {
-        put(&b, "# HELP %s %s\n# TYPE %s %s\n", pool_help[f][0], pool_help[f][2], pool_help[f][0],
+        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", pool_help[f][0], pool_help[f][2], pool_help[f][0],
             pool_help[f][1]);
         for (size_t i = 0; c && i < c->npools; i++) {
             struct lb_pool *lp = find_pool(c->pools[i].name);
@@ -448,21 +420,21 @@ char *moat_lb_metrics_text(void)
             size_t usable = lb_pool_usable(atomic_load(&lp->m), now);
             switch (f) {
             case 0:
-                put(&b, "moat_pool_healthy{pool=\"%s\"} %d\n", lp->name,
+                moat_sbuf_printf(&b, "moat_pool_healthy{pool=\"%s\"} %d\n", lp->name,
                     usable >= c->pools[i].min_origins);
                 break;
             case 1:
-                put(&b, "moat_pool_origins_usable{pool=\"%s\"} %zu\n", lp->name, usable);
+                moat_sbuf_printf(&b, "moat_pool_origins_usable{pool=\"%s\"} %zu\n", lp->name, usable);
                 break;
             case 2:
-                put(&b, "moat_pool_queued{pool=\"%s\"} %u\n", lp->name, atomic_load(&lp->queued));
+                moat_sbuf_printf(&b, "moat_pool_queued{pool=\"%s\"} %u\n", lp->name, atomic_load(&lp->queued));
                 break;
             case 3:
-                put(&b, "moat_pool_retries_total{pool=\"%s\"} %llu\n", lp->name,
+                moat_sbuf_printf(&b, "moat_pool_retries_total{pool=\"%s\"} %llu\n", lp->name,
                     (unsigned long long)atomic_load(&lp->retries));
                 break;
             default:
-                put(&b,
+                moat_sbuf_printf(&b,
                     "moat_pool_rejected_total{pool=\"%s\",reason=\"queue_full\"} %llu\n"
                     "moat_pool_rejected_total{pool=\"%s\",reason=\"queue_timeout\"} %llu\n"
                     "moat_pool_rejected_total{pool=\"%s\",reason=\"no_origin\"} %llu\n",
@@ -473,11 +445,11 @@ char *moat_lb_metrics_text(void)
             }
         }
     }
-    put(&b, "# HELP moat_waiting_room_total Visitors of sites with a waiting room, by outcome\n"
+    moat_sbuf_printf(&b, "# HELP moat_waiting_room_total Visitors of sites with a waiting room, by outcome\n"
             "# TYPE moat_waiting_room_total counter\n");
     for (unsigned i = 0; i < lb_reg.nwrooms; i++) {
         struct lb_wroom *w = lb_reg.wrooms[i];
-        put(&b,
+        moat_sbuf_printf(&b,
             "moat_waiting_room_total{site=\"%s\",outcome=\"admitted\"} %llu\n"
             "moat_waiting_room_total{site=\"%s\",outcome=\"waited\"} %llu\n",
             w->key, (unsigned long long)atomic_load(&w->admitted), w->key,

@@ -996,77 +996,45 @@ json_t *moat_shield_status(const struct moat_config *cfg)
 
 /* --- metrics --------------------------------------------------------------------------------- */
 
-struct sb {
-    char *p;
-    size_t n, cap;
-    bool oom;
-};
-
-__attribute__((format(printf, 2, 3))) static void sbf(struct sb *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0 || b->oom)
-            return;
-        if (b->p && (size_t)n < b->cap - b->n) {
-            b->n += (size_t)n;
-            return;
-        }
-        size_t nc = b->cap ? b->cap * 2 : 8192;
-        while (nc < b->n + (size_t)n + 1)
-            nc *= 2;
-        char *q = realloc(b->p, nc);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = nc;
-    }
-}
-
 char *moat_shield_metrics(size_t *len)
 {
     static const char *const act[] = {"block", "challenge", "drop", "allow"};
-    struct sb b = {0};
-    sbf(&b, "# HELP moat_shield_rate_limited_total Requests over a rate limit, by rule and "
+    struct moat_sbuf b = {0};
+    moat_sbuf_printf(&b, "# HELP moat_shield_rate_limited_total Requests over a rate limit, by rule and "
             "action\n# TYPE moat_shield_rate_limited_total counter\n");
     for (int i = 0; i < MOAT_SHIELD_RULES_MAX; i++)
         for (int a = 0; a < 3; a++) {
             uint64_t v = atomic_load(&sh.rl_ctr[i].hit[a]);
             if (v)
-                sbf(&b, "moat_shield_rate_limited_total{rule=\"%d\",action=\"%s\"} %llu\n", i,
+                moat_sbuf_printf(&b, "moat_shield_rate_limited_total{rule=\"%d\",action=\"%s\"} %llu\n", i,
                     act[a], (unsigned long long)v);
         }
-    sbf(&b, "# HELP moat_shield_rate_allowed_total Requests within a rate limit, by rule\n"
+    moat_sbuf_printf(&b, "# HELP moat_shield_rate_allowed_total Requests within a rate limit, by rule\n"
             "# TYPE moat_shield_rate_allowed_total counter\n");
     for (int i = 0; i < MOAT_SHIELD_RULES_MAX; i++) {
         uint64_t v = atomic_load(&sh.rl_ctr[i].allowed);
         if (v)
-            sbf(&b, "moat_shield_rate_allowed_total{rule=\"%d\"} %llu\n", i,
+            moat_sbuf_printf(&b, "moat_shield_rate_allowed_total{rule=\"%d\"} %llu\n", i,
                 (unsigned long long)v);
     }
-    sbf(&b, "# HELP moat_shield_access_total Requests an access rule matched, by rule and "
+    moat_sbuf_printf(&b, "# HELP moat_shield_access_total Requests an access rule matched, by rule and "
             "action\n# TYPE moat_shield_access_total counter\n");
     for (int i = 0; i < MOAT_SHIELD_RULES_MAX; i++)
         for (int a = 0; a < 4; a++) {
             uint64_t v = atomic_load(&sh.acl_ctr[i].hit[a]);
             if (v)
-                sbf(&b, "moat_shield_access_total{rule=\"%d\",action=\"%s\"} %llu\n", i, act[a],
+                moat_sbuf_printf(&b, "moat_shield_access_total{rule=\"%d\",action=\"%s\"} %llu\n", i, act[a],
                     (unsigned long long)v);
         }
-    sbf(&b, "# HELP moat_shield_connections_refused_total Connections closed at accept "
+    moat_sbuf_printf(&b, "# HELP moat_shield_connections_refused_total Connections closed at accept "
             "(connections.per_ip)\n# TYPE moat_shield_connections_refused_total counter\n"
             "moat_shield_connections_refused_total %llu\n",
         (unsigned long long)atomic_load(&sh.conn_refused));
-    sbf(&b, "# HELP moat_shield_admin_blocked_total Requests refused by a block set through the "
+    moat_sbuf_printf(&b, "# HELP moat_shield_admin_blocked_total Requests refused by a block set through the "
             "admin API\n# TYPE moat_shield_admin_blocked_total counter\n"
             "moat_shield_admin_blocked_total %llu\n",
         (unsigned long long)atomic_load(&sh.admin_blocked));
-    sbf(&b, "# HELP moat_shield_cookies_refused_total Clearance cookies refused (forged, "
+    moat_sbuf_printf(&b, "# HELP moat_shield_cookies_refused_total Clearance cookies refused (forged, "
             "expired, another address or browser)\n# TYPE moat_shield_cookies_refused_total "
             "counter\nmoat_shield_cookies_refused_total %llu\n",
         (unsigned long long)atomic_load(&sh.cookie_refused));
@@ -1080,14 +1048,14 @@ char *moat_shield_metrics(size_t *len)
          "counter"},
     };
     for (size_t m = 0; m < MOAT_ARRAY_LEN(sitem); m++) {
-        sbf(&b, "# HELP %s %s\n# TYPE %s %s\n", sitem[m][0], sitem[m][1], sitem[m][0],
+        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", sitem[m][0], sitem[m][1], sitem[m][0],
             sitem[m][2]);
         for (int i = 0; i < SITES_MAX; i++) {
             struct site_rt *st = &sh.sites[i];
             if (!atomic_load(&st->id))
                 continue;
             if (m == 4) {
-                sbf(&b, "%s{site=\"%s\",to=\"on\"} %llu\n%s{site=\"%s\",to=\"off\"} %llu\n",
+                moat_sbuf_printf(&b, "%s{site=\"%s\",to=\"on\"} %llu\n%s{site=\"%s\",to=\"off\"} %llu\n",
                     sitem[m][0], st->name, (unsigned long long)atomic_load(&st->switched_on),
                     sitem[m][0], st->name, (unsigned long long)atomic_load(&st->switched_off));
                 continue;
@@ -1100,14 +1068,14 @@ char *moat_shield_metrics(size_t *len)
                          : m == 2 ? atomic_load(&st->failed)
                                   : (uint64_t)(mode == MOAT_UA_ON ||
                                                (mode == MOAT_UA_AUTO && atomic_load(&st->on)));
-            sbf(&b, "%s{site=\"%s\"} %llu\n", sitem[m][0], st->name, (unsigned long long)v);
+            moat_sbuf_printf(&b, "%s{site=\"%s\"} %llu\n", sitem[m][0], st->name, (unsigned long long)v);
         }
     }
     struct moat_rl_table *t = atomic_load(&sh.rl);
     if (t) {
         struct moat_rl_stats rs;
         moat_rl_stats(t, &rs);
-        sbf(&b,
+        moat_sbuf_printf(&b,
             "# HELP moat_shield_keys Rate-limit keys tracked now\n# TYPE moat_shield_keys gauge\n"
             "moat_shield_keys %llu\n# HELP moat_shield_keys_capacity Rate-limit keys the table "
             "holds (shield.keys, rounded up)\n# TYPE moat_shield_keys_capacity gauge\n"
