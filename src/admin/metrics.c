@@ -14,18 +14,18 @@ static void bad_parse_rows(struct moat_sbuf *b, const struct moat_stats *s)
 {
     for (int e = 1; e < MOAT_H1_ERR_COUNT; e++)
         moat_sbuf_printf(b, "moat_bad_requests_total{reason=\"%s\"} %llu\n", moat_h1_err_name(e),
-            (unsigned long long)atomic_load(&s->bad_parse[e]));
+                         (unsigned long long)atomic_load(&s->bad_parse[e]));
 }
 
 /* Origin failures, from the error table (src/proxy/errors.h). */
 static void xerr_rows(struct moat_sbuf *b, const struct moat_stats *s)
 {
     moat_sbuf_printf(b, "# HELP moat_upstream_errors_total Origin failures, by kind\n"
-           "# TYPE moat_upstream_errors_total counter\n");
+                        "# TYPE moat_upstream_errors_total counter\n");
     for (int e = 1; e < MOAT_XERR_COUNT; e++)
         if (moat_xerr_defs[e].src == MOAT_ERR_SRC_ORIGIN)
-            moat_sbuf_printf(b, "moat_upstream_errors_total{kind=\"%s\"} %llu\n", moat_xerr_defs[e].name,
-                (unsigned long long)atomic_load(&s->xerr[e]));
+            moat_sbuf_printf(b, "moat_upstream_errors_total{kind=\"%s\"} %llu\n",
+                             moat_xerr_defs[e].name, (unsigned long long)atomic_load(&s->xerr[e]));
 }
 
 /* ACME certificates (src/acme/) join moat_tls_certificate_expiry_seconds as file="acme"
@@ -33,8 +33,9 @@ static void xerr_rows(struct moat_sbuf *b, const struct moat_stats *s)
 static void acme_expiry_row(const struct moat_acme_status *st, void *ud)
 {
     if (st->not_after)
-        moat_sbuf_printf(ud, "moat_tls_certificate_expiry_seconds{file=\"acme\",names=\"%s\"} %lld\n", st->names,
-            (long long)st->not_after);
+        moat_sbuf_printf(ud,
+                         "moat_tls_certificate_expiry_seconds{file=\"acme\",names=\"%s\"} %lld\n",
+                         st->names, (long long)st->not_after);
 }
 
 static void acme_fail_row(const struct moat_acme_status *st, void *ud)
@@ -45,7 +46,7 @@ static void acme_fail_row(const struct moat_acme_status *st, void *ud)
 static void acme_ocsp_row(const struct moat_acme_status *st, void *ud)
 {
     moat_sbuf_printf(ud, "moat_acme_ocsp_next_update_seconds{site=\"%s\"} %lld\n", st->site,
-        (long long)st->ocsp_next_update);
+                     (long long)st->ocsp_next_update);
 }
 
 /* <in> as a label value: '"' and '\\' escaped, cut to fit <out>. */
@@ -65,13 +66,14 @@ static void ocsp_row(const struct moat_ocsp_status *st, void *ud)
     struct moat_sbuf *b = ud;
     char file[512];
     label_escape(st->file, file, sizeof file);
-    moat_sbuf_printf(b, "moat_ocsp_next_update_seconds{file=\"%s\"} %lld\n", file, (long long)st->next_update);
+    moat_sbuf_printf(b, "moat_ocsp_next_update_seconds{file=\"%s\"} %lld\n", file,
+                     (long long)st->next_update);
 }
 
 static void acme_issued_row(const struct moat_acme_status *st, void *ud)
 {
     moat_sbuf_printf(ud, "moat_acme_certificates_issued_total{site=\"%s\"} %llu\n", st->site,
-        (unsigned long long)st->issued);
+                     (unsigned long long)st->issued);
 }
 
 static void cert_row(const struct moat_tls_cert_info *ci, void *ud)
@@ -82,8 +84,8 @@ static void cert_row(const struct moat_tls_cert_info *ci, void *ud)
     char file[512], names[1024];
     label_escape(ci->file, file, sizeof file);
     label_escape(ci->names, names, sizeof names);
-    moat_sbuf_printf(b, "moat_tls_certificate_expiry_seconds{file=\"%s\",names=\"%s\"} %lld\n", file, names,
-        (long long)ci->not_after);
+    moat_sbuf_printf(b, "moat_tls_certificate_expiry_seconds{file=\"%s\",names=\"%s\"} %lld\n",
+                     file, names, (long long)ci->not_after);
 }
 
 char *moat_metrics_render(size_t *len)
@@ -96,11 +98,11 @@ char *moat_metrics_render(size_t *len)
     const char *last = "";
 #define ROW(f, m, l, t, h)                                                                         \
     if (strcmp(last, m)) {                                                                         \
-        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                       \
+        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                          \
         last = m;                                                                                  \
     }                                                                                              \
-    moat_sbuf_printf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                                 \
-        (unsigned long long)atomic_load(&s.f));                                                    \
+    moat_sbuf_printf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                    \
+                     (unsigned long long)atomic_load(&s.f));                                       \
     if (!strcmp(#f, "bad_timeout"))                                                                \
         bad_parse_rows(&b, &s);                                                                    \
     if (!strcmp(#f, "conn_rejected"))                                                              \
@@ -108,43 +110,46 @@ char *moat_metrics_render(size_t *len)
     MOAT_STATS(ROW)
 #define TLS_ROW(f, m, l, t, h)                                                                     \
     if (strcmp(last, m)) {                                                                         \
-        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                                       \
+        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", m, h, m, t);                          \
         last = m;                                                                                  \
     }                                                                                              \
-    moat_sbuf_printf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                                 \
-        (unsigned long long)atomic_load(&s.tls.f));
+    moat_sbuf_printf(&b, "%s%s%s%s %llu\n", m, *l ? "{" : "", l, *l ? "}" : "",                    \
+                     (unsigned long long)atomic_load(&s.tls.f));
     MOAT_TLS_STATS(TLS_ROW)
 #undef TLS_ROW
 #undef ROW
     static const char *le[MOAT_HIST_BUCKETS] = {"0.001", "0.005", "0.01", "0.025", "0.05",
                                                 "0.1",   "0.25",  "0.5",  "1",     "2.5",
                                                 "5",     "10",    "+Inf"};
-    moat_sbuf_printf(&b, "# HELP moat_request_duration_seconds Time from request head to last response "
-            "byte\n# TYPE moat_request_duration_seconds histogram\n");
+    moat_sbuf_printf(&b,
+                     "# HELP moat_request_duration_seconds Time from request head to last response "
+                     "byte\n# TYPE moat_request_duration_seconds histogram\n");
     uint64_t cum = 0;
     for (int i = 0; i < MOAT_HIST_BUCKETS; i++) {
         cum += atomic_load(&s.dur_bucket[i]);
         moat_sbuf_printf(&b, "moat_request_duration_seconds_bucket{le=\"%s\"} %llu\n", le[i],
-            (unsigned long long)cum);
+                         (unsigned long long)cum);
     }
-    moat_sbuf_printf(&b, "moat_request_duration_seconds_sum %.6f\n", (double)atomic_load(&s.dur_sum_us) / 1e6);
+    moat_sbuf_printf(&b, "moat_request_duration_seconds_sum %.6f\n",
+                     (double)atomic_load(&s.dur_sum_us) / 1e6);
     moat_sbuf_printf(&b, "moat_request_duration_seconds_count %llu\n",
-        (unsigned long long)atomic_load(&s.dur_count));
+                     (unsigned long long)atomic_load(&s.dur_count));
     moat_sbuf_printf(&b,
-        "# HELP moat_config_reloads_total Configuration reloads, by result\n"
-        "# TYPE moat_config_reloads_total counter\n"
-        "moat_config_reloads_total{result=\"ok\"} %llu\n"
-        "moat_config_reloads_total{result=\"failed\"} %llu\n",
-        (unsigned long long)atomic_load(&moat_srv.reloads_ok),
-        (unsigned long long)atomic_load(&moat_srv.reloads_failed));
+                     "# HELP moat_config_reloads_total Configuration reloads, by result\n"
+                     "# TYPE moat_config_reloads_total counter\n"
+                     "moat_config_reloads_total{result=\"ok\"} %llu\n"
+                     "moat_config_reloads_total{result=\"failed\"} %llu\n",
+                     (unsigned long long)atomic_load(&moat_srv.reloads_ok),
+                     (unsigned long long)atomic_load(&moat_srv.reloads_failed));
     moat_sbuf_printf(&b,
-        "# HELP moat_config_generation Generation of the configuration in use\n"
-        "# TYPE moat_config_generation gauge\nmoat_config_generation %llu\n",
-        (unsigned long long)atomic_load(&moat_srv.generation));
+                     "# HELP moat_config_generation Generation of the configuration in use\n"
+                     "# TYPE moat_config_generation gauge\nmoat_config_generation %llu\n",
+                     (unsigned long long)atomic_load(&moat_srv.generation));
     if (moat_srv.cache) {
         struct moat_cache_stats cs;
         moat_cache_store_stats(moat_srv.cache, &cs);
-        moat_sbuf_printf(&b,
+        moat_sbuf_printf(
+            &b,
             "# HELP moat_cache_objects Objects in the cache (in flight and hit-for-pass "
             "markers included)\n# TYPE moat_cache_objects gauge\nmoat_cache_objects %llu\n"
             "# HELP moat_cache_bytes Bytes charged to the cache's budget\n"
@@ -164,24 +169,29 @@ char *moat_metrics_render(size_t *len)
     }
     struct moat_config *cfg = moat_server_config();
     if (cfg->rt) {
-        moat_sbuf_printf(&b, "# HELP moat_tls_certificate_expiry_seconds When each server certificate expires "
+        moat_sbuf_printf(
+            &b, "# HELP moat_tls_certificate_expiry_seconds When each server certificate expires "
                 "(Unix time)\n# TYPE moat_tls_certificate_expiry_seconds gauge\n");
         moat_tls_each_cert(cfg, cert_row, &b);
         moat_acme_each(acme_expiry_row, &b);
     }
     moat_config_release(&cfg);
-    moat_sbuf_printf(&b, "# HELP moat_ocsp_next_update_seconds When the stapled OCSP response of each "
+    moat_sbuf_printf(
+        &b, "# HELP moat_ocsp_next_update_seconds When the stapled OCSP response of each "
             "tls.certificates entry with an OCSP URL runs out (Unix time; 0: none stapled)\n"
             "# TYPE moat_ocsp_next_update_seconds gauge\n");
     moat_ocsp_each(ocsp_row, &b);
     if (moat_acme_active()) {
-        moat_sbuf_printf(&b, "# HELP moat_acme_order_failures ACME orders failed in a row, per site (0: the "
+        moat_sbuf_printf(
+            &b, "# HELP moat_acme_order_failures ACME orders failed in a row, per site (0: the "
                 "last one succeeded)\n# TYPE moat_acme_order_failures gauge\n");
         moat_acme_each(acme_fail_row, &b);
-        moat_sbuf_printf(&b, "# HELP moat_acme_certificates_issued_total Certificates obtained from the ACME "
+        moat_sbuf_printf(
+            &b, "# HELP moat_acme_certificates_issued_total Certificates obtained from the ACME "
                 "CA since start, per site\n# TYPE moat_acme_certificates_issued_total counter\n");
         moat_acme_each(acme_issued_row, &b);
-        moat_sbuf_printf(&b, "# HELP moat_acme_ocsp_next_update_seconds When the stapled OCSP response of "
+        moat_sbuf_printf(
+            &b, "# HELP moat_acme_ocsp_next_update_seconds When the stapled OCSP response of "
                 "each ACME certificate runs out (Unix time; 0: none stapled)\n"
                 "# TYPE moat_acme_ocsp_next_update_seconds gauge\n");
         moat_acme_each(acme_ocsp_row, &b);
@@ -191,7 +201,8 @@ char *moat_metrics_render(size_t *len)
         moat_sbuf_printf(&b, "%s", lbm);
         free(lbm);
     }
-    moat_sbuf_printf(&b,
+    moat_sbuf_printf(
+        &b,
         "# HELP moat_uptime_seconds Seconds since start\n# TYPE moat_uptime_seconds gauge\n"
         "moat_uptime_seconds %.3f\n",
         (double)(moat_wall_us() - moat_srv.started_us) / 1e6);

@@ -367,8 +367,8 @@ static void origin_family(struct moat_sbuf *b, const char *name, const char *typ
         struct lb_pool *lp = find_pool(c->pools[i].name);
         const struct lb_members *m = lp ? atomic_load(&lp->m) : NULL;
         for (size_t j = 0; m && j < m->n; j++)
-            moat_sbuf_printf(b, "%s{pool=\"%s\",origin=\"%s\"%s} %.6g\n", name, lp->name, m->o[j]->o.addr.text,
-                extra, fn(m->o[j], now));
+            moat_sbuf_printf(b, "%s{pool=\"%s\",origin=\"%s\"%s} %.6g\n", name, lp->name,
+                             m->o[j]->o.addr.text, extra, fn(m->o[j], now));
     }
 }
 
@@ -411,8 +411,8 @@ char *moat_lb_metrics_text(void)
         {"moat_pool_rejected_total", "counter", "Requests answered 503 by admission control"},
     };
     for (size_t f = 0; f < MOAT_ARRAY_LEN(pool_help); f++) {
-        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", pool_help[f][0], pool_help[f][2], pool_help[f][0],
-            pool_help[f][1]);
+        moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", pool_help[f][0], pool_help[f][2],
+                         pool_help[f][0], pool_help[f][1]);
         for (size_t i = 0; c && i < c->npools; i++) {
             struct lb_pool *lp = find_pool(c->pools[i].name);
             if (!lp)
@@ -421,20 +421,23 @@ char *moat_lb_metrics_text(void)
             switch (f) {
             case 0:
                 moat_sbuf_printf(&b, "moat_pool_healthy{pool=\"%s\"} %d\n", lp->name,
-                    usable >= c->pools[i].min_origins);
+                                 usable >= c->pools[i].min_origins);
                 break;
             case 1:
-                moat_sbuf_printf(&b, "moat_pool_origins_usable{pool=\"%s\"} %zu\n", lp->name, usable);
+                moat_sbuf_printf(&b, "moat_pool_origins_usable{pool=\"%s\"} %zu\n", lp->name,
+                                 usable);
                 break;
             case 2:
-                moat_sbuf_printf(&b, "moat_pool_queued{pool=\"%s\"} %u\n", lp->name, atomic_load(&lp->queued));
+                moat_sbuf_printf(&b, "moat_pool_queued{pool=\"%s\"} %u\n", lp->name,
+                                 atomic_load(&lp->queued));
                 break;
             case 3:
                 moat_sbuf_printf(&b, "moat_pool_retries_total{pool=\"%s\"} %llu\n", lp->name,
-                    (unsigned long long)atomic_load(&lp->retries));
+                                 (unsigned long long)atomic_load(&lp->retries));
                 break;
             default:
-                moat_sbuf_printf(&b,
+                moat_sbuf_printf(
+                    &b,
                     "moat_pool_rejected_total{pool=\"%s\",reason=\"queue_full\"} %llu\n"
                     "moat_pool_rejected_total{pool=\"%s\",reason=\"queue_timeout\"} %llu\n"
                     "moat_pool_rejected_total{pool=\"%s\",reason=\"no_origin\"} %llu\n",
@@ -445,15 +448,16 @@ char *moat_lb_metrics_text(void)
             }
         }
     }
-    moat_sbuf_printf(&b, "# HELP moat_waiting_room_total Visitors of sites with a waiting room, by outcome\n"
+    moat_sbuf_printf(
+        &b, "# HELP moat_waiting_room_total Visitors of sites with a waiting room, by outcome\n"
             "# TYPE moat_waiting_room_total counter\n");
     for (unsigned i = 0; i < lb_reg.nwrooms; i++) {
         struct lb_wroom *w = lb_reg.wrooms[i];
         moat_sbuf_printf(&b,
-            "moat_waiting_room_total{site=\"%s\",outcome=\"admitted\"} %llu\n"
-            "moat_waiting_room_total{site=\"%s\",outcome=\"waited\"} %llu\n",
-            w->key, (unsigned long long)atomic_load(&w->admitted), w->key,
-            (unsigned long long)atomic_load(&w->waited));
+                         "moat_waiting_room_total{site=\"%s\",outcome=\"admitted\"} %llu\n"
+                         "moat_waiting_room_total{site=\"%s\",outcome=\"waited\"} %llu\n",
+                         w->key, (unsigned long long)atomic_load(&w->admitted), w->key,
+                         (unsigned long long)atomic_load(&w->waited));
     }
     pthread_mutex_unlock(&lb_reg.lock);
     return b.p;

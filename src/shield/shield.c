@@ -30,11 +30,11 @@
 #define COOKIE_NAME "moat_clearance"
 
 struct site_rt {
-    _Atomic uint64_t id; /* the site's shield_id; 0: free */
-    char name[128];      /* its first host, for /status and /metrics */
+    _Atomic uint64_t id;  /* the site's shield_id; 0: free */
+    char name[128];       /* its first host, for /status and /metrics */
     _Atomic int override; /* -1: none; else enum moat_under_attack set by the admin API */
     _Atomic bool on;      /* auto mode: switched on now */
-    _Atomic uint64_t sec, reqs, oresp, oerr; /* the second being counted */
+    _Atomic uint64_t sec, reqs, oresp, oerr;  /* the second being counted */
     _Atomic uint64_t above_since, last_above; /* seconds; 0: not above */
     _Atomic uint64_t switched_on, switched_off, since;
     _Atomic uint64_t challenged, passed, failed;
@@ -42,8 +42,8 @@ struct site_rt {
 };
 
 struct rule_ctr {
-    _Atomic uint64_t hit[4]; /* by enum moat_shield_action: refused (block/challenge/drop) or
-                                allowed (access rules' allow) */
+    _Atomic uint64_t hit[4];  /* by enum moat_shield_action: refused (block/challenge/drop) or
+                                 allowed (access rules' allow) */
     _Atomic uint64_t allowed; /* rate limits: passed */
 };
 
@@ -196,7 +196,8 @@ static struct moat_geoip *geoip(const struct moat_config *cfg)
 static struct site_rt *site_rt(const struct moat_cfg_site *s)
 {
     uint64_t id = s->shield_id;
-    for (size_t n = 0, i = id & (SITES_MAX - 1); n < SITES_MAX; n++, i = (i + 1) & (SITES_MAX - 1)) {
+    for (size_t n = 0, i = id & (SITES_MAX - 1); n < SITES_MAX;
+         n++, i = (i + 1) & (SITES_MAX - 1)) {
         struct site_rt *st = &sh.sites[i];
         uint64_t cur = atomic_load_explicit(&st->id, memory_order_acquire);
         if (cur == id) {
@@ -251,8 +252,8 @@ static void auto_tick(const struct moat_config *cfg, struct site_rt *st, uint64_
             if (now - old > 1 || !atomic_load(&st->above_since))
                 atomic_store(&st->above_since, old);
             atomic_store(&st->last_above, old);
-            if (!atomic_load(&st->on) && (old + 1 - atomic_load(&st->above_since)) * 1000 >=
-                                             s->auto_for_ms) {
+            if (!atomic_load(&st->on) &&
+                (old + 1 - atomic_load(&st->above_since)) * 1000 >= s->auto_for_ms) {
                 char why[96];
                 snprintf(why, sizeof why, "%llu requests/s, %llu of %llu origin answers failed",
                          (unsigned long long)reqs, (unsigned long long)oerr,
@@ -401,8 +402,7 @@ static bool smatch(const struct moat_config *cfg, const struct moat_cfg_smatch *
             return false;
     }
     if (m->user_agent) {
-        const struct moat_hdr *ua =
-            moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("user-agent"));
+        const struct moat_hdr *ua = moat_h1_find(r->hdrs, r->nhdrs, MOAT_STR("user-agent"));
         if (!ua || !moat_glob_match(m->user_agent, ua->value))
             return false;
     }
@@ -424,7 +424,8 @@ static bool smatch(const struct moat_config *cfg, const struct moat_cfg_smatch *
     return true;
 }
 
-/* --- answers ----------------------------------------------------------------------------------- */
+/* --- answers -----------------------------------------------------------------------------------
+ */
 
 static void chal_ctx(const struct moat_req *r, const struct moat_cfg_site *site,
                      const uint8_t ip[16], struct moat_chal_ctx *c)
@@ -537,8 +538,9 @@ static int answer(struct moat_req *r, const struct moat_cfg_site *site, const ui
     char val[MOAT_CHAL_TOKEN_MAX], sc[160];
     uint64_t life = cfg->shield.clearance_ms / 1000;
     moat_chal_cookie(&c, wall_s() + life, val);
-    int n = snprintf(sc, sizeof sc, COOKIE_NAME "=%s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax%s",
-                     val, (unsigned long long)life, r->tls ? "; Secure" : "");
+    int n =
+        snprintf(sc, sizeof sc, COOKIE_NAME "=%s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax%s",
+                 val, (unsigned long long)life, r->tls ? "; Secure" : "");
     struct moat_hdr extra[3] = {
         no_store,
         {MOAT_STR("Set-Cookie"), moat_str_make(sc, (size_t)n)},
@@ -591,7 +593,8 @@ int moat_shield_block(const char *cidr, uint64_t for_ms, char *err, size_t errle
     pthread_rwlock_wrlock(&blocks.lk);
     blocks_prune(now);
     size_t i = 0;
-    while (i < blocks.n && (memcmp(blocks.b[i].r.lo, r.lo, 16) || memcmp(blocks.b[i].r.hi, r.hi, 16)))
+    while (i < blocks.n &&
+           (memcmp(blocks.b[i].r.lo, r.lo, 16) || memcmp(blocks.b[i].r.hi, r.hi, 16)))
         i++;
     if (i == BLOCKS_MAX) {
         pthread_rwlock_unlock(&blocks.lk);
@@ -655,8 +658,7 @@ static void name_key(uint64_t key, size_t idx, const struct moat_cfg_ratelimit *
         cookie(r, rl->key_name, &v);
     if (v.len) {
         snprintf(names.e[slot].text, sizeof names.e[slot].text, "%s:%.*s",
-                 rl->key == MOAT_SK_HEADER ? "header" : "cookie", (int)MOAT_MIN(v.len, 40u),
-                 v.ptr);
+                 rl->key == MOAT_SK_HEADER ? "header" : "cookie", (int)MOAT_MIN(v.len, 40u), v.ptr);
     } else {
         char a[INET6_ADDRSTRLEN];
         static const uint8_t v4m[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -724,9 +726,8 @@ static uint64_t rl_key(const struct moat_cfg_ratelimit *rl, size_t idx, const st
         break;
     case MOAT_SK_IP_PREFIX: {
         static const uint8_t v4m[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        struct moat_cidr c = {.prefix = (uint8_t)(memcmp(ip, v4m, 12)
-                                                      ? rl->prefix
-                                                      : 96 + MOAT_MIN(rl->prefix, 32u))};
+        struct moat_cidr c = {
+            .prefix = (uint8_t)(memcmp(ip, v4m, 12) ? rl->prefix : 96 + MOAT_MIN(rl->prefix, 32u))};
         memcpy(c.addr, ip, 16);
         struct moat_ip_range p;
         moat_cidr_range(&c, &p);
@@ -943,22 +944,24 @@ json_t *moat_shield_status(const struct moat_config *cfg)
     uint64_t now = wall_s();
     for (size_t i = 0; i < cfg->nsites; i++) {
         const struct moat_cfg_site *site = &cfg->sites[i];
-        struct site_rt *st = (site->under_attack != MOAT_UA_OFF ||
-                              atomic_load(&sh.noverrides))
+        struct site_rt *st = (site->under_attack != MOAT_UA_OFF || atomic_load(&sh.noverrides))
                                  ? site_rt(site)
                                  : NULL;
         if (st && site->under_attack == MOAT_UA_AUTO)
             auto_tick(cfg, st, now);
         int o_ = st ? atomic_load(&st->override) : -1;
-        json_t *e = json_pack("{s:s, s:s, s:b}", "site", site->nhosts ? site->hosts[0] : "",
-                              "under_attack", mode_names[site->under_attack], "active",
-                              under_attack(cfg, site, st));
+        json_t *e =
+            json_pack("{s:s, s:s, s:b}", "site", site->nhosts ? site->hosts[0] : "", "under_attack",
+                      mode_names[site->under_attack], "active", under_attack(cfg, site, st));
         json_object_set_new(e, "override", o_ >= 0 ? json_string(mode_names[o_]) : json_null());
         if (st) {
             json_object_set_new(e, "auto_on", json_boolean(atomic_load(&st->on)));
-            json_object_set_new(e, "switched_on", json_integer((json_int_t)atomic_load(&st->switched_on)));
-            json_object_set_new(e, "switched_off", json_integer((json_int_t)atomic_load(&st->switched_off)));
-            json_object_set_new(e, "challenged", json_integer((json_int_t)atomic_load(&st->challenged)));
+            json_object_set_new(e, "switched_on",
+                                json_integer((json_int_t)atomic_load(&st->switched_on)));
+            json_object_set_new(e, "switched_off",
+                                json_integer((json_int_t)atomic_load(&st->switched_off)));
+            json_object_set_new(e, "challenged",
+                                json_integer((json_int_t)atomic_load(&st->challenged)));
             json_object_set_new(e, "passed", json_integer((json_int_t)atomic_load(&st->passed)));
             json_object_set_new(e, "failed", json_integer((json_int_t)atomic_load(&st->failed)));
         }
@@ -969,9 +972,9 @@ json_t *moat_shield_status(const struct moat_config *cfg)
     pthread_rwlock_rdlock(&blocks.lk);
     for (size_t i = 0; i < blocks.n; i++)
         if (blocks.b[i].until_s > now)
-            json_array_append_new(bl, json_pack("{s:s, s:I}", "cidr", blocks.b[i].text,
-                                                "seconds_left",
-                                                (json_int_t)(blocks.b[i].until_s - now)));
+            json_array_append_new(bl,
+                                  json_pack("{s:s, s:I}", "cidr", blocks.b[i].text, "seconds_left",
+                                            (json_int_t)(blocks.b[i].until_s - now)));
     pthread_rwlock_unlock(&blocks.lk);
     json_object_set_new(o, "blocks", bl);
     json_t *ch = json_array();
@@ -1000,43 +1003,52 @@ char *moat_shield_metrics(size_t *len)
 {
     static const char *const act[] = {"block", "challenge", "drop", "allow"};
     struct moat_sbuf b = {0};
-    moat_sbuf_printf(&b, "# HELP moat_shield_rate_limited_total Requests over a rate limit, by rule and "
+    moat_sbuf_printf(
+        &b, "# HELP moat_shield_rate_limited_total Requests over a rate limit, by rule and "
             "action\n# TYPE moat_shield_rate_limited_total counter\n");
     for (int i = 0; i < MOAT_SHIELD_RULES_MAX; i++)
         for (int a = 0; a < 3; a++) {
             uint64_t v = atomic_load(&sh.rl_ctr[i].hit[a]);
             if (v)
-                moat_sbuf_printf(&b, "moat_shield_rate_limited_total{rule=\"%d\",action=\"%s\"} %llu\n", i,
-                    act[a], (unsigned long long)v);
+                moat_sbuf_printf(&b,
+                                 "moat_shield_rate_limited_total{rule=\"%d\",action=\"%s\"} %llu\n",
+                                 i, act[a], (unsigned long long)v);
         }
-    moat_sbuf_printf(&b, "# HELP moat_shield_rate_allowed_total Requests within a rate limit, by rule\n"
-            "# TYPE moat_shield_rate_allowed_total counter\n");
+    moat_sbuf_printf(&b,
+                     "# HELP moat_shield_rate_allowed_total Requests within a rate limit, by rule\n"
+                     "# TYPE moat_shield_rate_allowed_total counter\n");
     for (int i = 0; i < MOAT_SHIELD_RULES_MAX; i++) {
         uint64_t v = atomic_load(&sh.rl_ctr[i].allowed);
         if (v)
             moat_sbuf_printf(&b, "moat_shield_rate_allowed_total{rule=\"%d\"} %llu\n", i,
-                (unsigned long long)v);
+                             (unsigned long long)v);
     }
-    moat_sbuf_printf(&b, "# HELP moat_shield_access_total Requests an access rule matched, by rule and "
-            "action\n# TYPE moat_shield_access_total counter\n");
+    moat_sbuf_printf(&b,
+                     "# HELP moat_shield_access_total Requests an access rule matched, by rule and "
+                     "action\n# TYPE moat_shield_access_total counter\n");
     for (int i = 0; i < MOAT_SHIELD_RULES_MAX; i++)
         for (int a = 0; a < 4; a++) {
             uint64_t v = atomic_load(&sh.acl_ctr[i].hit[a]);
             if (v)
-                moat_sbuf_printf(&b, "moat_shield_access_total{rule=\"%d\",action=\"%s\"} %llu\n", i, act[a],
-                    (unsigned long long)v);
+                moat_sbuf_printf(&b, "moat_shield_access_total{rule=\"%d\",action=\"%s\"} %llu\n",
+                                 i, act[a], (unsigned long long)v);
         }
-    moat_sbuf_printf(&b, "# HELP moat_shield_connections_refused_total Connections closed at accept "
-            "(connections.per_ip)\n# TYPE moat_shield_connections_refused_total counter\n"
-            "moat_shield_connections_refused_total %llu\n",
-        (unsigned long long)atomic_load(&sh.conn_refused));
-    moat_sbuf_printf(&b, "# HELP moat_shield_admin_blocked_total Requests refused by a block set through the "
-            "admin API\n# TYPE moat_shield_admin_blocked_total counter\n"
-            "moat_shield_admin_blocked_total %llu\n",
+    moat_sbuf_printf(&b,
+                     "# HELP moat_shield_connections_refused_total Connections closed at accept "
+                     "(connections.per_ip)\n# TYPE moat_shield_connections_refused_total counter\n"
+                     "moat_shield_connections_refused_total %llu\n",
+                     (unsigned long long)atomic_load(&sh.conn_refused));
+    moat_sbuf_printf(
+        &b,
+        "# HELP moat_shield_admin_blocked_total Requests refused by a block set through the "
+        "admin API\n# TYPE moat_shield_admin_blocked_total counter\n"
+        "moat_shield_admin_blocked_total %llu\n",
         (unsigned long long)atomic_load(&sh.admin_blocked));
-    moat_sbuf_printf(&b, "# HELP moat_shield_cookies_refused_total Clearance cookies refused (forged, "
-            "expired, another address or browser)\n# TYPE moat_shield_cookies_refused_total "
-            "counter\nmoat_shield_cookies_refused_total %llu\n",
+    moat_sbuf_printf(
+        &b,
+        "# HELP moat_shield_cookies_refused_total Clearance cookies refused (forged, "
+        "expired, another address or browser)\n# TYPE moat_shield_cookies_refused_total "
+        "counter\nmoat_shield_cookies_refused_total %llu\n",
         (unsigned long long)atomic_load(&sh.cookie_refused));
     static const char *const sitem[][3] = {
         {"moat_shield_challenged_total", "Challenge pages sent, by site", "counter"},
@@ -1049,13 +1061,14 @@ char *moat_shield_metrics(size_t *len)
     };
     for (size_t m = 0; m < MOAT_ARRAY_LEN(sitem); m++) {
         moat_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", sitem[m][0], sitem[m][1], sitem[m][0],
-            sitem[m][2]);
+                         sitem[m][2]);
         for (int i = 0; i < SITES_MAX; i++) {
             struct site_rt *st = &sh.sites[i];
             if (!atomic_load(&st->id))
                 continue;
             if (m == 4) {
-                moat_sbuf_printf(&b, "%s{site=\"%s\",to=\"on\"} %llu\n%s{site=\"%s\",to=\"off\"} %llu\n",
+                moat_sbuf_printf(
+                    &b, "%s{site=\"%s\",to=\"on\"} %llu\n%s{site=\"%s\",to=\"off\"} %llu\n",
                     sitem[m][0], st->name, (unsigned long long)atomic_load(&st->switched_on),
                     sitem[m][0], st->name, (unsigned long long)atomic_load(&st->switched_off));
                 continue;
@@ -1068,14 +1081,16 @@ char *moat_shield_metrics(size_t *len)
                          : m == 2 ? atomic_load(&st->failed)
                                   : (uint64_t)(mode == MOAT_UA_ON ||
                                                (mode == MOAT_UA_AUTO && atomic_load(&st->on)));
-            moat_sbuf_printf(&b, "%s{site=\"%s\"} %llu\n", sitem[m][0], st->name, (unsigned long long)v);
+            moat_sbuf_printf(&b, "%s{site=\"%s\"} %llu\n", sitem[m][0], st->name,
+                             (unsigned long long)v);
         }
     }
     struct moat_rl_table *t = atomic_load(&sh.rl);
     if (t) {
         struct moat_rl_stats rs;
         moat_rl_stats(t, &rs);
-        moat_sbuf_printf(&b,
+        moat_sbuf_printf(
+            &b,
             "# HELP moat_shield_keys Rate-limit keys tracked now\n# TYPE moat_shield_keys gauge\n"
             "moat_shield_keys %llu\n# HELP moat_shield_keys_capacity Rate-limit keys the table "
             "holds (shield.keys, rounded up)\n# TYPE moat_shield_keys_capacity gauge\n"
