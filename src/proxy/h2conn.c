@@ -60,9 +60,9 @@ struct moat_h2conn {
     struct moat_worker *w;
     struct moat_h2conn *prev, *next; /* worker's list */
     nghttp2_session *ses;
-    struct moat_cfg_h2 lim;       /* the limits it started with */
-    uint64_t header_timeout_ms;   /* timeouts.client_header: a header block must end in it */
-    char *ob;                     /* frames not yet taken by the socket */
+    struct moat_cfg_h2 lim;     /* the limits it started with */
+    uint64_t header_timeout_ms; /* timeouts.client_header: a header block must end in it */
+    char *ob;                   /* frames not yet taken by the socket */
     size_t opos, olen, ocap;
     struct moat_h2stream *streams; /* all streams we hold */
     struct moat_h2stream *todo, *todo_tail;
@@ -79,6 +79,11 @@ struct moat_h2conn {
     uint64_t win_start;
     unsigned n_resets, n_control, n_empty, n_credit;
     enum ga_reason ga;
+    /* A GOAWAY decided (ours or nghttp2's flood/protocol answer) whose frame has not gone
+     * out: a client that reads nothing may never take it, and it is still counted, with
+     * its own reason, when the connection ends (count_goaway clears it). */
+    bool ga_owed;
+    uint32_t ga_code;
     enum tmode tmode;
     bool in_run, run_again, kick_queued, closed, fatal, conn_blocked, drain_sent, progress;
     bool hdr_open;  /* a header block has begun and not ended (CONTINUATION may follow) */
@@ -169,12 +174,14 @@ static void go_away(struct moat_h2conn *c, enum ga_reason why, uint32_t code)
     if (c->ga && why != GA_DRAIN)
         return;
     c->ga = why;
+    c->ga_owed = true, c->ga_code = code;
     nghttp2_session_terminate_session(c->ses, code);
 }
 
 static void count_goaway(struct moat_h2conn *c, uint32_t code)
 {
     struct moat_stats *st = &c->w->stats;
+    c->ga_owed = false;
     switch (c->ga) {
     case GA_DRAIN:
         MOAT_STAT_INC(st, h2_ga_drain);
@@ -398,8 +405,8 @@ static int build_head(const struct moat_req *r, const struct moat_resp *resp, st
     unsigned st = (unsigned)resp->status % 1000u;
     status[0] = (char)('0' + st / 100), status[1] = (char)('0' + st / 10 % 10);
     status[2] = (char)('0' + st % 10), status[3] = '\0';
-    b->nv[b->n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3,
-                                 NGHTTP2_NV_FLAG_NO_COPY_NAME};
+    b->nv[b->n++] =
+        (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NO_COPY_NAME};
     bool had_date = false;
     for (size_t i = 0; i < resp->nfields; i++) {
         const struct moat_hdr *h = &resp->fields[i];
@@ -502,7 +509,8 @@ static ssize_t h2_send_data(struct moat_req *r, const char *p, size_t n, bool mo
         return 0;
     }
     size_t room = (size_t)c->lim.stream_buffer - s->olen;
-    uint64_t croom = c->out_buffered < c->lim.conn_buffer ? c->lim.conn_buffer - c->out_buffered : 0;
+    uint64_t croom =
+        c->out_buffered < c->lim.conn_buffer ? c->lim.conn_buffer - c->out_buffered : 0;
     size_t take = MOAT_MIN(n, room);
     take = (size_t)MOAT_MIN((uint64_t)take, croom);
     if (!take) {
@@ -727,8 +735,7 @@ static int on_begin_headers(nghttp2_session *ses, const nghttp2_frame *f, void *
         return 0;
     c->hdr_open = true;
     c->hs_len = c->hs_list = c->nhe = 0;
-    c->hs_over = c->has_method = c->has_path = c->has_authority = c->has_host = c->has_cl =
-        false;
+    c->hs_over = c->has_method = c->has_path = c->has_authority = c->has_host = c->has_cl = false;
     if (f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0; /* trailers: checked by nghttp2, not forwarded */
     struct moat_h2stream *s = stream_new(c, f->hd.stream_id);
@@ -767,8 +774,8 @@ static int trailer_field(struct moat_h2conn *c, struct moat_h2stream *s, const u
     return 0;
 }
 
-static int on_header(nghttp2_session *ses, const nghttp2_frame *f, const uint8_t *name,
-                     size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+static int on_header(nghttp2_session *ses, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                     const uint8_t *value, size_t vl, uint8_t flags, void *ud)
 {
     struct moat_h2conn *c = ud;
     (void)flags;
@@ -893,8 +900,7 @@ static int make_request(struct moat_h2conn *c, struct moat_h2stream *s, bool end
             }
             continue;
         }
-        r->hdrs[nh++] =
-            (struct moat_hdr){hs_str(c, e->no, e->nl, to), hs_str(c, e->vo, e->vl, to)};
+        r->hdrs[nh++] = (struct moat_hdr){hs_str(c, e->no, e->nl, to), hs_str(c, e->vo, e->vl, to)};
     }
     if (cookie_done) {
         for (size_t i = 0; i < nh; i++)
@@ -968,9 +974,8 @@ static void count_control(struct moat_h2conn *c)
 static int on_frame_recv(nghttp2_session *ses, const nghttp2_frame *f, void *ud)
 {
     struct moat_h2conn *c = ud;
-    struct moat_h2stream *s = f->hd.stream_id
-                                  ? nghttp2_session_get_stream_user_data(ses, f->hd.stream_id)
-                                  : NULL;
+    struct moat_h2stream *s =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(ses, f->hd.stream_id) : NULL;
     bool es = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
@@ -1153,6 +1158,8 @@ static void h2_close(struct moat_h2conn *c)
     if (c->closed)
         return;
     c->closed = true;
+    if (c->ga_owed)
+        count_goaway(c, c->ga_code);
     if (moat_timer_armed(&c->timer))
         moat_timer_stop(&w->loop, &c->timer);
     release_streams(c);
@@ -1216,10 +1223,12 @@ static int do_read(struct moat_h2conn *c)
         ssize_t rv = nghttp2_session_mem_recv(c->ses, buf, (size_t)n);
         if (rv < 0) {
             /* Fatal for the session (a flood nghttp2 detected, a broken preface): GOAWAY
-             * (counted when it is sent), then the connection closes. */
+             * (counted when it is sent, or when the connection ends if it never could be),
+             * then the connection closes. */
             bool calm = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
-            nghttp2_session_terminate_session(c->ses, calm ? NGHTTP2_ENHANCE_YOUR_CALM
-                                                           : NGHTTP2_PROTOCOL_ERROR);
+            c->ga_owed = true;
+            c->ga_code = calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR;
+            nghttp2_session_terminate_session(c->ses, c->ga_code);
             c->fatal = true;
             return MOAT_OK;
         }
@@ -1369,8 +1378,8 @@ static void h2_run(struct moat_h2conn *c)
         h2_close(c);
         return;
     }
-    if (!out_pending && (c->fatal || (!nghttp2_session_want_read(c->ses) &&
-                                      !nghttp2_session_want_write(c->ses)))) {
+    if (!out_pending &&
+        (c->fatal || (!nghttp2_session_want_read(c->ses) && !nghttp2_session_want_write(c->ses)))) {
         h2_linger(c); /* the GOAWAY is out: done */
         return;
     }
@@ -1403,9 +1412,12 @@ static void conn_timeout(struct moat_loop *loop, struct moat_timer *t)
         return;
     }
     if (c->tmode == T_STALL) {
-        /* The client takes nothing: a GOAWAY it will not read either; counted, closed. */
-        c->ga = GA_STALL;
-        count_goaway(c, NGHTTP2_NO_ERROR);
+        /* The client takes nothing: a GOAWAY it will not read either; counted, closed. A
+         * GOAWAY already owed (a flood answered) keeps its own reason: h2_close counts it. */
+        if (!c->ga_owed) {
+            c->ga = GA_STALL;
+            count_goaway(c, NGHTTP2_NO_ERROR);
+        }
         h2_close(c);
         return;
     }
@@ -1458,7 +1470,8 @@ static int session_new(struct moat_h2conn *c)
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, l->max_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint32_t)MOAT_MIN(l->stream_window, 0x7fffffffu)},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)MOAT_MIN(l->max_header_list, 0xffffffffu)},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
+         (uint32_t)MOAT_MIN(l->max_header_list, 0xffffffffu)},
     };
     if (nghttp2_submit_settings(c->ses, NGHTTP2_FLAG_NONE, iv, MOAT_ARRAY_LEN(iv)) != 0)
         return MOAT_ERR;
@@ -1504,16 +1517,16 @@ void moat_h2_takeover(struct moat_h1conn *h)
     MOAT_STAT_INC(&w->stats, h2_conn_total);
     MOAT_STAT_INC(&w->stats, h2_conn_active);
     uint32_t ev = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    if (session_new(c) != MOAT_OK ||
-        (moat_loop_mod(&w->loop, &c->sk.io, ev) != MOAT_OK &&
-         moat_loop_add(&w->loop, &c->sk.io, ev) != MOAT_OK)) {
+    if (session_new(c) != MOAT_OK || (moat_loop_mod(&w->loop, &c->sk.io, ev) != MOAT_OK &&
+                                      moat_loop_add(&w->loop, &c->sk.io, ev) != MOAT_OK)) {
         h2_close(c);
         return;
     }
     /* What HTTP/1 read already (the preface, the first frames) goes first. */
     uint32_t len = moat_buf_len(&h->s.in);
     if (len) {
-        ssize_t rv = nghttp2_session_mem_recv(c->ses, (const uint8_t *)moat_buf_rptr(&h->s.in), len);
+        ssize_t rv =
+            nghttp2_session_mem_recv(c->ses, (const uint8_t *)moat_buf_rptr(&h->s.in), len);
         moat_buf_consume(&h->s.in, len);
         if (rv < 0) {
             h2_close(c);
@@ -1535,8 +1548,8 @@ void moat_h2_drain(struct moat_worker *w, bool late)
             c->drain_sent = true;
             c->ga = GA_DRAIN;
             nghttp2_submit_goaway(c->ses, NGHTTP2_FLAG_NONE,
-                                  nghttp2_session_get_last_proc_stream_id(c->ses),
-                                  NGHTTP2_NO_ERROR, NULL, 0);
+                                  nghttp2_session_get_last_proc_stream_id(c->ses), NGHTTP2_NO_ERROR,
+                                  NULL, 0);
             h2_run(c);
         }
         c = next;
