@@ -5,9 +5,14 @@
 
 #include <stdlib.h>
 
+#include "core/mcache.h"
+
 #define FREE_MAX 256
 #define NLISTS   3
 /* Large (body) buffers are kept fewer: 32 x 64 KiB is 2 MiB per thread at most. */
+/* Small buffers (an HTTP/2 request's head: a few hundred bytes, one per stream) come from the
+ * size-class caches of mcache.c, sized to what they hold: the lists here keep three sizes. */
+#define SMALL          2048u
 #define FREE_MAX_LARGE 32
 #define LARGE          (32u * 1024)
 
@@ -34,9 +39,14 @@ static struct freelist *list_for(uint32_t cap)
 
 int moat_buf_get(struct moat_buf *b, uint32_t cap)
 {
+    b->rpos = b->wpos = 0;
+    if (cap <= SMALL) {
+        b->base = moat_mc_alloc(cap ? cap : 1);
+        b->cap = b->base ? (uint32_t)moat_mc_size(b->base) : 0; /* still <= SMALL */
+        return b->base ? MOAT_OK : MOAT_ERR;
+    }
     struct freelist *fl = list_for(cap);
     char *p = (fl && fl->n) ? fl->items[--fl->n] : malloc(cap);
-    b->rpos = b->wpos = 0;
     if (!p) {
         b->base = NULL;
         b->cap = 0;
@@ -51,6 +61,12 @@ void moat_buf_put(struct moat_buf *b)
 {
     if (!b->base)
         return;
+    if (b->cap <= SMALL) {
+        moat_mc_free(b->base);
+        b->base = NULL;
+        b->cap = b->rpos = b->wpos = 0;
+        return;
+    }
     struct freelist *fl = list_for(b->cap);
     if (fl && fl->n < (b->cap > LARGE ? FREE_MAX_LARGE : FREE_MAX))
         fl->items[fl->n++] = b->base;

@@ -13,7 +13,8 @@ struct moat_buf {
     uint32_t wpos; /* next byte to fill */
 };
 
-/* Gives <b> storage of at least <cap> bytes (from this thread's free list when it has one of
+/* Gives <b> storage of at least <cap> bytes (up to 2 KiB: from mcache.c's size classes, and
+ * b->cap may be more than asked; larger: from this thread's free list when it has one of
  * that size). Returns MOAT_OK or MOAT_ERR (out of memory; <b> stays empty). */
 int moat_buf_get(struct moat_buf *b, uint32_t cap);
 /* Gives the empty <b> storage of <cap> bytes instead of what it has. Returns MOAT_OK, or

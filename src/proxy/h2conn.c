@@ -25,6 +25,7 @@
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
 
+#include "core/mcache.h"
 #include "proxy/pipeline.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
@@ -257,7 +258,7 @@ static void rst(struct moat_h2stream *s, uint32_t code)
 
 static struct moat_h2stream *stream_new(struct moat_h2conn *c, int32_t id)
 {
-    struct moat_h2stream *s = calloc(1, sizeof *s);
+    struct moat_h2stream *s = moat_mc_calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->c = c;
@@ -281,11 +282,11 @@ static void stream_free(struct moat_h2stream *s)
     if (s->next)
         s->next->prev = s->prev;
     c->out_buffered -= s->olen;
-    free(s->ob);
+    moat_mc_free(s->ob);
     free(s->ib);
     free(s->trailers);
     free(s->rtr);
-    free(s);
+    moat_mc_free(s);
 }
 
 /* Lets the request go (it ended, or the stream did): input it never read is given back to
@@ -520,13 +521,20 @@ static ssize_t h2_send_data(struct moat_req *r, const char *p, size_t n, bool mo
         resume(s);
         return 0;
     }
-    if (!s->ob) {
-        s->ocap = (uint32_t)c->lim.stream_buffer;
-        s->ob = malloc(s->ocap);
-        if (!s->ob)
+    if (s->olen + take > s->ocap) {
+        /* Grown to what is held, doubling up to stream_buffer: a 1 KiB body takes 1 KiB. */
+        size_t cap = MOAT_MAX((size_t)s->olen + take,
+                              MOAT_MIN((size_t)s->ocap * 2, (size_t)c->lim.stream_buffer));
+        char *nb = moat_mc_alloc(cap);
+        if (!nb)
             return MOAT_ERR;
-    }
-    if (s->opos + s->olen + take > s->ocap) {
+        if (s->olen)
+            memcpy(nb, s->ob + s->opos, s->olen);
+        moat_mc_free(s->ob);
+        s->ob = nb;
+        s->ocap = (uint32_t)moat_mc_size(nb);
+        s->opos = 0;
+    } else if (s->opos + s->olen + take > s->ocap) {
         memmove(s->ob, s->ob + s->opos, s->olen);
         s->opos = 0;
     }
@@ -871,7 +879,10 @@ static int make_request(struct moat_h2conn *c, struct moat_h2stream *s, bool end
     struct moat_req *r = moat_req_new(w, &h2_ds, s);
     if (!r)
         return MOAT_ERR;
-    if (moat_buf_get(&r->hbuf, (uint32_t)MOAT_MAX(need, (size_t)w->bufsize)) != MOAT_OK) {
+    /* Sized to the head (HTTP/2 heads are small and a thousand streams may be open), or the
+     * usual buffer when it is large. */
+    size_t cap = need <= 2048 ? need : MOAT_MAX(need, (size_t)w->bufsize);
+    if (moat_buf_get(&r->hbuf, (uint32_t)cap) != MOAT_OK) {
         moat_req_client_gone(r);
         return MOAT_ERR;
     }
@@ -1445,6 +1456,30 @@ static nghttp2_session_callbacks *callbacks(void)
     return cb;
 }
 
+/* libnghttp2 allocates about five blocks per stream (its stream, header buffers, the frame
+ * queue item): from this thread's size-class caches instead of glibc's arena. */
+static void *mem_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    return moat_mc_alloc(n);
+}
+static void mem_free(void *p, void *ud)
+{
+    (void)ud;
+    moat_mc_free(p);
+}
+static void *mem_calloc(size_t nmemb, size_t size, void *ud)
+{
+    (void)ud;
+    return moat_mc_calloc(nmemb, size);
+}
+static void *mem_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    return moat_mc_realloc(p, n);
+}
+static nghttp2_mem h2_mem = {NULL, mem_malloc, mem_free, mem_calloc, mem_realloc};
+
 static int session_new(struct moat_h2conn *c)
 {
     const struct moat_cfg_h2 *l = &c->lim;
@@ -1462,7 +1497,7 @@ static int session_new(struct moat_h2conn *c)
     uint64_t burst = (uint64_t)l->max_resets * 4;
     uint64_t rate = MOAT_MAX(burst * 1000 / l->flood_window_ms, (uint64_t)1);
     nghttp2_option_set_stream_reset_rate_limit(opt, burst, rate);
-    int rv = nghttp2_session_server_new2(&c->ses, cb, c, opt);
+    int rv = nghttp2_session_server_new3(&c->ses, cb, c, opt, &h2_mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0)

@@ -7,6 +7,7 @@
 
 #include "acme/acme.h"
 #include "cache/store.h"
+#include "core/mcache.h"
 #include "proxy/req.h"
 #include "proxy/server.h"
 #include "lb/lb.h"
@@ -341,6 +342,7 @@ static void *worker_main(void *arg)
     moat_req_thread_cleanup();
     moat_lb_thread_cleanup();
     moat_buf_thread_cleanup();
+    moat_mc_thread_cleanup();
     atomic_fetch_sub(&moat_srv.workers_running, 1);
     return NULL;
 }

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "core/buf.c"
+#include "core/mcache.h"
 
 #define SZ 16384u
 
@@ -112,23 +113,47 @@ static void test_fourth_size_is_not_cached(void **state)
 {
     (void)state;
     struct moat_buf a = {0}, b = {0}, d = {0}, c = {0};
-    assert_int_equal(moat_buf_get(&a, 1024), MOAT_OK);
-    assert_int_equal(moat_buf_get(&b, 2048), MOAT_OK);
-    assert_int_equal(moat_buf_get(&d, 4096), MOAT_OK);
+    assert_int_equal(moat_buf_get(&a, 4096), MOAT_OK);
+    assert_int_equal(moat_buf_get(&b, 8192), MOAT_OK);
+    assert_int_equal(moat_buf_get(&d, 12288), MOAT_OK);
     moat_buf_put(&a);
     moat_buf_put(&b);
     moat_buf_put(&d);
     /* All three slots taken: a fourth size is malloc'd and freed directly (ASan would
      * report a leak or double free otherwise), and does not disturb the three lists. */
-    assert_int_equal(moat_buf_get(&c, 8192), MOAT_OK);
-    assert_int_equal(c.cap, 8192);
+    assert_int_equal(moat_buf_get(&c, 16384), MOAT_OK);
+    assert_int_equal(c.cap, 16384);
     memset(c.base, 'x', c.cap);
     moat_buf_put(&c);
     assert_null(c.base);
-    assert_null(list_of(8192));
-    assert_int_equal(list_of(1024)->n, 1);
-    assert_int_equal(list_of(2048)->n, 1);
+    assert_null(list_of(16384));
     assert_int_equal(list_of(4096)->n, 1);
+    assert_int_equal(list_of(8192)->n, 1);
+    assert_int_equal(list_of(12288)->n, 1);
+}
+
+static void test_small_buffers_come_from_the_size_classes(void **state)
+{
+    (void)state;
+    /* Up to 2 KiB: mcache.c's classes, sized to the request, never one of the three lists. */
+    struct moat_buf a = {0}, b = {0};
+    assert_int_equal(moat_buf_get(&a, 300), MOAT_OK);
+    assert_true(a.cap >= 300 && a.cap <= 384);
+    memset(a.base, 'x', a.cap);
+    char *pa = a.base;
+    moat_buf_put(&a);
+    assert_null(a.base);
+    assert_int_equal(a.cap, 0);
+    assert_null(list_of(300));
+    assert_null(list_of(384));
+    assert_int_equal(moat_buf_get(&b, 320), MOAT_OK); /* the same class: the same block */
+    assert_ptr_equal(b.base, pa);
+    moat_buf_put(&b);
+    assert_int_equal(moat_buf_get(&b, 2048), MOAT_OK);
+    assert_int_equal(b.cap, 2048);
+    moat_buf_put(&b);
+    assert_int_equal(lists[0].cap | lists[1].cap | lists[2].cap, 0);
+    moat_mc_thread_cleanup();
 }
 
 static void test_large_free_list_is_bounded_lower(void **state)
@@ -300,9 +325,9 @@ static void test_lists_are_per_thread_and_cleanup_frees(void **state)
     assert_int_equal(lists[0].cap, 0);
     assert_int_equal(lists[1].cap, 0);
     assert_int_equal(lists[2].cap, 0);
-    assert_int_equal(moat_buf_get(&b, 100), MOAT_OK);
+    assert_int_equal(moat_buf_get(&b, 4100), MOAT_OK);
     moat_buf_put(&b);
-    assert_int_equal(list_of(100)->n, 1);
+    assert_int_equal(list_of(4100)->n, 1);
 }
 
 int main(void)
@@ -313,6 +338,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_of_empty_buf_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_sizes_kept_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fourth_size_is_not_cached, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_small_buffers_come_from_the_size_classes, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_large_free_list_is_bounded_lower, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_list_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_len_room_append, setup, teardown),
