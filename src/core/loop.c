@@ -28,6 +28,13 @@ uint64_t moat_wall_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+int64_t moat_wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
 static void drain_posts(struct moat_loop *loop, struct moat_io *io, uint32_t events)
 {
     uint64_t v;

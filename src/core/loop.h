@@ -117,5 +117,8 @@ void moat_loop_stop(struct moat_loop *loop);
 uint64_t moat_now_ms(void);
 /* Wall-clock time in microseconds since the epoch. */
 uint64_t moat_wall_us(void);
+/* Wall-clock seconds since the epoch from the coarse clock (a few ms behind at most, a third
+ * of the cost): for Date, Age and freshness, which count whole seconds. */
+int64_t moat_wall_s(void);
 
 #endif

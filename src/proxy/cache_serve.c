@@ -14,7 +14,7 @@
 
 int64_t moat_pcache_now(void)
 {
-    return (int64_t)(moat_wall_us() / 1000000);
+    return moat_wall_s();
 }
 
 /* --- wake-ups across threads ------------------------------------------------------------- */

@@ -302,11 +302,6 @@ static void stream_drop_input(struct moat_h2stream *s)
 
 /* --- the downstream ops -------------------------------------------------------------------- */
 
-static bool lc_name_ok(char ch)
-{
-    return !(ch >= 'A' && ch <= 'Z');
-}
-
 /* A response head's fields for nghttp2. Most heads fit the inline arrays; a larger one gets
  * heap arrays (nv_heap / lc_heap, freed by nvb_free): a cache hit used to pay two mallocs and
  * two frees per response here. */
@@ -342,17 +337,47 @@ static char *dec_u64(char buf[24], uint64_t v)
     return p;
 }
 
+/* The bytes of <x> that are 'A'..'Z', as 0x80 in each such byte (SWAR: field names are
+ * ASCII tokens; a byte >= 0x80 is never counted). */
+static inline uint64_t upper_mask(uint64_t x)
+{
+    const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, high = 0x8080808080808080ull;
+    uint64_t h = x & lo7;
+    uint64_t ge_a = h + 0x3f3f3f3f3f3f3f3full; /* high bit set where byte >= 'A' */
+    uint64_t gt_z = h + 0x2525252525252525ull; /* high bit set where byte > 'Z' */
+    return ge_a & ~gt_z & ~x & high;
+}
+
+/* Copies <n> bytes of <src> lowercased to <dst>, 8 at a time; true when none was upper. */
+static bool lower_copy(char *dst, const char *src, size_t n)
+{
+    uint64_t any = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, src + i, 8);
+        uint64_t m = upper_mask(x);
+        any |= m;
+        x |= m >> 2;
+        memcpy(dst + i, &x, 8);
+    }
+    if (i < n) {
+        uint64_t x = 0;
+        memcpy(&x, src + i, n - i);
+        uint64_t m = upper_mask(x);
+        any |= m;
+        x |= m >> 2;
+        memcpy(dst + i, &x, n - i);
+    }
+    return !any;
+}
+
 static void nvb_add(struct nvb *b, struct moat_str name, struct moat_str value)
 {
     if (b->n >= b->cap || b->lcn + name.len > b->lccap)
         return;
     char *p = b->lc + b->lcn;
-    bool lower = true;
-    for (size_t i = 0; i < name.len; i++) {
-        char ch = name.ptr[i];
-        lower &= lc_name_ok(ch);
-        p[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch | 0x20 : ch);
-    }
+    bool lower = lower_copy(p, name.ptr, name.len);
     const char *np = name.ptr;
     if (!lower) {
         np = p;
@@ -391,9 +416,15 @@ static void nvb_lines(struct nvb *b, struct moat_str sec, bool framing_too)
 static int build_head(const struct moat_req *r, const struct moat_resp *resp, struct nvb *b,
                       char *status, char *clen)
 {
-    size_t lines = 0;
-    for (size_t i = 0; i < resp->block.len; i++)
-        lines += resp->block.ptr[i] == '\n';
+    /* A line is at least "a:b\n": a bound that fits the inline array saves counting them. */
+    size_t lines = resp->block.len / 4 + 1;
+    if (resp->nfields + lines + MOAT_RESP_EXTRAS + 4 > NVB_INLINE) {
+        lines = 0;
+        for (const char *q = resp->block.ptr, *e = q + resp->block.len;
+             q < e && (q = memchr(q, '\n', (size_t)(e - q))); q++)
+            lines++;
+        lines++; /* a last line without its LF */
+    }
     size_t names = resp->block.len + 64 * MOAT_RESP_EXTRAS;
     for (size_t i = 0; i < resp->nfields; i++)
         names += resp->fields[i].name.len;

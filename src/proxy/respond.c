@@ -49,7 +49,7 @@ static struct moat_str http_now(void)
 {
     static __thread int64_t sec = -1;
     static __thread char buf[MOAT_HTTP_DATE_LEN + 1];
-    int64_t now = (int64_t)(moat_wall_us() / 1000000);
+    int64_t now = moat_wall_s();
     if (now != sec) {
         moat_http_date_format(now, buf);
         sec = now;
@@ -130,8 +130,8 @@ size_t moat_resp_extras(const struct moat_req *r, const struct moat_resp *resp, 
         out[n++] = (struct moat_hdr){MOAT_STR("Set-Cookie"),
                                      moat_str_make(r->lb.cookie, r->lb.cookie_len)};
     if (r->lb.set_wr && resp->origin && n < MOAT_RESP_EXTRAS)
-        out[n++] = (struct moat_hdr){MOAT_STR("Set-Cookie"),
-                                     moat_str_make(r->lb.wr_cookie, r->lb.wr_len)};
+        out[n++] =
+            (struct moat_hdr){MOAT_STR("Set-Cookie"), moat_str_make(r->lb.wr_cookie, r->lb.wr_len)};
 #undef SCRATCH_PUT
     return n;
 }
