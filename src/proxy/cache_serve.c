@@ -284,7 +284,8 @@ int moat_pcache_serve(struct moat_req *r)
              * outruns the socket's send buffer and is taken in pieces under memory pressure
              * anyway. The proxy's pump is bounded the same way by its body buffer. */
             size_t take = MOAT_MIN(r->c.span.len, (size_t)w->body_bufsize);
-            ssize_t n = r->ds->send_data(r, r->c.span.ptr, take, false);
+            ssize_t n = r->ds->send_stored ? r->ds->send_stored(r, r->c.obj, r->c.span.ptr, take)
+                                           : r->ds->send_data(r, r->c.span.ptr, take, false);
             if (n < 0)
                 return MOAT_DONE;
             r->c.span.ptr += n;

@@ -25,6 +25,7 @@
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
 
+#include "cache/store.h"
 #include "core/mcache.h"
 #include "proxy/pipeline.h"
 #include "proxy/req.h"
@@ -102,9 +103,13 @@ struct moat_h2stream {
     int32_t id;
     struct moat_req *r; /* NULL once the request is over (or before it is made) */
     struct moat_h2stream *prev, *next, *tnext;
-    /* response body waiting for the client's window */
+    /* response body waiting for the client's window: copied bytes (ob), or a span of a
+     * cached object (sp, slen) on which the stream holds a reference (sobj) */
     char *ob;
     uint32_t opos, olen, ocap;
+    struct moat_cache_obj *sobj;
+    const char *sp;
+    uint32_t slen;
     char *trailers; /* a trailer section to end with (filtered lines), or NULL */
     uint32_t tlen;
     char *rtr; /* the request's trailer section ("name: value CRLF" lines), or NULL */
@@ -282,6 +287,8 @@ static void stream_free(struct moat_h2stream *s)
     if (s->next)
         s->next->prev = s->prev;
     c->out_buffered -= s->olen;
+    MOAT_STAT_ADD(&c->w->stats, h2_buffered, (uint64_t) - (int64_t)s->olen);
+    moat_cache_obj_release(&s->sobj);
     moat_mc_free(s->ob);
     free(s->ib);
     free(s->trailers);
@@ -540,6 +547,11 @@ static ssize_t h2_send_data(struct moat_req *r, const char *p, size_t n, bool mo
         kick(c);
         return 0;
     }
+    if (s->slen) { /* a stored span goes first */
+        s->blocked = true;
+        resume(s);
+        return 0;
+    }
     size_t room = (size_t)c->lim.stream_buffer - s->olen;
     uint64_t croom =
         c->out_buffered < c->lim.conn_buffer ? c->lim.conn_buffer - c->out_buffered : 0;
@@ -572,6 +584,7 @@ static ssize_t h2_send_data(struct moat_req *r, const char *p, size_t n, bool mo
     memcpy(s->ob + s->opos + s->olen, p, take);
     s->olen += (uint32_t)take;
     c->out_buffered += take;
+    MOAT_STAT_ADD(&c->w->stats, h2_buffered, take);
     r->resp_bytes += take;
     if (take < n) {
         /* Short: the caller waits to be driven, which the provider does once it took some. */
@@ -581,6 +594,40 @@ static ssize_t h2_send_data(struct moat_req *r, const char *p, size_t n, bool mo
     }
     resume(s);
     return (ssize_t)take;
+}
+
+/* A cache hit's body: the stream keeps a reference on the object and the span's address, and
+ * the data provider frames the bytes from the store when the client's window opens: no
+ * per-stream copy, whatever the object's size and however slow the client. One span at a
+ * time; the next is taken when this one has gone out. */
+static ssize_t h2_send_stored(struct moat_req *r, struct moat_cache_obj *obj, const char *p,
+                              size_t n)
+{
+    struct moat_h2stream *s = r->dsc;
+    struct moat_h2conn *c = s->c;
+    if (s->closed || s->reset)
+        return MOAT_ERR;
+    if (s->no_body)
+        return (ssize_t)n;
+    if (!n) {
+        kick(c);
+        return 0;
+    }
+    if (s->olen || s->slen) {
+        s->blocked = true;
+        resume(s);
+        return 0;
+    }
+    if (s->sobj != obj) {
+        moat_cache_obj_release(&s->sobj);
+        s->sobj = moat_cache_obj_ref(obj);
+    }
+    n = MOAT_MIN(n, (size_t)UINT32_MAX);
+    s->sp = p;
+    s->slen = (uint32_t)n;
+    r->resp_bytes += n;
+    resume(s);
+    return (ssize_t)n;
 }
 
 static void h2_push(struct moat_req *r)
@@ -677,6 +724,7 @@ static const struct moat_ds h2_ds = {
     .send_head = h2_send_head,
     .send_interim = h2_send_interim,
     .send_data = h2_send_data,
+    .send_stored = h2_send_stored,
     .push = h2_push,
     .finish = h2_finish,
     .abort = h2_abort,
@@ -712,14 +760,24 @@ static ssize_t read_data(nghttp2_session *ses, int32_t id, uint8_t *buf, size_t 
         if (!s->olen)
             s->opos = 0;
         c->out_buffered -= n;
+        MOAT_STAT_ADD(&c->w->stats, h2_buffered, (uint64_t) - (int64_t)n);
         if (s->blocked && s->r) {
             s->blocked = false;
             todo_add(s);
         }
         if (c->conn_blocked && c->out_buffered <= c->lim.conn_buffer / 2)
             wake_blocked(c);
+    } else if (s->slen) {
+        n = MOAT_MIN(length, (size_t)s->slen);
+        memcpy(buf, s->sp, n); /* from the store into the frame */
+        s->sp += n;
+        s->slen -= (uint32_t)n;
+        if (!s->slen && s->blocked && s->r) {
+            s->blocked = false;
+            todo_add(s);
+        }
     }
-    if (!s->olen) {
+    if (!s->olen && !s->slen) {
         if (s->fin) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
             if (s->tlen) {
@@ -1120,7 +1178,10 @@ static int on_stream_close(nghttp2_session *ses, int32_t id, uint32_t code, void
     c->nopen--;
     MOAT_STAT_ADD(&c->w->stats, h2_streams_active, (uint64_t)-1);
     c->out_buffered -= s->olen;
+    MOAT_STAT_ADD(&c->w->stats, h2_buffered, (uint64_t) - (int64_t)s->olen);
     s->olen = 0;
+    s->slen = 0;
+    moat_cache_obj_release(&s->sobj);
     todo_add(s);
     return 0;
 }

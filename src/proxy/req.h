@@ -36,6 +36,11 @@ struct moat_ds {
     /* Writes body bytes: how many it took (0 when blocked), or MOAT_ERR. <more>: more
      * follows at once (the transport may hold a partial segment). */
     ssize_t (*send_data)(struct moat_req *r, const char *p, size_t n, bool more);
+    /* Optional (NULL: send_data is used): body bytes that live in the cache object <obj>,
+     * valid while a reference on it is held. The downstream may take its own reference and
+     * send them later instead of copying them (HTTP/2: a stream waiting for its client's
+     * window holds a reference, not a copy). Returns as send_data. */
+    ssize_t (*send_stored)(struct moat_req *r, struct moat_cache_obj *obj, const char *p, size_t n);
     /* Pushes out what a send_data with <more> may have left held (the source ran dry). */
     void (*push)(struct moat_req *r);
     /* Ends the body with the trailer section <trailers> (field lines, each with CRLF; may

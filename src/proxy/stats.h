@@ -19,6 +19,9 @@
       "HTTP/2 client connections open now")                                                        \
     X(h2_streams, "moat_http2_streams_total", "", "counter", "HTTP/2 requests (streams) started")  \
     X(h2_streams_active, "moat_http2_streams_active", "", "gauge", "HTTP/2 streams open now")      \
+    X(h2_buffered, "moat_http2_buffered_bytes", "", "gauge",                                       \
+      "Response bytes HTTP/2 streams hold copied for their clients' windows (cache hits hold "     \
+      "references to the stored object instead)")                                                  \
     X(h2_rst_recv, "moat_http2_resets_received_total", "", "counter",                              \
       "RST_STREAM frames received from clients")                                                   \
     X(h2_rst_protocol, "moat_http2_resets_sent_total", "reason=\"protocol\"", "counter",           \

@@ -24,7 +24,8 @@ KIB = 1024
 def handler(req, origin):
     """/c/NAME/N: N bytes, cacheable for a minute; /slow/NAME/N: the same after 1 s;
     /slownostore/NAME/N: N bytes after 1 s, Cache-Control: no-store;
-    /pass/...: a short answer (a rule bypasses the cache for it); anything else: 404."""
+    /pass/big/N: N bytes, /pass/...: a short answer (a rule bypasses the cache for both);
+    anything else: 404."""
     p = req.path
     parts = p.split("/")
     cc = [("Cache-Control", "public, max-age=60"), ("X-Origin", origin.name)]
@@ -34,6 +35,8 @@ def handler(req, origin):
         return [1.0, response(200, pattern(int(parts[-1])), cc)]
     if p.startswith("/slownostore/"):
         return [1.0, response(200, pattern(int(parts[-1])), [("Cache-Control", "no-store")])]
+    if p.startswith("/pass/big/"):
+        return response(200, pattern(int(parts[-1])), cc)
     if p.startswith("/pass/"):
         return response(200, f"pass {p}\n", cc)
     return response(404, b"no\n")
@@ -401,3 +404,59 @@ def test_stalled_writer_fill_fails_waiters_reset_not_short(moat_factory, origin_
         assert bytes(r.body) == pattern(size)[:len(r.body)]
         assert a.get("/c/after/100").status == 200
     assert m.alive()
+
+
+# --- hits held by reference, not copied --------------------------------------------------------
+
+MIB = 1024 * KIB
+
+
+def test_stalled_hits_hold_references_not_copies(moat_factory, origin_factory):
+    """100 streams ask for a cached 1 MiB object and the client opens no window: each stream
+    waits with a reference on the stored object, no copy (moat_http2_buffered_bytes stays 0,
+    docs/http2.md); 20 streams of a 1 MiB pass on the same terms hold copied bytes, at most
+    http2.stream_buffer each. Once the client reads, every body arrives whole and in order."""
+    o = origin_factory(handler)
+    m = moat_with(moat_factory, o, http2={"stream_buffer": "64KiB"})
+    path = f"/c/big/{MIB}"
+    with H2(m.port) as c:
+        assert c.get(path).status == 200
+        r = c.get(path)
+        assert r.status == 200 and is_hit(r.header("cache-status"))
+    with H2(m.port, auto_ack=False) as c:
+        sids = [c.request("GET", path) for _ in range(100)]
+        c.pump(lambda: False, timeout=1.5)  # moat sends what the windows allow, then waits
+        mt = m.metrics(lambda mt: metric(mt, "moat_http2_streams_active") >= 100)
+        assert metric(mt, "moat_http2_streams_active") == 100
+        assert metric(mt, "moat_http2_buffered_bytes") == 0
+        assert sum(len(c.streams[s].body) for s in sids) <= 65535  # the connection window
+        c.auto_ack = True
+        c.conn.increment_flow_control_window(2 ** 30)
+        for s in sids:
+            c.conn.increment_flow_control_window(2 ** 30, stream_id=s)
+        c.flush()
+        for s in sids:
+            r = c.response(s, timeout=60)
+            assert r.status == 200 and is_hit(r.header("cache-status"))
+            assert bytes(r.body) == pattern(MIB)
+    assert origin_count(o, "/c/big/") == 1
+    mt = m.metrics(lambda mt: metric(mt, "moat_http2_streams_active") == 0)
+    assert metric(mt, "moat_http2_buffered_bytes") == 0
+
+    # The same stall on passes: their bytes are copied, bounded per stream, and counted.
+    with H2(m.port, auto_ack=False) as c:
+        sids = [c.request("GET", f"/pass/big/{i}/{MIB}") for i in range(20)]
+        mt = m.metrics(lambda mt: metric(mt, "moat_http2_buffered_bytes") >= 20 * 32 * KIB,
+                       timeout=5)
+        held = metric(mt, "moat_http2_buffered_bytes")
+        assert 20 * 32 * KIB <= held <= 20 * 64 * KIB, held
+        c.auto_ack = True
+        c.conn.increment_flow_control_window(2 ** 30)
+        for s in sids:
+            c.conn.increment_flow_control_window(2 ** 30, stream_id=s)
+        c.flush()
+        for i, s in enumerate(sids):
+            r = c.response(s, timeout=60)
+            assert r.status == 200 and bytes(r.body) == pattern(MIB)
+    mt = m.metrics(lambda mt: metric(mt, "moat_http2_buffered_bytes") == 0)
+    assert metric(mt, "moat_http2_buffered_bytes") == 0
