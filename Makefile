@@ -82,7 +82,7 @@ test:
 	$(MAKE) fuzz-run
 
 # libFuzzer targets (clang). FUZZ_SECONDS bounds each run.
-FUZZ_SECONDS ?= 12
+FUZZ_SECONDS ?= 8
 FUZZ_SRCS    := $(shell find tests/fuzz -name 'fuzz_*.c' 2>/dev/null | sort)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=build-fuzz/%)
 FUZZ_LIBSRCS := $(filter-out src/main.c,$(SRCS))
