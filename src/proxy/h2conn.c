@@ -312,7 +312,7 @@ static void stream_drop_input(struct moat_h2stream *s)
 /* A response head's fields for nghttp2. Most heads fit the inline arrays; a larger one gets
  * heap arrays (nv_heap / lc_heap, freed by nvb_free): a cache hit used to pay two mallocs and
  * two frees per response here. */
-#define NVB_INLINE    48
+#define NVB_INLINE    96
 #define NVB_LC_INLINE 1536
 struct nvb {
     nghttp2_nv *nv;
@@ -423,8 +423,9 @@ static void nvb_lines(struct nvb *b, struct moat_str sec, bool framing_too)
 static int build_head(const struct moat_req *r, const struct moat_resp *resp, struct nvb *b,
                       char *status, char *clen)
 {
-    /* A line is at least "a:b\n": a bound that fits the inline array saves counting them. */
-    size_t lines = resp->block.len / 4 + 1;
+    /* A line is at least "a:\n" (3 bytes): a bound that fits the inline array saves counting
+     * them (an undercount would drop fields). */
+    size_t lines = resp->block.len / 3 + 1;
     if (resp->nfields + lines + MOAT_RESP_EXTRAS + 4 > NVB_INLINE) {
         lines = 0;
         for (const char *q = resp->block.ptr, *e = q + resp->block.len;
