@@ -193,6 +193,15 @@ class H2:
                 return until()
         return True
 
+    def open_windows(self, sids):
+        """A client that held its windows shut starts reading: acknowledges data from now on
+        and opens the connection's and each stream's window wide."""
+        self.auto_ack = True
+        self.conn.increment_flow_control_window(2 ** 30)
+        for s in sids:
+            self.conn.increment_flow_control_window(2 ** 30, stream_id=s)
+        self.flush()
+
     def done(self, sid):
         st = self.streams[sid]
         return st.ended or st.reset is not None

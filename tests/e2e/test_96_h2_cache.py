@@ -430,11 +430,7 @@ def test_stalled_hits_hold_references_not_copies(moat_factory, origin_factory):
         assert metric(mt, "moat_http2_streams_active") == 100
         assert metric(mt, "moat_http2_buffered_bytes") == 0
         assert sum(len(c.streams[s].body) for s in sids) <= 65535  # the connection window
-        c.auto_ack = True
-        c.conn.increment_flow_control_window(2 ** 30)
-        for s in sids:
-            c.conn.increment_flow_control_window(2 ** 30, stream_id=s)
-        c.flush()
+        c.open_windows(sids)
         for s in sids:
             r = c.response(s, timeout=60)
             assert r.status == 200 and is_hit(r.header("cache-status"))
@@ -450,11 +446,7 @@ def test_stalled_hits_hold_references_not_copies(moat_factory, origin_factory):
                        timeout=5)
         held = metric(mt, "moat_http2_buffered_bytes")
         assert 20 * 32 * KIB <= held <= 20 * 64 * KIB, held
-        c.auto_ack = True
-        c.conn.increment_flow_control_window(2 ** 30)
-        for s in sids:
-            c.conn.increment_flow_control_window(2 ** 30, stream_id=s)
-        c.flush()
+        c.open_windows(sids)
         for i, s in enumerate(sids):
             r = c.response(s, timeout=60)
             assert r.status == 200 and bytes(r.body) == pattern(MIB)
